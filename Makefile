@@ -1,0 +1,33 @@
+# Switchboard: `make run` starts the service, `make test` runs the suite. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint openapi bench
+
+$(BIN)/.installed: pyproject.toml tests/example_connector/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/flask --app app dev
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check app plugins tests bench worker.py
+	$(BIN)/ruff format --check app plugins worker.py
+	$(BIN)/mypy app plugins
+
+openapi: install
+	$(BIN)/flask --app app openapi write
+
+bench: install
+	$(BIN)/python bench/auth.py
+	$(BIN)/python bench/webhooks.py
+	$(BIN)/python bench/gateway.py

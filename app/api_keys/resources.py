@@ -1,0 +1,123 @@
+"""``/api-keys``: create, list, read, revoke and rotate API keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import g
+from flask.views import MethodView
+
+from app.api import Blueprint, paginate
+from app.api_keys.schemas import (
+    ApiKeyCreatedSchema,
+    ApiKeyPageSchema,
+    ApiKeyQueryArgsSchema,
+    ApiKeySchema,
+    RotateSchema,
+)
+from app.audit import record_audit
+from app.auth.issuing import issue_key, rotate_key
+from app.db import database
+from app.events import emit_event
+from app.models import ApiKey, utcnow
+from app.problems import Problem
+
+blp = Blueprint("api_keys", __name__, url_prefix="/api/v1/api-keys", description="API keys")
+
+
+def _visible_keys() -> Any:
+    """Admins see every key; others only keys owned by their user."""
+    query = ApiKey.select()
+    principal = g.principal
+    if not principal.is_admin:
+        query = query.where(ApiKey.created_by == principal.key.created_by_id)
+    return query
+
+
+def get_visible_key(key_id: str) -> ApiKey:
+    """The key ``key_id`` if the caller may see it, else 404 (no existence leak)."""
+    row = _visible_keys().where(ApiKey.id == key_id).first()
+    if row is None:
+        raise Problem(404, f"No API key {key_id!r}.")
+    return row
+
+
+def key_event_data(row: ApiKey) -> dict[str, Any]:
+    """Event payload for key changes: never the secret or hash."""
+    return ApiKeySchema().dump(row)
+
+
+@blp.route("")
+class ApiKeys(MethodView):
+    @blp.auth("keys:read")
+    @blp.arguments(ApiKeyQueryArgsSchema, location="query")
+    @blp.response(200, ApiKeyPageSchema)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """List API keys (secrets are never shown)."""
+        query = _visible_keys()
+        if not args["include_revoked"]:
+            query = query.where(ApiKey.revoked_at.is_null())
+        return paginate(query.order_by(ApiKey.created_at.desc(), ApiKey.id), args)
+
+    @blp.auth("keys:write")
+    @blp.arguments(ApiKeySchema)
+    @blp.response(201, ApiKeyCreatedSchema)
+    def post(self, data: dict[str, Any]) -> ApiKey:
+        """Create an API key; the secret is in `key`, returned only this once."""
+        principal = g.principal
+        missing = sorted(set(data["permissions"]) - principal.scopes)
+        if missing and not principal.is_admin:
+            raise Problem(
+                403,
+                "A key cannot grant scopes its creator lacks: " + ", ".join(missing) + ".",
+                missing_scopes=missing,
+            )
+        with database.atomic():
+            row, secret = issue_key(owner=principal.user, **data)
+            record_audit("api_key.created", "api_key", row.id, key_event_data(row))
+            emit_event("api_key.created", key_event_data(row))
+        row.key = secret
+        return row
+
+
+@blp.route("/<key_id>")
+class ApiKeysById(MethodView):
+    @blp.auth("keys:read")
+    @blp.response(200, ApiKeySchema)
+    @blp.problem(404, "No such API key")
+    def get(self, key_id: str) -> ApiKey:
+        """Get one API key (never its secret)."""
+        return get_visible_key(key_id)
+
+    @blp.auth("keys:write")
+    @blp.response(204)
+    @blp.problem(404, "No such API key")
+    def delete(self, key_id: str) -> None:
+        """Revoke an API key; it stops working at once."""
+        with database.atomic():
+            row = get_visible_key(key_id)
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+                row.previous_valid_until = None
+                row.save()
+                record_audit("api_key.revoked", "api_key", row.id, {"name": row.name})
+                emit_event("api_key.revoked", key_event_data(row))
+
+
+@blp.route("/<key_id>/rotate", methods=["POST"])
+@blp.auth("keys:write")
+@blp.arguments(RotateSchema)
+@blp.response(200, ApiKeyCreatedSchema)
+@blp.problem(404, "No such API key")
+@blp.problem(409, "The key is revoked")
+def rotate(data: dict[str, Any], key_id: str) -> ApiKey:
+    """Rotate a key's secret; the old one keeps working for the grace period."""
+    with database.atomic():
+        row = get_visible_key(key_id)
+        if row.revoked_at is not None:
+            raise Problem(409, "A revoked key cannot be rotated.")
+        secret = rotate_key(row, data["grace_period_seconds"])
+        record_audit("api_key.rotated", "api_key", row.id, data)
+        emit_event("api_key.rotated", key_event_data(row))
+    row.key = secret
+    return row

@@ -1,0 +1,82 @@
+"""Schemas for ``/api-keys``."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import marshmallow as ma
+
+from app.api import PageArgsSchema, UTCDateTime, page_schema
+from app.config import ALL_SCOPES
+from app.models import utcnow
+
+
+def validate_cidrs(values: list[str]) -> None:
+    """Reject anything that is not an IPv4/IPv6 address or CIDR network."""
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ma.ValidationError(f"{value!r} is not an IP address or CIDR network") from exc
+
+
+class ApiKeySchema(ma.Schema):
+    id = ma.fields.String(dump_only=True)
+    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
+    key_prefix = ma.fields.String(
+        dump_only=True, metadata={"description": "Shown to identify the key; not a secret"}
+    )
+    permissions = ma.fields.List(
+        ma.fields.String(validate=ma.validate.OneOf(ALL_SCOPES)),
+        load_default=list,
+        metadata={"description": "Scopes: " + ", ".join(ALL_SCOPES)},
+    )
+    rate_limit = ma.fields.Integer(
+        load_default=1000,
+        validate=ma.validate.Range(min=1, max=100_000_000),
+        metadata={"description": "Requests per hour"},
+    )
+    allowed_ips = ma.fields.List(
+        ma.fields.String(),
+        allow_none=True,
+        load_default=None,
+        validate=[ma.validate.Length(max=100), validate_cidrs],
+        metadata={"description": "CIDR allow-list; other client addresses get 403"},
+    )
+    expires_at = UTCDateTime(allow_none=True, load_default=None)
+    last_used_at = UTCDateTime(dump_only=True, allow_none=True)
+    revoked_at = UTCDateTime(dump_only=True, allow_none=True)
+    created_at = UTCDateTime(dump_only=True)
+    created_by = ma.fields.String(attribute="created_by_id", dump_only=True, allow_none=True)
+    previous_valid_until = UTCDateTime(
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "Until when the pre-rotation secret still works"},
+    )
+
+    @ma.validates("expires_at")
+    def _future(self, value: Any, data_key: str) -> None:
+        if value is not None and value <= utcnow():
+            raise ma.ValidationError("must be in the future")
+
+
+class ApiKeyCreatedSchema(ApiKeySchema):
+    key = ma.fields.String(
+        dump_only=True, metadata={"description": "The secret: shown only in this response"}
+    )
+
+
+class ApiKeyQueryArgsSchema(PageArgsSchema):
+    include_revoked = ma.fields.Boolean(load_default=False)
+
+
+class RotateSchema(ma.Schema):
+    grace_period_seconds = ma.fields.Integer(
+        load_default=3600,
+        validate=ma.validate.Range(min=0, max=30 * 24 * 3600),
+        metadata={"description": "How long the old secret keeps working (0–30 days)"},
+    )
+
+
+ApiKeyPageSchema = page_schema(ApiKeySchema, "ApiKeyPage")

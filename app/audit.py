@@ -1,0 +1,42 @@
+"""Audit trail: who changed what, when, from where — never secrets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import g, has_request_context
+
+from app.auth.access import client_ip
+from app.models import AuditLog
+
+# Keys whose values are never written to the audit log, at any depth.
+_SECRET_WORDS = ("secret", "password", "token", "key_hash", "authorization", "credential")
+
+
+def scrub(value: Any) -> Any:
+    """Replace values of secret-looking keys with a marker, recursively."""
+    if isinstance(value, dict):
+        return {
+            k: "[redacted]" if any(w in str(k).lower() for w in _SECRET_WORDS) else scrub(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
+def record_audit(
+    action: str, resource_type: str, resource_id: str | None, changes: dict[str, Any] | None = None
+) -> AuditLog:
+    """Write one audit entry for the current request (call inside the write's transaction)."""
+    principal = g.get("principal") if has_request_context() else None
+    return AuditLog.create(
+        actor_key_id=principal.key.id if principal else None,
+        actor_user_id=principal.user.id if principal and principal.user else None,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        changes=scrub(changes or {}),
+        ip=client_ip() if has_request_context() else None,
+        request_id=g.get("request_id") if has_request_context() else None,
+    )

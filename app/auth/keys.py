@@ -1,0 +1,91 @@
+"""API key secrets: generation, bcrypt storage, and verification with an in-process cache.
+
+A key looks like ``sb_live_`` + 40 base62 characters (≈238 bits). Its first 16 characters are
+the display prefix that finds the row; the whole key is bcrypt-hashed. bcrypt is slow on
+purpose, so a successful verification is cached for ``KEY_CACHE_TTL`` seconds under a SHA-256
+of the key; revocation and expiry are still read from the row on every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import string
+import threading
+import time
+from collections import OrderedDict
+
+import bcrypt
+
+KEY_TYPES = ("live", "sess")
+PREFIX_LENGTH = 16
+_ALPHABET = string.ascii_letters + string.digits
+_KEY_RE = re.compile(r"^sb_(live|sess)_[A-Za-z0-9]{40}$")
+
+
+def generate_key(kind: str = "live") -> str:
+    """Return a new random key secret of the given type."""
+    if kind not in KEY_TYPES:
+        raise ValueError(f"unknown key type {kind!r}")
+    return f"sb_{kind}_" + "".join(secrets.choice(_ALPHABET) for _ in range(40))
+
+
+def key_prefix(key: str) -> str | None:
+    """The display prefix of a well-formed key, or None if the key is malformed."""
+    return key[:PREFIX_LENGTH] if _KEY_RE.match(key) else None
+
+
+def hash_secret(secret: str, rounds: int) -> str:
+    """bcrypt-hash a key or password (both stay under bcrypt's 72-byte limit)."""
+    encoded = secret.encode()
+    if len(encoded) > 72:
+        raise ValueError("secret longer than bcrypt's 72-byte limit")
+    return bcrypt.hashpw(encoded, bcrypt.gensalt(rounds)).decode()
+
+
+def check_secret(secret: str, hashed: str) -> bool:
+    """Constant-time bcrypt check; False for malformed hashes or over-long secrets."""
+    encoded = secret.encode()
+    if len(encoded) > 72:
+        return False
+    try:
+        return bcrypt.checkpw(encoded, hashed.encode())
+    except ValueError:
+        return False
+
+
+class VerifiedKeyCache:
+    """Remembers which (key, stored hash) pairs bcrypt already accepted, for a short TTL."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _digest(key: str) -> bytes:
+        return hashlib.sha256(key.encode()).digest()
+
+    def verify(self, key: str, hashed: str) -> bool:
+        """True when ``key`` matches ``hashed``; bcrypt runs only on a cache miss."""
+        digest = self._digest(key)
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(digest)
+        if entry is not None and entry[1] > now and hmac.compare_digest(entry[0], hashed):
+            return True
+        if not check_secret(key, hashed):
+            return False
+        with self._lock:
+            self._entries[digest] = (hashed, now + self.ttl)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

@@ -1,0 +1,59 @@
+"""``/auth``: password login and whoami."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import current_app, g
+
+from app.api import Blueprint
+from app.audit import record_audit
+from app.auth.access import ROLE_SCOPES
+from app.auth.issuing import issue_key
+from app.auth.passwords import authenticate_user
+from app.auth.schemas import LoginResultSchema, LoginSchema, WhoAmISchema
+from app.db import database
+from app.models import utcnow
+from app.problems import Problem
+
+blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Login and identity")
+
+
+@blp.route("/login", methods=["POST"])
+@blp.arguments(LoginSchema)
+@blp.response(201, LoginResultSchema)
+@blp.problem(401, "Wrong email or password")
+def login(credentials: dict[str, Any]) -> dict[str, Any]:
+    """Exchange email and password for an API key valid 24 hours."""
+    user = authenticate_user(credentials["email"], credentials["password"])
+    if user is None:
+        raise Problem(401, "Wrong email or password.")
+    expires_at = utcnow() + timedelta(seconds=current_app.config["LOGIN_KEY_TTL"])
+    scopes = sorted(ROLE_SCOPES[user.role])
+    with database.atomic():
+        row, secret = issue_key(
+            name=f"login session for {user.email}",
+            owner=user,
+            permissions=scopes,
+            expires_at=expires_at,
+            kind="sess",
+        )
+        record_audit("auth.login", "api_key", row.id, {"user": user.email})
+    return {"key": secret, "key_id": row.id, "expires_at": expires_at, "scopes": scopes}
+
+
+@blp.route("/whoami", methods=["GET"])
+@blp.auth(None)
+@blp.response(200, WhoAmISchema)
+def whoami() -> dict[str, Any]:
+    """Describe the calling API key: id, name, scopes and owner."""
+    principal = g.principal
+    return {
+        "id": principal.key.id,
+        "name": principal.key.name,
+        "key_prefix": principal.key.key_prefix,
+        "scopes": sorted(principal.scopes),
+        "expires_at": principal.key.expires_at,
+        "owner": principal.user,
+    }

@@ -1,0 +1,34 @@
+"""Schemas for login and whoami."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+
+from app.api import UTCDateTime
+
+
+class LoginSchema(ma.Schema):
+    email = ma.fields.Email(required=True, validate=ma.validate.Length(max=320))
+    password = ma.fields.String(required=True, load_only=True, validate=ma.validate.Length(max=72))
+
+
+class LoginResultSchema(ma.Schema):
+    key = ma.fields.String(metadata={"description": "New API key, shown only this once"})
+    key_id = ma.fields.String()
+    expires_at = UTCDateTime()
+    scopes = ma.fields.List(ma.fields.String())
+
+
+class OwnerSchema(ma.Schema):
+    id = ma.fields.String()
+    email = ma.fields.String()
+    role = ma.fields.String()
+
+
+class WhoAmISchema(ma.Schema):
+    id = ma.fields.String(metadata={"description": "The calling key's id"})
+    name = ma.fields.String()
+    key_prefix = ma.fields.String()
+    scopes = ma.fields.List(ma.fields.String())
+    expires_at = UTCDateTime(allow_none=True)
+    owner = ma.fields.Nested(OwnerSchema, allow_none=True)

@@ -1,0 +1,56 @@
+"""Database binding: one peewee ``DatabaseProxy`` bound from ``DATABASE_URL``.
+
+SQLite gets WAL and a busy timeout so the API and workers can share one file;
+PostgreSQL URLs use peewee's connection pool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import peewee
+from flask import Flask
+from playhouse.db_url import connect
+
+database = peewee.DatabaseProxy()
+
+_POOLED_SCHEMES = {"postgres": "postgres+pool", "postgresql": "postgresql+pool"}
+
+
+def open_database(url: str) -> peewee.Database:
+    """Open (lazily) the database that ``url`` names."""
+    scheme, sep, rest = url.partition("://")
+    options: dict[str, Any] = {}
+    if scheme in _POOLED_SCHEMES:
+        url = f"{_POOLED_SCHEMES[scheme]}{sep}{rest}"
+        options = {"max_connections": 32, "stale_timeout": 300, "timeout": 10}
+    if scheme.startswith("sqlite"):
+        path = rest.lstrip("/") if rest.startswith("//") else rest
+        if path not in ("", ":memory:"):
+            Path("/" + path.lstrip("/") if rest.startswith("/") else path).parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        options = {
+            "pragmas": {
+                "journal_mode": "wal",
+                "busy_timeout": 10000,
+                "foreign_keys": 1,
+                "synchronous": "normal",
+            }
+        }
+    return connect(url, **options)
+
+
+def init_app(app: Flask) -> None:
+    """Bind the proxy to the configured database and manage per-request connections."""
+    database.initialize(open_database(app.config["DATABASE_URL"]))
+
+    @app.before_request
+    def _connect() -> None:
+        database.connect(reuse_if_open=True)
+
+    @app.teardown_appcontext
+    def _close(exc: BaseException | None) -> None:
+        if not database.is_closed():
+            database.close()

@@ -1,0 +1,97 @@
+"""The application factory: configuration, extensions, blueprints, request plumbing."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from app import cli, cors, db, plugins_ext, problems, redis_store, secretbox
+from app.api import Api
+from app.config import load_config
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def _resource_modules() -> tuple[Any, ...]:
+    from app.api_keys import resources as api_keys
+    from app.auth import resources as auth
+    from app.health import resources as health
+    from app.integrations import resources as integrations
+    from app.logs import resources as logs
+
+    return (health, auth, api_keys, integrations, logs)
+
+
+def build_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Create and configure an app; ``test_config`` overrides environment configuration."""
+    app = Flask("app", instance_relative_config=True, static_folder=None)
+    app.config.update(load_config(app.instance_path))
+    app.config.update(
+        API_TITLE="Switchboard",
+        API_VERSION="0.1.0",
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="api/v1/openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        API_SPEC_OPTIONS=_spec_options(),
+        JSON_SORT_KEYS=False,
+    )
+    if test_config:
+        app.config.update(test_config)
+    logging.basicConfig(
+        level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if app.config["TRUSTED_PROXY_HOPS"]:
+        hops = app.config["TRUSTED_PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+
+    db.init_app(app)
+    redis_store.init_app(app)
+    secretbox.init_app(app)
+    problems.init_app(app)
+    cors.init_app(app)
+    plugins_ext.init_app(app)
+    _init_request_ids(app)
+
+    api = Api(app)
+    for module in _resource_modules():
+        api.register_blueprint(module.blp)
+    app.extensions["api"] = api
+    cli.init_app(app)
+    return app
+
+
+def _spec_options() -> dict[str, Any]:
+    return {
+        "info": {
+            "description": "Manage integrations, API keys and webhooks. Authenticate with "
+            "`Authorization: Bearer <key>` or `X-API-Key: <key>`; errors are RFC 9457 "
+            "`application/problem+json`.",
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "sb_live_…"},
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+        },
+        "servers": [{"url": "/"}],
+    }
+
+
+def _init_request_ids(app: Flask) -> None:
+    @app.before_request
+    def _assign_request_id() -> None:
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def _echo_request_id(response: Response) -> Response:
+        if g.get("request_id"):
+            response.headers["X-Request-Id"] = g.request_id
+        return response

@@ -1,0 +1,76 @@
+"""Schemas for ``/integrations``."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+
+from app.api import PageArgsSchema, UTCDateTime, page_schema
+from app.api_keys.schemas import validate_cidrs
+
+INTEGRATION_TYPES = ("sso", "webhook", "api", "notification")
+INTEGRATION_STATUSES = ("active", "inactive", "error")
+
+
+class SubscriptionSchema(ma.Schema):
+    events = ma.fields.List(
+        ma.fields.String(validate=ma.validate.Length(min=1, max=200)),
+        required=True,
+        validate=ma.validate.Length(min=1, max=50),
+        metadata={"description": "Event types or wildcards (`*`, `github.*`)"},
+    )
+    action = ma.fields.String(
+        required=True, metadata={"description": "Connector action to run for each event"}
+    )
+    input = ma.fields.Dict(
+        load_default=dict,
+        metadata={"description": "Action input; strings may use {{event.data.field}}"},
+    )
+
+
+class IntegrationSchema(ma.Schema):
+    id = ma.fields.String(dump_only=True)
+    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
+    type = ma.fields.String(required=True, validate=ma.validate.OneOf(INTEGRATION_TYPES))
+    provider = ma.fields.String(
+        required=True,
+        validate=ma.validate.Length(min=1, max=100),
+        metadata={"description": "Connector name, see GET /api/v1/connectors"},
+    )
+    status = ma.fields.String(
+        load_default="inactive", validate=ma.validate.OneOf(INTEGRATION_STATUSES)
+    )
+    description = ma.fields.String(load_default="", validate=ma.validate.Length(max=2000))
+    config = ma.fields.Dict(
+        load_default=dict,
+        metadata={"description": "Connector configuration; secret fields read back as ********"},
+    )
+    metadata = ma.fields.Dict(load_default=dict)
+    subscriptions = ma.fields.List(
+        ma.fields.Nested(SubscriptionSchema),
+        load_default=list,
+        validate=ma.validate.Length(max=50),
+        metadata={"description": "Run a connector action when matching events happen"},
+    )
+    allowed_ips = ma.fields.List(
+        ma.fields.String(),
+        allow_none=True,
+        load_default=None,
+        validate=[ma.validate.Length(max=500), validate_cidrs],
+        metadata={"description": "CIDR allow-list for inbound requests"},
+    )
+    created_at = UTCDateTime(dump_only=True)
+    updated_at = UTCDateTime(dump_only=True)
+    created_by = ma.fields.String(attribute="created_by_id", dump_only=True, allow_none=True)
+
+
+class IntegrationQueryArgsSchema(PageArgsSchema):
+    type = ma.fields.String(validate=ma.validate.OneOf(INTEGRATION_TYPES))
+    status = ma.fields.String(validate=ma.validate.OneOf(INTEGRATION_STATUSES))
+    provider = ma.fields.String(validate=ma.validate.Length(max=100))
+    q = ma.fields.String(
+        validate=ma.validate.Length(min=1, max=200),
+        metadata={"description": "Case-insensitive substring of the name"},
+    )
+
+
+IntegrationPageSchema = page_schema(IntegrationSchema, "IntegrationPage")

@@ -1,0 +1,1 @@
+"""Integration logs and the audit log."""

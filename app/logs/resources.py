@@ -1,0 +1,51 @@
+"""``/logs`` (integration activity) and ``/audit-log`` (who changed what)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.api import Blueprint, paginate
+from app.logs.schemas import (
+    AuditPageSchema,
+    AuditQueryArgsSchema,
+    LogPageSchema,
+    LogQueryArgsSchema,
+)
+from app.models import AuditLog, IntegrationLog
+
+blp = Blueprint("logs", __name__, url_prefix="/api/v1", description="Logs and audit trail")
+
+
+def log_query(args: dict[str, Any]) -> Any:
+    """Integration logs matching the filters in ``args``, newest first."""
+    query = IntegrationLog.select()
+    for field in ("integration_id", "status", "event_type"):
+        if args.get(field):
+            query = query.where(getattr(IntegrationLog, field) == args[field])
+    return query.order_by(IntegrationLog.id.desc())
+
+
+@blp.route("/logs", methods=["GET"])
+@blp.auth("logs:read")
+@blp.arguments(LogQueryArgsSchema, location="query")
+@blp.response(200, LogPageSchema)
+def list_logs(args: dict[str, Any]) -> dict[str, Any]:
+    """List integration logs (every outbound call, test and gateway request)."""
+    return paginate(log_query(args), args)
+
+
+@blp.route("/audit-log", methods=["GET"])
+@blp.auth("admin")
+@blp.arguments(AuditQueryArgsSchema, location="query")
+@blp.response(200, AuditPageSchema)
+def list_audit_log(args: dict[str, Any]) -> dict[str, Any]:
+    """List audit entries (admins only), newest first."""
+    query = AuditLog.select()
+    for field in ("action", "resource_type", "resource_id", "actor_key_id", "actor_user_id"):
+        if args.get(field):
+            query = query.where(getattr(AuditLog, field) == args[field])
+    if args.get("since"):
+        query = query.where(AuditLog.created_at >= args["since"])
+    if args.get("until"):
+        query = query.where(AuditLog.created_at < args["until"])
+    return paginate(query.order_by(AuditLog.id.desc()), args)

@@ -1,0 +1,144 @@
+"""RFC 9457 problem details: the one path every error response takes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, json, request
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_BASE = "https://switchboard.dev/problems/"
+
+# Short machine-readable slugs for the problem ``type`` URI, by status.
+_SLUGS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    422: "validation-error",
+    429: "quota-exceeded",
+    500: "internal-error",
+    502: "bad-gateway",
+    503: "service-unavailable",
+    504: "gateway-timeout",
+}
+
+
+class Problem(HTTPException):
+    """An HTTP error with a problem type, detail and optional extra members."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        type_slug: str | None = None,
+        errors: Any = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(description=detail)
+        self.code = status
+        self.type_slug = type_slug
+        self.errors = errors
+        self.extra_headers = headers or {}
+        self.extra = extra
+
+
+def problem_response(
+    status: int,
+    detail: str | None = None,
+    *,
+    title: str | None = None,
+    type_slug: str | None = None,
+    errors: Any = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """Build an ``application/problem+json`` response."""
+    from werkzeug.http import HTTP_STATUS_CODES
+
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + (type_slug or _SLUGS.get(status, "error")),
+        "title": title or HTTP_STATUS_CODES.get(status, "Error"),
+        "status": status,
+    }
+    if detail:
+        body["detail"] = detail
+    if errors:
+        body["errors"] = errors
+    request_id = g.get("request_id") if _in_request() else None
+    if request_id:
+        body["request_id"] = request_id
+    if _in_request():
+        body["instance"] = request.path
+    body.update(extra)
+    response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _in_request() -> bool:
+    from flask import has_request_context
+
+    return has_request_context()
+
+
+def _validation_errors(exc: HTTPException) -> Any:
+    """Flatten webargs' ``{"json": {...}, "query": {...}}`` messages into field → messages."""
+    messages = getattr(exc, "data", {}).get("messages") if hasattr(exc, "data") else None
+    if not isinstance(messages, dict):
+        return None
+    flat: dict[str, Any] = {}
+    for location_errors in messages.values():
+        if isinstance(location_errors, dict):
+            flat.update(location_errors)
+        else:
+            flat["_schema"] = location_errors
+    return flat
+
+
+def handle_http_exception(exc: HTTPException) -> Response:
+    """Turn any ``HTTPException`` (ours, werkzeug's, webargs') into problem+json."""
+    status = exc.code or 500
+    if isinstance(exc, Problem):
+        return problem_response(
+            status,
+            exc.description,
+            type_slug=exc.type_slug,
+            errors=exc.errors,
+            headers=exc.extra_headers,
+            **exc.extra,
+        )
+    errors = _validation_errors(exc)
+    detail = exc.description
+    if status == 422:
+        detail = "The request body or parameters failed validation; see errors."
+    elif status == 400 and errors:
+        detail = "The request could not be parsed; see errors."
+    headers = {}
+    if status == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
+        headers["Allow"] = ", ".join(exc.valid_methods)
+    return problem_response(status, detail, errors=errors, headers=headers)
+
+
+def handle_unexpected(exc: Exception) -> Response:
+    """Log an unexpected exception with its trace and answer a bare 500 problem."""
+    if isinstance(exc, HTTPException):
+        return handle_http_exception(exc)
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return problem_response(500, InternalServerError.description)
+
+
+def init_app(app: Flask) -> None:
+    """Route every error through problem+json."""
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

@@ -1,0 +1,135 @@
+"""Shared fixtures: one app per session (SQLite or DATABASE_URL), real Redis, clean state."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from app import create_app, migrations
+from app.auth.issuing import issue_key
+from app.auth.keys import hash_secret
+from app.db import database
+from app.models import User
+
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'switchboard.db'}"
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    instance = tmp_path_factory.mktemp("instance")
+    config = {
+        "TESTING": True,
+        "DATABASE_URL": _database_url(tmp_path_factory),
+        "REDIS_URL": TEST_REDIS_URL,
+        "BCRYPT_ROUNDS": 4,
+        "SECRET_KEYS": ["bXlzZWNyZXRrZXlteXNlY3JldGtleW15c2VjcmV0a2U="],
+        "ALLOWED_NETWORKS": "127.0.0.0/8",
+        "WEBHOOK_RETRY_SCHEDULE": "0.2,0.4,0.8",
+    }
+    application = create_app(config)
+    application.instance_path = str(instance)
+    with application.app_context():
+        if database.obj.__class__.__name__.startswith("Postgres"):
+            database.execute_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        else:
+            database.drop_tables([migrations.SchemaMigration, *reversed(_all_models())], safe=True)
+        migrations.upgrade()
+    yield application
+
+
+def _all_models() -> list[Any]:
+    from app import models
+
+    return [*models.FOUNDATION_MODELS, *models.EVENT_MODELS]
+
+
+@pytest.fixture(autouse=True)
+def _clean_state(app: Any) -> Iterator[None]:
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    client.flushdb()
+    app.extensions.get("key_cache") and app.extensions["key_cache"].clear()
+    with app.app_context(), database.connection_context():
+        tables = [m._meta.table_name for m in reversed(_all_models())]
+        if database.obj.__class__.__name__.startswith("Postgres"):
+            database.execute_sql(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+        else:
+            for table in tables:
+                database.execute_sql(f"DELETE FROM {table}")  # noqa: S608 - table names are ours
+    yield
+
+
+@pytest.fixture()
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+class ApiClient:
+    """A test client that sends an API key on every request (Flask tutorial's AuthActions)."""
+
+    def __init__(self, client: Any, key: str) -> None:
+        self.client = client
+        self.key = key
+
+    def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}", **(headers or {})}
+
+    def get(self, url: str, headers: dict[str, str] | None = None, **kw: Any) -> Any:
+        return self.client.get(url, headers=self._headers(headers), **kw)
+
+    def post(
+        self, url: str, json: Any = None, headers: dict[str, str] | None = None, **kw: Any
+    ) -> Any:
+        return self.client.post(url, json=json, headers=self._headers(headers), **kw)
+
+    def patch(
+        self, url: str, json: Any = None, headers: dict[str, str] | None = None, **kw: Any
+    ) -> Any:
+        return self.client.patch(url, json=json, headers=self._headers(headers), **kw)
+
+    def put(
+        self, url: str, json: Any = None, headers: dict[str, str] | None = None, **kw: Any
+    ) -> Any:
+        return self.client.put(url, json=json, headers=self._headers(headers), **kw)
+
+    def delete(self, url: str, headers: dict[str, str] | None = None, **kw: Any) -> Any:
+        return self.client.delete(url, headers=self._headers(headers), **kw)
+
+
+def make_user(app: Any, email: str, role: str = "member", password: str = "correct horse") -> User:
+    with app.app_context(), database.connection_context():
+        return User.create(email=email, password_hash=hash_secret(password, 4), role=role)
+
+
+def make_key(app: Any, user: User | None, permissions: list[str], **kw: Any) -> str:
+    with app.app_context(), database.connection_context():
+        _, secret = issue_key(
+            name=kw.pop("name", "test key"), owner=user, permissions=permissions, **kw
+        )
+        return secret
+
+
+@pytest.fixture()
+def admin_user(app: Any) -> User:
+    return make_user(app, "admin@example.com", role="admin")
+
+
+@pytest.fixture()
+def admin_key(app: Any, admin_user: User) -> str:
+    return make_key(app, admin_user, ["admin"])
+
+
+@pytest.fixture()
+def api(client: Any, admin_key: str) -> ApiClient:
+    """An ApiClient holding an admin key."""
+    return ApiClient(client, admin_key)

@@ -1,0 +1,114 @@
+"""Errors as problem+json, health, CORS, request ids, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app.cli import render_spec
+
+PROBLEM = "application/problem+json"
+
+
+def test_unknown_route_and_method(client, api):
+    res = client.get("/nope")
+    assert res.status_code == 404 and res.content_type == PROBLEM
+    assert res.json["title"] == "Not Found" and res.json["instance"] == "/nope"
+    res = api.put("/api/v1/logs", json={})
+    assert res.status_code == 405 and res.content_type == PROBLEM
+    assert "GET" in res.headers["Allow"]
+
+
+def test_oversized_and_malformed_bodies(api):
+    res = api.post(
+        "/api/v1/integrations",
+        data=b"x" * (2 * 1024 * 1024),
+        headers={"Content-Type": "application/json"},
+    )
+    assert res.status_code == 413 and res.content_type == PROBLEM
+    res = api.post(
+        "/api/v1/integrations", data=b'{"name": ', headers={"Content-Type": "application/json"}
+    )
+    assert res.status_code == 400 and res.content_type == PROBLEM
+    assert "Traceback" not in res.text
+
+
+def test_unexpected_errors_hide_the_trace(app):
+    from flask import Blueprint
+
+    broken = create_app({**app.config})
+    bp = Blueprint("boom", __name__)
+
+    @bp.route("/boom")
+    def boom():
+        raise RuntimeError("secret internals")
+
+    broken.register_blueprint(bp)
+    res = broken.test_client().get("/boom")
+    assert res.status_code == 500 and res.content_type == PROBLEM
+    assert "secret internals" not in res.text and "Traceback" not in res.text
+
+
+def test_health_and_ready(client, app):
+    assert client.get("/api/v1/health").json == {"status": "ok"}
+    ready = client.get("/api/v1/ready")
+    assert ready.status_code == 200 and ready.json["checks"] == {"database": "ok", "redis": "ok"}
+    down = create_app({**app.config, "REDIS_URL": "redis://127.0.0.1:1/0"})
+    res = down.test_client().get("/api/v1/ready")
+    assert res.status_code == 503 and res.content_type == PROBLEM
+    assert res.json["checks"]["redis"] == "unavailable"
+
+
+def test_request_id_is_echoed(client):
+    res = client.get("/api/v1/health", headers={"X-Request-Id": "abc-123"})
+    assert res.headers["X-Request-Id"] == "abc-123"
+    res = client.get("/api/v1/health", headers={"X-Request-Id": "<script>" * 20})
+    assert res.headers["X-Request-Id"] != "<script>" * 20 and len(res.headers["X-Request-Id"]) == 32
+
+
+def test_cors(app):
+    cors_app = create_app({**app.config, "CORS_ORIGINS": ["https://admin.example.com"]})
+    c = cors_app.test_client()
+    pre = c.options(
+        "/api/v1/integrations",
+        headers={"Origin": "https://admin.example.com", "Access-Control-Request-Method": "POST"},
+    )
+    assert pre.status_code == 200
+    assert pre.headers["Access-Control-Allow-Origin"] == "https://admin.example.com"
+    assert "Authorization" in pre.headers["Access-Control-Allow-Headers"]
+    assert "Access-Control-Allow-Credentials" not in pre.headers
+    other = c.get("/api/v1/health", headers={"Origin": "https://evil.example.com"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_swagger_ui_and_spec(client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/api/v1/openapi.json").json
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearerAuth"]["scheme"] == "bearer" and schemes["apiKeyHeader"]["in"] == "header"
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            if method == "parameters":
+                continue
+            assert op.get("summary"), f"{method} {path} has no summary"
+            if op.get("security"):
+                assert {"401", "403"} <= set(op["responses"]), f"{method} {path}"
+
+
+def test_committed_openapi_is_current(app):
+    committed = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
+    with app.app_context():
+        live = render_spec()
+    assert committed.exists(), "run `flask --app app openapi write`"
+    assert json.loads(committed.read_text()) == json.loads(live), (
+        "openapi/openapi.json is stale: run `flask --app app openapi write`"
+    )
+
+
+@pytest.mark.parametrize("path", ["/api/v1/integrations", "/api/v1/api-keys", "/api/v1/logs"])
+def test_lists_require_auth(client, path):
+    res = client.get(path)
+    assert res.status_code == 401 and res.content_type == PROBLEM

@@ -1,0 +1,38 @@
+"""Switchboard worker: an RQ worker on ``webhooks``, ``connectors`` and ``default``.
+
+Runs jobs in-process (no fork per job: deliveries are short I/O-bound jobs that open their own
+database connections), with RQ's scheduler for retries, plus the outbox reconciler thread.
+
+    python worker.py [--burst]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from rq import SimpleWorker
+
+from app import create_app
+from app.queues import QUEUE_NAMES, get_queue
+from app.reconciler import start_reconciler
+from app.redis_store import get_redis
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    parser.add_argument("--name", help="worker name (default: RQ's)")
+    args = parser.parse_args()
+    app = create_app()
+    with app.app_context():
+        start_reconciler(app)
+        worker = SimpleWorker(
+            [get_queue(name) for name in QUEUE_NAMES], connection=get_redis(), name=args.name
+        )
+        logging.getLogger("rq.worker").setLevel(app.config["LOG_LEVEL"])
+        worker.work(burst=args.burst, with_scheduler=True)
+
+
+if __name__ == "__main__":
+    main()
