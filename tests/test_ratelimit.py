@@ -1,0 +1,184 @@
+"""Rate limiter and usage counters against a real Redis (database 13 only, flushed per test)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from app import usage
+from app.ratelimit import RateLimitDecision, RateLimiter
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+@pytest.fixture
+def r() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def _oldest_score(r: redis.Redis, key: str) -> float:
+    return float(r.zrange(key, 0, 0, withscores=True)[0][1])
+
+
+def test_limit_counts_down_then_denies_without_consuming(r: redis.Redis) -> None:
+    limiter = RateLimiter(r)
+    decisions = [limiter.hit("key_a", 5) for _ in range(5)]
+    assert all(d.allowed for d in decisions)
+    assert [d.remaining for d in decisions] == [4, 3, 2, 1, 0]
+    assert all(1 <= d.reset_after <= 3600 for d in decisions)
+    assert all(d.retry_after == 0 for d in decisions)
+
+    oldest = _oldest_score(r, limiter.key("key_a"))
+    denied = [limiter.hit("key_a", 5) for _ in range(3)]
+    for d in denied:
+        assert not d.allowed
+        assert d.remaining == 0
+        assert 1 <= d.retry_after <= 3600
+        assert d.reset_after == d.retry_after
+    # Denied hits wrote nothing: same five entries, same oldest, so the wait never grows.
+    assert r.zcard(limiter.key("key_a")) == 5
+    assert _oldest_score(r, limiter.key("key_a")) == oldest
+    assert denied[-1].retry_after <= denied[0].retry_after
+    assert 0 < r.pttl(limiter.key("key_a")) <= 3600 * 1000
+    # Other keys are independent.
+    assert limiter.hit("key_b", 5).remaining == 4
+
+
+def test_fresh_key_and_validation(r: redis.Redis) -> None:
+    limiter = RateLimiter(r)
+    first = limiter.hit("key_new", 1)
+    assert first.allowed and first.remaining == 0
+    with pytest.raises(ValueError):
+        limiter.hit("key_new", 0)
+    with pytest.raises(ValueError):
+        RateLimiter(r, window_seconds=0)
+
+
+def _hammer(url: str, key_id: str, limit: int, hits: int) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        limiter = RateLimiter(client)
+        return sum(limiter.hit(key_id, limit).allowed for _ in range(hits))
+    finally:
+        client.close()
+
+
+def test_exact_across_processes(r: redis.Redis) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        admitted = pool.starmap(_hammer, [(REDIS_URL, "key_conc", 50, 20)] * 4)
+    assert sum(admitted) == 50
+    assert r.zcard(RateLimiter(r).key("key_conc")) == 50
+
+
+def test_short_window_readmits_after_honest_retry_after(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, window_seconds=2, policy="2s")
+    assert limiter.hit("key_s", 2).allowed
+    assert limiter.hit("key_s", 2).allowed
+    denied = limiter.hit("key_s", 2)
+    assert not denied.allowed
+    assert 1 <= denied.retry_after <= 2
+    time.sleep(denied.retry_after)
+    again = limiter.hit("key_s", 2)
+    assert again.allowed
+    assert again.policy_header() == '"2s";q=2;w=2'
+
+
+def test_retry_after_when_limit_was_lowered(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, window_seconds=3)
+    assert limiter.hit("key_l", 10).allowed  # t0
+    time.sleep(1.0)
+    assert limiter.hit("key_l", 10).allowed  # t0 + 1
+    # Limit 2: one entry must leave (the oldest, at t0 + 3), about 2 s away.
+    assert limiter.hit("key_l", 2).retry_after == 2
+    # Limit 1: both entries must leave; the newer one goes at t0 + 4, about 3 s away.
+    lowered = limiter.hit("key_l", 1)
+    assert not lowered.allowed
+    assert lowered.remaining == 0
+    assert lowered.retry_after == 3
+
+
+def test_headers() -> None:
+    allowed = RateLimitDecision(
+        allowed=True, limit=1000, remaining=999, reset_after=3600, retry_after=0
+    )
+    assert allowed.policy_header() == '"hour";q=1000;w=3600'
+    assert allowed.limit_header() == '"hour";r=999;t=3600'
+    assert allowed.headers() == {
+        "RateLimit-Policy": '"hour";q=1000;w=3600',
+        "RateLimit": '"hour";r=999;t=3600',
+    }
+    denied = RateLimitDecision(
+        allowed=False,
+        limit=5,
+        remaining=0,
+        reset_after=17,
+        retry_after=17,
+        window_seconds=60,
+        policy='min"ute',
+    )
+    assert denied.policy_header() == '"min\\"ute";q=5;w=60'
+    assert denied.headers()["Retry-After"] == "17"
+
+
+def test_redis_errors_propagate() -> None:
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    with pytest.raises(redis.exceptions.RedisError):
+        RateLimiter(dead).hit("key_x", 5)
+    dead.close()
+
+
+def test_usage_hourly_buckets(r: redis.Redis) -> None:
+    current_hour = int(time.time()) // 3600 * 3600
+    earlier = current_hour - 3600 + 5
+    for status in (200, 201, 204, 404):
+        usage.record(r, "key_u", status=status, now=earlier)
+    usage.record(r, "key_u", status=200, bytes_out=1500, now=current_hour + 10)
+    usage.record(r, "key_u", status=302, bytes_out=500, now=current_hour + 20)
+    usage.record(r, "key_u", status=429, rate_limited=True, now=current_hour + 30)
+    usage.record(r, "key_u", status=502, now=current_hour + 40)
+    usage.record(r, "key_other", status=200, now=current_hour + 40)
+
+    buckets = usage.read(r, "key_u", 24, now=current_hour + 50)
+    assert len(buckets) == 24
+    prev, last = buckets[-2], buckets[-1]
+    assert prev == {
+        "hour": time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(current_hour - 3600)),
+        "requests": 4,
+        "2xx": 3,
+        "3xx": 0,
+        "4xx": 1,
+        "5xx": 0,
+        "rate_limited": 0,
+        "gateway_bytes": 0,
+    }
+    assert last == {
+        "hour": time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(current_hour)),
+        "requests": 4,
+        "2xx": 1,
+        "3xx": 1,
+        "4xx": 1,
+        "5xx": 1,
+        "rate_limited": 1,
+        "gateway_bytes": 2000,
+    }
+    for bucket in buckets[:-2]:
+        assert bucket["requests"] == 0 and bucket["gateway_bytes"] == 0
+    hours = [b["hour"] for b in buckets]
+    assert hours == sorted(hours) and len(set(hours)) == 24
+
+    ttl = r.ttl(f"sb:usage:key_u:{current_hour // 3600}")
+    assert 0 < ttl <= 8 * 24 * 3600
+    with pytest.raises(ValueError):
+        usage.read(r, "key_u", 0)
+    with pytest.raises(ValueError):
+        usage.read(r, "key_u", usage.MAX_HOURS + 1)
