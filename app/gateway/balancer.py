@@ -1,0 +1,278 @@
+"""Weighted round robin across a pool of upstreams, with passive health shared through Redis.
+
+Picking: nginx's *smooth* weighted round robin, with its per-upstream "current weight" kept
+in one Redis hash per pool and updated by a Lua script, so every web process takes part in
+one schedule. Weights 3:1 give the interleaved sequence A A B A, i.e. exactly 225:75 over
+300 picks however the picks are spread over processes. Upstreams that cannot take a request
+(ejected, already tried by this request, weight 0) sit out of the step, so their share is
+spread over the others in proportion to weight rather than dumped on a neighbour.
+
+Passive health (per pool and upstream URL, one Redis hash each):
+
+- ``report_failure`` counts consecutive failures; at ``failure_threshold`` the upstream is
+  ejected for ``cooldown_seconds``.
+- After the cooldown it is *half-open*: ``pick`` lets exactly one trial request through at a
+  time (a trial lock with a TTL of ``trial_timeout_seconds``, so a lost trial cannot block
+  the upstream forever). A success closes it (healthy again); a failure ejects it again at
+  once for another cooldown.
+- ``report_success`` resets the consecutive-failure count.
+- Reports that arrive while an upstream is inside its cooldown are ignored: they come from
+  requests sent before the ejection and must neither shorten nor extend it.
+
+Every decision runs atomically in one Lua script (one round trip) on the Redis server's clock
+(``TIME``), so processes with drifting clocks agree. Every key carries a TTL: state untouched
+for ``state_ttl_seconds`` (plus any cooldown still running) disappears, so nothing grows
+without bound. Keys share the hash tag ``{pool_id}`` so each script stays in one Redis
+Cluster slot. Redis errors propagate as ``redis.exceptions.RedisError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence, Set
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+
+__all__ = ["Upstream", "UpstreamBalancer"]
+
+# KEYS[1]          hash: upstream URL -> smooth-WRR current weight
+# KEYS[1 + i]      health hash of upstream i: failures, until (ejected until, ms)
+# KEYS[1 + n + i]  trial lock of upstream i (held while its half-open trial is in flight)
+# ARGV[1]          TTL of the weights hash (ms);  ARGV[2] TTL of a trial lock (ms)
+# ARGV[3 + 3(i-1) .. 5 + 3(i-1)]  URL, weight, excluded (0|1) of upstream i
+# Returns the 0-based index of the chosen upstream, or -1 when none can take the request.
+_PICK_LUA = """
+local n = (#KEYS - 1) / 2
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local urls, weights, excluded = {}, {}, {}
+for i = 1, n do
+    urls[i] = ARGV[3 * i]
+    weights[i] = tonumber(ARGV[3 * i + 1])
+    excluded[i] = ARGV[3 * i + 2] == '1'
+end
+
+local stored = redis.call('HMGET', KEYS[1], unpack(urls))
+local current, total = {}, 0
+local best, best_trial = nil, false
+for i = 1, n do
+    current[i] = tonumber(stored[i]) or 0
+    local usable, trial = weights[i] > 0 and not excluded[i], false
+    if usable then
+        local ejected_until = tonumber(redis.call('HGET', KEYS[1 + i], 'until'))
+        if ejected_until then
+            if ejected_until > now or redis.call('EXISTS', KEYS[1 + n + i]) == 1 then
+                usable = false  -- cooling down, or its one half-open trial is in flight
+            else
+                trial = true
+            end
+        end
+    end
+    if usable then
+        current[i] = current[i] + weights[i]
+        total = total + weights[i]
+        if best == nil or current[i] > current[best] then
+            best, best_trial = i, trial
+        end
+    end
+end
+if best == nil then return -1 end
+
+current[best] = current[best] - total
+if best_trial then
+    redis.call('SET', KEYS[1 + n + best], '1', 'PX', ARGV[2], 'NX')
+end
+-- Rewrite the whole hash so URLs that left the pool do not linger in it.
+local fields = {}
+for i = 1, n do
+    fields[2 * i - 1] = urls[i]
+    fields[2 * i] = current[i]
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return best - 1
+"""
+
+# KEYS[1] health hash, KEYS[2] trial lock
+# ARGV[1] failure threshold, ARGV[2] cooldown (ms), ARGV[3] TTL of idle state (ms)
+# Returns 1 when this failure ejected the upstream, else 0.
+_FAILURE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cooldown, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ejected_until = tonumber(redis.call('HGET', KEYS[1], 'until'))
+if ejected_until and ejected_until > now then
+    return 0  -- from a request sent before the ejection
+end
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+if ejected_until or failures >= tonumber(ARGV[1]) then
+    -- Threshold reached, or the half-open trial failed: (re-)eject.
+    redis.call('HSET', KEYS[1], 'until', now + cooldown)
+    redis.call('DEL', KEYS[2])
+    redis.call('PEXPIRE', KEYS[1], cooldown + ttl)
+    return 1
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 0
+"""
+
+# KEYS[1] health hash, KEYS[2] trial lock.  Returns 1 when the state was cleared, else 0.
+_SUCCESS_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ejected_until = tonumber(redis.call('HGET', KEYS[1], 'until'))
+if ejected_until and ejected_until > now then
+    return 0  -- from a request sent before the ejection
+end
+return redis.call('DEL', KEYS[1], KEYS[2]) > 0 and 1 or 0
+"""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One target of a pool: base URL and relative weight (0 takes no traffic)."""
+
+    url: str
+    weight: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise ValueError("upstream url must not be empty")
+        if self.weight < 0:
+            raise ValueError("upstream weight must be >= 0")
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class UpstreamBalancer:
+    """Smooth weighted round robin with passive ejection; safe across threads and processes.
+
+    Args:
+        redis: client for the shared state (``decode_responses`` either way).
+        prefix: prefix of every Redis key.
+        failure_threshold: consecutive failures that eject an upstream.
+        cooldown_seconds: how long an ejected upstream gets no traffic before a trial.
+        trial_timeout_seconds: how long a half-open trial may stay unreported before
+            another one is allowed.
+        state_ttl_seconds: idle time after which a pool's state is forgotten.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "sb:gw:",
+        failure_threshold: int = 3,
+        cooldown_seconds: float = 30,
+        trial_timeout_seconds: float = 10,
+        state_ttl_seconds: float = 3600,
+    ) -> None:
+        if failure_threshold < 1:
+            raise ValueError("failure_threshold must be >= 1")
+        for name, value in (
+            ("cooldown_seconds", cooldown_seconds),
+            ("trial_timeout_seconds", trial_timeout_seconds),
+            ("state_ttl_seconds", state_ttl_seconds),
+        ):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0")
+        self.redis = redis
+        self.prefix = prefix
+        self.failure_threshold = failure_threshold
+        self.cooldown_seconds = cooldown_seconds
+        self.trial_timeout_seconds = trial_timeout_seconds
+        self.state_ttl_seconds = state_ttl_seconds
+        self._pick = redis.register_script(_PICK_LUA)
+        self._failure = redis.register_script(_FAILURE_LUA)
+        self._success = redis.register_script(_SUCCESS_LUA)
+
+    def _key(self, pool_id: str, kind: str, url: str = "") -> str:
+        # {pool_id} is a Redis Cluster hash tag: one pool's keys share a slot.
+        key = f"{self.prefix}{{{pool_id}}}:{kind}"
+        return f"{key}:{url}" if url else key
+
+    def health_key(self, pool_id: str, url: str) -> str:
+        """Redis hash holding the passive-health state of ``url`` in ``pool_id``."""
+        return self._key(pool_id, "health", url)
+
+    def trial_key(self, pool_id: str, url: str) -> str:
+        """Redis key held while the half-open trial request of ``url`` is in flight."""
+        return self._key(pool_id, "trial", url)
+
+    def pick(
+        self,
+        pool_id: str,
+        upstreams: Sequence[Upstream],
+        exclude: Set[str] = frozenset(),
+    ) -> Upstream | None:
+        """Choose the upstream for the next request, or ``None`` if none can take it.
+
+        ``exclude`` holds URLs already tried by this request. Picking a half-open upstream
+        starts its trial: report the outcome with ``report_success``/``report_failure``.
+
+        Raises:
+            ValueError: two upstreams share a URL.
+        """
+        if len({u.url for u in upstreams}) != len(upstreams):
+            raise ValueError("upstream URLs in a pool must be unique")
+        if not upstreams:
+            return None
+        keys = [self._key(pool_id, "wrr")]
+        keys += [self.health_key(pool_id, u.url) for u in upstreams]
+        keys += [self.trial_key(pool_id, u.url) for u in upstreams]
+        args: list[Any] = [_ms(self.state_ttl_seconds), _ms(self.trial_timeout_seconds)]
+        for upstream in upstreams:
+            args += [upstream.url, upstream.weight, 1 if upstream.url in exclude else 0]
+        index = int(self._pick(keys=keys, args=args))
+        return upstreams[index] if index >= 0 else None
+
+    def report_success(self, pool_id: str, upstream: Upstream) -> None:
+        """Record a successful request: reset failures and close a half-open upstream."""
+        self._success(
+            keys=[self.health_key(pool_id, upstream.url), self.trial_key(pool_id, upstream.url)]
+        )
+
+    def report_failure(self, pool_id: str, upstream: Upstream) -> bool:
+        """Record a failed request; return True if this failure ejected the upstream."""
+        ejected = self._failure(
+            keys=[self.health_key(pool_id, upstream.url), self.trial_key(pool_id, upstream.url)],
+            args=[
+                self.failure_threshold,
+                _ms(self.cooldown_seconds),
+                _ms(self.state_ttl_seconds),
+            ],
+        )
+        return bool(int(ejected))
+
+    def state(self, pool_id: str, upstreams: Sequence[Upstream]) -> list[dict[str, Any]]:
+        """Health of each upstream, for diagnostics.
+
+        Each entry: ``url``, ``weight``, ``healthy`` (takes normal traffic), ``half_open``
+        (cooldown over, admitting one trial at a time), ``consecutive_failures`` and
+        ``ejected_until`` (Unix time in seconds by the Redis clock, or None).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        for upstream in upstreams:
+            pipe.hmget(self.health_key(pool_id, upstream.url), ["failures", "until"])
+        (seconds, micros), *healths = pipe.execute()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        result = []
+        for upstream, (failures, until) in zip(upstreams, healths, strict=True):
+            until_ms = int(until) if until is not None else None
+            result.append(
+                {
+                    "url": upstream.url,
+                    "weight": upstream.weight,
+                    "healthy": until_ms is None,
+                    "half_open": until_ms is not None and until_ms <= now_ms,
+                    "consecutive_failures": int(failures or 0),
+                    "ejected_until": until_ms / 1000 if until_ms is not None else None,
+                }
+            )
+        return result
