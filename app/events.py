@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import peewee
 from flask import current_app
 
 from app.db import database
@@ -84,7 +85,8 @@ def emit_event(
                 }
             )
     integrations = Integration.select(Integration.id, Integration.subscriptions).where(
-        Integration.subscriptions != "[]", Integration.status != "inactive"
+        Integration.subscriptions != peewee.Value("[]", converter=False),
+        Integration.status != "inactive",
     )
     for integration in integrations:
         for index, subscription in enumerate(integration.subscriptions or ()):
@@ -98,8 +100,11 @@ def emit_event(
                     }
                 )
     if rows:
-        for row in rows:
+        for row in rows:  # insert_many takes its columns from the first row: give all the same
             row.update(id=new_id("dlv"), next_attempt_at=now, created_at=now, updated_at=now)
+            row.setdefault("webhook", None)
+            row.setdefault("integration", None)
+            row.setdefault("subscription_index", None)
         Delivery.insert_many(rows).execute()
         database.after_commit(wake_dispatcher)
     return event

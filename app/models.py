@@ -161,6 +161,7 @@ class Webhook(BaseModel):
     integration = peewee.ForeignKeyField(
         Integration, on_delete="CASCADE", column_name="integration_id", backref="webhooks"
     )
+    integration_id: str
     secret = peewee.TextField()  # encrypted whsec_…
     previous_secret = peewee.TextField(null=True)  # encrypted, signs too until the time below
     previous_secret_until = peewee.DateTimeField(null=True)
@@ -203,6 +204,11 @@ class Delivery(BaseModel):
         Integration, null=True, on_delete="CASCADE", column_name="integration_id"
     )
     subscription_index = peewee.IntegerField(null=True)
+    event_id: str
+    webhook_id: str | None
+    integration_id: str | None
+    # Attempts attached for API answers (see webhooks.resources), not a column.
+    attempt_log: list[DeliveryAttempt]
     status = peewee.CharField(max_length=20, default="pending")
     attempts = peewee.IntegerField(default=0)
     max_attempts = peewee.IntegerField(default=4)
@@ -224,6 +230,7 @@ class DeliveryAttempt(BaseModel):
     delivery = peewee.ForeignKeyField(
         Delivery, on_delete="CASCADE", column_name="delivery_id", backref="attempt_rows"
     )
+    delivery_id: str
     attempt = peewee.IntegerField()
     status_code = peewee.IntegerField(null=True)
     response_time_ms = peewee.FloatField(null=True)

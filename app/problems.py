@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, g, json, request
+from flask import Flask, Response, g, has_request_context, json, request
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.http import HTTP_STATUS_CODES
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ def problem_response(
     **extra: Any,
 ) -> Response:
     """Build an ``application/problem+json`` response."""
-    from werkzeug.http import HTTP_STATUS_CODES
-
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + (type_slug or _SLUGS.get(status, "error")),
         "title": title or HTTP_STATUS_CODES.get(status, "Error"),
@@ -74,22 +73,15 @@ def problem_response(
         body["detail"] = detail
     if errors:
         body["errors"] = errors
-    request_id = g.get("request_id") if _in_request() else None
-    if request_id:
-        body["request_id"] = request_id
-    if _in_request():
+    if has_request_context():
         body["instance"] = request.path
+        if g.get("request_id"):
+            body["request_id"] = g.request_id
     body.update(extra)
     response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
-
-
-def _in_request() -> bool:
-    from flask import has_request_context
-
-    return has_request_context()
 
 
 def _validation_errors(exc: HTTPException) -> Any:

@@ -1,0 +1,1 @@
+"""Publishing events and managing the event-type catalog."""

@@ -1,0 +1,37 @@
+"""Schemas for ``/events`` and ``/event-types``."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+
+EVENT_TYPE_NAME = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
+
+
+class EventTypeSchema(ma.Schema):
+    name = ma.fields.String(
+        required=True,
+        validate=[
+            ma.validate.Length(max=200),
+            ma.validate.Regexp(EVENT_TYPE_NAME, error="must look like `order.paid`"),
+        ],
+    )
+    description = ma.fields.String(load_default="", validate=ma.validate.Length(max=1000))
+    source = ma.fields.String(
+        dump_only=True, metadata={"description": "builtin, connector, or custom"}
+    )
+
+
+class EventTypeListSchema(ma.Schema):
+    items = ma.fields.List(ma.fields.Nested(EventTypeSchema))
+    total = ma.fields.Integer()
+
+
+class PublishSchema(ma.Schema):
+    type = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
+    data = ma.fields.Dict(required=True, metadata={"description": "Event payload (≤ 256 KiB)"})
+
+
+class PublishedSchema(ma.Schema):
+    id = ma.fields.String(metadata={"description": "Event id: the receivers' webhook-id"})
+    deliveries = ma.fields.Integer(metadata={"description": "Deliveries queued for it"})
+    duplicate = ma.fields.Boolean(metadata={"description": "True for an idempotent replay"})

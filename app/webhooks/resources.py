@@ -1,0 +1,273 @@
+"""``/webhooks`` and ``/deliveries``: endpoints, tests, secret rotation, delivery history."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import current_app
+from flask.views import MethodView
+
+from app.api import Blueprint, paginate
+from app.audit import record_audit
+from app.db import database
+from app.events import emit_event, event_catalog, is_valid_pattern
+from app.http_client import UnsafeURL
+from app.models import (
+    Delivery,
+    DeliveryAttempt,
+    Event,
+    Integration,
+    IntegrationLog,
+    Webhook,
+    utcnow,
+)
+from app.outbound import check_outbound_url
+from app.outbox import wake_dispatcher
+from app.problems import Problem
+from app.secretbox import encrypt
+from app.webhooks.schemas import (
+    DeliveryPageSchema,
+    DeliveryQueryArgsSchema,
+    DeliverySchema,
+    SecretRotatedSchema,
+    WebhookCreatedSchema,
+    WebhookPageSchema,
+    WebhookQueryArgsSchema,
+    WebhookSchema,
+    WebhookTestResultSchema,
+    WebhookUpdateSchema,
+)
+from app.webhooks.sender import event_body, send_signed, signing_secrets
+from app.webhooks.signing import generate_secret
+
+blp = Blueprint("webhooks", __name__, url_prefix="/api/v1", description="Webhook endpoints")
+
+ROTATION_OVERLAP = timedelta(hours=24)
+
+
+def get_webhook(webhook_id: str) -> Webhook:
+    """The webhook or a 404 problem."""
+    row = Webhook.get_or_none(Webhook.id == webhook_id)
+    if row is None:
+        raise Problem(404, f"No webhook {webhook_id!r}.")
+    return row
+
+
+def _invalid(field: str, message: str) -> Problem:
+    return Problem(422, f"Invalid `{field}`: {message}", errors={field: [message]})
+
+
+def validate_target(data: dict[str, Any]) -> None:
+    """Check URL safety, event patterns and the integration (422 naming the field)."""
+    if "url" in data:
+        try:
+            check_outbound_url(data["url"])
+        except UnsafeURL as exc:
+            raise _invalid("url", str(exc)) from exc
+    if "events" in data:
+        catalog = event_catalog()
+        unknown = [p for p in data["events"] if not is_valid_pattern(p, catalog)]
+        if unknown:
+            raise _invalid("events", "unknown event types: " + ", ".join(unknown))
+    if "integration_id" in data and not Integration.get_or_none(
+        Integration.id == data["integration_id"]
+    ):
+        raise _invalid("integration_id", f"no integration {data['integration_id']!r}")
+
+
+def webhook_view(row: Webhook) -> dict[str, Any]:
+    """Event/audit payload for a webhook: never its secret."""
+    return WebhookSchema().dump(row)
+
+
+@blp.route("/webhooks")
+class Webhooks(MethodView):
+    @blp.auth("webhooks:read")
+    @blp.arguments(WebhookQueryArgsSchema, location="query")
+    @blp.response(200, WebhookPageSchema)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """List webhook endpoints (secrets are never shown)."""
+        query = Webhook.select()
+        if args.get("integration_id"):
+            query = query.where(Webhook.integration == args["integration_id"])
+        if args.get("status"):
+            query = query.where(Webhook.status == args["status"])
+        return paginate(query.order_by(Webhook.created_at.desc(), Webhook.id), args)
+
+    @blp.auth("webhooks:write")
+    @blp.arguments(WebhookSchema)
+    @blp.response(201, WebhookCreatedSchema)
+    def post(self, data: dict[str, Any]) -> Webhook:
+        """Create a webhook endpoint; its signing secret is returned only this once."""
+        validate_target(data)
+        secret = data.pop("secret", None) or generate_secret()
+        with database.atomic():
+            row = Webhook.create(
+                secret=encrypt(secret), integration=data.pop("integration_id"), **data
+            )
+            view = webhook_view(row)
+            record_audit("webhook.created", "webhook", row.id, view)
+            emit_event("webhook.created", view)
+        row.secret = secret  # answered once in plaintext; the stored value stays encrypted
+        return row
+
+
+@blp.route("/webhooks/<webhook_id>")
+class WebhooksById(MethodView):
+    @blp.auth("webhooks:read")
+    @blp.response(200, WebhookSchema)
+    @blp.problem(404, "No such webhook")
+    def get(self, webhook_id: str) -> Webhook:
+        """Get one webhook endpoint (secret redacted)."""
+        return get_webhook(webhook_id)
+
+    @blp.auth("webhooks:write")
+    @blp.arguments(WebhookUpdateSchema)
+    @blp.response(200, WebhookSchema)
+    @blp.problem(404, "No such webhook")
+    def patch(self, data: dict[str, Any], webhook_id: str) -> Webhook:
+        """Update a webhook endpoint; `status: active` re-enables a disabled one."""
+        validate_target(data)
+        with database.atomic():
+            row = get_webhook(webhook_id)
+            before = webhook_view(row)
+            for field, value in data.items():
+                setattr(row, field, value)
+            if data.get("status") == "active":
+                row.consecutive_failures = 0
+                row.disabled_reason = None
+            elif data.get("status") == "disabled" and before["status"] != "disabled":
+                row.disabled_reason = "disabled through the API"
+            row.updated_at = utcnow()
+            row.save()
+            after = webhook_view(row)
+            changes = {k: after[k] for k in data if before.get(k) != after.get(k)}
+            record_audit("webhook.updated", "webhook", row.id, changes)
+            emit_event("webhook.updated", {**after, "changed": sorted(changes)})
+        return row
+
+    @blp.auth("webhooks:write")
+    @blp.response(204)
+    @blp.problem(404, "No such webhook")
+    def delete(self, webhook_id: str) -> None:
+        """Delete a webhook endpoint and its pending deliveries."""
+        with database.atomic():
+            row = get_webhook(webhook_id)
+            view = webhook_view(row)
+            row.delete_instance()
+            record_audit("webhook.deleted", "webhook", row.id, {"url": row.url})
+            emit_event("webhook.deleted", view)
+
+
+@blp.route("/webhooks/<webhook_id>/test", methods=["POST"])
+@blp.auth("webhooks:write")
+@blp.response(200, WebhookTestResultSchema)
+@blp.problem(404, "No such webhook")
+def test_webhook(webhook_id: str) -> dict[str, Any]:
+    """Send a signed `webhook.test` event now and report how the endpoint answered."""
+    row = get_webhook(webhook_id)
+    try:
+        check_outbound_url(row.url)
+    except UnsafeURL as exc:
+        raise _invalid("url", str(exc)) from exc
+    now = utcnow()
+    test_event = Event(type="webhook.test", created_at=now)
+    data = {"webhook_id": row.id, "message": "This is a test event from Switchboard."}
+    body = event_body("webhook.test", now, data)
+    result = send_signed(row.url, signing_secrets(row), test_event.id, body, row.timeout_ms)
+    IntegrationLog.create(
+        integration_id=row.integration_id,
+        event_type="webhook.test",
+        event_data={
+            "webhook_id": row.id,
+            "event_id": test_event.id,
+            "status_code": result.status_code,
+        },
+        status="success" if result.success else "error",
+        error_message=result.error,
+        response_time_ms=round(result.response_time_ms, 2),
+    )
+    return {
+        "success": result.success,
+        "status_code": result.status_code,
+        "response_time_ms": round(result.response_time_ms, 2),
+        "error_message": result.error,
+    }
+
+
+@blp.route("/webhooks/<webhook_id>/rotate-secret", methods=["POST"])
+@blp.auth("webhooks:write")
+@blp.response(200, SecretRotatedSchema)
+@blp.problem(404, "No such webhook")
+def rotate_secret(webhook_id: str) -> dict[str, Any]:
+    """Issue a new signing secret; old and new both sign for 24 hours."""
+    secret = generate_secret()
+    with database.atomic():
+        row = get_webhook(webhook_id)
+        row.previous_secret = row.secret
+        row.previous_secret_until = utcnow() + ROTATION_OVERLAP
+        row.secret = encrypt(secret)
+        row.updated_at = utcnow()
+        row.save()
+        record_audit("webhook.secret_rotated", "webhook", row.id, {})
+        emit_event("webhook.updated", {**webhook_view(row), "changed": ["secret"]})
+    return {"secret": secret, "previous_secret_until": row.previous_secret_until}
+
+
+def _with_attempts(deliveries: list[Delivery]) -> list[Delivery]:
+    """Attach each delivery's attempts (one query for the page)."""
+    ids = [d.id for d in deliveries]
+    by_delivery: dict[str, list[DeliveryAttempt]] = {i: [] for i in ids}
+    if ids:
+        rows = DeliveryAttempt.select().where(DeliveryAttempt.delivery.in_(ids))
+        for attempt in rows.order_by(DeliveryAttempt.attempt):
+            by_delivery[attempt.delivery_id].append(attempt)
+    for delivery in deliveries:
+        delivery.attempt_log = by_delivery[delivery.id]
+    return deliveries
+
+
+@blp.route("/webhooks/<webhook_id>/deliveries", methods=["GET"])
+@blp.auth("webhooks:read")
+@blp.arguments(DeliveryQueryArgsSchema, location="query")
+@blp.response(200, DeliveryPageSchema)
+@blp.problem(404, "No such webhook")
+def list_deliveries(args: dict[str, Any], webhook_id: str) -> dict[str, Any]:
+    """List a webhook's deliveries with every attempt, newest first."""
+    get_webhook(webhook_id)
+    query = (
+        Delivery.select(Delivery, Event)
+        .join(Event)
+        .where(Delivery.webhook == webhook_id)
+        .order_by(Delivery.created_at.desc(), Delivery.id)
+    )
+    if args.get("status"):
+        query = query.where(Delivery.status == args["status"])
+    page = paginate(query, args)
+    page["items"] = _with_attempts(page["items"])
+    return page
+
+
+@blp.route("/deliveries/<delivery_id>/retry", methods=["POST"])
+@blp.auth("webhooks:write")
+@blp.response(202, DeliverySchema)
+@blp.problem(404, "No such delivery")
+@blp.problem(409, "The delivery is already pending")
+def retry_delivery(delivery_id: str) -> Delivery:
+    """Redeliver now (same webhook-id), whatever the earlier outcome."""
+    with database.atomic():
+        row = Delivery.select(Delivery, Event).join(Event).where(Delivery.id == delivery_id).first()
+        if row is None:
+            raise Problem(404, f"No delivery {delivery_id!r}.")
+        if row.status == "pending" and row.lease_until and row.lease_until > utcnow():
+            raise Problem(409, "This delivery is being attempted right now.")
+        row.status = "pending"
+        row.next_attempt_at = utcnow()
+        row.max_attempts = row.attempts + 1
+        row.lease_token = row.lease_until = None
+        row.save()
+        record_audit("delivery.retried", "delivery", row.id, {})
+        database.after_commit(wake_dispatcher)
+    current_app.logger.info("delivery %s queued for manual retry", row.id)
+    return _with_attempts([row])[0]

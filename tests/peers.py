@@ -1,0 +1,146 @@
+"""Real local HTTP peers and worker processes for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float = field(default_factory=time.time)
+
+
+Responder = Callable[[Received, int], tuple[int, dict[str, str], bytes]]
+
+
+class Receiver:
+    """A threaded HTTP server on 127.0.0.1 that records requests and answers via ``respond``.
+
+    ``respond(request, n)`` gets the request and its 1-based arrival number and returns
+    ``(status, headers, body)``; it may sleep to simulate a slow peer.
+    """
+
+    def __init__(self, respond: Responder | None = None) -> None:
+        self.respond: Responder = respond or (lambda req, n: (200, {}, b"ok"))
+        self.requests: list[Received] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            wbufsize = -1  # one write per response: no Nagle/delayed-ACK stalls on keep-alive
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                req = Received(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                )
+                with receiver._lock:
+                    receiver.requests.append(req)
+                    n = len(receiver.requests)
+                try:
+                    status, headers, payload = receiver.respond(req, n)
+                except Exception:  # noqa: BLE001
+                    status, headers, payload = 500, {}, b"responder crashed"
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            do_POST = do_GET = do_PUT = do_PATCH = do_DELETE = _handle
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def wait_for(
+        self, condition: Callable[[list[Received]], bool], timeout: float = 15
+    ) -> list[Received]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self._lock:
+                snapshot = list(self.requests)
+            if condition(snapshot):
+                return snapshot
+            time.sleep(0.05)
+        raise AssertionError(f"condition not met in {timeout}s; got {len(self.requests)} requests")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def worker_env(app: Any, **extra: str) -> dict[str, str]:
+    """Environment for a worker.py process sharing the test app's database and Redis."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=app.config["DATABASE_URL"],
+        REDIS_URL=app.config["REDIS_URL"],
+        SWITCHBOARD_SECRET_KEYS=",".join(app.config["SECRET_KEYS"]),
+        SWITCHBOARD_ALLOWED_NETWORKS=app.config["ALLOWED_NETWORKS"],
+        SWITCHBOARD_WEBHOOK_RETRY_SCHEDULE=app.config["WEBHOOK_RETRY_SCHEDULE"],
+        SWITCHBOARD_WEBHOOK_DISABLE_AFTER=str(app.config["WEBHOOK_DISABLE_AFTER"]),
+        SWITCHBOARD_RECONCILE_INTERVAL=str(app.config["RECONCILE_INTERVAL"]),
+        SWITCHBOARD_DELIVERY_LEASE_MARGIN=str(app.config["DELIVERY_LEASE_MARGIN"]),
+        SWITCHBOARD_CONNECTOR_TIMEOUT=str(app.config["CONNECTOR_TIMEOUT"]),
+        SWITCHBOARD_BCRYPT_ROUNDS="4",
+        SWITCHBOARD_LOG_LEVEL="WARNING",
+    )
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """A real ``python worker.py`` process."""
+
+    def __init__(self, app: Any, **extra: str) -> None:
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, str(ROOT / "worker.py")],
+            cwd=ROOT,
+            env=worker_env(app, **extra),
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, exactly like a crashed machine."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
