@@ -97,7 +97,12 @@ class Blueprint(_Blueprint):
             for status, text in (
                 (401, "Missing, invalid, expired or revoked API key"),
                 (403, "Key lacks the scope, or client IP not allowed"),
-                (429, "Rate limit exceeded"),
+                (
+                    429,
+                    "Rate limit exceeded: retry after `Retry-After` seconds "
+                    "(`RateLimit` and `RateLimit-Policy` headers show the quota)",
+                ),
+                (503, "A backing service (such as the rate limiter) is unavailable; retry later"),
             ):
                 documented = self.problem(status, text)(documented)
             return documented

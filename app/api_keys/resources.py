@@ -1,19 +1,25 @@
-"""``/api-keys``: create, list, read, revoke and rotate API keys."""
+"""``/api-keys``: create, list, read, revoke and rotate API keys, and read their usage."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import redis
 from flask import g
 from flask.views import MethodView
 
 from app.api import Blueprint, paginate
 from app.api_keys.schemas import (
+    USAGE_WINDOWS,
     ApiKeyCreatedSchema,
     ApiKeyPageSchema,
     ApiKeyQueryArgsSchema,
     ApiKeySchema,
+    ApiKeyUsageSchema,
     RotateSchema,
+    UsageArgsSchema,
 )
 from app.audit import record_audit
 from app.auth.issuing import issue_key, rotate_key
@@ -21,6 +27,10 @@ from app.db import database
 from app.events import emit_event
 from app.models import ApiKey, utcnow
 from app.problems import Problem
+from app.redis_store import get_redis
+from app.usage import STATUS_FIELDS, read
+
+log = logging.getLogger(__name__)
 
 blp = Blueprint("api_keys", __name__, url_prefix="/api/v1/api-keys", description="API keys")
 
@@ -121,3 +131,30 @@ def rotate(data: dict[str, Any], key_id: str) -> ApiKey:
         emit_event("api_key.rotated", key_event_data(row))
     row.key = secret
     return row
+
+
+@blp.route("/<key_id>/usage", methods=["GET"])
+@blp.auth("keys:read")
+@blp.arguments(UsageArgsSchema, location="query")
+@blp.response(200, ApiKeyUsageSchema)
+@blp.problem(404, "No such API key")
+def usage(args: dict[str, Any], key_id: str) -> dict[str, Any]:
+    """Hourly request counts of a key: by status class, rate-limited, gateway bytes."""
+    row = get_visible_key(key_id)
+    try:
+        buckets = read(get_redis(), row.id, USAGE_WINDOWS[args["window"]])
+    except redis.RedisError as exc:
+        log.warning("could not read usage of %s: %s", row.id, exc)
+        raise Problem(503, "Usage analytics are unavailable right now; retry later.") from exc
+    return {
+        "key_id": row.id,
+        "window": args["window"],
+        "buckets": buckets,
+        "totals": usage_totals(buckets),
+    }
+
+
+def usage_totals(buckets: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Sum every counter over ``buckets``."""
+    counters = ("requests", *STATUS_FIELDS, "rate_limited", "gateway_bytes")
+    return {name: sum(int(bucket[name]) for bucket in buckets) for name in counters}

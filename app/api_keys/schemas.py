@@ -80,3 +80,51 @@ class RotateSchema(ma.Schema):
 
 
 ApiKeyPageSchema = page_schema(ApiKeySchema, "ApiKeyPage")
+
+
+USAGE_WINDOWS = {"24h": 24, "7d": 7 * 24}
+
+
+class UsageArgsSchema(ma.Schema):
+    window = ma.fields.String(
+        load_default="24h",
+        validate=ma.validate.OneOf(tuple(USAGE_WINDOWS)),
+        metadata={"description": "How far back: `24h` (24 hourly buckets) or `7d` (168)"},
+    )
+
+
+def _usage_count_fields() -> dict[str, ma.fields.Field]:
+    """Fresh counter fields shared by usage buckets and totals."""
+    return {
+        "requests": ma.fields.Integer(
+            metadata={"description": "All responses (sum of the classes)"}
+        ),
+        "2xx": ma.fields.Integer(),
+        "3xx": ma.fields.Integer(),
+        "4xx": ma.fields.Integer(),
+        "5xx": ma.fields.Integer(),
+        "rate_limited": ma.fields.Integer(
+            metadata={"description": "Requests refused with 429 (also counted in `4xx`)"}
+        ),
+        "gateway_bytes": ma.fields.Integer(metadata={"description": "Response bytes proxied"}),
+    }
+
+
+UsageTotalsSchema = ma.Schema.from_dict(_usage_count_fields(), name="UsageTotals")
+UsageBucketSchema = ma.Schema.from_dict(
+    {
+        "hour": ma.fields.String(metadata={"description": "Start of the hour (UTC, ISO 8601)"}),
+        **_usage_count_fields(),
+    },
+    name="UsageBucket",
+)
+
+
+class ApiKeyUsageSchema(ma.Schema):
+    key_id = ma.fields.String()
+    window = ma.fields.String()
+    buckets = ma.fields.List(
+        ma.fields.Nested(UsageBucketSchema),
+        metadata={"description": "Hourly buckets, oldest first; the last is the current hour"},
+    )
+    totals = ma.fields.Nested(UsageTotalsSchema)

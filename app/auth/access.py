@@ -5,14 +5,18 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import peewee
 from flask import current_app, g, request
 
+from app import ratelimiting
 from app.auth.keys import VerifiedKeyCache, key_prefix
 from app.config import ALL_SCOPES
+from app.db import database
 from app.models import ApiKey, User, utcnow
 from app.problems import Problem
 
@@ -86,22 +90,54 @@ def _key_cache() -> VerifiedKeyCache:
     return cache
 
 
+_PREFIX_PLACEHOLDER = "\x00prefix\x00"
+# Per database: the lookup query (for its cursor wrapper), its SQL text and its parameters.
+_lookup_templates: weakref.WeakKeyDictionary[peewee.Database, tuple[Any, str, list[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _key_lookup_query(prefix: str) -> Any:
+    return (
+        ApiKey.select(ApiKey, User)
+        .join(User, peewee.JOIN.LEFT_OUTER, on=(ApiKey.created_by == User.id))
+        .where((ApiKey.key_prefix == prefix) | (ApiKey.previous_key_prefix == prefix))
+        .limit(1)
+    )
+
+
+def find_key_row(prefix: str) -> ApiKey | None:
+    """The key whose current or previous prefix is ``prefix``, its owner joined, or None.
+
+    This runs on every authenticated request, and peewee takes far longer to build the SQL
+    than the database takes to run it, so the SQL is built once per database (with a
+    placeholder prefix) and the row is hydrated by that query's own cursor wrapper, exactly as
+    ``.first()`` would do, owner included.
+    """
+    db = database.obj
+    template = _lookup_templates.get(db)
+    if template is None:
+        query = _key_lookup_query(_PREFIX_PLACEHOLDER)
+        sql, params = query.sql()
+        template = _lookup_templates[db] = (query, sql, params)
+    query, sql, params = template
+    bound = [prefix if param == _PREFIX_PLACEHOLDER else param for param in params]
+    rows = query._get_cursor_wrapper(db.execute_sql(sql, bound))
+    return next(iter(rows), None)
+
+
 def verify_api_key(raw: str) -> ApiKey:
     """Return the live ``ApiKey`` row for a presented secret, or raise 401."""
     prefix = key_prefix(raw)
     if prefix is None:
         raise _unauthorized("Malformed API key.")
-    row = (
-        ApiKey.select()
-        .where((ApiKey.key_prefix == prefix) | (ApiKey.previous_key_prefix == prefix))
-        .first()
-    )
+    row = find_key_row(prefix)
     if row is None:
         raise _unauthorized("Unknown API key.")
     now = utcnow()
     if row.key_prefix == prefix:
         hashed = row.key_hash
-    elif row.previous_valid_until and row.previous_valid_until > now:
+    elif row.previous_key_hash and row.previous_valid_until and row.previous_valid_until > now:
         hashed = row.previous_key_hash
     else:
         raise _unauthorized("This API key was rotated and its grace period is over.")
@@ -129,7 +165,11 @@ def _touch_last_used(row: ApiKey) -> None:
 
 
 def authenticate() -> Principal:
-    """Authenticate this request once (401/403 problems on failure) and return the principal."""
+    """Authenticate and rate-limit this request once and return the principal.
+
+    Raises 401/403 problems for bad keys, 429 over the key's rate limit, 503 when the rate
+    limiter is down and configured to fail closed.
+    """
     principal: Principal | None = g.get("principal")
     if principal is not None:
         return principal
@@ -141,13 +181,15 @@ def authenticate() -> Principal:
     g.key_verify_ms = (time.perf_counter() - started) * 1000
     if not ip_allowed(client_ip(), row.allowed_ips):
         raise Problem(403, "This API key may not be used from your address.")
-    user = User.get_or_none(User.id == row.created_by_id) if row.created_by_id else None
+    user: User | None = row.created_by if row.created_by_id else None  # joined: no query
     if user is not None and user.disabled:
         raise _unauthorized("The owner of this API key is disabled.")
     scopes = frozenset(row.permissions or ())
     if user is not None:  # a key never holds more than its owner's role allows
         scopes &= ROLE_SCOPES.get(user.role, frozenset())
     principal = Principal(key=row, user=user, scopes=scopes)
+    # Counted once the key is known good, before any scope check: 429/503 raise here.
+    ratelimiting.enforce(row.id, row.rate_limit)
     g.principal = principal
     _touch_last_used(row)
     return principal
