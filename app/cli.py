@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from app import migrations
 from app.auth.access import ROLE_SCOPES
@@ -43,9 +43,12 @@ def ensure_admin(email: str, password: str | None) -> tuple[User, str | None]:
             password_hash=hash_secret(password, current_app.config["BCRYPT_ROUNDS"]),
             role="admin",
         )
-    elif password is not None:
-        user.password_hash = hash_secret(password, current_app.config["BCRYPT_ROUNDS"])
+    else:
+        # An existing member or disabled account is promoted: the key printed must work as admin.
+        if password is not None:
+            user.password_hash = hash_secret(password, current_app.config["BCRYPT_ROUNDS"])
         user.role = "admin"
+        user.disabled = False
         user.save()
     return user, generated
 
@@ -59,6 +62,7 @@ def new_admin_key(user: User, name: str) -> str:
 @click.command("create-admin")
 @click.argument("email")
 @click.option("--password", help="Set this password (generated and printed when omitted).")
+@with_appcontext
 def create_admin(email: str, password: str | None) -> None:
     """Create (or update) an admin user and print a new admin API key as the last line."""
     migrations.upgrade()

