@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import redis
 from flask import g
 from flask.views import MethodView
 
 from app.api import Blueprint, paginate
 from app.audit import record_audit
+from app.connector_jobs import enqueue_action
+from app.connectors import config_errors
 from app.db import database
 from app.events import emit_event
+from app.integrations.configs import decrypt_config
 from app.integrations.schemas import (
+    ActionInputSchema,
     IntegrationPageSchema,
     IntegrationQueryArgsSchema,
     IntegrationSchema,
+    JobAcceptedSchema,
+    TestResultSchema,
 )
+from app.integrations.service import prepare_create, prepare_update
 from app.logs.resources import log_query
 from app.logs.schemas import LogPageSchema, LogQueryArgsSchema
-from app.models import Integration, utcnow
+from app.models import Integration, IntegrationLog, utcnow
+from app.plugins_ext import connector_context, get_registry, require_connector
 from app.problems import Problem
 
 blp = Blueprint(
@@ -59,8 +69,9 @@ class Integrations(MethodView):
     @blp.response(201, IntegrationSchema)
     def post(self, data: dict[str, Any]) -> Integration:
         """Create an integration."""
+        fields = prepare_create(data)
         with database.atomic():
-            row = Integration.create(created_by=g.principal.user, **data)
+            row = Integration.create(created_by=g.principal.user, **fields)
             view = integration_view(row)
             record_audit("integration.created", "integration", row.id, view)
             emit_event("integration.created", view)
@@ -85,7 +96,7 @@ class IntegrationsById(MethodView):
         with database.atomic():
             row = get_integration(integration_id)
             before = integration_view(row)
-            for field, value in data.items():
+            for field, value in prepare_update(row, data).items():
                 setattr(row, field, value)
             row.updated_at = utcnow()
             row.save()
@@ -117,3 +128,63 @@ def integration_logs(args: dict[str, Any], integration_id: str) -> dict[str, Any
     """List one integration's logs, newest first."""
     get_integration(integration_id)
     return paginate(log_query({**args, "integration_id": integration_id}), args)
+
+
+@blp.route("/<integration_id>/test", methods=["POST"])
+@blp.auth("integrations:write")
+@blp.response(200, TestResultSchema)
+@blp.problem(404, "No such integration")
+@blp.problem(422, "The integration's connector is not loaded")
+def test_integration(integration_id: str) -> dict[str, Any]:
+    """Run the connector's test; sets the status to `active` or `error` and logs the result."""
+    row = get_integration(integration_id)
+    connector = require_connector(row.provider)
+    started = time.perf_counter()
+    result = get_registry().run_test(
+        connector, decrypt_config(row.config), connector_context(row.id)
+    )
+    elapsed = (time.perf_counter() - started) * 1000
+    with database.atomic():
+        status = "active" if result.success else "error"
+        Integration.update(status=status, updated_at=utcnow()).where(
+            Integration.id == row.id
+        ).execute()
+        IntegrationLog.create(
+            integration_id=row.id,
+            event_type="integration.test",
+            event_data={"message": result.message},
+            status="success" if result.success else "error",
+            error_message=None if result.success else result.message,
+            response_time_ms=round(elapsed, 2),
+        )
+        record_audit("integration.tested", "integration", row.id, {"status": status})
+    return result.to_dict()
+
+
+@blp.route("/<integration_id>/actions/<action>", methods=["POST"])
+@blp.auth("integrations:write")
+@blp.arguments(ActionInputSchema)
+@blp.response(202, JobAcceptedSchema)
+@blp.problem(404, "No such integration or action")
+@blp.problem(503, "The job queue is unavailable")
+def run_integration_action(
+    action_input: dict[str, Any], integration_id: str, action: str
+) -> dict[str, Any]:
+    """Queue a connector action (input validated against its schema); poll the job."""
+    row = get_integration(integration_id)
+    connector = require_connector(row.provider)
+    spec = connector.actions.get(action)
+    if spec is None:
+        known = ", ".join(sorted(connector.actions)) or "none"
+        raise Problem(404, f"Connector {connector.name!r} has no action {action!r} (has: {known}).")
+    errors = config_errors(spec.input_schema, action_input)
+    if errors:
+        raise Problem(422, f"Invalid input for action {action!r}; see errors.", errors=errors)
+    try:
+        job_id = enqueue_action(row.id, action, action_input)
+    except redis.RedisError as exc:
+        raise Problem(503, "The job queue is unavailable; try again shortly.") from exc
+    record_audit(
+        "integration.action_queued", "integration", row.id, {"action": action, "job_id": job_id}
+    )
+    return {"job_id": job_id}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import marshmallow as ma
 
 from app.api import PageArgsSchema, UTCDateTime, page_schema
 from app.api_keys.schemas import validate_cidrs
+from app.integrations.configs import redact_config
 
 INTEGRATION_TYPES = ("sso", "webhook", "api", "notification")
 INTEGRATION_STATUSES = ("active", "inactive", "error")
@@ -62,6 +65,12 @@ class IntegrationSchema(ma.Schema):
     updated_at = UTCDateTime(dump_only=True)
     created_by = ma.fields.String(attribute="created_by_id", dump_only=True, allow_none=True)
 
+    @ma.post_dump
+    def _redact(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if "config" in data:
+            data["config"] = redact_config(data["config"] or {})
+        return data
+
 
 class IntegrationQueryArgsSchema(PageArgsSchema):
     type = ma.fields.String(validate=ma.validate.OneOf(INTEGRATION_TYPES))
@@ -71,6 +80,23 @@ class IntegrationQueryArgsSchema(PageArgsSchema):
         validate=ma.validate.Length(min=1, max=200),
         metadata={"description": "Case-insensitive substring of the name"},
     )
+
+
+class TestResultSchema(ma.Schema):
+    success = ma.fields.Boolean()
+    message = ma.fields.String()
+    data = ma.fields.Dict()
+
+
+class ActionInputSchema(ma.Schema):
+    """Any JSON object: validated against the action's own input schema."""
+
+    class Meta:
+        unknown = ma.INCLUDE
+
+
+class JobAcceptedSchema(ma.Schema):
+    job_id = ma.fields.String(metadata={"description": "Poll GET /api/v1/jobs/{job_id}"})
 
 
 IntegrationPageSchema = page_schema(IntegrationSchema, "IntegrationPage")

@@ -1,0 +1,1 @@
+"""Connector catalog and action jobs resources."""

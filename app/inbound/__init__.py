@@ -1,0 +1,1 @@
+"""Signed inbound webhooks from providers (GitHub, Slack, …)."""
