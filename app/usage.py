@@ -112,3 +112,14 @@ def read(redis: Redis, key_id: str, hours: int, now: float | None = None) -> lis
             }
         )
     return buckets
+
+
+def add_gateway_bytes(redis: Redis, key_id: str, n: int, now: float | None = None) -> None:
+    """Add ``n`` proxied bytes to ``key_id``'s current hour (called once a stream ends)."""
+    if n <= 0:
+        return
+    key = _bucket_key(key_id, int((time.time() if now is None else now) // HOUR))
+    pipe = redis.pipeline(transaction=False)
+    pipe.hincrby(key, "gateway_bytes", n)
+    pipe.expire(key, RETENTION_SECONDS)
+    pipe.execute()

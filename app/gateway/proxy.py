@@ -1,0 +1,220 @@
+"""The gateway's proxy: one client request → (retried) upstream request → streamed answer.
+
+Kong-like semantics: the caller's key and hop-by-hop headers never reach the upstream; the
+request transformer runs (remove → rename → replace → add → append); upstream credentials come
+from the integration's config; ``X-Forwarded-*`` and the request id are added. Bodies stream
+both ways in 64 KiB chunks. Only idempotent requests whose body was not sent are retried, and
+only on a connection error or a 502/503/504, each time on another upstream.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import requests
+from flask import Request
+
+from app.gateway.balancer import Upstream, UpstreamBalancer
+from app.gateway.transform import apply_request_transform
+from app.http_client import BlockedDestination
+
+CHUNK = 64 * 1024
+LOGGED_BODY_BYTES = 4096
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+        "trailer", "trailers", "transfer-encoding", "upgrade",
+    }
+)
+# Never forwarded upstream: the caller's Switchboard credentials, and what we recompute.
+STRIPPED_REQUEST = frozenset({"authorization", "x-api-key", "host", "content-length", "cookie"})
+_SECRET_IN_TEXT = re.compile(
+    r'("?(?:password|passwd|secret|token|api[_-]?key|authorization|access_token)"?\s*[:=]\s*)'
+    r'("[^"]*"|[^&\s,}]+)',
+    re.IGNORECASE,
+)
+
+
+class AllUpstreamsDown(Exception):
+    """No upstream can take the request (all ejected, or all tried)."""
+
+
+class UpstreamFailed(Exception):
+    """The last upstream tried failed in a way that is not retried."""
+
+    def __init__(self, message: str, status: int, upstream: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.upstream = upstream
+
+
+@dataclass
+class CountingStream:
+    """Wraps the client's body stream: counts bytes and keeps a bounded prefix for logs."""
+
+    raw: IO[bytes]
+    len: int | None = None  # read by requests: a known length is sent as Content-Length
+    keep: int = 0
+    sent: int = 0
+    head: bytearray = field(default_factory=bytearray)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(CHUNK if size is None or size < 0 else size)
+        self.sent += len(data)
+        if len(self.head) < self.keep:
+            self.head += data[: self.keep - len(self.head)]
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(CHUNK):
+            yield chunk
+
+
+def redact_text(text: str) -> str:
+    """Mask credential-looking values (``"token": "…"``, ``password=…``) in a logged body."""
+    return _SECRET_IN_TEXT.sub(r'\1"[redacted]"', text)
+
+
+def outgoing_headers(
+    request: Request, config: dict[str, Any], auth_headers: dict[str, str], request_id: str
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Headers and query for the upstream, after hygiene, transformation and credentials."""
+    connection_listed = {
+        token.strip().lower()
+        for token in request.headers.get("Connection", "").split(",")
+        if token.strip()
+    }
+    headers = [
+        (name, value)
+        for name, value in request.headers.items()
+        if name.lower() not in HOP_BY_HOP | STRIPPED_REQUEST | connection_listed
+        and not name.lower().startswith("x-forwarded-")
+    ]
+    query = list(request.args.items(multi=True))
+    headers, query = apply_request_transform(config.get("transform") or {}, headers, query)
+    present = {name.lower() for name, _ in headers}
+    for name, value in (config.get("headers") or {}).items():
+        if name.lower() not in present:
+            headers.append((name, value))
+    credential_names = {name.lower() for name in auth_headers}
+    headers = [(n, v) for n, v in headers if n.lower() not in credential_names]
+    headers += list(auth_headers.items())
+    forwarded_for = request.headers.get("X-Forwarded-For")
+    client = request.remote_addr or ""
+    headers += [
+        ("X-Forwarded-For", f"{forwarded_for}, {client}" if forwarded_for else client),
+        ("X-Forwarded-Proto", request.scheme),
+        ("X-Forwarded-Host", request.host),
+        ("X-Request-Id", request_id),
+    ]
+    return headers, query
+
+
+def _merge(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """requests takes one value per name: repeated headers are joined with ", " (RFC 9110)."""
+    merged: dict[str, str] = {}
+    spelled: dict[str, str] = {}
+    for name, value in headers:
+        key = name.lower()
+        if key in merged:
+            merged[key] += ", " + value
+        else:
+            merged[key] = value
+            spelled[key] = name
+    return {spelled[k]: v for k, v in merged.items()}
+
+
+def response_headers(response: requests.Response) -> list[tuple[str, str]]:
+    """Upstream response headers minus hop-by-hop ones."""
+    listed = {
+        t.strip().lower() for t in response.headers.get("Connection", "").split(",") if t.strip()
+    }
+    return [
+        (name, value)
+        for name, value in response.raw.headers.items()
+        if name.lower() not in HOP_BY_HOP | listed
+    ]
+
+
+@dataclass
+class ProxyAttempt:
+    """The upstream response to stream back, and which upstream gave it."""
+
+    response: requests.Response
+    upstream: Upstream
+    attempts: int
+
+
+def send_with_retries(
+    *,
+    session: requests.Session,
+    balancer: UpstreamBalancer,
+    pool_id: str,
+    upstreams: list[Upstream],
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    query: list[tuple[str, str]],
+    body: CountingStream | None,
+    timeout: float,
+) -> ProxyAttempt:
+    """Send to upstreams picked by the balancer until one answers (or retrying must stop)."""
+    tried: set[str] = set()
+    merged = _merge(headers)
+    last_error: UpstreamFailed | None = None
+    while True:
+        upstream = balancer.pick(pool_id, upstreams, exclude=tried)
+        if upstream is None:
+            if last_error is not None:
+                raise last_error
+            raise AllUpstreamsDown("every upstream is ejected after failing; retry shortly")
+        tried.add(upstream.url)
+        url = upstream.url.rstrip("/") + "/" + path.lstrip("/")
+        may_retry = method in IDEMPOTENT
+        try:
+            response = session.request(
+                method, url, headers=merged, params=query,
+                data=body if body is not None else None,
+                stream=True, allow_redirects=False, timeout=(min(timeout, 5.0), timeout),
+            )
+        except BlockedDestination as exc:
+            raise UpstreamFailed(f"upstream refused by the SSRF guard: {exc}", 502, upstream.url) from exc
+        except requests.ConnectionError as exc:
+            balancer.report_failure(pool_id, upstream)
+            last_error = UpstreamFailed(f"could not connect to the upstream: {type(exc).__name__}", 502, upstream.url)
+            if may_retry and (body is None or body.sent == 0):
+                continue
+            raise last_error from exc
+        except requests.Timeout as exc:
+            balancer.report_failure(pool_id, upstream)
+            raise UpstreamFailed(f"the upstream did not answer within {timeout:g} s", 504, upstream.url) from exc
+        if response.status_code >= 500:
+            balancer.report_failure(pool_id, upstream)
+            retryable = response.status_code in RETRY_STATUSES and may_retry
+            if retryable and (body is None or body.sent == 0) and len(tried) < len(upstreams):
+                response.close()
+                last_error = UpstreamFailed(f"upstream answered {response.status_code}", response.status_code, upstream.url)
+                continue
+        else:
+            balancer.report_success(pool_id, upstream)
+        return ProxyAttempt(response, upstream, len(tried))
+
+
+def stream_body(response: requests.Response, on_chunk: Any) -> Iterator[bytes]:
+    """Yield the upstream body as it arrives (undecoded), reporting each chunk's size."""
+    try:
+        for chunk in response.raw.stream(CHUNK, decode_content=False):
+            on_chunk(chunk)
+            yield chunk
+    finally:
+        response.close()
+
+
+def elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

@@ -1,0 +1,167 @@
+"""``/gateway/{integration_id}/{path}``: proxy to a ``rest`` integration's upstreams."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+from flask import Response, current_app, g, request, stream_with_context
+from flask.typing import ResponseReturnValue
+
+from app.api import Blueprint
+from app.gateway.balancer import Upstream, UpstreamBalancer
+from app.gateway.proxy import (
+    LOGGED_BODY_BYTES,
+    AllUpstreamsDown,
+    CountingStream,
+    UpstreamFailed,
+    elapsed_ms,
+    outgoing_headers,
+    redact_text,
+    response_headers,
+    send_with_retries,
+    stream_body,
+)
+from app.integrations.configs import decrypt_config
+from app.models import Integration, IntegrationLog
+from app.outbound import outbound_session
+from app.problems import Problem
+from app.redis_store import get_redis
+from app.usage import add_gateway_bytes
+
+log = logging.getLogger(__name__)
+
+blp = Blueprint("gateway", __name__, url_prefix="/api/v1", description="API gateway")
+
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _balancer() -> UpstreamBalancer:
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    balancer: UpstreamBalancer | None = app.extensions.get("balancer")
+    if balancer is None:
+        balancer = UpstreamBalancer(
+            get_redis(),
+            failure_threshold=app.config["GATEWAY_FAILURE_THRESHOLD"],
+            cooldown_seconds=app.config["GATEWAY_COOLDOWN_SECONDS"],
+        )
+        app.extensions["balancer"] = balancer
+    return balancer
+
+
+def _rest_integration(integration_id: str) -> tuple[Integration, dict[str, Any]]:
+    row = Integration.get_or_none(Integration.id == integration_id)
+    if row is None or row.provider != "rest":
+        raise Problem(404, f"No `rest` integration {integration_id!r} to proxy to.")
+    if row.status == "inactive":
+        raise Problem(409, "This integration is inactive; set its status to active to proxy.")
+    return row, decrypt_config(row.config)
+
+
+def _count_bytes(key_id: str, n: int) -> None:
+    try:
+        add_gateway_bytes(get_redis(), key_id, n)
+    except redis.RedisError as exc:
+        log.warning("could not count gateway bytes for %s: %s", key_id, exc)
+
+
+def _log(
+    row: Integration, status: str, data: dict[str, Any], error: str | None, ms: float
+) -> None:
+    try:
+        IntegrationLog.create(
+            integration_id=row.id, event_type="gateway.request", event_data=data,
+            status=status, error_message=error, response_time_ms=ms,
+        )
+    except Exception:  # noqa: BLE001 - a log write must never break the proxied answer
+        log.exception("could not log gateway request for %s", row.id)
+
+
+@blp.route("/gateway/<integration_id>/", defaults={"path": ""}, methods=METHODS)
+@blp.route("/gateway/<integration_id>/<path:path>", methods=METHODS)
+@blp.auth("gateway:use")
+@blp.doc(
+    description="Requires scope `gateway:use`. Proxies to the `rest` integration's upstreams "
+    "(weighted round robin, passive health checks, retries for idempotent methods, Kong-style "
+    "request transformation, upstream credentials from the integration). The response is the "
+    "upstream's, streamed; Switchboard errors are problem+json.",
+    responses={"200": {"description": "The upstream's response, streamed as received"}},
+)
+@blp.problem(404, "No such rest integration")
+@blp.problem(502, "The upstream failed or could not be reached")
+@blp.problem(503, "Every upstream is ejected, or Redis is unavailable")
+@blp.problem(504, "The upstream did not answer in time")
+def proxy(integration_id: str, path: str) -> ResponseReturnValue:
+    """Proxy a request to the integration's upstreams."""
+    from plugins.rest import build_auth_headers
+
+    started = time.perf_counter()
+    row, config = _rest_integration(integration_id)
+    upstreams = [Upstream(u["url"], int(u.get("weight", 1))) for u in config["upstreams"]]
+    headers, query = outgoing_headers(request, config, build_auth_headers(config), g.request_id)
+    log_bodies = bool(config.get("log_bodies"))
+    # Proxied bodies stream through, so they get their own (larger) limit than API bodies.
+    request.max_content_length = current_app.config["GATEWAY_MAX_BODY_BYTES"]
+    has_body = request.content_length or request.headers.get("Transfer-Encoding")
+    body = (
+        CountingStream(
+            request.stream, len=request.content_length, keep=LOGGED_BODY_BYTES if log_bodies else 0
+        )
+        if has_body
+        else None
+    )
+    record: dict[str, Any] = {"method": request.method, "path": "/" + path}
+    timeout = float(config.get("timeout_ms", 10000)) / 1000
+    try:
+        attempt = send_with_retries(
+            session=outbound_session(), balancer=_balancer(), pool_id=row.id,
+            upstreams=upstreams, method=request.method, path=path, headers=headers,
+            query=query, body=body, timeout=timeout,
+        )
+    except AllUpstreamsDown as exc:
+        _log(row, "error", record, str(exc), elapsed_ms(started))
+        raise Problem(503, "All upstreams are unavailable; retry shortly.") from exc
+    except UpstreamFailed as exc:
+        record["upstream"] = exc.upstream
+        _log(row, "error", record, str(exc), elapsed_ms(started))
+        raise Problem(exc.status, str(exc)) from exc
+    except redis.RedisError as exc:
+        raise Problem(503, "The gateway's shared state (Redis) is unavailable.") from exc
+
+    upstream_response = attempt.response
+    record.update(
+        upstream=attempt.upstream.url, status_code=upstream_response.status_code,
+        attempts=attempt.attempts, bytes_in=0, bytes_out=0,
+    )
+    kept = bytearray()
+    key_id = g.principal.key.id
+
+    def on_chunk(chunk: bytes) -> None:
+        record["bytes_out"] += len(chunk)
+        if log_bodies and len(kept) < LOGGED_BODY_BYTES:
+            kept.extend(chunk[: LOGGED_BODY_BYTES - len(kept)])
+
+    def body_then_log() -> Any:
+        try:
+            yield from stream_body(upstream_response, on_chunk)
+        finally:
+            record["bytes_in"] = body.sent if body else 0
+            if log_bodies:
+                record["request_body"] = redact_text(bytes(body.head).decode("utf-8", "replace")) if body else ""
+                record["response_body"] = redact_text(kept.decode("utf-8", "replace"))
+            _count_bytes(key_id, record["bytes_out"])
+            ok = upstream_response.status_code < 500
+            _log(row, "success" if ok else "error", record,
+                 None if ok else f"upstream answered {upstream_response.status_code}",
+                 elapsed_ms(started))
+
+    response = Response(
+        stream_with_context(body_then_log()),
+        status=upstream_response.status_code,
+        headers=response_headers(upstream_response),
+        direct_passthrough=True,
+    )
+    response.headers["X-Request-Id"] = g.request_id
+    return response

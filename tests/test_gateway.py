@@ -1,0 +1,304 @@
+"""The API gateway through the HTTP API: balancing, ejection, retries, transforms, hygiene,
+logging, SSRF, and 50 MiB streamed both ways through a real gunicorn without buffering."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from app import create_app
+from tests.conftest import ApiClient, make_key
+from tests.peers import ROOT, Receiver, worker_env
+
+
+def _named(name, status=200):
+    return lambda req, n: (status, {"Content-Type": "text/plain", "X-Upstream": name}, name.encode())
+
+
+@pytest.fixture()
+def upstreams():
+    peers = [Receiver(_named("a")), Receiver(_named("b"))]
+    yield peers
+    for peer in peers:
+        peer.close()
+
+
+def _rest(api, urls_weights, **config):
+    body = {
+        "name": "backend", "type": "api", "provider": "rest", "status": "active",
+        "config": {"upstreams": [{"url": u, "weight": w} for u, w in urls_weights], "timeout_ms": 3000, **config},
+    }
+    res = api.post("/api/v1/integrations", json=body)
+    assert res.status_code == 201, res.json
+    return res.json
+
+
+def _closed_port_url():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_weighted_round_robin(api, upstreams):
+    a, b = upstreams
+    gw = _rest(api, [(a.url, 3), (b.url, 1)])
+    counts = {"a": 0, "b": 0}
+    for _ in range(300):
+        res = api.get(f"/api/v1/gateway/{gw['id']}/items")
+        assert res.status_code == 200
+        counts[res.text] += 1
+    assert counts == {"a": 225, "b": 75}
+    assert a.requests[0].path == "/items"
+
+
+def test_dead_upstream_is_ejected_and_comes_back(app, admin_key, upstreams):
+    a, _ = upstreams
+    state = {"down": True}
+    flaky = Receiver(lambda req, n: (503, {}, b"down") if state["down"] else (200, {}, b"flaky"))
+    fast = create_app({**app.config, "GATEWAY_COOLDOWN_SECONDS": 1, "GATEWAY_FAILURE_THRESHOLD": 2})
+    api = ApiClient(fast.test_client(), admin_key)
+    try:
+        gw = _rest(api, [(a.url, 1), (flaky.url, 1)])
+        bodies = [api.get(f"/api/v1/gateway/{gw['id']}/x").text for _ in range(20)]
+        assert bodies == ["a"] * 20  # GETs that hit the 503 were retried on "a"
+        assert len(flaky.requests) == 2  # ejected after 2 failures: no more traffic
+        state["down"] = False
+        time.sleep(1.2)
+        bodies = [api.get(f"/api/v1/gateway/{gw['id']}/x").text for _ in range(10)]
+        assert "flaky" in bodies and "a" in bodies
+    finally:
+        flaky.close()
+
+
+def test_connect_errors_retry_idempotent_only(api, upstreams):
+    a, _ = upstreams
+    dead = _closed_port_url()
+    gw = _rest(api, [(dead, 1), (a.url, 1)])
+    for _ in range(4):
+        assert api.get(f"/api/v1/gateway/{gw['id']}/ok").status_code == 200
+    posts = [api.post(f"/api/v1/gateway/{gw['id']}/ok", json={"n": 1}).status_code for _ in range(2)]
+    assert set(posts) <= {200, 502}
+
+
+def test_post_not_retried_get_retried(api):
+    hits = {"a": 0, "b": 0}
+
+    def failing(name):
+        def respond(req, n):
+            hits[name] += 1
+            return 503, {}, b"unavailable"
+        return respond
+
+    a, b = Receiver(failing("a")), Receiver(failing("b"))
+    try:
+        gw = _rest(api, [(a.url, 1), (b.url, 1)])
+        res = api.post(f"/api/v1/gateway/{gw['id']}/orders", json={"n": 1})
+        assert res.status_code == 503 and res.text == "unavailable"  # the upstream's own answer
+        assert hits["a"] + hits["b"] == 1
+        res = api.get(f"/api/v1/gateway/{gw['id']}/orders")
+        assert hits["a"] + hits["b"] == 3  # the GET tried both upstreams
+        assert res.status_code == 503
+    finally:
+        a.close()
+        b.close()
+
+
+def test_all_upstreams_down_is_503_problem(app, admin_key):
+    fast = create_app({**app.config, "GATEWAY_FAILURE_THRESHOLD": 1})
+    api = ApiClient(fast.test_client(), admin_key)
+    gw = _rest(api, [(_closed_port_url(), 1), (_closed_port_url(), 1)])
+    first = api.get(f"/api/v1/gateway/{gw['id']}/x")
+    assert first.status_code == 502 and first.content_type == "application/problem+json"
+    again = api.get(f"/api/v1/gateway/{gw['id']}/x")
+    assert again.status_code == 503 and again.content_type == "application/problem+json"
+
+
+def test_transform_auth_and_header_hygiene(api, admin_key, receiver):
+    gw = _rest(
+        api,
+        [(receiver.url, 1)],
+        auth={"type": "bearer", "token": "upstream-token-xyz"},
+        headers={"X-Default": "d", "X-Client": "default-loses"},
+        transform={
+            "remove": {"headers": ["X-Remove-Me"], "querystring": ["drop"]},
+            "rename": {"headers": {"X-Old": "X-New"}, "querystring": {"old": "new"}},
+            "replace": {"headers": {"X-Client": "replaced"}, "querystring": {"q": "replaced"}},
+            "add": {"headers": {"X-Added": "1", "X-Client": "not-added"}, "querystring": {"added": "1"}},
+            "append": {"headers": {"X-Multi": "two"}, "querystring": {"tag": "t2"}},
+        },
+    )
+    res = api.get(
+        f"/api/v1/gateway/{gw['id']}/v1/things?drop=1&old=o&q=orig&tag=t1",
+        headers={
+            "X-Remove-Me": "secret-ish", "X-Old": "moved", "X-Client": "mine", "X-Multi": "one",
+            "Connection": "keep-alive, X-Hop", "X-Hop": "hop", "TE": "trailers",
+            "X-Forwarded-For": "198.51.100.7", "X-API-Key": "should-not-pass",
+        },
+    )
+    assert res.status_code == 200
+    seen = receiver.requests[-1]
+    h = seen.headers
+    assert seen.path.startswith("/v1/things?")
+    query = sorted(seen.path.split("?", 1)[1].split("&"))
+    assert query == sorted(["new=o", "q=replaced", "tag=t1", "tag=t2", "added=1"])
+    assert "x-remove-me" not in h and "x-old" not in h and h["x-new"] == "moved"
+    assert h["x-client"] == "replaced" and h["x-added"] == "1" and h["x-default"] == "d"
+    assert h["x-multi"] == "one, two"
+    assert h["authorization"] == "Bearer upstream-token-xyz"
+    assert admin_key not in json.dumps(h) and "x-api-key" not in h
+    assert "x-hop" not in h and "te" not in h
+    assert h["x-forwarded-for"] == "198.51.100.7, 127.0.0.1" and h["x-forwarded-proto"] == "http"
+    assert h["x-request-id"] == res.headers["X-Request-Id"]
+
+
+@pytest.mark.parametrize(
+    "auth, header, expected",
+    [
+        ({"type": "basic", "username": "u", "password": "p"}, "authorization", "Basic dTpw"),
+        ({"type": "api_key", "header": "X-Upstream-Key", "value": "k-123"}, "x-upstream-key", "k-123"),
+    ],
+)
+def test_auth_kinds(api, receiver, auth, header, expected):
+    gw = _rest(api, [(receiver.url, 1)], auth=auth)
+    assert api.get(f"/api/v1/gateway/{gw['id']}/").status_code == 200
+    assert receiver.requests[-1].headers[header] == expected
+
+
+def test_logging_with_redacted_bodies(api, receiver):
+    gw = _rest(api, [(receiver.url, 1)], log_bodies=True)
+    res = api.post(f"/api/v1/gateway/{gw['id']}/login", json={"user": "x", "password": "hunter2", "token": "abc"})
+    assert res.status_code == 200
+    logs = api.get(f"/api/v1/integrations/{gw['id']}/logs?event_type=gateway.request").json["items"]
+    entry = logs[0]
+    data = entry["event_data"]
+    assert data["method"] == "POST" and data["path"] == "/login" and data["upstream"] == receiver.url
+    assert data["status_code"] == 200 and data["bytes_out"] == 2 and data["bytes_in"] > 0
+    assert entry["response_time_ms"] is not None
+    assert "hunter2" not in json.dumps(logs) and '"abc"' not in json.dumps(logs)
+    assert "[redacted]" in data["request_body"]
+    key_id = api.get("/api/v1/auth/whoami").json["id"]
+    usage = api.get(f"/api/v1/api-keys/{key_id}/usage?window=24h").json
+    assert usage["totals"]["gateway_bytes"] >= 2
+
+
+def test_scope_ssrf_and_non_rest(app, api, admin_user, receiver):
+    gw = _rest(api, [(receiver.url, 1)])
+    reader = ApiClient(app.test_client(), make_key(app, admin_user, ["integrations:read"]))
+    assert reader.get(f"/api/v1/gateway/{gw['id']}/x").status_code == 403
+    strict = create_app({**app.config, "ALLOWED_NETWORKS": ""})
+    res = ApiClient(strict.test_client(), api.key).get(f"/api/v1/gateway/{gw['id']}/x")
+    assert res.status_code == 502 and "SSRF" in res.json["detail"]
+    assert receiver.requests == []
+    assert api.get("/api/v1/gateway/int_missing/x").status_code == 404
+
+
+def _peak_rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_large_bodies_stream_without_buffering(app, api, admin_key):
+    """50 MiB up and 50 MiB down through gunicorn: the worker's peak RSS grows far less."""
+    size = 50 * 1024 * 1024
+    chunk = b"x" * (1024 * 1024)
+
+    class BigUpstream:
+        def __init__(self):
+            import threading
+            from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+            outer = self
+            self.received = 0
+
+            class Handler(BaseHTTPRequestHandler):
+                protocol_version = "HTTP/1.1"
+
+                def do_POST(self):
+                    remaining = int(self.headers.get("Content-Length") or 0)
+                    if self.headers.get("Transfer-Encoding") == "chunked":
+                        while True:
+                            n = int(self.rfile.readline().strip(), 16)
+                            if n == 0:
+                                self.rfile.readline()
+                                break
+                            outer.received += len(self.rfile.read(n))
+                            self.rfile.readline()
+                    while remaining:
+                        data = self.rfile.read(min(remaining, 1 << 20))
+                        outer.received += len(data)
+                        remaining -= len(data)
+                    self.send_response(200)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+
+                def do_GET(self):
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(size))
+                    self.end_headers()
+                    for _ in range(size // len(chunk)):
+                        self.wfile.write(chunk)
+
+                def log_message(self, *a):
+                    pass
+
+            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            threading.Thread(target=self.server.serve_forever, daemon=True).start()
+            self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    upstream = BigUpstream()
+    gw = _rest(api, [(upstream.url, 1)], timeout_ms=60000)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = worker_env(app)
+    proc = subprocess.Popen(  # noqa: S603
+        [str(Path(sys.executable).parent / "gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}",
+         "--timeout", "120", "app:create_app()"],
+        cwd=ROOT, env=env, start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 20
+        while True:
+            try:
+                requests.get(f"{base}/api/v1/health", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.time() < deadline, "gunicorn did not start"
+                time.sleep(0.2)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        worker_pid = int(children[0])
+        headers = {"Authorization": f"Bearer {admin_key}"}
+        requests.get(f"{base}/api/v1/gateway/{gw['id']}/warm", headers=headers, timeout=10)
+        before = _peak_rss_kib(worker_pid)
+
+        def upload():
+            for _ in range(size // len(chunk)):
+                yield chunk
+
+        res = requests.post(f"{base}/api/v1/gateway/{gw['id']}/upload", data=upload(), headers=headers, timeout=120)
+        assert res.status_code == 200 and upstream.received == size
+        got = 0
+        with requests.get(f"{base}/api/v1/gateway/{gw['id']}/download", headers=headers, stream=True, timeout=120) as res:
+            assert res.status_code == 200
+            for part in res.iter_content(1 << 20):
+                got += len(part)
+        assert got == size
+        growth_mib = (_peak_rss_kib(worker_pid) - before) / 1024
+        assert growth_mib < 20, f"worker peak RSS grew {growth_mib:.1f} MiB for 50 MiB bodies"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+        upstream.server.shutdown()
