@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: install run test lint openapi bench
 
-$(BIN)/.installed: pyproject.toml tests/example_connector/pyproject.toml
+$(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

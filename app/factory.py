@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app import cli, cors, db, plugins_ext, problems, redis_store, secretbox
+from app import cli, cors, db, plugins_ext, problems, ratelimiting, redis_store, secretbox
 from app.api import Api
 from app.config import load_config
 
@@ -20,16 +21,29 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 def _resource_modules() -> tuple[Any, ...]:
     from app.api_keys import resources as api_keys
     from app.auth import resources as auth
+    from app.connectors_api import resources as connectors
+    from app.gateway import resources as gateway
     from app.health import resources as health
+    from app.inbound import resources as inbound
     from app.integrations import resources as integrations
     from app.logs import resources as logs
+    from app.publishing import resources as publishing
+    from app.webhooks import resources as webhooks
 
-    return (health, auth, api_keys, integrations, logs)
+    return (
+        health, auth, api_keys, integrations, connectors, webhooks, publishing, inbound,
+        gateway, logs,
+    )
 
 
 def build_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Create and configure an app; ``test_config`` overrides environment configuration."""
-    app = Flask("app", instance_relative_config=True, static_folder=None)
+    app = Flask(
+        "app",
+        instance_path=os.environ.get("SWITCHBOARD_INSTANCE_PATH") or None,
+        instance_relative_config=True,
+        static_folder=None,
+    )
     app.config.update(load_config(app.instance_path))
     app.config.update(
         API_TITLE="Switchboard",
@@ -57,6 +71,7 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
     problems.init_app(app)
     cors.init_app(app)
     plugins_ext.init_app(app)
+    ratelimiting.init_app(app)
     _init_request_ids(app)
 
     api = Api(app)

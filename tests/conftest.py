@@ -36,6 +36,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "SECRET_KEYS": ["bXlzZWNyZXRrZXlteXNlY3JldGtleW15c2VjcmV0a2U="],
         "ALLOWED_NETWORKS": "127.0.0.0/8",
         "WEBHOOK_RETRY_SCHEDULE": "0.2,0.4,0.8",
+        "RECONCILE_INTERVAL": 1,
+        "DELIVERY_LEASE_MARGIN": 1,
+        "CONNECTOR_TIMEOUT": 3,
     }
     application = create_app(config)
     application.instance_path = str(instance)
@@ -70,6 +73,25 @@ def _clean_state(app: Any) -> Iterator[None]:
 
 
 @pytest.fixture()
+def receiver() -> Iterator[Any]:
+    from tests.peers import Receiver
+
+    peer = Receiver()
+    yield peer
+    peer.close()
+
+
+@pytest.fixture()
+def worker(app: Any) -> Iterator[Any]:
+    """One real worker.py process for this test."""
+    from tests.peers import WorkerProcess
+
+    proc = WorkerProcess(app)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture()
 def client(app: Any) -> Any:
     return app.test_client()
 
@@ -81,29 +103,35 @@ class ApiClient:
         self.client = client
         self.key = key
 
+    def _open(self, method: str, url: str, headers: dict[str, str] | None, **kw: Any) -> Any:
+        # buffered: streamed answers (the gateway's) are read and closed like a real server would
+        return self.client.open(
+            url, method=method, headers=self._headers(headers), buffered=True, **kw
+        )
+
     def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}", **(headers or {})}
 
     def get(self, url: str, headers: dict[str, str] | None = None, **kw: Any) -> Any:
-        return self.client.get(url, headers=self._headers(headers), **kw)
+        return self._open("GET", url, headers, **kw)
 
     def post(
         self, url: str, json: Any = None, headers: dict[str, str] | None = None, **kw: Any
     ) -> Any:
-        return self.client.post(url, json=json, headers=self._headers(headers), **kw)
+        return self._open("POST", url, headers, json=json, **kw)
 
     def patch(
         self, url: str, json: Any = None, headers: dict[str, str] | None = None, **kw: Any
     ) -> Any:
-        return self.client.patch(url, json=json, headers=self._headers(headers), **kw)
+        return self._open("PATCH", url, headers, json=json, **kw)
 
     def put(
         self, url: str, json: Any = None, headers: dict[str, str] | None = None, **kw: Any
     ) -> Any:
-        return self.client.put(url, json=json, headers=self._headers(headers), **kw)
+        return self._open("PUT", url, headers, json=json, **kw)
 
     def delete(self, url: str, headers: dict[str, str] | None = None, **kw: Any) -> Any:
-        return self.client.delete(url, headers=self._headers(headers), **kw)
+        return self._open("DELETE", url, headers, **kw)
 
 
 def make_user(app: Any, email: str, role: str = "member", password: str = "correct horse") -> User:
