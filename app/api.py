@@ -18,8 +18,10 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask_smorest import Api as _Api
 from flask_smorest import Blueprint as _Blueprint
 from flask_smorest.spec import prepare_response
+from webargs.flaskparser import FlaskParser
 
 from app import problems
+from app.hygiene import refuse_nul
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
@@ -70,8 +72,17 @@ class Api(_Api):
         self.spec.components.response("DEFAULT_ERROR", default, lazy=True)
 
 
+class ArgumentsParser(FlaskParser):
+    """webargs' Flask parser, refusing NUL characters in JSON bodies (see ``app.hygiene``)."""
+
+    def _raw_load_json(self, req: Any) -> Any:
+        return refuse_nul(super()._raw_load_json(req))
+
+
 class Blueprint(_Blueprint):
     """flask-smorest ``Blueprint`` with an ``auth`` decorator and problem-typed errors."""
+
+    ARGUMENTS_PARSER = ArgumentsParser()
 
     def problem(self, status: int, description: str) -> Callable[[Callable], Callable]:
         """Document an error response of this operation."""
@@ -81,6 +92,21 @@ class Blueprint(_Blueprint):
             content_type=PROBLEM_CONTENT_TYPE,
             description=description,
         )
+
+    def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Callable:
+        """``Blueprint.arguments`` that also documents the 400 for unparsable input."""
+        decorator = super().arguments(schema, location=location, **kwargs)
+        why = {
+            "json": "The body is not valid JSON, or a string in it contains NUL",
+            "query": "A query parameter contains NUL",
+        }.get(location)
+        if why is None:
+            return decorator
+
+        def documented(view: Callable) -> Callable:
+            return self.problem(400, why)(decorator(view))
+
+        return documented
 
     def auth(self, scope: str | None) -> Callable[[Callable], Callable]:
         """Require a valid API key (and ``scope``, if given) before the view runs."""

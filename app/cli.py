@@ -11,7 +11,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 from app import migrations
-from app.auth.access import ROLE_SCOPES
+from app.auth.access import ROLE_SCOPES, bump_auth_epoch
 from app.auth.issuing import issue_key
 from app.auth.keys import hash_secret
 from app.db import database
@@ -50,6 +50,7 @@ def ensure_admin(email: str, password: str | None) -> tuple[User, str | None]:
         user.role = "admin"
         user.disabled = False
         user.save()
+        bump_auth_epoch()  # cached keys of this user must see the new role
     return user, generated
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import peewee
 from flask import Flask
 from playhouse.db_url import connect
+from playhouse.pool import PooledDatabase
 
 database = peewee.DatabaseProxy()
 
@@ -43,14 +44,16 @@ def open_database(url: str) -> peewee.Database:
 
 
 def init_app(app: Flask) -> None:
-    """Bind the proxy to the configured database and manage per-request connections."""
+    """Bind the proxy to the configured database.
+
+    Connections open on first use (peewee's autoconnect), one per thread. A pooled database
+    (PostgreSQL) gets its connection back at the end of every request. A SQLite connection
+    stays open with its thread: reopening it per request costs more than most requests do
+    (the last close even checkpoints and deletes the WAL file).
+    """
     database.initialize(open_database(app.config["DATABASE_URL"]))
 
-    @app.before_request
-    def _connect() -> None:
-        database.connect(reuse_if_open=True)
-
     @app.teardown_appcontext
-    def _close(exc: BaseException | None) -> None:
-        if not database.is_closed():
+    def _release(exc: BaseException | None) -> None:
+        if isinstance(database.obj, PooledDatabase) and not database.is_closed():
             database.close()

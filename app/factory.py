@@ -11,7 +11,17 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app import cli, cors, db, plugins_ext, problems, ratelimiting, redis_store, secretbox
+from app import (
+    cli,
+    cors,
+    db,
+    hygiene,
+    plugins_ext,
+    problems,
+    ratelimiting,
+    redis_store,
+    secretbox,
+)
 from app.api import Api
 from app.config import load_config
 
@@ -31,8 +41,16 @@ def _resource_modules() -> tuple[Any, ...]:
     from app.webhooks import resources as webhooks
 
     return (
-        health, auth, api_keys, integrations, connectors, webhooks, publishing, inbound,
-        gateway, logs,
+        health,
+        auth,
+        api_keys,
+        integrations,
+        connectors,
+        webhooks,
+        publishing,
+        inbound,
+        gateway,
+        logs,
     )
 
 
@@ -69,6 +87,7 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
     redis_store.init_app(app)
     secretbox.init_app(app)
     problems.init_app(app)
+    hygiene.init_app(app)
     cors.init_app(app)
     plugins_ext.init_app(app)
     ratelimiting.init_app(app)
@@ -110,3 +129,13 @@ def _init_request_ids(app: Flask) -> None:
         if g.get("request_id"):
             response.headers["X-Request-Id"] = g.request_id
         return response
+
+
+def release_app(app: Flask) -> None:
+    """Close the app's pooled connections (HTTP and Redis); used when an app is discarded."""
+    session = app.extensions.get("outbound_session")
+    if session is not None:
+        session.close()
+    client = app.extensions.get("redis")
+    if client is not None:
+        client.close()

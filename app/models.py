@@ -130,7 +130,7 @@ class AuditLog(BaseModel):
     actor_user_id = peewee.CharField(max_length=40, null=True, index=True)
     action = peewee.CharField(max_length=100, index=True)
     resource_type = peewee.CharField(max_length=50, index=True)
-    resource_id = peewee.CharField(max_length=40, null=True, index=True)
+    resource_id = peewee.CharField(max_length=200, null=True, index=True)
     changes = JSONField(default=dict)
     ip = peewee.CharField(max_length=64, null=True)
     request_id = peewee.CharField(max_length=64, null=True)

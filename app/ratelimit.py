@@ -28,10 +28,12 @@ __all__ = ["RateLimitDecision", "RateLimiter"]
 _MICROS = 1_000_000
 
 # KEYS[1]  sorted set of admitted requests (score: server time in microseconds)
+# KEYS[2]  a key read along (the caller's cache epoch, see ``hit(watch=…)``); may not exist
 # ARGV[1]  limit (>= 1)
 # ARGV[2]  window in microseconds
 # ARGV[3]  member, unique for this request
-# Returns {allowed (0|1), count in window after this call, microseconds until more quota frees}
+# Returns {allowed (0|1), count in window after this call, microseconds until more quota frees,
+#          value of KEYS[2] or false}
 _SLIDING_LOG_LUA = """
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
@@ -62,7 +64,7 @@ if count > 0 then
     local entry = redis.call('ZRANGE', key, index, index, 'WITHSCORES')
     wait = tonumber(entry[2]) + window - now
 end
-return {allowed, count, wait}
+return {allowed, count, wait, redis.call('GET', KEYS[2])}
 """
 
 
@@ -91,6 +93,7 @@ class RateLimitDecision:
     retry_after: int
     window_seconds: int = 3600
     policy: str = "hour"
+    watched: str | None = None  # value of the ``watch`` key read in the same round trip
 
     def policy_header(self) -> str:
         """Value of the ``RateLimit-Policy`` header, e.g. ``"hour";q=1000;w=3600``."""
@@ -137,8 +140,11 @@ class RateLimiter:
         """Redis key holding the request log of ``key_id``."""
         return f"{self.prefix}{key_id}"
 
-    def hit(self, key_id: str, limit: int) -> RateLimitDecision:
+    def hit(self, key_id: str, limit: int, *, watch: str | None = None) -> RateLimitDecision:
         """Count one request for ``key_id`` against ``limit`` per window; admit it if it fits.
+
+        ``watch`` names a Redis key whose value is returned in ``decision.watched`` by the same
+        round trip (the auth layer reads its cache epoch this way).
 
         Raises:
             ValueError: ``limit`` < 1.
@@ -147,8 +153,8 @@ class RateLimiter:
         if limit < 1:
             raise ValueError("limit must be >= 1")
         member = os.urandom(12).hex()
-        allowed, count, wait_us = self._script(
-            keys=[self.key(key_id)],
+        allowed, count, wait_us, watched = self._script(
+            keys=[self.key(key_id), watch or f"{self.prefix}-unwatched"],
             args=[limit, self.window_seconds * _MICROS, member],
         )
         wait_seconds = -(-int(wait_us) // _MICROS)  # round up: never promise too early
@@ -160,4 +166,5 @@ class RateLimiter:
             retry_after=0 if allowed else max(1, wait_seconds),
             window_seconds=self.window_seconds,
             policy=self.policy,
+            watched=watched.decode() if isinstance(watched, bytes) else (watched or None),
         )

@@ -4,9 +4,8 @@
 app's :class:`~app.ratelimit.RateLimiter` and raises 429 over the limit, or 503 when Redis is
 down (unless ``RATELIMIT_FAIL_OPEN``). An ``after_request`` hook then stamps ``RateLimit-Policy``
 and ``RateLimit`` on every key-authenticated response, errors included, and counts the response
-in the hourly usage counters (:mod:`app.usage`). The gateway reports proxied bytes with
-:func:`add_gateway_bytes`; for streamed responses the count is written when the WSGI server
-closes the response, so bytes added while streaming are included.
+in the process's usage buffer (:mod:`app.usage`), flushed to Redis every second; the gateway
+adds proxied bytes to the same buffer once a stream ends.
 """
 
 from __future__ import annotations
@@ -20,11 +19,11 @@ from flask import Flask, Response, current_app, g
 from app.problems import Problem
 from app.ratelimit import RateLimitDecision, RateLimiter
 from app.redis_store import connect
-from app.usage import record
+from app.usage import UsageBuffer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RequestUsage", "add_gateway_bytes", "enforce", "get_limiter", "init_app"]
+__all__ = ["RequestUsage", "enforce", "get_limiter", "init_app", "usage_buffer"]
 
 
 @dataclass
@@ -33,8 +32,6 @@ class RequestUsage:
 
     key_id: str
     rate_limited: bool = False
-    gateway_bytes: int = 0
-    redis_down: bool = False  # the limiter just failed: don't wait on Redis a second time
 
 
 def policy_name(window_seconds: int) -> str:
@@ -53,7 +50,7 @@ def get_limiter(app: Flask | None = None) -> RateLimiter:
     return limiter
 
 
-def enforce(key_id: str, limit: int) -> RateLimitDecision | None:
+def enforce(key_id: str, limit: int, *, watch: str | None = None) -> RateLimitDecision | None:
     """Count this request against ``key_id``'s limit; raise 429 over it, 503 if Redis is down.
 
     Returns the decision (also kept on ``g`` for the response headers), or None when rate
@@ -63,9 +60,8 @@ def enforce(key_id: str, limit: int) -> RateLimitDecision | None:
     if not current_app.config["RATELIMIT_ENABLED"]:
         return None
     try:
-        decision = get_limiter().hit(key_id, limit)
+        decision = get_limiter().hit(key_id, limit, watch=watch)
     except redis.RedisError as exc:
-        usage.redis_down = True
         if current_app.config["RATELIMIT_FAIL_OPEN"]:
             log.warning("rate limiter unavailable, letting %s through (fail open): %s", key_id, exc)
             return None
@@ -85,25 +81,13 @@ def enforce(key_id: str, limit: int) -> RateLimitDecision | None:
     return decision
 
 
-def add_gateway_bytes(n: int) -> None:
-    """Count ``n`` response bytes proxied by the gateway for this request's key."""
-    usage: RequestUsage | None = g.get("usage")
-    if usage is not None and n > 0:
-        usage.gateway_bytes += n
-
-
-def _record_usage(client: redis.Redis, usage: RequestUsage, status: int) -> None:
-    """Write one request to the usage counters; a Redis failure is logged, never raised."""
-    try:
-        record(
-            client,
-            usage.key_id,
-            status=status,
-            bytes_out=usage.gateway_bytes,
-            rate_limited=usage.rate_limited,
-        )
-    except redis.RedisError as exc:
-        log.warning("could not record usage for %s: %s", usage.key_id, exc)
+def usage_buffer(app: Flask | None = None) -> UsageBuffer:
+    """The process's usage counters for ``app`` (flushed to Redis every second)."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    buffer: UsageBuffer | None = app.extensions.get("usage_buffer")
+    if buffer is None:
+        buffer = app.extensions["usage_buffer"] = UsageBuffer(connect(app))
+    return buffer
 
 
 def _finish_response(response: Response) -> Response:
@@ -114,14 +98,7 @@ def _finish_response(response: Response) -> Response:
     decision: RateLimitDecision | None = g.get("ratelimit")
     if decision is not None:
         response.headers.update(decision.headers())
-    if usage.redis_down:
-        return response
-    client = connect(current_app._get_current_object())  # type: ignore[attr-defined]
-    status = response.status_code
-    if response.is_streamed:  # bytes are still flowing: count once the server closes it
-        response.call_on_close(lambda: _record_usage(client, usage, status))
-    else:
-        _record_usage(client, usage, status)
+    usage_buffer().count(usage.key_id, status=response.status_code, rate_limited=usage.rate_limited)
     return response
 
 

@@ -9,19 +9,28 @@ Each key gets one hash per hour, ``sb:usage:<key_id>:<epoch_hour>`` (``epoch_hou
   counted in ``4xx`` as the 429 they got);
 - ``gateway_bytes``: response bytes proxied by the gateway.
 
-Every write refreshes an 8-day TTL, so the history is bounded without a cleanup job. Writes and
-reads are each one pipelined round trip.
+Every write refreshes an 8-day TTL, so the history is bounded without a cleanup job. Counts are
+buffered per process and flushed in one pipeline a second (``UsageBuffer``); reads are one
+pipelined round trip.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import threading
 import time
+from collections import defaultdict
 from datetime import UTC, datetime
 from typing import TypedDict
 
 from redis import Redis
+from redis.exceptions import RedisError
 
-__all__ = ["MAX_HOURS", "RETENTION_SECONDS", "UsageBucket", "read", "record"]
+log = logging.getLogger(__name__)
+
+__all__ = ["MAX_HOURS", "RETENTION_SECONDS", "UsageBucket", "UsageBuffer", "read"]
 
 HOUR = 3600
 RETENTION_SECONDS = 8 * 24 * HOUR
@@ -53,29 +62,81 @@ def _status_field(status: int) -> str:
     return STATUS_FIELDS[min(max(status // 100, 2), 5) - 2]
 
 
-def record(
-    redis: Redis,
-    key_id: str,
-    *,
-    status: int,
-    bytes_out: int = 0,
-    rate_limited: bool = False,
-    now: float | None = None,
-) -> None:
-    """Count one request of ``key_id`` in the bucket of the current hour.
+class UsageBuffer:
+    """Per-process usage counters, flushed to Redis in one pipeline every ``interval`` seconds.
 
-    ``bytes_out`` is the gateway's proxied response size; other callers leave it at 0.
+    Counting is a dict update under a lock, so metering adds no round trip to a request; every
+    process adds its own increments (``HINCRBY``), so totals are exact across processes and
+    at most ``interval`` seconds behind. A failed flush keeps the counts for the next one.
     """
-    epoch_hour = int((time.time() if now is None else now) // HOUR)
-    key = _bucket_key(key_id, epoch_hour)
-    pipe = redis.pipeline(transaction=False)
-    pipe.hincrby(key, _status_field(status), 1)
-    if rate_limited:
-        pipe.hincrby(key, "rate_limited", 1)
-    if bytes_out > 0:
-        pipe.hincrby(key, "gateway_bytes", bytes_out)
-    pipe.expire(key, RETENTION_SECONDS)
-    pipe.execute()
+
+    def __init__(self, redis: Redis, interval: float = 1.0) -> None:
+        self.redis = redis
+        self.interval = interval
+        self._counts: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._lock = threading.Lock()
+        self._owner_pid: int | None = None
+
+    def count(
+        self,
+        key_id: str,
+        *,
+        status: int,
+        rate_limited: bool = False,
+        gateway_bytes: int = 0,
+        now: float | None = None,
+    ) -> None:
+        """Count one response of ``key_id`` (and proxied bytes) in the current hour."""
+        key = _bucket_key(key_id, int((time.time() if now is None else now) // HOUR))
+        with self._lock:
+            self._counts[(key, _status_field(status))] += 1
+            if rate_limited:
+                self._counts[(key, "rate_limited")] += 1
+        if gateway_bytes > 0:
+            self.add_bytes(key_id, gateway_bytes, now=now)
+        self._ensure_flusher()
+
+    def add_bytes(self, key_id: str, n: int, *, now: float | None = None) -> None:
+        """Count ``n`` bytes proxied by the gateway for ``key_id``."""
+        key = _bucket_key(key_id, int((time.time() if now is None else now) // HOUR))
+        with self._lock:
+            self._counts[(key, "gateway_bytes")] += n
+        self._ensure_flusher()
+
+    def flush(self) -> None:
+        """Write the pending counts now (one pipeline); on failure keep them for later."""
+        with self._lock:
+            pending, self._counts = self._counts, defaultdict(int)
+        if not pending:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for (key, field), n in pending.items():
+            pipe.hincrby(key, field, n)
+        for key in {key for key, _ in pending}:
+            pipe.expire(key, RETENTION_SECONDS)
+        try:
+            pipe.execute()
+        except RedisError as exc:
+            log.warning("usage flush failed, keeping %d counters: %s", len(pending), exc)
+            with self._lock:
+                for item, n in pending.items():
+                    self._counts[item] += n
+
+    def _ensure_flusher(self) -> None:
+        # One flusher thread per process (a forked worker starts its own).
+        if self._owner_pid == os.getpid():
+            return
+        with self._lock:
+            if self._owner_pid == os.getpid():
+                return
+            self._owner_pid = os.getpid()
+        threading.Thread(target=self._run, name="usage-flusher", daemon=True).start()
+        atexit.register(self.flush)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self.flush()
 
 
 def read(redis: Redis, key_id: str, hours: int, now: float | None = None) -> list[UsageBucket]:
@@ -112,14 +173,3 @@ def read(redis: Redis, key_id: str, hours: int, now: float | None = None) -> lis
             }
         )
     return buckets
-
-
-def add_gateway_bytes(redis: Redis, key_id: str, n: int, now: float | None = None) -> None:
-    """Add ``n`` proxied bytes to ``key_id``'s current hour (called once a stream ends)."""
-    if n <= 0:
-        return
-    key = _bucket_key(key_id, int((time.time() if now is None else now) // HOUR))
-    pipe = redis.pipeline(transaction=False)
-    pipe.hincrby(key, "gateway_bytes", n)
-    pipe.expire(key, RETENTION_SECONDS)
-    pipe.execute()

@@ -72,6 +72,24 @@ def _clean_state(app: Any) -> Iterator[None]:
     yield
 
 
+@pytest.fixture(autouse=True)
+def _close_extra_apps(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Apps a test builds with create_app() release their pools when the test ends."""
+    import app.factory as factory
+
+    built: list[Any] = []
+    real = factory.build_app
+
+    def build_and_track(test_config: dict[str, Any] | None = None) -> Any:
+        built.append(real(test_config))
+        return built[-1]
+
+    monkeypatch.setattr(factory, "build_app", build_and_track)
+    yield
+    for extra in built:
+        factory.release_app(extra)
+
+
 @pytest.fixture()
 def receiver() -> Iterator[Any]:
     from tests.peers import Receiver

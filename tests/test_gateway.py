@@ -21,7 +21,11 @@ from tests.peers import ROOT, Receiver, worker_env
 
 
 def _named(name, status=200):
-    return lambda req, n: (status, {"Content-Type": "text/plain", "X-Upstream": name}, name.encode())
+    return lambda req, n: (
+        status,
+        {"Content-Type": "text/plain", "X-Upstream": name},
+        name.encode(),
+    )
 
 
 @pytest.fixture()
@@ -34,8 +38,15 @@ def upstreams():
 
 def _rest(api, urls_weights, **config):
     body = {
-        "name": "backend", "type": "api", "provider": "rest", "status": "active",
-        "config": {"upstreams": [{"url": u, "weight": w} for u, w in urls_weights], "timeout_ms": 3000, **config},
+        "name": "backend",
+        "type": "api",
+        "provider": "rest",
+        "status": "active",
+        "config": {
+            "upstreams": [{"url": u, "weight": w} for u, w in urls_weights],
+            "timeout_ms": 3000,
+            **config,
+        },
     }
     res = api.post("/api/v1/integrations", json=body)
     assert res.status_code == 201, res.json
@@ -85,7 +96,9 @@ def test_connect_errors_retry_idempotent_only(api, upstreams):
     gw = _rest(api, [(dead, 1), (a.url, 1)])
     for _ in range(4):
         assert api.get(f"/api/v1/gateway/{gw['id']}/ok").status_code == 200
-    posts = [api.post(f"/api/v1/gateway/{gw['id']}/ok", json={"n": 1}).status_code for _ in range(2)]
+    posts = [
+        api.post(f"/api/v1/gateway/{gw['id']}/ok", json={"n": 1}).status_code for _ in range(2)
+    ]
     assert set(posts) <= {200, 502}
 
 
@@ -96,6 +109,7 @@ def test_post_not_retried_get_retried(api):
         def respond(req, n):
             hits[name] += 1
             return 503, {}, b"unavailable"
+
         return respond
 
     a, b = Receiver(failing("a")), Receiver(failing("b"))
@@ -132,16 +146,25 @@ def test_transform_auth_and_header_hygiene(api, admin_key, receiver):
             "remove": {"headers": ["X-Remove-Me"], "querystring": ["drop"]},
             "rename": {"headers": {"X-Old": "X-New"}, "querystring": {"old": "new"}},
             "replace": {"headers": {"X-Client": "replaced"}, "querystring": {"q": "replaced"}},
-            "add": {"headers": {"X-Added": "1", "X-Client": "not-added"}, "querystring": {"added": "1"}},
+            "add": {
+                "headers": {"X-Added": "1", "X-Client": "not-added"},
+                "querystring": {"added": "1"},
+            },
             "append": {"headers": {"X-Multi": "two"}, "querystring": {"tag": "t2"}},
         },
     )
     res = api.get(
         f"/api/v1/gateway/{gw['id']}/v1/things?drop=1&old=o&q=orig&tag=t1",
         headers={
-            "X-Remove-Me": "secret-ish", "X-Old": "moved", "X-Client": "mine", "X-Multi": "one",
-            "Connection": "keep-alive, X-Hop", "X-Hop": "hop", "TE": "trailers",
-            "X-Forwarded-For": "198.51.100.7", "X-API-Key": "should-not-pass",
+            "X-Remove-Me": "secret-ish",
+            "X-Old": "moved",
+            "X-Client": "mine",
+            "X-Multi": "one",
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "hop",
+            "TE": "trailers",
+            "X-Forwarded-For": "198.51.100.7",
+            "X-API-Key": "should-not-pass",
         },
     )
     assert res.status_code == 200
@@ -164,7 +187,11 @@ def test_transform_auth_and_header_hygiene(api, admin_key, receiver):
     "auth, header, expected",
     [
         ({"type": "basic", "username": "u", "password": "p"}, "authorization", "Basic dTpw"),
-        ({"type": "api_key", "header": "X-Upstream-Key", "value": "k-123"}, "x-upstream-key", "k-123"),
+        (
+            {"type": "api_key", "header": "X-Upstream-Key", "value": "k-123"},
+            "x-upstream-key",
+            "k-123",
+        ),
     ],
 )
 def test_auth_kinds(api, receiver, auth, header, expected):
@@ -175,12 +202,17 @@ def test_auth_kinds(api, receiver, auth, header, expected):
 
 def test_logging_with_redacted_bodies(api, receiver):
     gw = _rest(api, [(receiver.url, 1)], log_bodies=True)
-    res = api.post(f"/api/v1/gateway/{gw['id']}/login", json={"user": "x", "password": "hunter2", "token": "abc"})
+    res = api.post(
+        f"/api/v1/gateway/{gw['id']}/login",
+        json={"user": "x", "password": "hunter2", "token": "abc"},
+    )
     assert res.status_code == 200
     logs = api.get(f"/api/v1/integrations/{gw['id']}/logs?event_type=gateway.request").json["items"]
     entry = logs[0]
     data = entry["event_data"]
-    assert data["method"] == "POST" and data["path"] == "/login" and data["upstream"] == receiver.url
+    assert (
+        data["method"] == "POST" and data["path"] == "/login" and data["upstream"] == receiver.url
+    )
     assert data["status_code"] == 200 and data["bytes_out"] == 2 and data["bytes_in"] > 0
     assert entry["response_time_ms"] is not None
     assert "hunter2" not in json.dumps(logs) and '"abc"' not in json.dumps(logs)
@@ -264,9 +296,21 @@ def test_large_bodies_stream_without_buffering(app, api, admin_key):
         port = sock.getsockname()[1]
     env = worker_env(app)
     proc = subprocess.Popen(  # noqa: S603
-        [str(Path(sys.executable).parent / "gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}",
-         "--timeout", "120", "app:create_app()"],
-        cwd=ROOT, env=env, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "-w",
+            "1",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            "120",
+            "--graceful-timeout",
+            "3",
+            "app:create_app()",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -288,10 +332,14 @@ def test_large_bodies_stream_without_buffering(app, api, admin_key):
             for _ in range(size // len(chunk)):
                 yield chunk
 
-        res = requests.post(f"{base}/api/v1/gateway/{gw['id']}/upload", data=upload(), headers=headers, timeout=120)
+        res = requests.post(
+            f"{base}/api/v1/gateway/{gw['id']}/upload", data=upload(), headers=headers, timeout=120
+        )
         assert res.status_code == 200 and upstream.received == size
         got = 0
-        with requests.get(f"{base}/api/v1/gateway/{gw['id']}/download", headers=headers, stream=True, timeout=120) as res:
+        with requests.get(
+            f"{base}/api/v1/gateway/{gw['id']}/download", headers=headers, stream=True, timeout=120
+        ) as res:
             assert res.status_code == 200
             for part in res.iter_content(1 << 20):
                 got += len(part)
@@ -302,3 +350,4 @@ def test_large_bodies_stream_without_buffering(app, api, admin_key):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
         upstream.server.shutdown()
+        upstream.server.server_close()

@@ -112,3 +112,16 @@ def test_committed_openapi_is_current(app):
 def test_lists_require_auth(client, path):
     res = client.get(path)
     assert res.status_code == 401 and res.content_type == PROBLEM
+
+
+def test_nul_characters_are_refused_not_500(api):
+    res = api.get("/api/v1/integrations?q=a%00b")
+    assert res.status_code == 400 and res.content_type == PROBLEM
+    res = api.post(
+        "/api/v1/event-types",
+        data='{"name": "order.paid", "description": "x\\u0000y"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert res.status_code == 400 and "NUL" in res.json["detail"]
+    assert api.get("/api/v1/event-types").json["total"] > 0  # nothing half-written
+    assert all(i["name"] != "order.paid" for i in api.get("/api/v1/event-types").json["items"])

@@ -140,13 +140,16 @@ def test_redis_errors_propagate() -> None:
 def test_usage_hourly_buckets(r: redis.Redis) -> None:
     current_hour = int(time.time()) // 3600 * 3600
     earlier = current_hour - 3600 + 5
+    buf = usage.UsageBuffer(r)
     for status in (200, 201, 204, 404):
-        usage.record(r, "key_u", status=status, now=earlier)
-    usage.record(r, "key_u", status=200, bytes_out=1500, now=current_hour + 10)
-    usage.record(r, "key_u", status=302, bytes_out=500, now=current_hour + 20)
-    usage.record(r, "key_u", status=429, rate_limited=True, now=current_hour + 30)
-    usage.record(r, "key_u", status=502, now=current_hour + 40)
-    usage.record(r, "key_other", status=200, now=current_hour + 40)
+        buf.count("key_u", status=status, now=earlier)
+    buf.count("key_u", status=200, gateway_bytes=1500, now=current_hour + 10)
+    buf.count("key_u", status=302, gateway_bytes=500, now=current_hour + 20)
+    buf.count("key_u", status=429, rate_limited=True, now=current_hour + 30)
+    buf.count("key_u", status=502, now=current_hour + 40)
+    buf.count("key_other", status=200, now=current_hour + 40)
+    assert r.keys("sb:usage:*") == []  # buffered: nothing written before the flush
+    buf.flush()
 
     buckets = usage.read(r, "key_u", 24, now=current_hour + 50)
     assert len(buckets) == 24

@@ -24,7 +24,10 @@ def test_signature_matches_reference_library():
         "webhook-timestamp": str(ts),
         "webhook-signature": sign(secret, "msg_abc", ts, body),
     }
-    assert standardwebhooks.Webhook(secret).verify(body, headers) == {"type": "order.paid", "data": {"n": 1}}
+    assert standardwebhooks.Webhook(secret).verify(body, headers) == {
+        "type": "order.paid",
+        "data": {"n": 1},
+    }
     # Byte-for-byte the reference library's own signature for the same message.
     fixed = "whsec_" + base64.b64encode(b"k" * 32).decode()
     when = datetime.fromtimestamp(1700000000, UTC)
@@ -38,9 +41,13 @@ def test_rotation_header_carries_both_signatures():
     value = signature_header([new, old], "msg_x", ts, b"{}")
     assert len(value.split(" ")) == 2
     for secret in (old, new):
-        standardwebhooks.Webhook(secret).verify(b"{}", {"webhook-id": "msg_x", "webhook-timestamp": str(ts), "webhook-signature": value})
+        standardwebhooks.Webhook(secret).verify(
+            b"{}", {"webhook-id": "msg_x", "webhook-timestamp": str(ts), "webhook-signature": value}
+        )
     with pytest.raises(standardwebhooks.WebhookVerificationError):
-        standardwebhooks.Webhook(generate_secret()).verify(b"{}", {"webhook-id": "msg_x", "webhook-timestamp": str(ts), "webhook-signature": value})
+        standardwebhooks.Webhook(generate_secret()).verify(
+            b"{}", {"webhook-id": "msg_x", "webhook-timestamp": str(ts), "webhook-signature": value}
+        )
 
 
 @pytest.mark.parametrize(
@@ -89,7 +96,17 @@ def test_retry_after_parsing_and_clamping():
 
 
 def test_subscription_templates():
-    context = {"event": {"type": "github.push", "data": {"repository": "acme/shop", "n": 3, "list": ["a", "b"]}}}
-    assert render_template({"text": "{{event.data.repository}}: {{ event.type }}"}, context) == {"text": "acme/shop: github.push"}
+    context = {
+        "event": {
+            "type": "github.push",
+            "data": {"repository": "acme/shop", "n": 3, "list": ["a", "b"]},
+        }
+    }
+    assert render_template({"text": "{{event.data.repository}}: {{ event.type }}"}, context) == {
+        "text": "acme/shop: github.push"
+    }
     assert render_template("{{event.data.n}}", context) == 3  # a lone placeholder keeps its type
-    assert render_template(["{{event.data.list.1}}", "{{event.data.missing}}!"], context) == ["b", "!"]
+    assert render_template(["{{event.data.list.1}}", "{{event.data.missing}}!"], context) == [
+        "b",
+        "!",
+    ]

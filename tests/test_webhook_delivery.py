@@ -185,7 +185,7 @@ def test_rate_limited_webhook_waits_never_drops(api, integration, publish, worke
     for req in got:
         by_second[int(req.at)] = by_second.get(int(req.at), 0) + 1
     assert max(by_second.values()) <= 5
-    assert got[-1].at - got[0].at >= 1.5
+    assert got[-1].at - got[0].at >= 1.0  # 15 at 5/s span at least two whole seconds
 
 
 def test_delivery_time_ssrf_refusal(app, api, integration, publish, monkeypatch):

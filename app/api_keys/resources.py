@@ -22,11 +22,13 @@ from app.api_keys.schemas import (
     UsageArgsSchema,
 )
 from app.audit import record_audit
+from app.auth.access import bump_auth_epoch
 from app.auth.issuing import issue_key, rotate_key
 from app.db import database
 from app.events import emit_event
 from app.models import ApiKey, utcnow
 from app.problems import Problem
+from app.ratelimiting import usage_buffer
 from app.redis_store import get_redis
 from app.usage import STATUS_FIELDS, read
 
@@ -111,6 +113,7 @@ class ApiKeysById(MethodView):
                 row.previous_valid_until = None
                 row.save()
                 record_audit("api_key.revoked", "api_key", row.id, {"name": row.name})
+                bump_auth_epoch()
                 emit_event("api_key.revoked", key_event_data(row))
 
 
@@ -128,6 +131,7 @@ def rotate(data: dict[str, Any], key_id: str) -> ApiKey:
             raise Problem(409, "A revoked key cannot be rotated.")
         secret = rotate_key(row, data["grace_period_seconds"])
         record_audit("api_key.rotated", "api_key", row.id, data)
+        bump_auth_epoch()
         emit_event("api_key.rotated", key_event_data(row))
     row.key = secret
     return row
@@ -142,6 +146,7 @@ def usage(args: dict[str, Any], key_id: str) -> dict[str, Any]:
     """Hourly request counts of a key: by status class, rate-limited, gateway bytes."""
     row = get_visible_key(key_id)
     try:
+        usage_buffer().flush()  # this process's last second of counts, too
         buckets = read(get_redis(), row.id, USAGE_WINDOWS[args["window"]])
     except redis.RedisError as exc:
         log.warning("could not read usage of %s: %s", row.id, exc)

@@ -33,6 +33,7 @@ class ApiKeySchema(ma.Schema):
         metadata={"description": "Scopes: " + ", ".join(ALL_SCOPES)},
     )
     rate_limit = ma.fields.Integer(
+        strict=True,
         load_default=1000,
         validate=ma.validate.Range(min=1, max=100_000_000),
         metadata={"description": "Requests per hour"},
@@ -73,6 +74,7 @@ class ApiKeyQueryArgsSchema(PageArgsSchema):
 
 class RotateSchema(ma.Schema):
     grace_period_seconds = ma.fields.Integer(
+        strict=True,
         load_default=3600,
         validate=ma.validate.Range(min=0, max=30 * 24 * 3600),
         metadata={"description": "How long the old secret keeps working (0–30 days)"},

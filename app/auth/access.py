@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import time
-import weakref
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import peewee
+import redis
 from flask import current_app, g, request
 
 from app import ratelimiting
-from app.auth.keys import VerifiedKeyCache, key_prefix
+from app.auth.keys import KeySnapshot, VerifiedKeyCache, key_prefix
 from app.config import ALL_SCOPES
 from app.db import database
 from app.models import ApiKey, User, utcnow
 from app.problems import Problem
+from app.redis_store import get_redis
 
 log = logging.getLogger(__name__)
 
@@ -90,71 +91,94 @@ def _key_cache() -> VerifiedKeyCache:
     return cache
 
 
-_PREFIX_PLACEHOLDER = "\x00prefix\x00"
-# Per database: the lookup query (for its cursor wrapper), its SQL text and its parameters.
-_lookup_templates: weakref.WeakKeyDictionary[peewee.Database, tuple[Any, str, list[Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+# Any change that can invalidate a cached key (revocation, rotation, owner changes) sets this
+# Redis key to a new random value; the rate-limit round trip reads it back on every request.
+AUTH_EPOCH = "sb:auth:epoch"
+_NO_EPOCH = "-"
 
 
-def _key_lookup_query(prefix: str) -> Any:
+def bump_auth_epoch() -> None:
+    """Invalidate every process's key snapshots once the current transaction commits."""
+
+    def bump() -> None:
+        try:
+            get_redis().set(AUTH_EPOCH, os.urandom(8).hex())
+        except redis.RedisError as exc:  # snapshots then expire with KEY_CACHE_TTL
+            log.error("could not bump the auth epoch: %s", exc)
+
+    database.after_commit(bump)
+
+
+def _read_epoch() -> str | None:
+    try:
+        value = get_redis().get(AUTH_EPOCH)
+    except redis.RedisError:
+        return None
+    return value.decode() if isinstance(value, bytes) else (value or _NO_EPOCH)
+
+
+def find_key_row(prefix: str) -> ApiKey | None:
+    """The key whose current or previous prefix is ``prefix``, owner joined, or None."""
     return (
         ApiKey.select(ApiKey, User)
         .join(User, peewee.JOIN.LEFT_OUTER, on=(ApiKey.created_by == User.id))
         .where((ApiKey.key_prefix == prefix) | (ApiKey.previous_key_prefix == prefix))
-        .limit(1)
+        .first()
     )
 
 
-def find_key_row(prefix: str) -> ApiKey | None:
-    """The key whose current or previous prefix is ``prefix``, its owner joined, or None.
-
-    This runs on every authenticated request, and peewee takes far longer to build the SQL
-    than the database takes to run it, so the SQL is built once per database (with a
-    placeholder prefix) and the row is hydrated by that query's own cursor wrapper, exactly as
-    ``.first()`` would do, owner included.
-    """
-    db = database.obj
-    template = _lookup_templates.get(db)
-    if template is None:
-        query = _key_lookup_query(_PREFIX_PLACEHOLDER)
-        sql, params = query.sql()
-        template = _lookup_templates[db] = (query, sql, params)
-    query, sql, params = template
-    bound = [prefix if param == _PREFIX_PLACEHOLDER else param for param in params]
-    rows = query._get_cursor_wrapper(db.execute_sql(sql, bound))
-    return next(iter(rows), None)
-
-
-def verify_api_key(raw: str) -> ApiKey:
-    """Return the live ``ApiKey`` row for a presented secret, or raise 401."""
+def load_key(raw: str) -> KeySnapshot:
+    """Find and bcrypt-verify the key row for a presented secret, or raise 401."""
     prefix = key_prefix(raw)
     if prefix is None:
         raise _unauthorized("Malformed API key.")
+    epoch = _read_epoch()  # read before the row, so a concurrent change is never missed
     row = find_key_row(prefix)
     if row is None:
         raise _unauthorized("Unknown API key.")
-    now = utcnow()
     if row.key_prefix == prefix:
         hashed = row.key_hash
-    elif row.previous_key_hash and row.previous_valid_until and row.previous_valid_until > now:
+    elif row.previous_key_hash:
         hashed = row.previous_key_hash
     else:
-        raise _unauthorized("This API key was rotated and its grace period is over.")
-    if not _key_cache().verify(raw, hashed):
         raise _unauthorized("Unknown API key.")
+    cache = _key_cache()
+    if not cache.verify(raw, hashed):
+        raise _unauthorized("Unknown API key.")
+    user: User | None = row.created_by if row.created_by_id else None  # joined: no query
+    snapshot = KeySnapshot(row=row, user=user, epoch=epoch or "")
+    if epoch is not None:
+        cache.remember(raw, snapshot)
+    return snapshot
+
+
+def check_key(snapshot: KeySnapshot, raw: str) -> None:
+    """Revocation, expiry, rotation grace, owner and client address: checked every request."""
+    row, now = snapshot.row, utcnow()
     if row.revoked_at is not None:
         raise _unauthorized("This API key has been revoked.")
     if row.expires_at is not None and row.expires_at <= now:
         raise _unauthorized("This API key has expired.")
-    return row
+    if raw[: len(row.key_prefix)] != row.key_prefix and not (
+        row.previous_valid_until and row.previous_valid_until > now
+    ):
+        raise _unauthorized("This API key was rotated and its grace period is over.")
+    if snapshot.user is not None and snapshot.user.disabled:
+        raise _unauthorized("The owner of this API key is disabled.")
+    if not ip_allowed(client_ip(), row.allowed_ips):
+        raise Problem(403, "This API key may not be used from your address.")
+
+
+_last_touched: dict[str, float] = {}
 
 
 def _touch_last_used(row: ApiKey) -> None:
-    """Record use at most once per minute per key, with a conditional UPDATE."""
-    now = utcnow()
-    if row.last_used_at is not None and now - row.last_used_at < LAST_USED_RESOLUTION:
+    """Record use at most about once a minute per key and process (a conditional UPDATE)."""
+    now_mono = time.monotonic()
+    if now_mono - _last_touched.get(row.id, -1e9) < LAST_USED_RESOLUTION.total_seconds():
         return
+    _last_touched[row.id] = now_mono
+    now = utcnow()
     cutoff = now - LAST_USED_RESOLUTION
     try:
         ApiKey.update(last_used_at=now).where(
@@ -167,6 +191,8 @@ def _touch_last_used(row: ApiKey) -> None:
 def authenticate() -> Principal:
     """Authenticate and rate-limit this request once and return the principal.
 
+    The hot path costs one Redis round trip and no database query: a key verified earlier in
+    this process is reused while the auth epoch (read by the rate-limit script) is unchanged.
     Raises 401/403 problems for bad keys, 429 over the key's rate limit, 503 when the rate
     limiter is down and configured to fail closed.
     """
@@ -177,19 +203,23 @@ def authenticate() -> Principal:
     if not raw:
         raise _unauthorized("An API key is required: send `Authorization: Bearer <key>`.")
     started = time.perf_counter()
-    row = verify_api_key(raw)
+    snapshot = _key_cache().snapshot(raw)
+    counted = False
+    if snapshot is not None:
+        decision = ratelimiting.enforce(snapshot.row.id, snapshot.row.rate_limit, watch=AUTH_EPOCH)
+        counted = True
+        if decision is None or (decision.watched or _NO_EPOCH) != snapshot.epoch:
+            snapshot = None  # the epoch moved (or is unknown): reload from the database
+    if snapshot is None:
+        snapshot = load_key(raw)
     g.key_verify_ms = (time.perf_counter() - started) * 1000
-    if not ip_allowed(client_ip(), row.allowed_ips):
-        raise Problem(403, "This API key may not be used from your address.")
-    user: User | None = row.created_by if row.created_by_id else None  # joined: no query
-    if user is not None and user.disabled:
-        raise _unauthorized("The owner of this API key is disabled.")
-    scopes = frozenset(row.permissions or ())
-    if user is not None:  # a key never holds more than its owner's role allows
-        scopes &= ROLE_SCOPES.get(user.role, frozenset())
-    principal = Principal(key=row, user=user, scopes=scopes)
-    # Counted once the key is known good, before any scope check: 429/503 raise here.
-    ratelimiting.enforce(row.id, row.rate_limit)
+    check_key(snapshot, raw)
+    if not counted:
+        ratelimiting.enforce(snapshot.row.id, snapshot.row.rate_limit)
+    scopes = frozenset(snapshot.row.permissions or ())
+    if snapshot.user is not None:  # a key never holds more than its owner's role allows
+        scopes &= ROLE_SCOPES.get(snapshot.user.role, frozenset())
+    principal = Principal(key=snapshot.row, user=snapshot.user, scopes=scopes)
     g.principal = principal
-    _touch_last_used(row)
+    _touch_last_used(snapshot.row)
     return principal

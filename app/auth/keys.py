@@ -16,6 +16,8 @@ import string
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
 
 import bcrypt
 
@@ -56,18 +58,48 @@ def check_secret(secret: str, hashed: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class KeySnapshot:
+    """A verified key row and its owner, as loaded at ``epoch`` (see ``access.AUTH_EPOCH``)."""
+
+    row: Any
+    user: Any
+    epoch: str
+
+
 class VerifiedKeyCache:
-    """Remembers which (key, stored hash) pairs bcrypt already accepted, for a short TTL."""
+    """Per-process memory of verified keys, keyed by a SHA-256 of the presented secret.
+
+    Two things are remembered for ``ttl`` seconds: that bcrypt accepted the key against a
+    given stored hash (so bcrypt runs once per key, not per request), and optionally a
+    snapshot of the key's row and owner, valid while the shared auth epoch is unchanged.
+    """
 
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
-        self._entries: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[str, float, KeySnapshot | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
     def _digest(key: str) -> bytes:
         return hashlib.sha256(key.encode()).digest()
+
+    def snapshot(self, key: str) -> KeySnapshot | None:
+        """The remembered row snapshot of ``key``, if fresh."""
+        with self._lock:
+            entry = self._entries.get(self._digest(key))
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        return entry[2]
+
+    def remember(self, key: str, snapshot: KeySnapshot) -> None:
+        """Keep ``snapshot`` for ``key`` (whose hash bcrypt already accepted)."""
+        digest = self._digest(key)
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is not None:
+                self._entries[digest] = (entry[0], entry[1], snapshot)
 
     def verify(self, key: str, hashed: str) -> bool:
         """True when ``key`` matches ``hashed``; bcrypt runs only on a cache miss."""
@@ -80,7 +112,7 @@ class VerifiedKeyCache:
         if not check_secret(key, hashed):
             return False
         with self._lock:
-            self._entries[digest] = (hashed, now + self.ttl)
+            self._entries[digest] = (hashed, now + self.ttl, None)
             self._entries.move_to_end(digest)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)

@@ -61,7 +61,7 @@ def get_job(job_id: str) -> dict[str, Any]:
         job = Job.fetch(job_id, connection=get_redis())
         status = job.get_status(refresh=False)
         result = job.return_value() if status == "finished" else None
-    except NoSuchJobError as exc:
+    except (NoSuchJobError, ValueError) as exc:  # ValueError: not a valid job id at all
         raise Problem(404, f"No job {job_id!r} (results are kept 7 days).") from exc
     except redis.RedisError as exc:
         raise Problem(503, "The job store is unavailable; try again shortly.") from exc

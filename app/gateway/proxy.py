@@ -28,8 +28,15 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 HOP_BY_HOP = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-        "trailer", "trailers", "transfer-encoding", "upgrade",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
     }
 )
 # Never forwarded upstream: the caller's Switchboard credentials, and what we recompute.
@@ -179,27 +186,40 @@ def send_with_retries(
         may_retry = method in IDEMPOTENT
         try:
             response = session.request(
-                method, url, headers=merged, params=query,
+                method,
+                url,
+                headers=merged,
+                params=query,
                 data=body if body is not None else None,
-                stream=True, allow_redirects=False, timeout=(min(timeout, 5.0), timeout),
+                stream=True,
+                allow_redirects=False,
+                timeout=(min(timeout, 5.0), timeout),
             )
         except BlockedDestination as exc:
-            raise UpstreamFailed(f"upstream refused by the SSRF guard: {exc}", 502, upstream.url) from exc
+            raise UpstreamFailed(
+                f"upstream refused by the SSRF guard: {exc}", 502, upstream.url
+            ) from exc
         except requests.ConnectionError as exc:
             balancer.report_failure(pool_id, upstream)
-            last_error = UpstreamFailed(f"could not connect to the upstream: {type(exc).__name__}", 502, upstream.url)
+            last_error = UpstreamFailed(
+                f"could not connect to the upstream: {type(exc).__name__}", 502, upstream.url
+            )
             if may_retry and (body is None or body.sent == 0):
                 continue
             raise last_error from exc
         except requests.Timeout as exc:
             balancer.report_failure(pool_id, upstream)
-            raise UpstreamFailed(f"the upstream did not answer within {timeout:g} s", 504, upstream.url) from exc
+            raise UpstreamFailed(
+                f"the upstream did not answer within {timeout:g} s", 504, upstream.url
+            ) from exc
         if response.status_code >= 500:
             balancer.report_failure(pool_id, upstream)
             retryable = response.status_code in RETRY_STATUSES and may_retry
             if retryable and (body is None or body.sent == 0) and len(tried) < len(upstreams):
                 response.close()
-                last_error = UpstreamFailed(f"upstream answered {response.status_code}", response.status_code, upstream.url)
+                last_error = UpstreamFailed(
+                    f"upstream answered {response.status_code}", response.status_code, upstream.url
+                )
                 continue
         else:
             balancer.report_success(pool_id, upstream)

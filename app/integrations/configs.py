@@ -57,7 +57,7 @@ def redact_config(stored: dict[str, Any]) -> dict[str, Any]:
 def keep_omitted_secrets(
     connector: Connector, incoming: dict[str, Any], current: dict[str, Any]
 ) -> dict[str, Any]:
-    """Fill secrets that ``incoming`` omits or sends as ``********`` from ``current`` (plaintext)."""
+    """Fill secrets that ``incoming`` omits or sends as ``********`` from plaintext ``current``."""
     merged = copy.deepcopy(incoming)
     for path in secret_paths(connector.config_schema):
         if path:

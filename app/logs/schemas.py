@@ -40,7 +40,7 @@ class AuditEntrySchema(ma.Schema):
 class AuditQueryArgsSchema(PageArgsSchema):
     action = ma.fields.String(validate=ma.validate.Length(max=100))
     resource_type = ma.fields.String(validate=ma.validate.Length(max=50))
-    resource_id = ma.fields.String(validate=ma.validate.Length(max=40))
+    resource_id = ma.fields.String(validate=ma.validate.Length(max=200))
     actor_key_id = ma.fields.String(validate=ma.validate.Length(max=40))
     actor_user_id = ma.fields.String(validate=ma.validate.Length(max=40))
     since = UTCDateTime()

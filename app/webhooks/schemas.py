@@ -44,16 +44,19 @@ class WebhookSchema(ma.Schema):
     status = ma.fields.String(dump_only=True)
     disabled_reason = ma.fields.String(dump_only=True, allow_none=True)
     retry_count = ma.fields.Integer(
+        strict=True,
         load_default=3,
         validate=ma.validate.Range(min=0, max=20),
         metadata={"description": "Retries after the first attempt (0–20)"},
     )
     timeout_ms = ma.fields.Integer(
+        strict=True,
         load_default=30000,
         validate=ma.validate.Range(min=100, max=60000),
         metadata={"description": "Per-attempt timeout in milliseconds (100–60000)"},
     )
     rate_limit_per_second = ma.fields.Integer(
+        strict=True,
         allow_none=True,
         load_default=None,
         validate=ma.validate.Range(min=1, max=10000),
@@ -88,10 +91,10 @@ class WebhookUpdateSchema(ma.Schema):
         validate=ma.validate.OneOf(WEBHOOK_STATUSES),
         metadata={"description": "`active` re-enables a disabled webhook"},
     )
-    retry_count = ma.fields.Integer(validate=ma.validate.Range(min=0, max=20))
-    timeout_ms = ma.fields.Integer(validate=ma.validate.Range(min=100, max=60000))
+    retry_count = ma.fields.Integer(strict=True, validate=ma.validate.Range(min=0, max=20))
+    timeout_ms = ma.fields.Integer(strict=True, validate=ma.validate.Range(min=100, max=60000))
     rate_limit_per_second = ma.fields.Integer(
-        allow_none=True, validate=ma.validate.Range(min=1, max=10000)
+        strict=True, allow_none=True, validate=ma.validate.Range(min=1, max=10000)
     )
     description = ma.fields.String(validate=ma.validate.Length(max=1000))
 
