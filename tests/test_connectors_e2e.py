@@ -286,7 +286,8 @@ def test_cicd_story_end_to_end(app, api, client, receiver, worker):
                     "events": ["github.workflow_run.completed"],
                     "action": "send_message",
                     "input": {
-                        "text": "{{event.data.repository}}@{{event.data.branch}}: {{event.data.conclusion}}"
+                        "text": "{{event.data.repository}}@{{event.data.branch}}: "
+                        "{{event.data.conclusion}}"
                     },
                 }
             ],
