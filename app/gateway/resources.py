@@ -9,8 +9,6 @@ from typing import Any
 
 import peewee
 import redis
-import requests
-import urllib3
 from flask import Response, current_app, g, request, stream_with_context
 from flask.typing import ResponseReturnValue
 
@@ -197,38 +195,11 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
                 elapsed_ms(started),
             )
 
-    if _small_body(upstream_response, request.method):
-        # Read whole and logged now, while this request's database connection is open: a
-        # streamed body ends after the request's teardown closed it, so logging it opens and
-        # closes another connection (about a fifth of a small proxied request's time).
-        try:
-            content = b"".join(body_then_log())
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise Problem(502, f"The upstream failed while sending its body: {exc}") from exc
-        response = Response(
-            content,
-            status=upstream_response.status_code,
-            headers=response_headers(upstream_response),
-        )
-    else:
-        response = Response(
-            stream_with_context(body_then_log()),
-            status=upstream_response.status_code,
-            headers=response_headers(upstream_response),
-            direct_passthrough=True,
-        )
+    response = Response(
+        stream_with_context(body_then_log()),
+        status=upstream_response.status_code,
+        headers=response_headers(upstream_response),
+        direct_passthrough=True,
+    )
     response.headers["X-Request-Id"] = g.request_id
     return response
-
-
-SMALL_BODY_BYTES = 64 * 1024
-
-
-def _small_body(response: requests.Response, method: str) -> bool:
-    """True when the upstream declared a body of at most 64 KiB (not HEAD, 1xx, 204, 304)."""
-    if method == "HEAD" or response.status_code < 200 or response.status_code in (204, 304):
-        return False
-    if "Transfer-Encoding" in response.headers:
-        return False
-    length = response.headers.get("Content-Length", "")
-    return length.isdigit() and int(length) <= SMALL_BODY_BYTES
