@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -139,3 +140,6 @@ def release_app(app: Flask) -> None:
     client = app.extensions.get("redis")
     if client is not None:
         client.close()
+    usage = app.extensions.get("usage_buffer")
+    if usage is not None:  # its counts die with the app: no flush at exit
+        atexit.unregister(usage.flush)
