@@ -76,7 +76,10 @@ class ArgumentsParser(FlaskParser):
     """webargs' Flask parser, refusing NUL characters in JSON bodies (see ``app.hygiene``)."""
 
     def _raw_load_json(self, req: Any) -> Any:
-        return refuse_nul(super()._raw_load_json(req))
+        try:
+            return refuse_nul(super()._raw_load_json(req))
+        except RecursionError as exc:
+            raise problems.Problem(400, "The JSON body is nested too deeply.") from exc
 
 
 class Blueprint(_Blueprint):
@@ -149,7 +152,10 @@ class UTCDateTime(ma.fields.DateTime):
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
         parsed: datetime = super()._deserialize(value, attr, data, **kwargs)
         if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+            try:
+                parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+            except OverflowError as exc:
+                raise ma.ValidationError("date is out of range") from exc
         return parsed
 
 

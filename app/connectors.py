@@ -15,13 +15,13 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 from jsonschema import Draft202012Validator, ValidationError
 from requests.structures import CaseInsensitiveDict
+
+from app.webhooks.backoff import parse_retry_after as _parse_retry_after
 
 __all__ = [
     "ANY",
@@ -201,19 +201,11 @@ def timeout_seconds(config: Mapping[str, Any], default: float = DEFAULT_TIMEOUT_
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Return the delay a ``Retry-After`` header asks for (seconds or HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    """Return the delay a ``Retry-After`` header asks for (seconds or HTTP date), or None.
+
+    The delay is clamped to 1 s – 1 h, so a peer can neither cause a hot loop nor park a job.
+    """
+    return _parse_retry_after(value)
 
 
 # --- configuration validation -------------------------------------------------------------

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 SEND_THREADS = 32
 BATCH_SIZE = SEND_THREADS
 MAX_JOB_SECONDS = 60
+MAX_RETRY_DELAY = 24 * 3600  # a hostile Retry-After must not overflow datetime arithmetic
 
 
 @dataclass
@@ -237,7 +238,16 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
                 Delivery.update(changes).where(
                     Delivery.id.in_(chunk) & (Delivery.lease_token == token)
                 ).execute()
-        for rows in peewee.chunked(writes.attempts, 100):
+        # A delivery deleted mid-flight (its webhook or integration was deleted) has no row
+        # left to hang its attempt on; everything else in the batch is still recorded.
+        sent = [row["delivery"] for row in writes.attempts]
+        alive = {
+            d.id
+            for chunk in peewee.chunked(sent, 500)
+            for d in Delivery.select(Delivery.id).where(Delivery.id.in_(chunk))
+        }
+        attempts = [row for row in writes.attempts if row["delivery"] in alive]
+        for rows in peewee.chunked(attempts, 100):
             DeliveryAttempt.insert_many(rows).execute()
         for rows in peewee.chunked(writes.logs, 100):
             IntegrationLog.insert_many(rows).execute()
@@ -267,7 +277,7 @@ def _record_one(
     else:
         status = "pending"
         delay = result.retry_after or retry_delay(schedule, attempt)
-        next_at = now + timedelta(seconds=delay)
+        next_at = now + timedelta(seconds=min(delay, MAX_RETRY_DELAY))
     state = (status, attempt, next_at, result.status_code, result.error, delivery.lease_token)
     writes.outcomes.setdefault(state, []).append(delivery.id)
     writes.attempts.append(
@@ -281,17 +291,18 @@ def _record_one(
             "next_attempt_at": next_at,
         }
     )
-    integration_id = webhook.integration_id if webhook else delivery.integration_id
+    if webhook is None:  # a subscription: execute_action already logged the run
+        return emitted
     log_status = "success" if result.success else ("pending" if status == "pending" else "error")
     writes.logs.append(
         {
-            "integration_id": integration_id,
-            "event_type": "webhook.delivery" if webhook else "subscription.action",
+            "integration_id": webhook.integration_id,
+            "event_type": "webhook.delivery",
             "event_data": {
                 "delivery_id": delivery.id,
                 "event_id": item.event.id,
                 "event_type": item.event.type,
-                "webhook_id": webhook.id if webhook else None,
+                "webhook_id": webhook.id,
                 "attempt": attempt,
                 "status_code": result.status_code,
                 "next_attempt_at": next_at.isoformat() + "Z" if next_at else None,
@@ -301,8 +312,7 @@ def _record_one(
             "response_time_ms": round(result.response_time_ms, 2),
         }
     )
-    if webhook is not None:
-        emitted += _update_webhook_health(webhook, result, status, gone, disable_after, writes)
+    emitted += _update_webhook_health(webhook, result, status, gone, disable_after, writes)
     return emitted
 
 
@@ -327,7 +337,10 @@ def _update_webhook_health(
     Webhook.update(consecutive_failures=Webhook.consecutive_failures + 1).where(
         Webhook.id == webhook.id
     ).execute()
-    failures = Webhook.get_by_id(webhook.id).consecutive_failures
+    current = Webhook.get_or_none(Webhook.id == webhook.id)
+    if current is None:  # deleted while its delivery was in flight
+        return []
+    failures = current.consecutive_failures
     if gone:
         reason = "receiver answered 410 Gone"
     elif failures >= disable_after:

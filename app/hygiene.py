@@ -35,6 +35,8 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def _refuse_nul_in_query() -> None:
+        if "\x00" in request.path:
+            raise Problem(400, "NUL characters are not allowed in the path.")
         raw = request.query_string
         if (b"%00" in raw or b"\x00" in raw) and _has_nul(list(request.args.values())):
             raise Problem(400, "NUL characters are not allowed in query parameters.")

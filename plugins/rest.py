@@ -34,8 +34,9 @@ HTTP_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
 #: Methods safe to send twice (RFC 9110 §9.2.2); only these are retried after a failure.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
-_HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
-_HEADER_VALUE: dict[str, Any] = {"type": "string", "pattern": r"^[^\r\n\x00]*$"}
+# (?![\s\S]) is the true end of the string: ``$`` would also match before a final newline.
+_HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?![\s\S])"
+_HEADER_VALUE: dict[str, Any] = {"type": "string", "pattern": r"^[^\r\n\x00]*(?![\s\S])"}
 _HEADERS: dict[str, Any] = {
     "type": "object",
     "propertyNames": {"pattern": _HEADER_NAME},
@@ -57,6 +58,8 @@ def _auth(kind: str, fields: dict[str, Any], title: str) -> dict[str, Any]:
 
 
 _SECRET: dict[str, Any] = {"type": "string", "minLength": 1, "writeOnly": True}
+# A secret sent as a header value (bearer token, API key) must be a valid header value.
+_HEADER_SECRET: dict[str, Any] = {**_SECRET, "pattern": _HEADER_VALUE["pattern"]}
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -81,7 +84,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "default": {"type": "none"},
             "oneOf": [
                 _auth("none", {}, "type none"),
-                _auth("bearer", {"token": _SECRET}, "type bearer (token)"),
+                _auth("bearer", {"token": _HEADER_SECRET}, "type bearer (token)"),
                 _auth(
                     "basic",
                     {"username": {"type": "string", "minLength": 1}, "password": _SECRET},
@@ -89,7 +92,10 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 ),
                 _auth(
                     "api_key",
-                    {"header": {"type": "string", "pattern": _HEADER_NAME}, "value": _SECRET},
+                    {
+                        "header": {"type": "string", "pattern": _HEADER_NAME},
+                        "value": _HEADER_SECRET,
+                    },
                     "type api_key (header, value)",
                 ),
             ],

@@ -201,3 +201,21 @@ def test_login(app, client):
     assert wrong.status_code == unknown.status_code == 401
     strip = lambda body: {k: v for k, v in body.items() if k != "request_id"}  # noqa: E731
     assert strip(wrong.json) == strip(unknown.json)
+
+
+def test_narrow_key_cannot_rotate_or_revoke_a_broader_sibling(app, client):
+    user = make_user(app, "sibling@example.com")
+    narrow = ApiClient(client, make_key(app, user, ["keys:read", "keys:write"]))
+    broad_secret = make_key(app, user, ["keys:read", "keys:write", "integrations:write"])
+    broad_id = ApiClient(client, broad_secret).get("/api/v1/auth/whoami").json["id"]
+    res = narrow.post(f"{KEYS}/{broad_id}/rotate", json={})
+    assert res.status_code == 403 and res.json["missing_scopes"] == ["integrations:write"]
+    assert narrow.delete(f"{KEYS}/{broad_id}").status_code == 403
+    assert ApiClient(client, broad_secret).get("/api/v1/auth/whoami").status_code == 200
+
+
+def test_out_of_range_dates_are_422(api):
+    res = api.post(KEYS, json={"name": "x", "expires_at": "9999-12-31T23:59:59-01:00"})
+    assert res.status_code == 422 and "expires_at" in res.json["errors"]
+    res = api.get("/api/v1/audit-log?since=0001-01-01T00:00:00%2B01:00")
+    assert res.status_code == 422

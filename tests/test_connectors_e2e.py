@@ -426,3 +426,47 @@ def test_third_party_package_end_to_end(app, admin_key, example_installed, worke
     assert job["status"] == "finished" and job["result"] == {"echo": "Hello, world"}
     logs = api.get(f"{INTS}/{integration['id']}/logs").json["items"]
     assert {entry["event_type"] for entry in logs} >= {"action.echo", "integration.test"}
+
+
+def test_kept_secrets_never_follow_a_changed_url(app, api, receiver):
+    created = api.post(
+        INTS,
+        json={
+            "name": "api",
+            "type": "api",
+            "provider": "rest",
+            "config": {
+                "upstreams": [{"url": receiver.url}],
+                "auth": {"type": "bearer", "token": "tok-1"},
+            },
+        },
+    ).json
+    moved = api.patch(
+        f"{INTS}/{created['id']}",
+        json={
+            "config": {
+                "upstreams": [{"url": "https://attacker.example"}],
+                "auth": {"type": "bearer", "token": "********"},
+            }
+        },
+    )
+    assert moved.status_code == 422 and "config.auth.token" in moved.json["errors"]
+    # Same URL: the redaction keeps the token; switching auth off drops it cleanly.
+    same = api.patch(
+        f"{INTS}/{created['id']}",
+        json={
+            "config": {
+                "upstreams": [{"url": receiver.url}],
+                "auth": {"type": "bearer", "token": "********"},
+                "timeout_ms": 2000,
+            }
+        },
+    )
+    assert same.status_code == 200 and same.json["config"]["auth"]["token"] == "********"
+    off = api.patch(
+        f"{INTS}/{created['id']}",
+        json={"config": {"upstreams": [{"url": receiver.url}], "auth": {"type": "none"}}},
+    )
+    assert off.status_code == 200 and off.json["config"]["auth"] == {"type": "none"}
+    switch = api.patch(f"{INTS}/{created['id']}", json={"provider": "github", "type": "webhook"})
+    assert switch.status_code == 422 and "config" in switch.json["errors"]

@@ -351,3 +351,12 @@ def test_large_bodies_stream_without_buffering(app, api, admin_key):
         proc.wait(20)
         upstream.server.shutdown()
         upstream.server.server_close()
+
+
+def test_dot_segments_cannot_climb_out_of_the_base_path(api, receiver):
+    gw = _rest(api, [(receiver.url + "/public/v1", 1)])
+    res = api.get(f"/api/v1/gateway/{gw['id']}/..%2f..%2fadmin")
+    assert res.status_code == 400 and res.content_type == "application/problem+json"
+    assert receiver.requests == []
+    assert api.get(f"/api/v1/gateway/{gw['id']}/items").status_code == 200
+    assert receiver.requests[-1].path == "/public/v1/items"

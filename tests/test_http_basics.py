@@ -125,3 +125,10 @@ def test_nul_characters_are_refused_not_500(api):
     assert res.status_code == 400 and "NUL" in res.json["detail"]
     assert api.get("/api/v1/event-types").json["total"] > 0  # nothing half-written
     assert all(i["name"] != "order.paid" for i in api.get("/api/v1/event-types").json["items"])
+
+
+def test_nul_in_path_and_deep_json_are_400(api):
+    assert api.get("/api/v1/integrations/int_%00").status_code == 400
+    deep = "[" * 100_000 + "]" * 100_000
+    res = api.post("/api/v1/event-types", data=deep, headers={"Content-Type": "application/json"})
+    assert res.status_code == 400 and res.content_type == PROBLEM

@@ -110,3 +110,10 @@ def test_subscription_templates():
         "b",
         "!",
     ]
+
+
+def test_connector_retry_after_is_clamped_too():
+    from app.connectors import parse_retry_after as connector_parse
+
+    assert connector_parse("999999999999") == 3600.0
+    assert connector_parse("2") == 2.0

@@ -243,3 +243,21 @@ def test_nothing_lost_when_workers_die_and_redis_is_flushed(
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_delivery_deleted_mid_flight_does_not_sink_its_batch(
+    app, api, integration, publish, receiver
+):
+    """Deleting a webhook while its delivery is being sent: the rest of the batch is recorded."""
+    from app.dispatch import _perform_all, claim_due, record_outcomes
+
+    doomed = _hook(api, integration, receiver.url)
+    kept = _hook(api, integration, receiver.url)
+    publish(1)
+    with app.app_context(), database.connection_context():
+        batch = claim_due(32)
+        assert len(batch) == 2
+        results = _perform_all(batch)
+        api.delete(f"/api/v1/webhooks/{doomed['id']}")
+        record_outcomes(batch, results)
+        assert Delivery.get(Delivery.webhook == kept["id"]).status == "succeeded"

@@ -126,6 +126,9 @@ def test_event_types_catalog_and_publish(api, integration, receiver):
     )
     assert created.status_code == 201
     assert api.post("/api/v1/event-types", json={"name": "order.paid"}).status_code == 409
+    squat = api.post("/api/v1/event-types", json={"name": "github.pull_request.merged"})
+    assert squat.status_code == 422 and "name" in squat.json["errors"]
+    assert api.post("/api/v1/event-types", json={"name": "webhook.spoof"}).status_code == 422
     bad = api.post("/api/v1/event-types", json={"name": "Not Valid"})
     assert bad.status_code == 422 and "name" in bad.json["errors"]
     entry = next(

@@ -41,9 +41,11 @@ def _visible_keys() -> Any:
     """Admins see every key; others only keys owned by their user."""
     query = ApiKey.select()
     principal = g.principal
-    if not principal.is_admin:
-        query = query.where(ApiKey.created_by == principal.key.created_by_id)
-    return query
+    if principal.is_admin:
+        return query
+    if principal.key.created_by_id is None:  # an ownerless key sees only itself
+        return query.where(ApiKey.id == principal.key.id)
+    return query.where(ApiKey.created_by == principal.key.created_by_id)
 
 
 def get_visible_key(key_id: str) -> ApiKey:
@@ -51,6 +53,23 @@ def get_visible_key(key_id: str) -> ApiKey:
     row = _visible_keys().where(ApiKey.id == key_id).first()
     if row is None:
         raise Problem(404, f"No API key {key_id!r}.")
+    return row
+
+
+def get_manageable_key(key_id: str) -> ApiKey:
+    """A visible key the caller may revoke or rotate: one with no scope the caller lacks.
+
+    Otherwise a narrow key could rotate a broader sibling and take over its new secret.
+    """
+    row = get_visible_key(key_id)
+    principal = g.principal
+    beyond = sorted(set(row.permissions or ()) - principal.scopes)
+    if beyond and not principal.is_admin:
+        raise Problem(
+            403,
+            "This key cannot manage a key holding scopes it lacks: " + ", ".join(beyond) + ".",
+            missing_scopes=beyond,
+        )
     return row
 
 
@@ -107,7 +126,7 @@ class ApiKeysById(MethodView):
     def delete(self, key_id: str) -> None:
         """Revoke an API key; it stops working at once."""
         with database.atomic():
-            row = get_visible_key(key_id)
+            row = get_manageable_key(key_id)
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
                 row.previous_valid_until = None
@@ -126,7 +145,7 @@ class ApiKeysById(MethodView):
 def rotate(data: dict[str, Any], key_id: str) -> ApiKey:
     """Rotate a key's secret; the old one keeps working for the grace period."""
     with database.atomic():
-        row = get_visible_key(key_id)
+        row = get_manageable_key(key_id)
         if row.revoked_at is not None:
             raise Problem(409, "A revoked key cannot be rotated.")
         secret = rotate_key(row, data["grace_period_seconds"])

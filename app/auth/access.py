@@ -94,7 +94,6 @@ def _key_cache() -> VerifiedKeyCache:
 # Any change that can invalidate a cached key (revocation, rotation, owner changes) sets this
 # Redis key to a new random value; the rate-limit round trip reads it back on every request.
 AUTH_EPOCH = "sb:auth:epoch"
-_NO_EPOCH = "-"
 
 
 def bump_auth_epoch() -> None:
@@ -110,11 +109,14 @@ def bump_auth_epoch() -> None:
 
 
 def _read_epoch() -> str | None:
+    """The current auth epoch, created if Redis lost it (so no old snapshot can match it)."""
     try:
-        value = get_redis().get(AUTH_EPOCH)
+        client = get_redis()
+        client.set(AUTH_EPOCH, os.urandom(8).hex(), nx=True)
+        value = client.get(AUTH_EPOCH)
     except redis.RedisError:
         return None
-    return value.decode() if isinstance(value, bytes) else (value or _NO_EPOCH)
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def find_key_row(prefix: str) -> ApiKey | None:
@@ -208,7 +210,7 @@ def authenticate() -> Principal:
     if snapshot is not None:
         decision = ratelimiting.enforce(snapshot.row.id, snapshot.row.rate_limit, watch=AUTH_EPOCH)
         counted = True
-        if decision is None or (decision.watched or _NO_EPOCH) != snapshot.epoch:
+        if decision is None or decision.watched is None or decision.watched != snapshot.epoch:
             snapshot = None  # the epoch moved (or is unknown): reload from the database
     if snapshot is None:
         snapshot = load_key(raw)

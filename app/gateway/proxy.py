@@ -212,6 +212,10 @@ def send_with_retries(
             raise UpstreamFailed(
                 f"the upstream did not answer within {timeout:g} s", 504, upstream.url
             ) from exc
+        except requests.RequestException as exc:  # e.g. a header the config made invalid
+            raise UpstreamFailed(
+                f"the request could not be sent upstream: {type(exc).__name__}", 502, upstream.url
+            ) from exc
         if response.status_code >= 500:
             balancer.report_failure(pool_id, upstream)
             retryable = response.status_code in RETRY_STATUSES and may_retry
@@ -224,6 +228,13 @@ def send_with_retries(
         else:
             balancer.report_success(pool_id, upstream)
         return ProxyAttempt(response, upstream, len(tried))
+
+
+def safe_path(path: str) -> str:
+    """The upstream path, refusing ``.``/``..`` segments that would climb out of the base URL."""
+    if any(segment in (".", "..") for segment in path.replace("\\", "/").split("/")):
+        raise ValueError("path segments '.' and '..' are not allowed")
+    return path
 
 
 def stream_body(response: requests.Response, on_chunk: Any) -> Iterator[bytes]:

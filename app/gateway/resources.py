@@ -24,6 +24,7 @@ from app.gateway.proxy import (
     outgoing_headers,
     redact_text,
     response_headers,
+    safe_path,
     send_with_retries,
     stream_body,
 )
@@ -110,6 +111,7 @@ def _log(row: Integration, status: str, data: dict[str, Any], error: str | None,
     "upstream's, streamed; Switchboard errors are problem+json.",
     responses={"200": {"description": "The upstream's response, streamed as received"}},
 )
+@blp.problem(400, "The path climbs out of the upstream's base URL")
 @blp.problem(404, "No such rest integration")
 @blp.problem(409, "The integration is inactive")
 @blp.problem(502, "The upstream failed or could not be reached")
@@ -120,8 +122,15 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
     from plugins.rest import build_auth_headers
 
     started = time.perf_counter()
+    try:
+        path = safe_path(path)
+    except ValueError as exc:
+        raise Problem(400, f"Invalid gateway path: {exc}.") from exc
     row, config = _rest_integration(integration_id)
-    upstreams = [Upstream(u["url"], int(u.get("weight", 1))) for u in config["upstreams"]]
+    weights: dict[str, int] = {}  # the same URL listed twice is one upstream, weights added
+    for upstream in config["upstreams"]:
+        weights[upstream["url"]] = weights.get(upstream["url"], 0) + int(upstream.get("weight", 1))
+    upstreams = [Upstream(url, weight) for url, weight in weights.items()]
     headers, query = outgoing_headers(request, config, build_auth_headers(config), g.request_id)
     log_bodies = bool(config.get("log_bodies"))
     # Proxied bodies stream through, so they get their own (larger) limit than API bodies.

@@ -33,8 +33,12 @@ Pairs = list[tuple[str, str]]
 OPERATIONS = ("remove", "rename", "replace", "add", "append")
 
 # RFC 9110 field-name token; values must not smuggle extra header lines (CR/LF) or NUL.
-_HEADER_NAME: dict[str, Any] = {"type": "string", "pattern": r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"}
-_HEADER_VALUE: dict[str, Any] = {"type": "string", "pattern": r"^[^\r\n\x00]*$"}
+# (?![\s\S]) is the true end of the string: ``$`` would also match before a final newline.
+_HEADER_NAME: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?![\s\S])",
+}
+_HEADER_VALUE: dict[str, Any] = {"type": "string", "pattern": r"^[^\r\n\x00]*(?![\s\S])"}
 _QUERY_NAME: dict[str, Any] = {"type": "string", "minLength": 1}
 _QUERY_VALUE: dict[str, Any] = {"type": "string"}
 

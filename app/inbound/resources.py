@@ -7,6 +7,8 @@ Switchboard events (only types the connector declares); a repeated delivery id i
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 from typing import Any
 
@@ -24,11 +26,15 @@ from app.models import Event, Integration, IntegrationLog
 from app.plugins_ext import connector_context, get_registry
 from app.problems import Problem
 
+log = logging.getLogger(__name__)
+
 blp = Blueprint("inbound", __name__, url_prefix="/api/v1", description="Inbound webhooks")
 
 
 def _dedupe_key(integration_id: str, delivery_id: str, index: int) -> str:
-    return f"inbound:{integration_id}:{delivery_id}#{index}"
+    # Hashed: a provider's delivery id is untrusted input of any length or content.
+    digest = hashlib.sha256(delivery_id.encode()).hexdigest()[:40]
+    return f"inbound:{integration_id}:{digest}#{index}"
 
 
 def _log(
@@ -54,6 +60,7 @@ def _log(
     },
     responses={"200": {"description": "Accepted (or a repeated delivery)"}},
 )
+@blp.problem(400, "The request is malformed for this connector")
 @blp.problem(401, "The signature did not verify")
 @blp.problem(403, "The sender's address is not allowed")
 @blp.problem(404, "No such integration, or it does not accept inbound requests")
@@ -81,6 +88,10 @@ def receive_inbound(integration_id: str) -> ResponseReturnValue:
     except InboundRejected as exc:
         _log(integration.id, "error", {"ip": client_ip()}, exc.message, started)
         raise Problem(exc.status, exc.message) from exc
+    except Exception as exc:  # noqa: BLE001 - a payload the connector chokes on is bad input
+        log.exception("connector %s failed on an inbound request", connector.name)
+        _log(integration.id, "error", {"ip": client_ip()}, type(exc).__name__, started)
+        raise Problem(400, "The connector could not process this request.") from exc
     declared = connector.event_types
     events = [e for e in result.events if e.type in declared]
     delivery = result.delivery_id

@@ -6,7 +6,13 @@ from typing import Any
 
 from app.connectors import Connector, config_errors
 from app.events import event_catalog, is_valid_pattern
-from app.integrations.configs import decrypt_config, encrypt_config, keep_omitted_secrets
+from app.integrations.configs import (
+    REDACTED,
+    decrypt_config,
+    encrypt_config,
+    keep_omitted_secrets,
+    redact_config,
+)
 from app.models import Integration
 from app.plugins_ext import require_connector
 from app.problems import Problem
@@ -52,6 +58,71 @@ def _check_subscriptions(connector: Connector, subscriptions: list[dict[str, Any
         raise _reject(errors, "Invalid `subscriptions`; see errors.")
 
 
+def _merge_kept_secrets(
+    connector: Connector, incoming: dict[str, Any], current: dict[str, Any]
+) -> dict[str, Any]:
+    """Keep stored secrets a PATCH omits or sends as ``********``, but never send them elsewhere.
+
+    If any URL in the config changes, kept secrets would travel to the new address, so they
+    must be sent again (422 names them). Omitted secrets that no longer fit the config (say
+    ``auth`` switched from bearer to none) are dropped rather than forced back in.
+    """
+    merged = keep_omitted_secrets(connector, incoming, current)
+    if merged == incoming:
+        return incoming
+    if _urls(redact_config(incoming)) != _urls(redact_config(current)):
+        message = ["send this secret again: the config's URLs changed"]
+        raise _reject(
+            {f"config.{path}": message for path in _added_paths(incoming, merged)},
+            "The config's URLs changed, so its secrets must be sent again.",
+        )
+    plain = _without_redactions(incoming)
+    schema = connector.config_schema
+    if config_errors(schema, merged) and not config_errors(schema, plain):
+        return plain
+    return merged
+
+
+def _urls(config: Any) -> set[str]:
+    """Every http(s) URL among the config's values (secrets are redacted first)."""
+    if isinstance(config, dict):
+        return set().union(set(), *(_urls(v) for v in config.values()))
+    if isinstance(config, list):
+        return set().union(set(), *(_urls(v) for v in config))
+    if isinstance(config, str) and config.startswith(("http://", "https://")):
+        return {config.rstrip("/")}
+    return set()
+
+
+def _without_redactions(config: Any) -> Any:
+    if isinstance(config, dict):
+        return {k: _without_redactions(v) for k, v in config.items() if v != REDACTED}
+    if isinstance(config, list):
+        return [_without_redactions(v) for v in config]
+    return config
+
+
+def _added_paths(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where ``after`` holds a value that ``before`` lacks or differs on."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [
+            path
+            for key, value in after.items()
+            for path in (
+                [f"{prefix}{key}"]
+                if key not in before
+                else _added_paths(before[key], value, f"{prefix}{key}.")
+            )
+        ]
+    if isinstance(before, list) and isinstance(after, list):
+        return [
+            path
+            for i, (x, y) in enumerate(zip(before, after, strict=False))
+            for path in _added_paths(x, y, f"{prefix}{i}.")
+        ]
+    return [] if before == after else [prefix.rstrip(".")]
+
+
 def prepare_create(data: dict[str, Any]) -> dict[str, Any]:
     """Validate a new integration; return the fields to store (secrets encrypted)."""
     connector = require_connector(data["provider"])
@@ -67,13 +138,15 @@ def prepare_update(row: Integration, data: dict[str, Any]) -> dict[str, Any]:
     if "type" in data or "provider" in data:
         _check_type(connector, data.get("type", row.type))
     changes = dict(data)
-    if "config" in data or "provider" in data:
-        current = decrypt_config(row.config)
-        config = (
-            keep_omitted_secrets(connector, data["config"], current)
-            if "config" in data
-            else current
+    if "provider" in data and data["provider"] != row.provider and "config" not in data:
+        raise _reject(
+            {"config": ["send the full config (secrets included) when changing the provider"]},
+            "Changing `provider` needs a new `config`: secrets never move between connectors.",
         )
+    if "config" in data:
+        config = data["config"]
+        if data.get("provider", row.provider) == row.provider:
+            config = _merge_kept_secrets(connector, config, decrypt_config(row.config))
         _check_config(connector, config)
         changes["config"] = encrypt_config(connector, config)
     if "subscriptions" in data or "provider" in data:

@@ -12,8 +12,9 @@ from flask import g, request
 from app.api import Blueprint
 from app.audit import record_audit
 from app.db import database
-from app.events import emit_event, event_catalog
+from app.events import BUILTIN_EVENT_TYPES, emit_event, event_catalog
 from app.models import Delivery, Event, EventType, utcnow
+from app.plugins_ext import get_registry
 from app.problems import Problem
 from app.publishing.schemas import (
     EventTypeListSchema,
@@ -46,6 +47,16 @@ def create_event_type(data: dict[str, Any]) -> dict[str, Any]:
     """Register a custom event type (e.g. `order.paid`) so it can be published."""
     if data["name"] in event_catalog():
         raise Problem(409, f"Event type {data['name']!r} already exists.")
+    family = data["name"].split(".", 1)[0]
+    reserved = {name.split(".", 1)[0] for name in BUILTIN_EVENT_TYPES} | set(
+        get_registry().connectors()
+    )
+    if family in reserved:
+        raise Problem(
+            422,
+            f"`{family}.*` event types belong to Switchboard or a connector; pick another prefix.",
+            errors={"name": [f"the prefix {family!r} is reserved"]},
+        )
     with database.atomic():
         EventType.create(**data)
         record_audit("event_type.created", "event_type", data["name"], data)
@@ -115,7 +126,10 @@ def publish_event(data: dict[str, Any]) -> dict[str, Any]:
     try:
         with database.atomic():
             if key:  # an expired use of the same key frees it
-                Event.update(idempotency_key=None).where(Event.idempotency_key == key).execute()
+                Event.update(idempotency_key=None).where(
+                    (Event.idempotency_key == key)
+                    & (Event.created_at <= utcnow() - IDEMPOTENCY_WINDOW)
+                ).execute()
             event = emit_event(data["type"], data["data"], idempotency_key=key)
     except peewee.IntegrityError:
         existing = _replay(key) if key else None

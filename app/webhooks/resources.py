@@ -260,13 +260,21 @@ def retry_delivery(delivery_id: str) -> Delivery:
         row = Delivery.select(Delivery, Event).join(Event).where(Delivery.id == delivery_id).first()
         if row is None:
             raise Problem(404, f"No delivery {delivery_id!r}.")
-        if row.status == "pending" and row.lease_until and row.lease_until > utcnow():
+        now = utcnow()
+        free = Delivery.lease_until.is_null() | (Delivery.lease_until <= now)
+        updated = (
+            Delivery.update(
+                status="pending",
+                next_attempt_at=now,
+                max_attempts=max(row.max_attempts, row.attempts + 1),
+                updated_at=now,
+            )
+            .where((Delivery.id == row.id) & free)
+            .execute()
+        )
+        if not updated:
             raise Problem(409, "This delivery is being attempted right now.")
-        row.status = "pending"
-        row.next_attempt_at = utcnow()
-        row.max_attempts = row.attempts + 1
-        row.lease_token = row.lease_until = None
-        row.save()
+        row = Delivery.select(Delivery, Event).join(Event).where(Delivery.id == delivery_id).get()
         record_audit("delivery.retried", "delivery", row.id, {})
         database.after_commit(wake_dispatcher)
     current_app.logger.info("delivery %s queued for manual retry", row.id)
