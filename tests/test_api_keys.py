@@ -219,3 +219,26 @@ def test_out_of_range_dates_are_422(api):
     assert res.status_code == 422 and "expires_at" in res.json["errors"]
     res = api.get("/api/v1/audit-log?since=0001-01-01T00:00:00%2B01:00")
     assert res.status_code == 422
+
+
+def test_failed_logins_are_throttled(app, client):
+    make_user(app, "victim@example.com", password="the-right-one")
+    for _ in range(10):
+        wrong = client.post(
+            "/api/v1/auth/login", json={"email": "victim@example.com", "password": "guess"}
+        )
+        assert wrong.status_code == 401
+    res = client.post(
+        "/api/v1/auth/login", json={"email": "victim@example.com", "password": "the-right-one"}
+    )
+    assert res.status_code == 429 and int(res.headers["Retry-After"]) > 0
+    assert res.content_type == "application/problem+json"
+
+
+def test_wrong_secrets_for_a_known_prefix_are_throttled(app, client, admin_key):
+    forged = admin_key[:16] + "x" * 32
+    codes = [
+        client.get("/api/v1/auth/whoami", headers={"X-API-Key": forged}).status_code
+        for _ in range(11)
+    ]
+    assert codes[:10] == [401] * 10 and codes[10] == 429

@@ -15,6 +15,7 @@ from flask import current_app, g, request
 
 from app import ratelimiting
 from app.auth.keys import KeySnapshot, VerifiedKeyCache, key_prefix
+from app.auth.throttle import record_failure, refuse_if_throttled
 from app.config import ALL_SCOPES
 from app.db import database
 from app.models import ApiKey, User, utcnow
@@ -145,7 +146,12 @@ def load_key(raw: str) -> KeySnapshot:
     else:
         raise _unauthorized("Unknown API key.")
     cache = _key_cache()
+    # Wrong secrets for a known prefix each cost a bcrypt check: throttle them per prefix and
+    # client address (not per prefix alone, which would let anyone lock a key out).
+    attempt = f"{prefix}|{client_ip()}"
+    refuse_if_throttled(key_attempt=attempt)
     if not cache.verify(raw, hashed):
+        record_failure(key_attempt=attempt)
         raise _unauthorized("Unknown API key.")
     user: User | None = row.created_by if row.created_by_id else None  # joined: no query
     snapshot = KeySnapshot(row=row, user=user, epoch=epoch or "")

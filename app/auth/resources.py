@@ -9,10 +9,11 @@ from flask import current_app, g
 
 from app.api import Blueprint
 from app.audit import record_audit
-from app.auth.access import ROLE_SCOPES
+from app.auth.access import ROLE_SCOPES, client_ip
 from app.auth.issuing import issue_key
 from app.auth.passwords import authenticate_user
 from app.auth.schemas import LoginResultSchema, LoginSchema, WhoAmISchema
+from app.auth.throttle import record_failure, refuse_if_throttled
 from app.db import database
 from app.models import utcnow
 from app.problems import Problem
@@ -24,10 +25,14 @@ blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Login 
 @blp.arguments(LoginSchema)
 @blp.response(201, LoginResultSchema)
 @blp.problem(401, "Wrong email or password")
+@blp.problem(429, "Too many failed attempts for this email or address")
 def login(credentials: dict[str, Any]) -> dict[str, Any]:
     """Exchange email and password for an API key valid 24 hours."""
+    idents = {"email": credentials["email"].strip().lower(), "ip": client_ip()}
+    refuse_if_throttled(**idents)
     user = authenticate_user(credentials["email"], credentials["password"])
     if user is None:
+        record_failure(**idents)
         raise Problem(401, "Wrong email or password.")
     expires_at = utcnow() + timedelta(seconds=current_app.config["LOGIN_KEY_TTL"])
     scopes = sorted(ROLE_SCOPES[user.role])
