@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -171,11 +171,27 @@ def _perform_all(batch: list[Claimed]) -> list[SendResult]:
         with app.app_context():
             return attempt(item)
 
-    if len(batch) == 1:
-        # In this thread, already inside the job's app context: pushing another one would run
-        # teardown_appcontext on exit, closing the job's connection under its connection_context.
-        return [attempt(batch[0])]
-    return list(_send_pool().map(run, batch))
+    # Timeouts bound each socket read, not a whole answer: a peer dripping bytes could hold a
+    # send past its lease. Waiting at most this long keeps the batch inside its lease; a send
+    # still running then counts as failed (its thread finishes in the background, unrecorded).
+    deadline = _longest_attempt(batch) + float(current_app.config["DELIVERY_LEASE_MARGIN"]) / 2
+    futures = [_send_pool().submit(run, item) for item in batch]
+    done, _ = wait(futures, timeout=deadline)
+    return [
+        future.result()
+        if future in done
+        else SendResult(False, None, deadline * 1000, f"no complete answer within {deadline:g} s")
+        for future in futures
+    ]
+
+
+def _longest_attempt(batch: list[Claimed]) -> float:
+    """Seconds the slowest attempt in ``batch`` may take by its own timeout."""
+    connector = float(current_app.config["CONNECTOR_TIMEOUT"])
+    return max(
+        (c.webhook.timeout_ms / 1000 if c.webhook is not None else connector for c in batch),
+        default=connector,
+    )
 
 
 def perform(item: Claimed) -> SendResult:

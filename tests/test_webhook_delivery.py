@@ -261,3 +261,45 @@ def test_a_delivery_deleted_mid_flight_does_not_sink_its_batch(
         api.delete(f"/api/v1/webhooks/{doomed['id']}")
         record_outcomes(batch, results)
         assert Delivery.get(Delivery.webhook == kept["id"]).status == "succeeded"
+
+
+def test_a_dripping_receiver_cannot_hold_a_send_past_its_lease(app, api, integration, publish):
+    """Each read arrives before timeout_ms, but the answer never completes: the send is cut."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def drip():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        while not stop.wait(0.1):
+            try:
+                conn.sendall(b"X-Drip: 1\r\n")
+            except OSError:
+                break
+        conn.close()
+
+    threading.Thread(target=drip, daemon=True).start()
+    from app.dispatch import _perform_all, claim_due, record_outcomes
+
+    try:
+        hook = _hook(
+            api, integration, f"http://127.0.0.1:{listener.getsockname()[1]}/", timeout_ms=300
+        )
+        publish(1)
+        with app.app_context(), database.connection_context():
+            batch = claim_due(32)
+            started = time.monotonic()
+            results = _perform_all(batch)
+            assert time.monotonic() - started < 3
+            record_outcomes(batch, results)
+        [delivery] = _deliveries(api, hook["id"])["items"]
+        assert "no complete answer" in delivery["last_error"] and delivery["status"] == "pending"
+    finally:
+        stop.set()
+        listener.close()
