@@ -7,6 +7,7 @@ from typing import Any
 from flask import g, has_request_context
 
 from app.auth.access import client_ip
+from app.events import emit_event
 from app.models import AuditLog
 
 # Keys whose values are never written to the audit log, at any depth.
@@ -40,3 +41,19 @@ def record_audit(
         ip=client_ip() if has_request_context() else None,
         request_id=g.get("request_id") if has_request_context() else None,
     )
+
+
+def record_change(
+    resource: str, verb: str, resource_id: str, audit: dict[str, Any], event: dict[str, Any]
+) -> None:
+    """Audit ``<resource>.<verb>`` and emit the event of the same name, in this transaction."""
+    record_audit(f"{resource}.{verb}", resource, resource_id, audit)
+    emit_event(f"{resource}.{verb}", event)
+
+
+def record_update(
+    resource: str, resource_id: str, before: dict[str, Any], after: dict[str, Any], fields: Any
+) -> None:
+    """Audit and emit ``<resource>.updated`` with the fields of ``fields`` that really changed."""
+    changes = {k: after[k] for k in fields if before.get(k) != after.get(k)}
+    record_change(resource, "updated", resource_id, changes, {**after, "changed": sorted(changes)})

@@ -21,11 +21,10 @@ from app.api_keys.schemas import (
     RotateSchema,
     UsageArgsSchema,
 )
-from app.audit import record_audit
+from app.audit import record_change
 from app.auth.access import bump_auth_epoch
 from app.auth.issuing import issue_key, rotate_key
 from app.db import database
-from app.events import emit_event
 from app.models import ApiKey, utcnow
 from app.problems import Problem
 from app.ratelimiting import usage_buffer
@@ -105,8 +104,8 @@ class ApiKeys(MethodView):
             )
         with database.atomic():
             row, secret = issue_key(owner=principal.user, **data)
-            record_audit("api_key.created", "api_key", row.id, key_event_data(row))
-            emit_event("api_key.created", key_event_data(row))
+            view = key_event_data(row)
+            record_change("api_key", "created", row.id, view, view)
         row.key = secret
         return row
 
@@ -131,9 +130,8 @@ class ApiKeysById(MethodView):
                 row.revoked_at = utcnow()
                 row.previous_valid_until = None
                 row.save()
-                record_audit("api_key.revoked", "api_key", row.id, {"name": row.name})
+                record_change("api_key", "revoked", row.id, {"name": row.name}, key_event_data(row))
                 bump_auth_epoch()
-                emit_event("api_key.revoked", key_event_data(row))
 
 
 @blp.route("/<key_id>/rotate", methods=["POST"])
@@ -149,9 +147,8 @@ def rotate(data: dict[str, Any], key_id: str) -> ApiKey:
         if row.revoked_at is not None:
             raise Problem(409, "A revoked key cannot be rotated.")
         secret = rotate_key(row, data["grace_period_seconds"])
-        record_audit("api_key.rotated", "api_key", row.id, data)
+        record_change("api_key", "rotated", row.id, data, key_event_data(row))
         bump_auth_epoch()
-        emit_event("api_key.rotated", key_event_data(row))
     row.key = secret
     return row
 

@@ -10,11 +10,10 @@ from flask import g
 from flask.views import MethodView
 
 from app.api import Blueprint, paginate
-from app.audit import record_audit
+from app.audit import record_audit, record_change, record_update
 from app.connector_jobs import enqueue_action
 from app.connectors import config_errors
 from app.db import database
-from app.events import emit_event
 from app.integrations.configs import decrypt_config
 from app.integrations.schemas import (
     ActionInputSchema,
@@ -73,8 +72,7 @@ class Integrations(MethodView):
         with database.atomic():
             row = Integration.create(created_by=g.principal.user, **fields)
             view = integration_view(row)
-            record_audit("integration.created", "integration", row.id, view)
-            emit_event("integration.created", view)
+            record_change("integration", "created", row.id, view, view)
         return row
 
 
@@ -100,10 +98,7 @@ class IntegrationsById(MethodView):
                 setattr(row, field, value)
             row.updated_at = utcnow()
             row.save()
-            after = integration_view(row)
-            changes = {k: after[k] for k in data if before.get(k) != after.get(k)}
-            record_audit("integration.updated", "integration", row.id, changes)
-            emit_event("integration.updated", {**after, "changed": sorted(changes)})
+            record_update("integration", row.id, before, integration_view(row), data)
         return row
 
     @blp.auth("integrations:write")
@@ -115,8 +110,7 @@ class IntegrationsById(MethodView):
             row = get_integration(integration_id)
             view = integration_view(row)
             row.delete_instance()
-            record_audit("integration.deleted", "integration", row.id, {"name": row.name})
-            emit_event("integration.deleted", view)
+            record_change("integration", "deleted", row.id, {"name": row.name}, view)
 
 
 @blp.route("/<integration_id>/logs", methods=["GET"])

@@ -9,7 +9,7 @@ from flask import current_app
 from flask.views import MethodView
 
 from app.api import Blueprint, paginate
-from app.audit import record_audit
+from app.audit import record_audit, record_change, record_update
 from app.db import database
 from app.events import emit_event, event_catalog, is_valid_pattern
 from app.http_client import UnsafeURL
@@ -107,8 +107,7 @@ class Webhooks(MethodView):
                 secret=encrypt(secret), integration=data.pop("integration_id"), **data
             )
             view = webhook_view(row)
-            record_audit("webhook.created", "webhook", row.id, view)
-            emit_event("webhook.created", view)
+            record_change("webhook", "created", row.id, view, view)
         row.secret = secret  # answered once in plaintext; the stored value stays encrypted
         return row
 
@@ -141,10 +140,7 @@ class WebhooksById(MethodView):
                 row.disabled_reason = "disabled through the API"
             row.updated_at = utcnow()
             row.save()
-            after = webhook_view(row)
-            changes = {k: after[k] for k in data if before.get(k) != after.get(k)}
-            record_audit("webhook.updated", "webhook", row.id, changes)
-            emit_event("webhook.updated", {**after, "changed": sorted(changes)})
+            record_update("webhook", row.id, before, webhook_view(row), data)
         return row
 
     @blp.auth("webhooks:write")
@@ -156,8 +152,7 @@ class WebhooksById(MethodView):
             row = get_webhook(webhook_id)
             view = webhook_view(row)
             row.delete_instance()
-            record_audit("webhook.deleted", "webhook", row.id, {"url": row.url})
-            emit_event("webhook.deleted", view)
+            record_change("webhook", "deleted", row.id, {"url": row.url}, view)
 
 
 @blp.route("/webhooks/<webhook_id>/test", methods=["POST"])
