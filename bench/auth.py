@@ -36,30 +36,23 @@ Timings here are measurements, never test assertions.
 from __future__ import annotations
 
 import argparse
-import http.client
-import multiprocessing
 import os
-import re
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import redis  # noqa: E402
-import requests  # noqa: E402
-from cryptography.fernet import Fernet  # noqa: E402
+import requests
+from harness import (
+    LoadResult,
+    bench_env,
+    exit_status,
+    flushed_redis,
+    gunicorn,
+    prepare_database,
+    run_load,
+)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
 TARGETS = {"whoami": 0.80, "list": 0.40}
@@ -70,94 +63,36 @@ ENDPOINTS = {
 }
 
 
-@dataclass
-class LoadResult:
-    """One load-generator run against one endpoint."""
-
-    requests_per_second: float
-    p50_ms: float | None
-    errors: int  # non-2xx responses and socket errors
-    cpu_ms_per_request: float | None = None  # server workers' CPU, when /proc is available
-
-
 # --- setup ----------------------------------------------------------------------------------
 
 
-def prepare_database(database_url: str, redis_url: str, secret_key: str) -> str:
+def prepare(database_url: str, redis_url: str, secret_key: str) -> str:
     """Migrate a fresh database, create an admin + high-limit admin key and 200 integrations."""
-    from app import create_app, migrations
-    from app.auth.keys import key_prefix
-    from app.cli import ensure_admin, new_admin_key
+    from app import create_app
     from app.db import database
-    from app.models import ApiKey, Integration
+    from app.models import Integration
 
     app = create_app(
         {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "SECRET_KEYS": [secret_key]}
     )
-    with app.app_context():
-        migrations.upgrade()
-        with database.connection_context(), database.atomic():
-            user, _ = ensure_admin("bench@example.com", None)
-            key = new_admin_key(user, "bench")
-            ApiKey.update(rate_limit=100_000_000).where(
-                ApiKey.key_prefix == key_prefix(key)
-            ).execute()
-            Integration.insert_many(
-                [
-                    {
-                        "name": f"bench integration {i:03d}",
-                        "type": "api",
-                        "provider": "rest",
-                        "status": "active",
-                        "description": "benchmark fixture",
-                        "config": {},
-                        "metadata": {"n": i},
-                        "created_by": user.id,
-                    }
-                    for i in range(200)
-                ]
-            ).execute()
+    user, key = prepare_database(app)
+    with app.app_context(), database.connection_context(), database.atomic():
+        Integration.insert_many(
+            [
+                {
+                    "name": f"bench integration {i:03d}",
+                    "type": "api",
+                    "provider": "rest",
+                    "status": "active",
+                    "description": "benchmark fixture",
+                    "config": {},
+                    "metadata": {"n": i},
+                    "created_by": user.id,
+                }
+                for i in range(200)
+            ]
+        ).execute()
     return key
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def gunicorn(env: dict[str, str], worker_class: str, log_path: Path) -> Iterator[tuple[str, int]]:
-    """Run the app under gunicorn (2 workers), yield (base URL, master pid); always stop it."""
-    port = _free_port()
-    command = [str(Path(sys.executable).parent / "gunicorn"), "-w", "2"]
-    if worker_class == "gthread":
-        command += ["-k", "gthread", "--threads", "4"]
-    command += ["-b", f"127.0.0.1:{port}", "--log-level", "warning", "app:create_app()"]
-    with log_path.open("wb") as log_file:
-        server = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(base + ENDPOINTS["health"][0], timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:  # not listening yet, or too busy to answer
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("gunicorn did not start:\n" + log_path.read_text())
-            time.sleep(0.1)
-        yield base, server.pid
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def server_cpu_seconds(master_pid: int) -> float | None:
@@ -204,104 +139,6 @@ def time_whoami(base: str, key: str) -> tuple[float, float, float]:
     return cold, second, statistics.median(timed() for _ in range(20))
 
 
-# --- load generators ------------------------------------------------------------------------
-
-_WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
-_WRK_P50 = re.compile(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
-_WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
-_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def run_wrk(
-    url: str, headers: dict[str, str], threads: int, connections: int, seconds: int
-) -> LoadResult:
-    """Load ``url`` with wrk and parse its summary."""
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
-    for name, value in headers.items():
-        command += ["-H", f"{name}: {value}"]
-    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
-    rps = _WRK_RPS.search(output)
-    if rps is None:
-        raise RuntimeError("could not parse wrk output:\n" + output)
-    p50 = _WRK_P50.search(output)
-    errors = int(m.group(1)) if (m := _WRK_ERRORS.search(output)) else 0
-    if socket_errors := _WRK_SOCKET.search(output):
-        errors += sum(int(n) for n in socket_errors.groups())
-    return LoadResult(
-        float(rps.group(1)),
-        float(p50.group(1)) * _UNIT_MS[p50.group(2)] if p50 else None,
-        errors,
-    )
-
-
-def _python_load_process(
-    url: str, headers: dict[str, str], connections: int, seconds: float, out: Any
-) -> None:
-    """One client process: ``connections`` threads, each on its own keep-alive connection."""
-    parsed = requests.utils.urlparse(url)
-    path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
-    ok, errors, latencies = [0], [0], []
-    lock = threading.Lock()
-    deadline = time.perf_counter() + seconds
-
-    def worker() -> None:
-        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
-        mine_ok = mine_err = 0
-        mine_lat = []
-        while (started := time.perf_counter()) < deadline:
-            try:
-                conn.request("GET", path, headers=headers)
-                response = conn.getresponse()
-                response.read()
-                if response.will_close:
-                    conn.close()
-                if 200 <= response.status < 400:
-                    mine_ok += 1
-                else:
-                    mine_err += 1
-                mine_lat.append(time.perf_counter() - started)
-            except (OSError, http.client.HTTPException):
-                mine_err += 1
-                conn.close()
-        with lock:
-            ok[0] += mine_ok
-            errors[0] += mine_err
-            latencies.extend(mine_lat)
-
-    threads = [threading.Thread(target=worker) for _ in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    out.put((ok[0], errors[0], latencies))
-
-
-def run_python(
-    url: str, headers: dict[str, str], processes: int, connections: int, seconds: float
-) -> LoadResult:
-    """Fallback load generator: ``processes`` processes sharing ``connections`` connections."""
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    per_process = max(1, connections // processes)
-    workers = [
-        ctx.Process(target=_python_load_process, args=(url, headers, per_process, seconds, out))
-        for _ in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    results = [out.get(timeout=seconds + 60) for _ in workers]
-    for worker in workers:
-        worker.join()
-    ok = sum(r[0] for r in results)
-    latencies = [lat for r in results for lat in r[2]]
-    return LoadResult(
-        ok / seconds,
-        statistics.median(latencies) * 1000 if latencies else None,
-        sum(r[1] for r in results),
-    )
-
-
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -316,39 +153,26 @@ def main() -> int:
     parser.add_argument("--python-client", action="store_true", help="ignore wrk even if installed")
     args = parser.parse_args()
 
-    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    redis.Redis.from_url(redis_url).flushdb()  # only the chosen database
+    redis_url, _ = flushed_redis(DEFAULT_REDIS_URL)  # flushes only the chosen database
     use_wrk = shutil.which("wrk") is not None and not args.python_client
     tmp = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    secret_key = Fernet.generate_key().decode()
-    database_url = f"sqlite:///{tmp / 'bench.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        SWITCHBOARD_SECRET_KEYS=secret_key,
-        SWITCHBOARD_INSTANCE_PATH=str(tmp / "instance"),
-        SWITCHBOARD_LOG_LEVEL="WARNING",
-    )
+    env = bench_env(tmp, redis_url)
     os.environ.update({k: env[k] for k in ("SWITCHBOARD_INSTANCE_PATH", "SWITCHBOARD_LOG_LEVEL")})
     os.environ.pop("SWITCHBOARD_BCRYPT_ROUNDS", None)  # the default cost (12) is what we time
     try:
-        key = prepare_database(database_url, redis_url, secret_key)
+        key = prepare(env["DATABASE_URL"], redis_url, env["SWITCHBOARD_SECRET_KEYS"])
         auth = {"Authorization": f"Bearer {key}"}
-        with gunicorn(env, args.worker_class, tmp / "gunicorn.log") as (base, master_pid):
+        with gunicorn(env, args.worker_class, tmp / "gunicorn.log") as (base, server):
             cold, second, warm = time_whoami(base, key)
 
             def load(name: str, seconds: int) -> LoadResult:
                 path, needs_key = ENDPOINTS[name]
                 headers = auth if needs_key else {}
-                cpu_before = server_cpu_seconds(master_pid)
-                if use_wrk:
-                    result = run_wrk(base + path, headers, args.threads, args.connections, seconds)
-                else:
-                    result = run_python(
-                        base + path, headers, args.threads, args.connections, seconds
-                    )
-                cpu_after = server_cpu_seconds(master_pid)
+                cpu_before = server_cpu_seconds(server.pid)
+                result = run_load(
+                    use_wrk, base + path, headers, args.threads, args.connections, seconds
+                )
+                cpu_after = server_cpu_seconds(server.pid)
                 if cpu_before is not None and cpu_after is not None:
                     served = result.requests_per_second * seconds
                     result.cpu_ms_per_request = (cpu_after - cpu_before) * 1000 / max(served, 1)
@@ -412,10 +236,7 @@ def main() -> int:
         print(f"{name}/health = {ratio:.2f}   target >= {target:.2f}   {verdict}{by_cpu}")
     if any(r.errors for results in rounds.values() for r in results):
         print("\nWARNING: some requests failed (non-2xx or socket errors); see the errors column.")
-    if "Traceback" in log_text:
-        print("\nserver log has tracebacks:\n" + log_text[-4000:])
-        return 1
-    return 0
+    return exit_status(log_text, "server log has tracebacks")
 
 
 if __name__ == "__main__":

@@ -39,30 +39,30 @@ process is killed on exit. Timings are measurements, never test assertions.
 from __future__ import annotations
 
 import argparse
-import http.client
-import multiprocessing
 import os
-import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import redis  # noqa: E402
-import requests  # noqa: E402
+import requests
+from harness import (
+    JsonHandler,
+    LoadResult,
+    bench_env,
+    exit_status,
+    flushed_redis,
+    gunicorn,
+    prepare_database,
+    request_loop,
+    run_load,
+    serve_on_free_port,
+    start_server_process,
+    stop_process_group,
+)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/8"
 TARGET_RATIO = 0.5
@@ -70,68 +70,27 @@ TARGET_ADDED_MS = 2.0
 UPSTREAM_BODY = b'{"ok":true,"service":"upstream","items":[1,2,3]}'
 
 
-@dataclass
-class LoadResult:
-    """One load-generator run against one URL."""
-
-    requests_per_second: float
-    p50_ms: float | None
-    errors: int  # non-2xx responses and socket errors
-
-
 # --- the upstream (runs in its own process) -------------------------------------------------
-
-
-class _UpstreamServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024  # many concurrent connections must not overflow the backlog
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients closing at the end
-            super().handle_error(request, client_address)
 
 
 def serve_upstream(port_file: str) -> None:
     """Answer every request with a small JSON body until killed; write the port once up."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        wbufsize = -1  # one write per response: no Nagle/delayed-ACK stalls on keep-alive
-
+    class Handler(JsonHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             length = int(self.headers.get("Content-Length") or 0)
             if length:
                 self.rfile.read(length)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(UPSTREAM_BODY)))
-            self.end_headers()
-            self.wfile.write(UPSTREAM_BODY)
+            self.send_json(UPSTREAM_BODY)
 
         do_POST = do_HEAD = do_GET
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = _UpstreamServer(("127.0.0.1", 0), Handler)
-    Path(port_file + ".tmp").write_text(str(server.server_address[1]))
-    os.replace(port_file + ".tmp", port_file)
-    server.serve_forever()
+    serve_on_free_port(Handler, port_file)
 
 
 def start_upstream(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port_file = tmp / "upstream.port"
-    proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, __file__, "--serve-upstream", str(port_file)],
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 15
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the upstream did not start")
-        time.sleep(0.02)
-    return proc, f"http://127.0.0.1:{port_file.read_text()}"
+    """Start ``serve_upstream`` in a child process; return it and its base URL."""
+    return start_server_process(__file__, "--serve-upstream", tmp / "upstream.port", "upstream")
 
 
 # --- setup ----------------------------------------------------------------------------------
@@ -139,21 +98,10 @@ def start_upstream(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def prepare(upstream: str) -> tuple[str, str]:
     """Migrate; create the admin key (huge rate limit) and the rest integration via the API."""
-    from app import create_app, migrations
-    from app.auth.keys import key_prefix
-    from app.cli import ensure_admin, new_admin_key
-    from app.db import database
-    from app.models import ApiKey
+    from app import create_app
 
     app = create_app()
-    with app.app_context():
-        migrations.upgrade()
-        with database.connection_context(), database.atomic():
-            user, _ = ensure_admin("bench@example.com", None)
-            key = new_admin_key(user, "bench")
-            ApiKey.update(rate_limit=100_000_000).where(
-                ApiKey.key_prefix == key_prefix(key)
-            ).execute()
+    _, key = prepare_database(app)
     res = app.test_client().post(
         "/api/v1/integrations",
         json={
@@ -170,171 +118,13 @@ def prepare(upstream: str) -> tuple[str, str]:
     return key, res.get_json()["id"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_gunicorn(
-    env: dict[str, str], worker_class: str, threads: int, log_path: Path, app: str
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    command = [str(Path(sys.executable).parent / "gunicorn"), "-w", "2"]
-    if worker_class == "gthread":
-        command += ["-k", "gthread", "--threads", str(threads)]
-    command += ["-b", f"127.0.0.1:{port}", "--log-level", "warning", app]
-    with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(  # noqa: S603
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(base + "/api/v1/health", timeout=1).status_code == 200:
-                return proc, base
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_process_group(proc)
-            raise RuntimeError("gunicorn did not start:\n" + log_path.read_text())
-        time.sleep(0.1)
-
-
-def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-    except ProcessLookupError:
-        pass
-
-
-# --- load generators ------------------------------------------------------------------------
-
-_WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
-_WRK_P50 = re.compile(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
-_WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
-_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def run_wrk(
-    url: str, headers: dict[str, str], threads: int, connections: int, seconds: float
-) -> LoadResult:
-    """Load ``url`` with wrk and parse its summary."""
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
-    for name, value in headers.items():
-        command += ["-H", f"{name}: {value}"]
-    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
-    rps = _WRK_RPS.search(output)
-    if rps is None:
-        raise RuntimeError("could not parse wrk output:\n" + output)
-    p50 = _WRK_P50.search(output)
-    errors = int(m.group(1)) if (m := _WRK_ERRORS.search(output)) else 0
-    if socket_errors := _WRK_SOCKET.search(output):
-        errors += sum(int(n) for n in socket_errors.groups())
-    return LoadResult(
-        float(rps.group(1)),
-        float(p50.group(1)) * _UNIT_MS[p50.group(2)] if p50 else None,
-        errors,
-    )
-
-
-def _request_loop(
-    url: str, headers: dict[str, str], deadline: float, count: int | None
-) -> tuple[int, int, list[float]]:
-    """GET ``url`` on one keep-alive connection until ``deadline`` (or ``count`` requests)."""
-    parts = urlsplit(url)
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    ok = errors = 0
-    latencies: list[float] = []
-    while (started := time.perf_counter()) < deadline and (count is None or ok + errors < count):
-        try:
-            conn.request("GET", path, headers=headers)
-            response = conn.getresponse()
-            response.read()
-            if response.will_close:  # gunicorn's sync workers close after every response
-                conn.close()
-            if 200 <= response.status < 400:
-                ok += 1
-            else:
-                errors += 1
-            latencies.append(time.perf_counter() - started)
-        except (OSError, http.client.HTTPException):
-            errors += 1
-            conn.close()
-    conn.close()
-    return ok, errors, latencies
-
-
-def _python_load_process(
-    url: str, headers: dict[str, str], connections: int, seconds: float, out: Any
-) -> None:
-    """One client process: ``connections`` threads, each on its own keep-alive connection."""
-    deadline = time.perf_counter() + seconds
-    results: list[tuple[int, int, list[float]]] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(_request_loop(url, headers, deadline, None)))
-        for _ in range(connections)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    out.put(
-        (
-            sum(r[0] for r in results),
-            sum(r[1] for r in results),
-            [lat for r in results for lat in r[2]],
-        )
-    )
-
-
-def run_python(
-    url: str, headers: dict[str, str], processes: int, connections: int, seconds: float
-) -> LoadResult:
-    """Fallback load generator: ``processes`` processes sharing ``connections`` connections."""
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    per_process = max(1, connections // processes)
-    workers = [
-        ctx.Process(target=_python_load_process, args=(url, headers, per_process, seconds, out))
-        for _ in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    try:
-        results = [out.get(timeout=seconds + 60) for _ in workers]
-    finally:
-        for worker in workers:
-            worker.join(5)
-            if worker.is_alive():
-                worker.kill()
-    ok = sum(r[0] for r in results)
-    latencies = [lat for r in results for lat in r[2]]
-    return LoadResult(
-        ok / seconds,
-        statistics.median(latencies) * 1000 if latencies else None,
-        sum(r[1] for r in results),
-    )
+# --- measurements --------------------------------------------------------------------------
 
 
 def sequential(url: str, headers: dict[str, str], n: int) -> tuple[float, int]:
     """p50 (ms) and errors of ``n`` GETs one after the other on one connection (+ warm-up)."""
-    _request_loop(url, headers, time.perf_counter() + 30, 20)
-    _, errors, latencies = _request_loop(url, headers, time.perf_counter() + 60, n)
+    request_loop(url, headers, time.perf_counter() + 30, 20)
+    _, errors, latencies = request_loop(url, headers, time.perf_counter() + 60, n)
     return statistics.median(latencies) * 1000, errors
 
 
@@ -394,33 +184,18 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         serve_upstream(args.serve_upstream)
         return 0
 
-    from cryptography.fernet import Fernet
-
     classes = ["sync", "gthread"] if args.worker_class == "both" else [args.worker_class]
     use_wrk = shutil.which("wrk") is not None and not args.python_client
-    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    redis_client = redis.Redis.from_url(redis_url)
-    redis_client.flushdb()  # only the benchmark's database
+    redis_url, redis_client = flushed_redis(DEFAULT_REDIS_URL)  # only the benchmark's db
     tmp = Path(tempfile.mkdtemp(prefix="switchboard-bench-gateway-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    env.update(
-        DATABASE_URL=f"sqlite:///{tmp / 'bench.db'}",
-        REDIS_URL=redis_url,
-        SWITCHBOARD_SECRET_KEYS=Fernet.generate_key().decode(),
-        SWITCHBOARD_ALLOWED_NETWORKS="127.0.0.0/8",
-        SWITCHBOARD_LOG_LEVEL="WARNING",
-        SWITCHBOARD_INSTANCE_PATH=str(tmp / "instance"),
-    )
+    env = bench_env(tmp, redis_url, SWITCHBOARD_ALLOWED_NETWORKS="127.0.0.0/8")
     os.environ.clear()
     os.environ.update(env)  # the in-process setup uses the same settings as gunicorn
 
     def load(url: str, headers: dict[str, str], seconds: float) -> LoadResult:
-        if use_wrk:
-            return run_wrk(url, headers, args.threads, args.connections, seconds)
-        return run_python(url, headers, args.threads, args.connections, seconds)
+        return run_load(use_wrk, url, headers, args.threads, args.connections, seconds)
 
     upstream_proc: subprocess.Popen[bytes] | None = None
-    server: subprocess.Popen[bytes] | None = None
     results: list[ClassResult] = []
     log_path = tmp / "gunicorn.log"
     try:
@@ -429,25 +204,26 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         auth = {"Authorization": f"Bearer {key}"}
         direct_url = upstream + "/ping"
         for worker_class in classes:
-            server, base = start_gunicorn(env, worker_class, args.gthreads, log_path, args.app)
-            gateway_url = f"{base}/api/v1/gateway/{integration_id}/ping"
-            check = requests.get(gateway_url, headers=auth, timeout=30)  # also verifies the key
-            if check.status_code != 200 or check.content != UPSTREAM_BODY:
-                raise RuntimeError(f"gateway answered {check.status_code}: {check.text[:500]}")
-            for _ in range(20):  # every gunicorn worker verifies the key (bcrypt) once
-                requests.get(gateway_url, headers=auth, timeout=30).raise_for_status()
-            load(gateway_url, auth, args.warmup)
-            load(direct_url, {}, min(args.warmup, 1))
-            load(base + "/api/v1/health", {}, min(args.warmup, 1))
-            direct: list[LoadResult] = []
-            gateway: list[LoadResult] = []
-            health: list[LoadResult] = []
-            for _ in range(args.rounds):
-                direct.append(load(direct_url, {}, args.duration))
-                gateway.append(load(gateway_url, auth, args.duration))
-                health.append(load(base + "/api/v1/health", {}, args.duration))
-            direct_p50, direct_errors = sequential(direct_url, {}, args.sequential)
-            gateway_p50, gateway_errors = sequential(gateway_url, auth, args.sequential)
+            server = gunicorn(env, worker_class, log_path, threads=args.gthreads, app=args.app)
+            with server as (base, _):
+                gateway_url = f"{base}/api/v1/gateway/{integration_id}/ping"
+                check = requests.get(gateway_url, headers=auth, timeout=30)  # verifies the key
+                if check.status_code != 200 or check.content != UPSTREAM_BODY:
+                    raise RuntimeError(f"gateway answered {check.status_code}: {check.text[:500]}")
+                for _ in range(20):  # every gunicorn worker verifies the key (bcrypt) once
+                    requests.get(gateway_url, headers=auth, timeout=30).raise_for_status()
+                load(gateway_url, auth, args.warmup)
+                load(direct_url, {}, min(args.warmup, 1))
+                load(base + "/api/v1/health", {}, min(args.warmup, 1))
+                direct: list[LoadResult] = []
+                gateway: list[LoadResult] = []
+                health: list[LoadResult] = []
+                for _ in range(args.rounds):
+                    direct.append(load(direct_url, {}, args.duration))
+                    gateway.append(load(gateway_url, auth, args.duration))
+                    health.append(load(base + "/api/v1/health", {}, args.duration))
+                direct_p50, direct_errors = sequential(direct_url, {}, args.sequential)
+                gateway_p50, gateway_errors = sequential(gateway_url, auth, args.sequential)
             results.append(
                 ClassResult(
                     worker_class if worker_class == "sync" else f"gthread x{args.gthreads}",
@@ -459,12 +235,8 @@ def main() -> int:  # noqa: PLR0915 - one linear script
                     direct_errors + gateway_errors,
                 )
             )
-            stop_process_group(server)
-            server = None
         log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
     finally:
-        if server is not None:
-            stop_process_group(server)
         if upstream_proc is not None:
             stop_process_group(upstream_proc)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -523,10 +295,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         f"({best.gateway_seq_p50:.2f} - {best.direct_seq_p50:.2f})   "
         f"target <= {TARGET_ADDED_MS:g} ms   {verdict}"
     )
-    if "Traceback" in log_text:
-        print("\ngunicorn log has tracebacks:\n" + log_text[-4000:])
-        return 1
-    return 0
+    return exit_status(log_text, "gunicorn log has tracebacks")
 
 
 if __name__ == "__main__":

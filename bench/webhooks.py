@@ -46,7 +46,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -54,15 +53,22 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import redis  # noqa: E402
-import requests  # noqa: E402
+import redis
+import requests
+from harness import (
+    ROOT,
+    JsonHandler,
+    bench_env,
+    exit_status,
+    flushed_redis,
+    prepare_database,
+    serve_on_free_port,
+    start_server_process,
+    stop_process_group,
+)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/8"
 EVENT_TYPE = "bench.ping"
@@ -73,25 +79,13 @@ TARGET_P50_MS = 50.0
 # --- the receiver (runs in its own process) -------------------------------------------------
 
 
-class _ReceiverServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024  # 64 concurrent senders must not overflow the listen backlog
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):  # senders closing at the end
-            super().handle_error(request, client_address)
-
-
 def serve_receiver(port_file: str) -> None:
     """Run the receiver until killed; write its port to ``port_file`` once listening."""
     lock = threading.Lock()
     state: dict[str, Any] = {"requests": 0, "arrivals": {}}
     reply = b'{"ok":true}'
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        wbufsize = -1  # one write per response: no Nagle/delayed-ACK stalls on keep-alive
-
+    class Handler(JsonHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             now = time.time()
             length = int(self.headers.get("Content-Length") or 0)
@@ -106,7 +100,7 @@ def serve_receiver(port_file: str) -> None:
                     state["requests"] += 1
                     if msg_id is not None:
                         state["arrivals"].setdefault(msg_id, now)
-            self._send(reply)
+            self.send_json(reply)
 
         def do_GET(self) -> None:  # noqa: N802
             with lock:
@@ -116,40 +110,18 @@ def serve_receiver(port_file: str) -> None:
                     body = json.dumps(
                         {"requests": state["requests"], "distinct": len(state["arrivals"])}
                     ).encode()
-            self._send(body)
+            self.send_json(body)
 
-        def _send(self, body: bytes) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = _ReceiverServer(("127.0.0.1", 0), Handler)
-    Path(port_file + ".tmp").write_text(str(server.server_address[1]))
-    os.replace(port_file + ".tmp", port_file)
-    server.serve_forever()
+    serve_on_free_port(Handler, port_file)
 
 
 class ReceiverProcess:
     """The receiver as a child process, with helpers to read what it saw."""
 
     def __init__(self, tmp: Path) -> None:
-        port_file = tmp / "receiver.port"
-        self.proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, __file__, "--serve-receiver", str(port_file)],
-            cwd=ROOT,
-            start_new_session=True,
+        self.proc, self.url = start_server_process(
+            __file__, "--serve-receiver", tmp / "receiver.port", "receiver"
         )
-        deadline = time.monotonic() + 15
-        while not port_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the receiver did not start")
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{port_file.read_text()}"
         self._http = requests.Session()
 
     def reset(self) -> None:
@@ -190,19 +162,6 @@ def start_workers(n: int, env: dict[str, str], tmp: Path) -> list[subprocess.Pop
     return procs
 
 
-def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-    except ProcessLookupError:
-        pass
-
-
 def wait_for_workers(client: redis.Redis, n: int, timeout: float = 30) -> None:
     from rq import Worker
 
@@ -218,21 +177,10 @@ def wait_for_workers(client: redis.Redis, n: int, timeout: float = 30) -> None:
 
 def setup_app(receiver_url: str) -> tuple[Any, str]:
     """Migrate, create admin key (huge rate limit), integration, event type and webhook."""
-    from app import create_app, migrations
-    from app.auth.keys import key_prefix
-    from app.cli import ensure_admin, new_admin_key
-    from app.db import database
-    from app.models import ApiKey
+    from app import create_app
 
     app = create_app()
-    with app.app_context():
-        migrations.upgrade()
-        with database.connection_context(), database.atomic():
-            user, _ = ensure_admin("bench@example.com", None)
-            key = new_admin_key(user, "bench")
-            ApiKey.update(rate_limit=100_000_000).where(
-                ApiKey.key_prefix == key_prefix(key)
-            ).execute()
+    _, key = prepare_database(app)
     client = app.test_client()
     auth = {"Authorization": f"Bearer {key}"}
 
@@ -359,21 +307,9 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         serve_receiver(args.serve_receiver)
         return 0
 
-    from cryptography.fernet import Fernet
-
-    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    redis_client = redis.Redis.from_url(redis_url)
-    redis_client.flushdb()  # only the benchmark's database
+    redis_url, redis_client = flushed_redis(DEFAULT_REDIS_URL)  # only the benchmark's db
     tmp = Path(tempfile.mkdtemp(prefix="switchboard-bench-webhooks-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    env.update(
-        DATABASE_URL=f"sqlite:///{tmp / 'bench.db'}",
-        REDIS_URL=redis_url,
-        SWITCHBOARD_SECRET_KEYS=Fernet.generate_key().decode(),
-        SWITCHBOARD_ALLOWED_NETWORKS="127.0.0.0/8",
-        SWITCHBOARD_LOG_LEVEL="WARNING",
-        SWITCHBOARD_INSTANCE_PATH=str(tmp / "instance"),
-    )
+    env = bench_env(tmp, redis_url, SWITCHBOARD_ALLOWED_NETWORKS="127.0.0.0/8")
     os.environ.clear()
     os.environ.update(env)  # the in-process app (the publisher) reads the same settings
 
@@ -517,10 +453,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     )
     verdict = "PASS" if p50 <= TARGET_P50_MS else "MISS"
     print(f"p50 publish->receipt = {p50:.1f} ms   target <= {TARGET_P50_MS:g} ms   {verdict}")
-    if "Traceback" in logs:
-        print("\nworker logs have tracebacks:\n" + logs[-4000:])
-        return 1
-    return 0
+    return exit_status(logs, "worker logs have tracebacks")
 
 
 if __name__ == "__main__":
