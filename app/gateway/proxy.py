@@ -196,8 +196,9 @@ def send_with_retries(
                 timeout=(min(timeout, 5.0), timeout),
             )
         except BlockedDestination as exc:
+            reason = str(exc).rsplit(": ", 1)[-1]  # not the resolved address: that stays in logs
             raise UpstreamFailed(
-                f"upstream refused by the SSRF guard: {exc}", 502, upstream.url
+                f"upstream refused by the SSRF guard ({reason})", 502, upstream.url
             ) from exc
         except requests.ConnectionError as exc:
             balancer.report_failure(pool_id, upstream)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -41,6 +42,8 @@ from app.webhooks.schemas import (
 from app.webhooks.sender import event_body, send_signed, signing_secrets
 from app.webhooks.signing import generate_secret
 
+log = logging.getLogger(__name__)
+
 blp = Blueprint("webhooks", __name__, url_prefix="/api/v1", description="Webhook endpoints")
 
 ROTATION_OVERLAP = timedelta(hours=24)
@@ -54,6 +57,13 @@ def get_webhook(webhook_id: str) -> Webhook:
     return row
 
 
+def unsafe_url_reason(exc: UnsafeURL) -> str:
+    """What the caller learns about a refused URL: the reason, not how our DNS resolved it."""
+    log.info("refused webhook URL: %s", exc)
+    reason = str(exc).rsplit(": ", 1)[-1]
+    return f"the URL is not allowed ({reason}); SWITCHBOARD_ALLOWED_NETWORKS can open a range"
+
+
 def _invalid(field: str, message: str) -> Problem:
     return Problem(422, f"Invalid `{field}`: {message}", errors={field: [message]})
 
@@ -64,7 +74,7 @@ def validate_target(data: dict[str, Any]) -> None:
         try:
             check_outbound_url(data["url"])
         except UnsafeURL as exc:
-            raise _invalid("url", str(exc)) from exc
+            raise _invalid("url", unsafe_url_reason(exc)) from exc
     if "events" in data:
         catalog = event_catalog()
         unknown = [p for p in data["events"] if not is_valid_pattern(p, catalog)]
@@ -165,7 +175,7 @@ def test_webhook(webhook_id: str) -> dict[str, Any]:
     try:
         check_outbound_url(row.url)
     except UnsafeURL as exc:
-        raise _invalid("url", str(exc)) from exc
+        raise _invalid("url", unsafe_url_reason(exc)) from exc
     now = utcnow()
     test_event = Event(type="webhook.test", created_at=now)
     data = {"webhook_id": row.id, "message": "This is a test event from Switchboard."}
