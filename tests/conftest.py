@@ -90,6 +90,27 @@ def _close_extra_apps(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         factory.release_app(extra)
 
 
+def create_github_integration(api: ApiClient, secret: str = "s" * 24) -> dict[str, Any]:
+    """A GitHub integration (the simplest connector to configure), created through the API."""
+    res = api.post(
+        "/api/v1/integrations",
+        json={
+            "name": "gh",
+            "type": "webhook",
+            "provider": "github",
+            "config": {"webhook_secret": secret},
+        },
+    )
+    assert res.status_code == 201, res.json
+    return dict(res.json)
+
+
+@pytest.fixture()
+def integration(api: ApiClient) -> dict[str, Any]:
+    """An integration for webhooks to belong to."""
+    return create_github_integration(api)
+
+
 @pytest.fixture()
 def receiver() -> Iterator[Any]:
     from tests.peers import Receiver

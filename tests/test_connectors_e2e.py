@@ -18,6 +18,7 @@ import standardwebhooks
 from app import create_app
 from app.db import database
 from app.models import AuditLog, Event, Integration
+from tests.conftest import create_github_integration
 from tests.peers import Receiver
 
 INTS = "/api/v1/integrations"
@@ -268,15 +269,7 @@ def test_cicd_story_end_to_end(app, api, client, receiver, worker):
     """A signed GitHub workflow_run failure reaches a webhook and makes Slack post a message."""
     peer = slack_peer()
     try:
-        github = api.post(
-            INTS,
-            json={
-                "name": "gh",
-                "type": "webhook",
-                "provider": "github",
-                "config": {"webhook_secret": GITHUB_SECRET},
-            },
-        ).json
+        github = create_github_integration(api, GITHUB_SECRET)
         _slack(
             api,
             peer,
@@ -336,15 +329,7 @@ def test_cicd_story_end_to_end(app, api, client, receiver, worker):
 
 
 def test_inbound_ping_allowed_ips_and_unknown(api, client):
-    github = api.post(
-        INTS,
-        json={
-            "name": "gh",
-            "type": "webhook",
-            "provider": "github",
-            "config": {"webhook_secret": GITHUB_SECRET},
-        },
-    ).json
+    github = create_github_integration(api, GITHUB_SECRET)
     ping = _signed_post(
         client, github["id"], {"zen": "Keep it logically awesome.", "hook_id": 1}, event="ping"
     )

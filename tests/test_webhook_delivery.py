@@ -15,19 +15,6 @@ from tests.peers import Receiver, WorkerProcess
 
 
 @pytest.fixture()
-def integration(api):
-    return api.post(
-        "/api/v1/integrations",
-        json={
-            "name": "hooks",
-            "type": "webhook",
-            "provider": "github",
-            "config": {"webhook_secret": "s" * 24},
-        },
-    ).json
-
-
-@pytest.fixture()
 def publish(api):
     api.post("/api/v1/event-types", json={"name": "order.paid", "description": "paid"})
 

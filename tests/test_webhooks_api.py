@@ -16,20 +16,6 @@ from tests.conftest import ApiClient, make_key
 HOOKS = "/api/v1/webhooks"
 
 
-@pytest.fixture()
-def integration(api):
-    res = api.post(
-        "/api/v1/integrations",
-        json={
-            "name": "hooks",
-            "type": "webhook",
-            "provider": "github",
-            "config": {"webhook_secret": "s" * 24},
-        },
-    )
-    return res.json
-
-
 def _hook(api, integration, url, **kw):
     body = {"url": url, "events": ["*"], "integration_id": integration["id"], **kw}
     return api.post(HOOKS, json=body)
