@@ -14,9 +14,9 @@ import logging
 from rq import SimpleWorker
 
 from app import create_app
-from app.queues import QUEUE_NAMES, get_queue
-from app.reconciler import start_reconciler
-from app.redis_store import get_redis
+from app.events.reconciler import start_reconciler
+from app.store.queues import QUEUE_NAMES, get_queue
+from app.store.redis import get_redis
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.hookspecs import hookimpl
+from app.connectors.hookspecs import hookimpl
 
 __all__ = ["create_app", "hookimpl"]
 __version__ = "0.1.0"

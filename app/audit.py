@@ -7,8 +7,8 @@ from typing import Any
 from flask import g, has_request_context
 
 from app.auth.access import client_ip
-from app.events import emit_event
-from app.models import AuditLog
+from app.events.catalog import emit_event
+from app.store.models import AuditLog
 
 # Keys whose values are never written to the audit log, at any depth.
 _SECRET_WORDS = ("secret", "password", "token", "key_hash", "authorization", "credential")

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from app import migrations
-from app.auth.access import ROLE_SCOPES, bump_auth_epoch
-from app.auth.issuing import issue_key
-from app.auth.keys import hash_secret
-from app.db import database
-from app.models import User
+from app.auth.issuing import ensure_admin, new_admin_key
+from app.devserver import dev_command
+from app.store import migrations
+from app.store.db import database
 
 db_cli = AppGroup("db", help="Database schema commands.")
 openapi_cli = AppGroup("openapi", help="OpenAPI document commands.")
@@ -28,36 +25,6 @@ def db_upgrade() -> None:
     """Apply pending schema migrations."""
     applied = migrations.upgrade()
     click.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
-
-
-def ensure_admin(email: str, password: str | None) -> tuple[User, str | None]:
-    """Create the admin user if missing; return it and the password if one was generated."""
-    email = email.strip().lower()
-    user = User.get_or_none(User.email == email)
-    generated = None
-    if user is None:
-        if password is None:
-            password = generated = secrets.token_urlsafe(18)
-        user = User.create(
-            email=email,
-            password_hash=hash_secret(password, current_app.config["BCRYPT_ROUNDS"]),
-            role="admin",
-        )
-    else:
-        # An existing member or disabled account is promoted: the key printed must work as admin.
-        if password is not None:
-            user.password_hash = hash_secret(password, current_app.config["BCRYPT_ROUNDS"])
-        user.role = "admin"
-        user.disabled = False
-        user.save()
-        bump_auth_epoch()  # cached keys of this user must see the new role
-    return user, generated
-
-
-def new_admin_key(user: User, name: str) -> str:
-    """Issue an admin-scoped key for ``user`` and return its secret."""
-    _, secret = issue_key(name=name, owner=user, permissions=sorted(ROLE_SCOPES["admin"]))
-    return secret
 
 
 @click.command("create-admin")
@@ -92,8 +59,6 @@ def render_spec() -> str:
 
 def init_app(app: Flask) -> None:
     """Register the CLI commands."""
-    from app.devserver import dev_command
-
     app.cli.add_command(db_cli)
     app.cli.add_command(openapi_cli)
     app.cli.add_command(create_admin)

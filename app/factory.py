@@ -12,19 +12,15 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app import (
-    cli,
-    cors,
-    db,
-    hygiene,
-    plugins_ext,
-    problems,
-    ratelimiting,
-    redis_store,
-    secretbox,
-)
-from app.api import Api
+from app import cli
+from app.auth import access
 from app.config import load_config
+from app.connectors import extension as connectors_extension
+from app.limits import enforce as rate_limits
+from app.store import db, secretbox
+from app.store import redis as redis_store
+from app.web import cors, hygiene, problems
+from app.web.api import Api
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -32,13 +28,13 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 def _resource_modules() -> tuple[Any, ...]:
     from app.api_keys import resources as api_keys
     from app.auth import resources as auth
-    from app.connectors_api import resources as connectors
+    from app.connectors import inbound
+    from app.connectors import resources as connectors
+    from app.events import resources as publishing
     from app.gateway import resources as gateway
     from app.health import resources as health
-    from app.inbound import resources as inbound
     from app.integrations import resources as integrations
     from app.logs import resources as logs
-    from app.publishing import resources as publishing
     from app.webhooks import resources as webhooks
 
     return (
@@ -90,8 +86,9 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
     problems.init_app(app)
     hygiene.init_app(app)
     cors.init_app(app)
-    plugins_ext.init_app(app)
-    ratelimiting.init_app(app)
+    connectors_extension.init_app(app)
+    rate_limits.init_app(app)
+    access.init_app(app)
     _init_request_ids(app)
 
     api = Api(app)

@@ -9,9 +9,9 @@ Usage::
 What it does, all in one run so the ratios compare like with like:
 
 1. creates a throwaway SQLite database in a temp dir, migrates it, creates an admin user and an
-   admin key through the app's own functions (``app.cli.ensure_admin`` / ``new_admin_key``, bcrypt
-   at the default cost 12) with ``rate_limit = 100_000_000`` so the limiter never refuses, and
-   inserts 200 integrations;
+   admin key through the app's own functions (``app.auth.issuing.ensure_admin`` /
+   ``new_admin_key``, bcrypt at the default cost 12) with ``rate_limit = 100_000_000`` so the
+   limiter never refuses, and inserts 200 integrations;
 2. flushes only the chosen Redis database (``REDIS_URL``, default ``redis://127.0.0.1:6379/9``);
 3. starts ``gunicorn -w 2 -k gthread --threads 4 "app:create_app()"`` (``--worker-class sync``
    for sync workers) with rate limiting ON and the default bcrypt cost;
@@ -69,8 +69,8 @@ ENDPOINTS = {
 def prepare(database_url: str, redis_url: str, secret_key: str) -> str:
     """Migrate a fresh database, create an admin + high-limit admin key and 200 integrations."""
     from app import create_app
-    from app.db import database
-    from app.models import Integration
+    from app.store.db import database
+    from app.store.models import Integration
 
     app = create_app(
         {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "SECRET_KEYS": [secret_key]}

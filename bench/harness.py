@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 if TYPE_CHECKING:
     from flask import Flask
 
-    from app.models import User
+    from app.store.models import User
 
 
 @dataclass
@@ -92,11 +92,11 @@ def bench_env(tmp: Path, redis_url: str, **extra: str) -> dict[str, str]:
 def prepare_database(app: Flask) -> tuple[User, str]:
     """Migrate ``app``'s database, create an admin user and an admin key (the default bcrypt
     cost) with ``rate_limit = 100_000_000`` so the limiter never refuses; return both."""
-    from app import migrations
+    from app.auth.issuing import ensure_admin, new_admin_key
     from app.auth.keys import key_prefix
-    from app.cli import ensure_admin, new_admin_key
-    from app.db import database
-    from app.models import ApiKey
+    from app.store import migrations
+    from app.store.db import database
+    from app.store.models import ApiKey
 
     with app.app_context():
         migrations.upgrade()

@@ -218,8 +218,8 @@ def event_data(i: int) -> dict[str, Any]:
 
 def make_publishers(app: Any, key: str) -> tuple[Any, Any, Any]:
     """Publish one event through POST /api/v1/events; a batch with emit_event; a backlog."""
-    from app.db import database
-    from app.events import emit_event
+    from app.events.catalog import emit_event
+    from app.store.db import database
 
     client = app.test_client()
     headers = {"Authorization": f"Bearer {key}"}

@@ -26,7 +26,7 @@ from app.connectors import (
     InboundResult,
     TestResult,
 )
-from app.hookspecs import hookimpl
+from app.connectors.hookspecs import hookimpl
 
 __all__ = ["GitHubConnector", "register_connectors"]
 

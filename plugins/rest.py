@@ -23,8 +23,8 @@ from app.connectors import (
     parse_retry_after,
     timeout_seconds,
 )
+from app.connectors.hookspecs import hookimpl
 from app.gateway.transform import TRANSFORM_SCHEMA
-from app.hookspecs import hookimpl
 
 __all__ = ["RestConnector", "build_auth_headers", "pick_upstream", "register_connectors"]
 

@@ -30,7 +30,7 @@ from app.connectors import (
     parse_retry_after,
     timeout_seconds,
 )
-from app.hookspecs import hookimpl
+from app.connectors.hookspecs import hookimpl
 
 __all__ = ["SlackConnector", "register_connectors"]
 

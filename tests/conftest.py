@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 import redis
 
-from app import create_app, migrations
+from app import create_app
 from app.auth.issuing import issue_key
 from app.auth.keys import hash_secret
-from app.db import database
-from app.models import User
+from app.store import migrations
+from app.store.db import database
+from app.store.models import User
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -52,7 +53,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def _all_models() -> list[Any]:
-    from app import models
+    from app.store import models
 
     return [*models.FOUNDATION_MODELS, *models.EVENT_MODELS]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from app.db import database
-from app.models import ApiKey, AuditLog
+from app.store.db import database
+from app.store.models import ApiKey, AuditLog
 from tests.conftest import ApiClient, make_key, make_user
 
 KEYS = "/api/v1/api-keys"

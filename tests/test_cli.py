@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app import migrations
-from app.db import database
-from app.models import User
+from app.store import migrations
+from app.store.db import database
+from app.store.models import User
 from tests.conftest import make_user
 
 ROOT = Path(__file__).resolve().parent.parent

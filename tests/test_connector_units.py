@@ -30,7 +30,7 @@ import requests
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from app import hookimpl, hookspecs
+from app import hookimpl
 from app.connectors import (
     ActionError,
     Connector,
@@ -40,11 +40,12 @@ from app.connectors import (
     InboundRequest,
     TestResult,
     config_errors,
+    hookspecs,
     parse_retry_after,
     replace_secrets,
     secret_paths,
 )
-from app.plugins import ENTRY_POINT_GROUP, PluginRegistry
+from app.connectors.registry import ENTRY_POINT_GROUP, PluginRegistry
 from plugins import github, rest, slack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,7 +212,7 @@ def test_broken_plugins_are_errored_and_others_load(
         "good": GoodPlugin(),
     }
     ghost = importlib.metadata.EntryPoint("ghost", "switchboard_no_such_module", ENTRY_POINT_GROUP)
-    with caplog.at_level(logging.ERROR, logger="app.plugins"):
+    with caplog.at_level(logging.ERROR, logger="app.connectors.registry"):
         registry.load_entry_points(entry_points=[ghost])
         for name, plugin in plugins.items():
             registry.register(plugin, name)

@@ -16,8 +16,8 @@ import pytest
 import standardwebhooks
 
 from app import create_app
-from app.db import database
-from app.models import AuditLog, Event, Integration
+from app.store.db import database
+from app.store.models import AuditLog, Event, Integration
 from tests.conftest import create_github_integration
 from tests.peers import Receiver
 
@@ -157,7 +157,7 @@ def test_secrets_encrypted_redacted_and_kept(app, api, receiver):
         },
     )
     with app.app_context(), database.connection_context():
-        from app.integrations.configs import decrypt_config
+        from app.connectors.configs import decrypt_config
 
         with app.test_request_context():
             plain = decrypt_config(Integration.get_by_id(created["id"]).config)

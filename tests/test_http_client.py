@@ -21,8 +21,8 @@ from pytest_httpserver import HTTPServer
 from urllib3.util.retry import Retry
 from werkzeug import Request, Response
 
-from app import http_client
-from app.http_client import (
+from app.outbound import guard as http_client
+from app.outbound.guard import (
     BlockedDestination,
     UnsafeURL,
     check_url,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.db import database
-from app.models import IntegrationLog
+from app.store.db import database
+from app.store.models import IntegrationLog
 
 INTS = "/api/v1/integrations"
 

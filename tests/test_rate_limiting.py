@@ -120,7 +120,7 @@ def test_redis_down_fails_closed_with_503(app, admin_user, caplog):
     dead = _dead_redis_app(app)
     client = dead.test_client()
     kc = ApiClient(client, make_key(app, admin_user, ["admin"]))
-    with caplog.at_level(logging.WARNING, logger="app.ratelimiting"):
+    with caplog.at_level(logging.WARNING, logger="app.limits.enforce"):
         res = kc.get(WHOAMI)
     body = _assert_problem(res, 503, "service-unavailable")
     assert "rate limiter is unavailable" in body["detail"]
@@ -135,7 +135,7 @@ def test_redis_down_fails_closed_with_503(app, admin_user, caplog):
 def test_redis_down_fail_open_lets_requests_through(app, admin_user, caplog):
     dead = _dead_redis_app(app, RATELIMIT_FAIL_OPEN=True)
     kc = ApiClient(dead.test_client(), make_key(app, admin_user, ["admin"]))
-    with caplog.at_level(logging.WARNING, logger="app.ratelimiting"):
+    with caplog.at_level(logging.WARNING, logger="app.limits.enforce"):
         res = kc.get(WHOAMI)
     assert res.status_code == 200 and "RateLimit" not in res.headers
     assert any("fail open" in r.getMessage() for r in caplog.records)

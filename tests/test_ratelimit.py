@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from app import usage
-from app.ratelimit import RateLimitDecision, RateLimiter
+from app.limits import usage
+from app.limits.limiter import RateLimitDecision, RateLimiter
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 

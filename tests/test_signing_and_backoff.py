@@ -10,7 +10,7 @@ from email.utils import format_datetime
 import pytest
 import standardwebhooks
 
-from app.connector_runtime import render_template
+from app.connectors.runtime import render_template
 from app.webhooks.backoff import parse_retry_after, parse_schedule, retry_delay
 from app.webhooks.signing import generate_secret, secret_key, sign, signature_header
 

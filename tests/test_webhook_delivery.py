@@ -8,8 +8,8 @@ import pytest
 import redis
 import standardwebhooks
 
-from app.db import database
-from app.models import Delivery, Webhook
+from app.store.db import database
+from app.store.models import Delivery, Webhook
 from tests.conftest import TEST_REDIS_URL
 from tests.peers import Receiver, WorkerProcess
 
@@ -236,7 +236,7 @@ def test_a_delivery_deleted_mid_flight_does_not_sink_its_batch(
     app, api, integration, publish, receiver
 ):
     """Deleting a webhook while its delivery is being sent: the rest of the batch is recorded."""
-    from app.dispatch import _perform_all, claim_due, record_outcomes
+    from app.events.dispatch import _perform_all, claim_due, record_outcomes
 
     doomed = _hook(api, integration, receiver.url)
     kept = _hook(api, integration, receiver.url)
@@ -272,7 +272,7 @@ def test_a_dripping_receiver_cannot_hold_a_send_past_its_lease(app, api, integra
         conn.close()
 
     threading.Thread(target=drip, daemon=True).start()
-    from app.dispatch import _perform_all, claim_due, record_outcomes
+    from app.events.dispatch import _perform_all, claim_due, record_outcomes
 
     try:
         hook = _hook(

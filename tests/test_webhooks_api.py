@@ -9,8 +9,8 @@ import pytest
 import standardwebhooks
 
 from app import create_app
-from app.db import database
-from app.models import Delivery, Event
+from app.store.db import database
+from app.store.models import Delivery, Event
 from tests.conftest import ApiClient, make_key
 
 HOOKS = "/api/v1/webhooks"
@@ -88,7 +88,7 @@ def test_bad_input_names_the_field(api, integration, receiver, overrides, field)
     ],
 )
 def test_ssrf_refused_at_creation(app, admin_key, integration, monkeypatch, url):
-    import app.http_client as http_client
+    import app.outbound.guard as http_client
 
     real = http_client.resolve_host
     monkeypatch.setattr(

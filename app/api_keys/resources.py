@@ -10,7 +10,6 @@ import redis
 from flask import g
 from flask.views import MethodView
 
-from app.api import Blueprint, paginate
 from app.api_keys.schemas import (
     USAGE_WINDOWS,
     ApiKeyCreatedSchema,
@@ -24,12 +23,13 @@ from app.api_keys.schemas import (
 from app.audit import record_change
 from app.auth.access import bump_auth_epoch
 from app.auth.issuing import issue_key, rotate_key
-from app.db import database
-from app.models import ApiKey, utcnow
-from app.problems import Problem
-from app.ratelimiting import usage_buffer
-from app.redis_store import get_redis
-from app.usage import STATUS_FIELDS, read
+from app.limits.enforce import usage_buffer
+from app.limits.usage import STATUS_FIELDS, read
+from app.store.db import database
+from app.store.models import ApiKey, utcnow
+from app.store.redis import get_redis
+from app.web.api import Blueprint, paginate
+from app.web.problems import Problem
 
 log = logging.getLogger(__name__)
 

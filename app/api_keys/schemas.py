@@ -7,9 +7,9 @@ from typing import Any
 
 import marshmallow as ma
 
-from app.api import PageArgsSchema, UTCDateTime, page_schema
 from app.config import ALL_SCOPES
-from app.models import utcnow
+from app.store.models import utcnow
+from app.web.api import PageArgsSchema, UTCDateTime, page_schema
 
 
 def validate_cidrs(values: list[str]) -> None:

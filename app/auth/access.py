@@ -11,16 +11,16 @@ from datetime import timedelta
 
 import peewee
 import redis
-from flask import current_app, g, request
+from flask import Flask, current_app, g, request
 
-from app import ratelimiting
 from app.auth.keys import KeySnapshot, VerifiedKeyCache, key_prefix
 from app.auth.throttle import record_failure, refuse_if_throttled
 from app.config import ALL_SCOPES
-from app.db import database
-from app.models import ApiKey, User, utcnow
-from app.problems import Problem
-from app.redis_store import get_redis
+from app.limits.enforce import enforce as enforce_rate_limit
+from app.store.db import database
+from app.store.models import ApiKey, User, utcnow
+from app.store.redis import get_redis
+from app.web.problems import Problem
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def authenticate() -> Principal:
     snapshot = _key_cache().snapshot(raw)
     counted = False
     if snapshot is not None:
-        decision = ratelimiting.enforce(snapshot.row.id, snapshot.row.rate_limit, watch=AUTH_EPOCH)
+        decision = enforce_rate_limit(snapshot.row.id, snapshot.row.rate_limit, watch=AUTH_EPOCH)
         counted = True
         if decision is None or decision.watched is None or decision.watched != snapshot.epoch:
             snapshot = None  # the epoch moved (or is unknown): reload from the database
@@ -223,7 +223,7 @@ def authenticate() -> Principal:
     g.key_verify_ms = (time.perf_counter() - started) * 1000
     check_key(snapshot, raw)
     if not counted:
-        ratelimiting.enforce(snapshot.row.id, snapshot.row.rate_limit)
+        enforce_rate_limit(snapshot.row.id, snapshot.row.rate_limit)
     scopes = frozenset(snapshot.row.permissions or ())
     if snapshot.user is not None:  # a key never holds more than its owner's role allows
         scopes &= ROLE_SCOPES.get(snapshot.user.role, frozenset())
@@ -231,3 +231,8 @@ def authenticate() -> Principal:
     g.principal = principal
     _touch_last_used(snapshot.row)
     return principal
+
+
+def init_app(app: Flask) -> None:
+    """Bind :func:`authenticate` as the authenticator ``Blueprint.auth`` calls."""
+    app.extensions["authenticate"] = authenticate

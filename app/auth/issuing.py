@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timedelta
 
 from flask import current_app
 
+from app.auth.access import ROLE_SCOPES, bump_auth_epoch
 from app.auth.keys import generate_key, hash_secret, key_prefix
-from app.models import ApiKey, User, utcnow
+from app.store.models import ApiKey, User, utcnow
 
 
 def issue_key(
@@ -47,4 +49,34 @@ def rotate_key(row: ApiKey, grace_period_seconds: int) -> str:
     row.key_prefix = secret[: len(row.key_prefix)]
     row.key_hash = hash_secret(secret, current_app.config["BCRYPT_ROUNDS"])
     row.save()
+    return secret
+
+
+def ensure_admin(email: str, password: str | None) -> tuple[User, str | None]:
+    """Create the admin user if missing; return it and the password if one was generated."""
+    email = email.strip().lower()
+    user = User.get_or_none(User.email == email)
+    generated = None
+    if user is None:
+        if password is None:
+            password = generated = secrets.token_urlsafe(18)
+        user = User.create(
+            email=email,
+            password_hash=hash_secret(password, current_app.config["BCRYPT_ROUNDS"]),
+            role="admin",
+        )
+    else:
+        # An existing member or disabled account is promoted: the key printed must work as admin.
+        if password is not None:
+            user.password_hash = hash_secret(password, current_app.config["BCRYPT_ROUNDS"])
+        user.role = "admin"
+        user.disabled = False
+        user.save()
+        bump_auth_epoch()  # cached keys of this user must see the new role
+    return user, generated
+
+
+def new_admin_key(user: User, name: str) -> str:
+    """Issue an admin-scoped key for ``user`` and return its secret."""
+    _, secret = issue_key(name=name, owner=user, permissions=sorted(ROLE_SCOPES["admin"]))
     return secret

@@ -7,7 +7,7 @@ import functools
 from flask import current_app
 
 from app.auth.keys import check_secret, hash_secret
-from app.models import User
+from app.store.models import User
 
 
 @functools.cache

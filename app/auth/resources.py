@@ -7,16 +7,16 @@ from typing import Any
 
 from flask import current_app, g
 
-from app.api import Blueprint
 from app.audit import record_audit
 from app.auth.access import ROLE_SCOPES, client_ip
 from app.auth.issuing import issue_key
 from app.auth.passwords import authenticate_user
 from app.auth.schemas import LoginResultSchema, LoginSchema, WhoAmISchema
 from app.auth.throttle import record_failure, refuse_if_throttled
-from app.db import database
-from app.models import utcnow
-from app.problems import Problem
+from app.store.db import database
+from app.store.models import utcnow
+from app.web.api import Blueprint
+from app.web.problems import Problem
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Login and identity")
 

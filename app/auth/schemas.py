@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from app.api import UTCDateTime
+from app.web.api import UTCDateTime
 
 
 class LoginSchema(ma.Schema):

@@ -12,8 +12,8 @@ import logging
 
 import redis
 
-from app.problems import Problem
-from app.redis_store import get_redis
+from app.store.redis import get_redis
+from app.web.problems import Problem
 
 log = logging.getLogger(__name__)
 

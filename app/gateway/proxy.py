@@ -20,7 +20,7 @@ from flask import Request
 
 from app.gateway.balancer import Upstream, UpstreamBalancer
 from app.gateway.transform import apply_request_transform
-from app.http_client import BlockedDestination
+from app.outbound.guard import BlockedDestination
 
 CHUNK = 64 * 1024
 LOGGED_BODY_BYTES = 4096

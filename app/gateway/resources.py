@@ -12,8 +12,7 @@ import redis
 from flask import Response, current_app, g, request, stream_with_context
 from flask.typing import ResponseReturnValue
 
-from app.api import Blueprint
-from app.db import database
+from app.connectors.configs import decrypt_config
 from app.gateway.balancer import Upstream, UpstreamBalancer
 from app.gateway.proxy import (
     LOGGED_BODY_BYTES,
@@ -28,12 +27,13 @@ from app.gateway.proxy import (
     send_with_retries,
     stream_body,
 )
-from app.integrations.configs import decrypt_config
-from app.models import Integration, IntegrationLog
-from app.outbound import outbound_session
-from app.problems import Problem
-from app.ratelimiting import usage_buffer
-from app.redis_store import get_redis
+from app.limits.enforce import usage_buffer
+from app.outbound.session import outbound_session
+from app.store.db import database
+from app.store.models import Integration, IntegrationLog
+from app.store.redis import get_redis
+from app.web.api import Blueprint
+from app.web.problems import Problem
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from typing import Any
 import marshmallow as ma
 import redis
 
-from app.api import Blueprint
-from app.db import database
-from app.problems import Problem
-from app.redis_store import get_redis
+from app.store.db import database
+from app.store.redis import get_redis
+from app.web.api import Blueprint
+from app.web.problems import Problem
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,11 @@ import redis
 from flask import g
 from flask.views import MethodView
 
-from app.api import Blueprint, paginate
 from app.audit import record_audit, record_change, record_update
-from app.connector_jobs import enqueue_action
-from app.connectors import config_errors
-from app.db import database
-from app.integrations.configs import decrypt_config
+from app.connectors.configs import decrypt_config
+from app.connectors.contract import config_errors
+from app.connectors.extension import connector_context, get_registry, require_connector
+from app.connectors.jobs import enqueue_action
 from app.integrations.schemas import (
     ActionInputSchema,
     IntegrationPageSchema,
@@ -26,9 +25,10 @@ from app.integrations.schemas import (
 from app.integrations.service import prepare_create, prepare_update
 from app.logs.resources import log_query
 from app.logs.schemas import LogPageSchema, LogQueryArgsSchema
-from app.models import Integration, IntegrationLog, utcnow
-from app.plugins_ext import connector_context, get_registry, require_connector
-from app.problems import Problem
+from app.store.db import database
+from app.store.models import Integration, IntegrationLog, utcnow
+from app.web.api import Blueprint, paginate
+from app.web.problems import Problem
 
 blp = Blueprint(
     "integrations", __name__, url_prefix="/api/v1/integrations", description="Integrations"

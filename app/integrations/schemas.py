@@ -6,9 +6,9 @@ from typing import Any
 
 import marshmallow as ma
 
-from app.api import PageArgsSchema, UTCDateTime, page_schema
 from app.api_keys.schemas import validate_cidrs
-from app.integrations.configs import redact_config
+from app.connectors.configs import redact_config
+from app.web.api import PageArgsSchema, UTCDateTime, page_schema
 
 INTEGRATION_TYPES = ("sso", "webhook", "api", "notification")
 INTEGRATION_STATUSES = ("active", "inactive", "error")

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.connectors import Connector, config_errors
-from app.events import event_catalog, is_valid_pattern
-from app.integrations.configs import (
+from app.connectors.configs import (
     REDACTED,
     decrypt_config,
     encrypt_config,
     keep_omitted_secrets,
     redact_config,
 )
-from app.models import Integration
-from app.plugins_ext import require_connector
-from app.problems import Problem
+from app.connectors.contract import Connector, config_errors
+from app.connectors.extension import require_connector
+from app.events.catalog import event_catalog, is_valid_pattern
+from app.store.models import Integration
+from app.web.problems import Problem
 
 
 def _reject(errors: dict[str, list[str]], detail: str) -> Problem:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.api import Blueprint, paginate
 from app.logs.schemas import (
     AuditPageSchema,
     AuditQueryArgsSchema,
     LogPageSchema,
     LogQueryArgsSchema,
 )
-from app.models import AuditLog, IntegrationLog
+from app.store.models import AuditLog, IntegrationLog
+from app.web.api import Blueprint, paginate
 
 blp = Blueprint("logs", __name__, url_prefix="/api/v1", description="Logs and audit trail")
 

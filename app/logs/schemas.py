@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from app.api import PageArgsSchema, UTCDateTime, page_schema
+from app.web.api import PageArgsSchema, UTCDateTime, page_schema
 
 
 class LogSchema(ma.Schema):

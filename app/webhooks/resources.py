@@ -9,12 +9,13 @@ from typing import Any
 from flask import current_app
 from flask.views import MethodView
 
-from app.api import Blueprint, paginate
 from app.audit import record_audit, record_change, record_update
-from app.db import database
-from app.events import emit_event, event_catalog, is_valid_pattern
-from app.http_client import UnsafeURL
-from app.models import (
+from app.events.catalog import emit_event, event_catalog, is_valid_pattern
+from app.events.outbox import wake_dispatcher
+from app.outbound.guard import UnsafeURL
+from app.outbound.session import check_outbound_url
+from app.store.db import database
+from app.store.models import (
     Delivery,
     DeliveryAttempt,
     Event,
@@ -23,10 +24,9 @@ from app.models import (
     Webhook,
     utcnow,
 )
-from app.outbound import check_outbound_url
-from app.outbox import wake_dispatcher
-from app.problems import Problem
-from app.secretbox import encrypt
+from app.store.secretbox import encrypt
+from app.web.api import Blueprint, paginate
+from app.web.problems import Problem
 from app.webhooks.schemas import (
     DeliveryPageSchema,
     DeliveryQueryArgsSchema,

@@ -6,7 +6,7 @@ from typing import Any
 
 import marshmallow as ma
 
-from app.api import PageArgsSchema, UTCDateTime, page_schema
+from app.web.api import PageArgsSchema, UTCDateTime, page_schema
 from app.webhooks.signing import secret_key
 
 WEBHOOK_STATUSES = ("active", "disabled")

@@ -11,9 +11,9 @@ from typing import Any
 import requests
 
 from app import __version__
-from app.models import Webhook, utcnow
-from app.outbound import outbound_session
-from app.secretbox import decrypt
+from app.outbound.session import outbound_session
+from app.store.models import Webhook, utcnow
+from app.store.secretbox import decrypt
 from app.webhooks.backoff import parse_retry_after
 from app.webhooks.signing import signature_header
 

@@ -1,0 +1,118 @@
+"""``POST /inbound/{integration_id}``: provider webhooks verified by the connector itself.
+
+No API key: the connector checks the provider's own signature. Accepted requests become
+Switchboard events (only types the connector declares); a repeated delivery id is answered
+200 without a second event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import peewee
+from flask import jsonify, request
+from flask.typing import ResponseReturnValue
+
+from app.auth.access import client_ip, ip_allowed
+from app.connectors.configs import decrypt_config
+from app.connectors.contract import InboundRejected, InboundRequest
+from app.connectors.extension import connector_context, get_registry
+from app.events.catalog import emit_event
+from app.store.db import database
+from app.store.models import Event, Integration, IntegrationLog
+from app.web.api import Blueprint
+from app.web.problems import Problem
+
+log = logging.getLogger(__name__)
+
+blp = Blueprint("inbound", __name__, url_prefix="/api/v1", description="Inbound webhooks")
+
+
+def _dedupe_key(integration_id: str, delivery_id: str, index: int) -> str:
+    # Hashed: a provider's delivery id is untrusted input of any length or content.
+    digest = hashlib.sha256(delivery_id.encode()).hexdigest()[:40]
+    return f"inbound:{integration_id}:{digest}#{index}"
+
+
+def _log(
+    integration_id: str, status: str, data: dict[str, Any], error: str | None, started: float
+) -> None:
+    IntegrationLog.create(
+        integration_id=integration_id,
+        event_type="inbound.request",
+        event_data=data,
+        status=status,
+        error_message=error,
+        response_time_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+@blp.route("/inbound/<integration_id>", methods=["POST"])
+@blp.doc(
+    security=[],
+    requestBody={
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+        "description": "The provider's payload, verified by the connector's signature check",
+    },
+    responses={"200": {"description": "Accepted (or a repeated delivery)"}},
+)
+@blp.problem(400, "The request is malformed for this connector")
+@blp.problem(401, "The signature did not verify")
+@blp.problem(403, "The sender's address is not allowed")
+@blp.problem(404, "No such integration, or it does not accept inbound requests")
+def receive_inbound(integration_id: str) -> ResponseReturnValue:
+    """Receive a signed webhook from a provider (no API key; the connector verifies it)."""
+    started = time.perf_counter()
+    integration = Integration.get_or_none(Integration.id == integration_id)
+    connector = get_registry().get(integration.provider) if integration else None
+    if integration is None or connector is None or not connector.accepts_inbound:
+        raise Problem(404, f"No integration {integration_id!r} accepting inbound requests.")
+    if not ip_allowed(client_ip(), integration.allowed_ips):
+        _log(integration.id, "error", {"ip": client_ip()}, "sender address not allowed", started)
+        raise Problem(403, "Requests from your address are not accepted for this integration.")
+    inbound = InboundRequest(
+        method=request.method,
+        headers=dict(request.headers),
+        body=request.get_data(cache=False),
+        query=request.args.to_dict(),
+        remote_addr=client_ip(),
+    )
+    try:
+        result = connector.handle_inbound(
+            inbound, decrypt_config(integration.config), connector_context(integration.id)
+        )
+    except InboundRejected as exc:
+        _log(integration.id, "error", {"ip": client_ip()}, exc.message, started)
+        raise Problem(exc.status, exc.message) from exc
+    except Exception as exc:  # noqa: BLE001 - a payload the connector chokes on is bad input
+        log.exception("connector %s failed on an inbound request", connector.name)
+        _log(integration.id, "error", {"ip": client_ip()}, type(exc).__name__, started)
+        raise Problem(400, "The connector could not process this request.") from exc
+    declared = connector.event_types
+    events = [e for e in result.events if e.type in declared]
+    delivery = result.delivery_id
+    if delivery and Event.get_or_none(
+        Event.idempotency_key == _dedupe_key(integration.id, delivery, 0)
+    ):
+        return jsonify({"ok": True, "duplicate": True, "events": []})
+    emitted: list[str] = []
+    try:
+        with database.atomic():
+            for index, event in enumerate(events):
+                key = _dedupe_key(integration.id, delivery, index) if delivery else None
+                data = {**event.data, "integration_id": integration.id}
+                emitted.append(emit_event(event.type, data, idempotency_key=key).id)
+            _log(
+                integration.id,
+                "success",
+                {"delivery_id": delivery, "events": emitted},
+                None,
+                started,
+            )
+    except peewee.IntegrityError:  # the same delivery raced us: it is a duplicate
+        return jsonify({"ok": True, "duplicate": True, "events": []})
+    return jsonify(result.response or {"ok": True, "events": emitted})

@@ -1,0 +1,64 @@
+"""RQ jobs on queue ``connectors``: run one connector action for an integration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+from rq import Retry, get_current_job
+
+from app.connectors.runtime import execute_action
+from app.store.db import database
+from app.store.models import Integration
+from app.store.queues import get_queue
+from app.webhooks.backoff import parse_schedule, retry_delay
+
+ACTION_MAX_RETRIES = 3
+ACTION_JOB_TIMEOUT = 120
+
+
+class ActionFailed(Exception):
+    """The action failed for good (not retryable, or out of retries)."""
+
+
+def enqueue_action(integration_id: str, action: str, action_input: dict[str, Any]) -> str:
+    """Queue an action run and return the job id."""
+    job = get_queue("connectors").enqueue(
+        run_action,
+        integration_id,
+        action,
+        action_input,
+        job_timeout=ACTION_JOB_TIMEOUT,
+        result_ttl=7 * 86400,
+        failure_ttl=7 * 86400,
+        meta={"integration_id": integration_id, "action": action},
+    )
+    return str(job.id)
+
+
+def run_action(integration_id: str, action: str, action_input: dict[str, Any]) -> Any:
+    """Run the action; a retryable failure returns ``rq.Retry`` (honouring ``Retry-After``)."""
+    job = get_current_job()
+    retries_done = (job.number_of_retries or 0) if job else 0
+    with database.connection_context():
+        integration = Integration.get_or_none(Integration.id == integration_id)
+        if integration is None:
+            raise ActionFailed(f"integration {integration_id} no longer exists")
+        can_retry = retries_done < ACTION_MAX_RETRIES
+        outcome = execute_action(
+            integration,
+            action,
+            action_input,
+            log_data={"job_id": job.id if job else None, "attempt": retries_done + 1},
+            will_retry=can_retry,
+        )
+    if outcome.success:
+        return outcome.result
+    if job is not None:
+        job.meta["last_error"] = outcome.error
+        job.save_meta()
+    if outcome.retryable and can_retry:
+        schedule = parse_schedule(current_app.config["WEBHOOK_RETRY_SCHEDULE"])
+        delay = outcome.retry_after or retry_delay(schedule, retries_done + 1)
+        return Retry(max=ACTION_MAX_RETRIES, interval=max(1, round(delay)))
+    raise ActionFailed(outcome.error or "action failed")

@@ -1,0 +1,82 @@
+"""``/connectors`` (what is installed) and ``/jobs`` (connector action runs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+from app.connectors.extension import get_registry
+from app.connectors.schemas import ConnectorListSchema, ConnectorSchema, JobSchema
+from app.store.redis import get_redis
+from app.web.api import Blueprint
+from app.web.problems import Problem
+
+blp = Blueprint("connectors", __name__, url_prefix="/api/v1", description="Connectors and jobs")
+
+
+def _catalog() -> list[dict[str, Any]]:
+    registry = get_registry()
+    items = []
+    for status in registry.statuses():
+        entry = status.to_dict()
+        connector = registry.get(status.name) if status.status == "loaded" else None
+        if connector is not None:
+            entry.update(connector.to_dict())
+        items.append(entry)
+    return sorted(items, key=lambda item: item["name"])
+
+
+@blp.route("/connectors", methods=["GET"])
+@blp.auth(None)
+@blp.response(200, ConnectorListSchema)
+def list_connectors() -> dict[str, Any]:
+    """List installed connectors with schemas, actions, event types and load status."""
+    items = _catalog()
+    return {"items": items, "total": len(items)}
+
+
+@blp.route("/connectors/<name>", methods=["GET"])
+@blp.auth(None)
+@blp.response(200, ConnectorSchema)
+@blp.problem(404, "No such connector")
+def get_connector(name: str) -> dict[str, Any]:
+    """Describe one connector (or why its plugin failed to load)."""
+    for item in _catalog():
+        if item["name"] == name:
+            return item
+    raise Problem(404, f"No connector {name!r} is installed.")
+
+
+@blp.route("/jobs/<job_id>", methods=["GET"])
+@blp.auth("integrations:read")
+@blp.response(200, JobSchema)
+@blp.problem(404, "No such job")
+@blp.problem(503, "The job store is unavailable")
+def get_job(job_id: str) -> dict[str, Any]:
+    """Report a connector action job: status, result, error and attempts."""
+    try:
+        job = Job.fetch(job_id, connection=get_redis())
+        status = job.get_status(refresh=False)
+        result = job.return_value() if status == "finished" else None
+    except (NoSuchJobError, ValueError) as exc:  # ValueError: not a valid job id at all
+        raise Problem(404, f"No job {job_id!r} (results are kept 7 days).") from exc
+    except redis.RedisError as exc:
+        raise Problem(503, "The job store is unavailable; try again shortly.") from exc
+    if "integration_id" not in job.meta:
+        raise Problem(404, f"No job {job_id!r} (results are kept 7 days).")
+    error = job.meta.get("last_error") if status != "finished" else None
+    return {
+        "id": job.id,
+        "status": str(status.value if hasattr(status, "value") else status),
+        "integration_id": job.meta["integration_id"],
+        "action": job.meta.get("action"),
+        "result": result if isinstance(result, (dict, list, str, int, float, bool)) else None,
+        "error": error,
+        "attempts": (job.number_of_retries or 0) + (0 if status in ("queued", "deferred") else 1),
+        "enqueued_at": job.enqueued_at,
+        "started_at": job.started_at,
+        "ended_at": job.ended_at,
+    }

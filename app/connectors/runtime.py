@@ -1,0 +1,125 @@
+"""Running connector actions: shared by action jobs and event subscriptions.
+
+``execute_action`` validates input against the action's schema, runs the handler with the
+decrypted config and the guarded HTTP session, logs the run to ``integration_logs`` with its
+latency, and turns every outcome (result, ``ActionError``, crash) into an ``ActionOutcome``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from app.connectors.configs import decrypt_config
+from app.connectors.contract import ActionError, config_errors
+from app.connectors.extension import connector_context, get_registry
+from app.store.models import Integration, IntegrationLog
+
+log = logging.getLogger(__name__)
+
+_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
+
+
+@dataclass(frozen=True)
+class ActionOutcome:
+    """How one action run ended."""
+
+    success: bool
+    result: dict[str, Any] | None
+    error: str | None
+    retryable: bool
+    retry_after: float | None
+    response_time_ms: float
+
+
+def execute_action(
+    integration: Integration,
+    action_name: str,
+    action_input: dict[str, Any],
+    *,
+    log_data: dict[str, Any] | None = None,
+    will_retry: bool = False,
+) -> ActionOutcome:
+    """Run ``action_name`` of the integration's connector and log the run."""
+    started = time.perf_counter()
+    outcome = _run(integration, action_name, action_input, started)
+    IntegrationLog.create(
+        integration_id=integration.id,
+        event_type=f"action.{action_name}",
+        event_data={"action": action_name, **(log_data or {})},
+        status="success"
+        if outcome.success
+        else ("pending" if outcome.retryable and will_retry else "error"),
+        error_message=outcome.error,
+        response_time_ms=round(outcome.response_time_ms, 2),
+    )
+    return outcome
+
+
+def _run(
+    integration: Integration, action_name: str, action_input: dict[str, Any], started: float
+) -> ActionOutcome:
+    def done(**kw: Any) -> ActionOutcome:
+        base: dict[str, Any] = {
+            "success": False,
+            "result": None,
+            "error": None,
+            "retryable": False,
+            "retry_after": None,
+        }
+        return ActionOutcome(
+            **{**base, **kw}, response_time_ms=(time.perf_counter() - started) * 1000
+        )
+
+    connector = get_registry().get(integration.provider)
+    if connector is None:
+        return done(error=f"connector {integration.provider!r} is not loaded")
+    action = connector.actions.get(action_name)
+    if action is None:
+        return done(error=f"connector {connector.name!r} has no action {action_name!r}")
+    errors = config_errors(action.input_schema, action_input)
+    if errors:
+        detail = "; ".join(f"{path}: {', '.join(msgs)}" for path, msgs in errors.items())
+        return done(error=f"invalid input: {detail}")
+    config = decrypt_config(integration.config)
+    try:
+        result = action.handler(config, action_input, connector_context(integration.id))
+    except ActionError as exc:
+        return done(error=exc.message, retryable=exc.retryable, retry_after=exc.retry_after)
+    except Exception as exc:  # noqa: BLE001 - a plugin bug is a failed, retryable run
+        log.exception("action %s of %s crashed", action_name, connector.name)
+        return done(error=f"action crashed: {type(exc).__name__}", retryable=True)
+    return done(success=True, result=result if isinstance(result, dict) else {"value": result})
+
+
+def render_template(value: Any, context: dict[str, Any]) -> Any:
+    """Fill ``{{event.data.x}}`` placeholders; a string that is one placeholder keeps its type."""
+    if isinstance(value, dict):
+        return {k: render_template(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render_template(v, context) for v in value]
+    if not isinstance(value, str):
+        return value
+    whole = _TEMPLATE.fullmatch(value.strip())
+    if whole:
+        return _lookup(context, whole.group(1))
+    return _TEMPLATE.sub(lambda m: _as_text(_lookup(context, m.group(1))), value)
+
+
+def _lookup(context: dict[str, Any], path: str) -> Any:
+    node: Any = context
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _as_text(value: Any) -> str:
+    return "" if value is None else str(value)

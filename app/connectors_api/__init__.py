@@ -1,1 +1,0 @@
-"""Connector catalog and action jobs resources."""

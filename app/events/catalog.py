@@ -1,0 +1,110 @@
+"""Events: the catalog of event types and ``emit_event``, the outbox's only writer.
+
+``emit_event`` must run inside the caller's database transaction: the event row and one
+delivery per matching target are committed together with the change that caused them, and
+the dispatcher is woken only after that commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import peewee
+from flask import current_app
+
+from app.events.outbox import wake_dispatcher
+from app.store.db import database
+from app.store.models import Delivery, Event, EventType, Integration, Webhook, new_id, utcnow
+
+BUILTIN_EVENT_TYPES: dict[str, str] = {
+    "integration.created": "An integration was created.",
+    "integration.updated": "An integration's fields changed.",
+    "integration.deleted": "An integration was deleted.",
+    "api_key.created": "An API key was created.",
+    "api_key.revoked": "An API key was revoked.",
+    "api_key.rotated": "An API key's secret was rotated.",
+    "webhook.created": "A webhook endpoint was created.",
+    "webhook.updated": "A webhook endpoint was changed.",
+    "webhook.deleted": "A webhook endpoint was deleted.",
+    "webhook.disabled": "A webhook endpoint was disabled after failing deliveries or a 410.",
+    "webhook.test": "A test event sent with POST /webhooks/{id}/test.",
+}
+
+
+def event_catalog() -> dict[str, dict[str, str]]:
+    """Every known event type: built-in, from connector plugins, and registered via the API."""
+    catalog = {
+        name: {"name": name, "description": text, "source": "builtin"}
+        for name, text in BUILTIN_EVENT_TYPES.items()
+    }
+    registry = current_app.extensions.get("plugins")
+    if registry is not None:
+        for name, text in registry.event_types().items():
+            catalog.setdefault(name, {"name": name, "description": text, "source": "connector"})
+    for row in EventType.select():
+        catalog.setdefault(
+            row.name, {"name": row.name, "description": row.description, "source": "custom"}
+        )
+    return catalog
+
+
+def pattern_matches(pattern: str, event_type: str) -> bool:
+    """``*`` matches everything, ``prefix.*`` a whole family, anything else exactly."""
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return event_type.startswith(pattern[:-1])
+    return pattern == event_type
+
+
+def is_valid_pattern(pattern: str, catalog: dict[str, Any]) -> bool:
+    """A subscription pattern is a known type, ``*``, or a ``prefix.*`` some type falls under."""
+    if pattern == "*" or pattern in catalog:
+        return True
+    return pattern.endswith(".*") and any(pattern_matches(pattern, name) for name in catalog)
+
+
+def emit_event(
+    event_type: str, data: dict[str, Any], *, idempotency_key: str | None = None
+) -> Event:
+    """Write an event and its deliveries in this transaction; wake the dispatcher on commit."""
+    assert database.in_transaction(), "emit_event must run inside database.atomic()"
+    event = Event.create(type=event_type, payload=data, idempotency_key=idempotency_key)
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    webhooks = Webhook.select(Webhook.id, Webhook.events, Webhook.retry_count).where(
+        Webhook.status == "active"
+    )
+    for webhook in webhooks:
+        if any(pattern_matches(p, event_type) for p in webhook.events):
+            rows.append(
+                {
+                    "event": event.id,
+                    "webhook": webhook.id,
+                    "max_attempts": webhook.retry_count + 1,
+                }
+            )
+    integrations = Integration.select(Integration.id, Integration.subscriptions).where(
+        Integration.subscriptions != peewee.Value("[]", converter=False),
+        Integration.status != "inactive",
+    )
+    for integration in integrations:
+        for index, subscription in enumerate(integration.subscriptions or ()):
+            if any(pattern_matches(p, event_type) for p in subscription.get("events", ())):
+                rows.append(
+                    {
+                        "event": event.id,
+                        "integration": integration.id,
+                        "subscription_index": index,
+                        "max_attempts": current_app.config["SUBSCRIPTION_MAX_ATTEMPTS"],
+                    }
+                )
+    if rows:
+        for row in rows:  # insert_many takes its columns from the first row: give all the same
+            row.update(id=new_id("dlv"), next_attempt_at=now, created_at=now, updated_at=now)
+            row.setdefault("webhook", None)
+            row.setdefault("integration", None)
+            row.setdefault("subscription_index", None)
+        Delivery.insert_many(rows).execute()
+        database.after_commit(wake_dispatcher)
+    return event

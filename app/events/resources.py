@@ -1,0 +1,139 @@
+"""``/events`` (publish) and ``/event-types`` (the catalog)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import peewee
+from flask import g, request
+
+from app.audit import record_audit
+from app.connectors.extension import get_registry
+from app.events.catalog import BUILTIN_EVENT_TYPES, emit_event, event_catalog
+from app.events.schemas import (
+    EventTypeListSchema,
+    EventTypeSchema,
+    PublishedSchema,
+    PublishSchema,
+)
+from app.store.db import database
+from app.store.models import Delivery, Event, EventType, utcnow
+from app.web.api import Blueprint
+from app.web.problems import Problem
+
+blp = Blueprint("events", __name__, url_prefix="/api/v1", description="Events")
+
+MAX_EVENT_BYTES = 256 * 1024
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+
+
+@blp.route("/event-types", methods=["GET"])
+@blp.auth(None)
+@blp.response(200, EventTypeListSchema)
+def list_event_types() -> dict[str, Any]:
+    """List every event type: built-in, from connectors, and custom."""
+    items = sorted(event_catalog().values(), key=lambda item: item["name"])
+    return {"items": items, "total": len(items)}
+
+
+@blp.route("/event-types", methods=["POST"])
+@blp.auth("events:write")
+@blp.arguments(EventTypeSchema)
+@blp.response(201, EventTypeSchema)
+@blp.problem(409, "The event type already exists")
+def create_event_type(data: dict[str, Any]) -> dict[str, Any]:
+    """Register a custom event type (e.g. `order.paid`) so it can be published."""
+    if data["name"] in event_catalog():
+        raise Problem(409, f"Event type {data['name']!r} already exists.")
+    family = data["name"].split(".", 1)[0]
+    reserved = {name.split(".", 1)[0] for name in BUILTIN_EVENT_TYPES} | set(
+        get_registry().connectors()
+    )
+    if family in reserved:
+        raise Problem(
+            422,
+            f"`{family}.*` event types belong to Switchboard or a connector; pick another prefix.",
+            errors={"name": [f"the prefix {family!r} is reserved"]},
+        )
+    with database.atomic():
+        EventType.create(**data)
+        record_audit("event_type.created", "event_type", data["name"], data)
+    return {**data, "source": "custom"}
+
+
+def _publishable(event_type: str) -> None:
+    entry = event_catalog().get(event_type)
+    if entry is None:
+        raise Problem(
+            422,
+            f"Unknown event type {event_type!r}: register it with POST /api/v1/event-types.",
+            errors={"type": ["unknown event type"]},
+        )
+    if entry["source"] != "custom":
+        raise Problem(
+            422,
+            f"{event_type!r} is emitted by Switchboard itself and cannot be published.",
+            errors={"type": [f"reserved ({entry['source']}) event type"]},
+        )
+
+
+def _replay(idempotency_key: str) -> Event | None:
+    return Event.get_or_none(
+        (Event.idempotency_key == idempotency_key)
+        & (Event.created_at > utcnow() - IDEMPOTENCY_WINDOW)
+    )
+
+
+def _answer(event: Event, duplicate: bool) -> dict[str, Any]:
+    count = Delivery.select().where(Delivery.event == event.id).count()
+    return {"id": event.id, "deliveries": count, "duplicate": duplicate}
+
+
+@blp.route("/events", methods=["POST"])
+@blp.auth("events:write")
+@blp.arguments(PublishSchema)
+@blp.response(202, PublishedSchema)
+@blp.problem(413, "The event payload is over 256 KiB")
+@blp.doc(
+    parameters=[
+        {
+            "in": "header",
+            "name": "Idempotency-Key",
+            "schema": {"type": "string", "maxLength": 200},
+            "description": "A repeat within 24 h returns the same event id, delivered once.",
+        }
+    ]
+)
+def publish_event(data: dict[str, Any]) -> dict[str, Any]:
+    """Publish an event to every subscribed webhook and integration."""
+    if len(json.dumps(data["data"], separators=(",", ":"))) > MAX_EVENT_BYTES:
+        raise Problem(413, "Event data is larger than 256 KiB.")
+    _publishable(data["type"])
+    header = request.headers.get("Idempotency-Key", "").strip()
+    if len(header) > 200:
+        raise Problem(
+            422,
+            "Idempotency-Key is longer than 200 characters.",
+            errors={"Idempotency-Key": ["longer than 200 characters"]},
+        )
+    key = f"{g.principal.key.id}:{header}" if header else None
+    if key:
+        existing = _replay(key)
+        if existing is not None:
+            return _answer(existing, duplicate=True)
+    try:
+        with database.atomic():
+            if key:  # an expired use of the same key frees it
+                Event.update(idempotency_key=None).where(
+                    (Event.idempotency_key == key)
+                    & (Event.created_at <= utcnow() - IDEMPOTENCY_WINDOW)
+                ).execute()
+            event = emit_event(data["type"], data["data"], idempotency_key=key)
+    except peewee.IntegrityError:
+        existing = _replay(key) if key else None
+        if existing is None:
+            raise
+        return _answer(existing, duplicate=True)
+    return _answer(event, duplicate=False)

@@ -1,1 +1,0 @@
-"""Signed inbound webhooks from providers (GitHub, Slack, …)."""

@@ -1,0 +1,1 @@
+"""Rate limits: the Redis limiter, its enforcement on each request, and per-key usage counts."""

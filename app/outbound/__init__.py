@@ -1,0 +1,1 @@
+"""Outbound HTTP: the SSRF guard and the one pooled session every outbound call goes through."""

@@ -1,1 +1,0 @@
-"""Publishing events and managing the event-type catalog."""

@@ -1,0 +1,52 @@
+"""Schema migrations: an ordered list, applied once each and recorded in ``schema_migrations``.
+
+Add a new function at the end of ``MIGRATIONS``; never edit one that has shipped.
+``flask --app app db upgrade`` (and the run command) applies the pending ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import peewee
+
+from app.store import models
+from app.store.db import database
+
+
+class SchemaMigration(models.BaseModel):
+    version = peewee.CharField(primary_key=True, max_length=100)
+    applied_at = peewee.DateTimeField(default=models.utcnow)
+
+    class Meta:
+        table_name = "schema_migrations"
+
+
+def _0001_foundation() -> None:
+    database.create_tables(models.FOUNDATION_MODELS)
+
+
+def _0002_events_and_webhooks() -> None:
+    database.create_tables(models.EVENT_MODELS)
+
+
+MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
+    ("0001_foundation", _0001_foundation),
+    ("0002_events_and_webhooks", _0002_events_and_webhooks),
+]
+
+
+def upgrade() -> list[str]:
+    """Apply pending migrations in order, each in its own transaction; return their names."""
+    applied: list[str] = []
+    with database.connection_context():
+        database.create_tables([SchemaMigration])
+        done = {row.version for row in SchemaMigration.select()}
+        for version, migrate in MIGRATIONS:
+            if version in done:
+                continue
+            with database.atomic():
+                migrate()
+                SchemaMigration.create(version=version)
+            applied.append(version)
+    return applied

@@ -1,0 +1,246 @@
+"""peewee models: the durable state of Switchboard (see DESIGN.md "Data model")."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from datetime import UTC, datetime
+from typing import Any
+
+import peewee
+from playhouse.shortcuts import model_to_dict
+
+from app.store.db import database
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id(prefix: str, length: int = 20) -> str:
+    """Return an opaque prefixed id such as ``int_4fPq…``."""
+    return f"{prefix}_" + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: stored timestamps are UTC without tzinfo on every backend."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class JSONField(peewee.TextField):
+    """JSON stored as text: portable between SQLite and PostgreSQL."""
+
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+
+    def python_value(self, value: str | None) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return model_to_dict(self, recurse=False)
+
+
+def _id_field(prefix: str) -> peewee.CharField:
+    return peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id(prefix))
+
+
+class User(BaseModel):
+    id = _id_field("usr")
+    email = peewee.CharField(unique=True, max_length=320)
+    password_hash = peewee.CharField(max_length=100)
+    role = peewee.CharField(max_length=20, default="member")
+    disabled = peewee.BooleanField(default=False)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "users"
+
+
+class ApiKey(BaseModel):
+    id = _id_field("key")
+    name = peewee.CharField(max_length=200)
+    key_prefix = peewee.CharField(unique=True, max_length=32)
+    key_hash = peewee.CharField(max_length=100)
+    # During a rotation grace period the previous secret still authenticates.
+    previous_key_prefix = peewee.CharField(unique=True, null=True, max_length=32)
+    previous_key_hash = peewee.CharField(null=True, max_length=100)
+    previous_valid_until = peewee.DateTimeField(null=True)
+    permissions = JSONField(default=list)
+    rate_limit = peewee.IntegerField(default=1000)
+    allowed_ips = JSONField(null=True)
+    expires_at = peewee.DateTimeField(null=True)
+    last_used_at = peewee.DateTimeField(null=True)
+    revoked_at = peewee.DateTimeField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+    created_by = peewee.ForeignKeyField(
+        User, null=True, on_delete="SET NULL", column_name="created_by"
+    )
+    created_by_id: str | None
+    # The plaintext secret, set only on the instance answered at creation or rotation.
+    key: str | None = None
+
+    class Meta:
+        table_name = "api_keys"
+
+
+class Integration(BaseModel):
+    id = _id_field("int")
+    name = peewee.CharField(max_length=200, index=True)
+    type = peewee.CharField(max_length=20, index=True)
+    provider = peewee.CharField(max_length=100, index=True)
+    status = peewee.CharField(max_length=20, default="inactive", index=True)
+    description = peewee.TextField(default="")
+    config = JSONField(default=dict)
+    metadata = JSONField(default=dict)
+    subscriptions = JSONField(default=list)
+    allowed_ips = JSONField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow, index=True)
+    updated_at = peewee.DateTimeField(default=utcnow)
+    created_by = peewee.ForeignKeyField(
+        User, null=True, on_delete="SET NULL", column_name="created_by"
+    )
+    created_by_id: str | None
+
+    class Meta:
+        table_name = "integrations"
+
+
+class IntegrationLog(BaseModel):
+    id = peewee.BigAutoField()
+    integration_id = peewee.CharField(max_length=40, null=True, index=True)
+    event_type = peewee.CharField(max_length=200)
+    event_data = JSONField(default=dict)
+    status = peewee.CharField(max_length=20)
+    error_message = peewee.TextField(null=True)
+    response_time_ms = peewee.FloatField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "integration_logs"
+
+
+class AuditLog(BaseModel):
+    id = peewee.BigAutoField()
+    actor_key_id = peewee.CharField(max_length=40, null=True, index=True)
+    actor_user_id = peewee.CharField(max_length=40, null=True, index=True)
+    action = peewee.CharField(max_length=100, index=True)
+    resource_type = peewee.CharField(max_length=50, index=True)
+    resource_id = peewee.CharField(max_length=200, null=True, index=True)
+    changes = JSONField(default=dict)
+    ip = peewee.CharField(max_length=64, null=True)
+    request_id = peewee.CharField(max_length=64, null=True)
+    created_at = peewee.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "audit_log"
+
+
+FOUNDATION_MODELS = [User, ApiKey, Integration, IntegrationLog, AuditLog]
+
+
+class EventType(BaseModel):
+    """A custom event type registered through the API (built-in ones live in code)."""
+
+    name = peewee.CharField(primary_key=True, max_length=200)
+    description = peewee.TextField(default="")
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "event_types"
+
+
+class Webhook(BaseModel):
+    id = _id_field("wh")
+    url = peewee.TextField()
+    events = JSONField(default=list)
+    integration = peewee.ForeignKeyField(
+        Integration, on_delete="CASCADE", column_name="integration_id", backref="webhooks"
+    )
+    integration_id: str
+    secret = peewee.TextField()  # encrypted whsec_…
+    previous_secret = peewee.TextField(null=True)  # encrypted, signs too until the time below
+    previous_secret_until = peewee.DateTimeField(null=True)
+    status = peewee.CharField(max_length=20, default="active", index=True)
+    disabled_reason = peewee.TextField(null=True)
+    retry_count = peewee.IntegerField(default=3)
+    timeout_ms = peewee.IntegerField(default=30000)
+    rate_limit_per_second = peewee.IntegerField(null=True)
+    description = peewee.TextField(default="")
+    consecutive_failures = peewee.IntegerField(default=0)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "webhooks"
+
+
+class Event(BaseModel):
+    """The outbox: one row per published event; ``id`` is the receivers' webhook-id."""
+
+    id = _id_field("msg")
+    type = peewee.CharField(max_length=200, index=True)
+    payload = JSONField(default=dict)
+    idempotency_key = peewee.CharField(max_length=300, null=True, unique=True)
+    created_at = peewee.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "events"
+
+
+class Delivery(BaseModel):
+    """One event for one target (a webhook, or an integration's subscription action)."""
+
+    id = _id_field("dlv")
+    event = peewee.ForeignKeyField(Event, on_delete="CASCADE", column_name="event_id")
+    webhook = peewee.ForeignKeyField(
+        Webhook, null=True, on_delete="CASCADE", column_name="webhook_id"
+    )
+    integration = peewee.ForeignKeyField(
+        Integration, null=True, on_delete="CASCADE", column_name="integration_id"
+    )
+    subscription_index = peewee.IntegerField(null=True)
+    event_id: str
+    webhook_id: str | None
+    integration_id: str | None
+    # Attempts attached for API answers (see webhooks.resources), not a column.
+    attempt_log: list[DeliveryAttempt]
+    status = peewee.CharField(max_length=20, default="pending")
+    attempts = peewee.IntegerField(default=0)
+    max_attempts = peewee.IntegerField(default=4)
+    next_attempt_at = peewee.DateTimeField(default=utcnow)
+    lease_token = peewee.CharField(max_length=40, null=True, index=True)
+    lease_until = peewee.DateTimeField(null=True)
+    last_status_code = peewee.IntegerField(null=True)
+    last_error = peewee.TextField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "deliveries"
+        indexes = ((("status", "next_attempt_at"), False),)
+
+
+class DeliveryAttempt(BaseModel):
+    id = peewee.BigAutoField()
+    delivery = peewee.ForeignKeyField(
+        Delivery, on_delete="CASCADE", column_name="delivery_id", backref="attempt_rows"
+    )
+    delivery_id: str
+    attempt = peewee.IntegerField()
+    status_code = peewee.IntegerField(null=True)
+    response_time_ms = peewee.FloatField(null=True)
+    error = peewee.TextField(null=True)
+    response_body = peewee.TextField(null=True)
+    next_attempt_at = peewee.DateTimeField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "delivery_attempts"
+
+
+EVENT_MODELS = [EventType, Webhook, Event, Delivery, DeliveryAttempt]

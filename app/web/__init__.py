@@ -1,0 +1,2 @@
+"""The HTTP shell every blueprint shares: the Api/Blueprint subclasses, problem+json errors,
+CORS, and request hygiene."""

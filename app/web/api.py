@@ -1,0 +1,202 @@
+"""The API's one home for flask-smorest customisation: ``Api``, ``Blueprint`` and pagination.
+
+- errors are documented and answered as RFC 9457 problem+json;
+- ``Blueprint.auth(scope)`` authenticates the caller, checks the scope and documents both;
+- ``paginate`` pages a peewee query in SQL (LIMIT/OFFSET) into a ``{items, total, …}`` envelope.
+"""
+
+from __future__ import annotations
+
+import functools
+import http
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import marshmallow as ma
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import current_app
+from flask_smorest import Api as _Api
+from flask_smorest import Blueprint as _Blueprint
+from flask_smorest.spec import prepare_response
+from webargs.flaskparser import FlaskParser
+
+from app.web import problems
+from app.web.hygiene import refuse_nul
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+
+
+class ProblemSchema(ma.Schema):
+    """RFC 9457 problem details (documentation only)."""
+
+    type = ma.fields.String(metadata={"description": "URI identifying the problem type"})
+    title = ma.fields.String(metadata={"description": "Short summary of the problem type"})
+    status = ma.fields.Integer(metadata={"description": "HTTP status code"})
+    detail = ma.fields.String(metadata={"description": "What went wrong in this request"})
+    instance = ma.fields.String(metadata={"description": "The request path"})
+    request_id = ma.fields.String(metadata={"description": "Correlates with server logs"})
+    errors = ma.fields.Dict(metadata={"description": "Field name → list of messages"})
+
+
+def schema_name(schema: type[ma.Schema] | ma.Schema) -> str:
+    """OpenAPI component name: the class name without ``Schema``; partial variants get ``Patch``."""
+    cls = schema if isinstance(schema, type) else type(schema)
+    name = cls.__name__.removesuffix("Schema")
+    if not isinstance(schema, type) and schema.partial:
+        name += "Patch"
+    return name
+
+
+class Api(_Api):
+    """flask-smorest ``Api`` answering and documenting errors as problem+json."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def __init__(self, app: Any = None) -> None:
+        plugin = MarshmallowPlugin(schema_name_resolver=schema_name)
+        super().__init__(app, spec_kwargs={"marshmallow_plugin": plugin})
+
+    def handle_http_exception(self, error):
+        return problems.handle_http_exception(error)
+
+    def _register_responses(self) -> None:
+        for status in http.HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if status >= 400:
+                response["schema"] = self.ERROR_SCHEMA
+            prepare_response(response, self.spec, PROBLEM_CONTENT_TYPE)
+            self.spec.components.response(status.name, response, lazy=True)
+        default = {"description": "Error (problem+json)", "schema": self.ERROR_SCHEMA}
+        prepare_response(default, self.spec, PROBLEM_CONTENT_TYPE)
+        self.spec.components.response("DEFAULT_ERROR", default, lazy=True)
+
+
+class ArgumentsParser(FlaskParser):
+    """webargs' Flask parser, refusing NUL characters in JSON bodies (see ``app.web.hygiene``)."""
+
+    def _raw_load_json(self, req: Any) -> Any:
+        try:
+            return refuse_nul(super()._raw_load_json(req))
+        except RecursionError as exc:
+            raise problems.Problem(400, "The JSON body is nested too deeply.") from exc
+
+
+class Blueprint(_Blueprint):
+    """flask-smorest ``Blueprint`` with an ``auth`` decorator and problem-typed errors."""
+
+    ARGUMENTS_PARSER = ArgumentsParser()
+
+    def problem(self, status: int, description: str) -> Callable[[Callable], Callable]:
+        """Document an error response of this operation."""
+        return self.alt_response(
+            status,
+            schema=ProblemSchema,
+            content_type=PROBLEM_CONTENT_TYPE,
+            description=description,
+        )
+
+    def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Callable:
+        """``Blueprint.arguments`` that also documents the 400 for unparsable input."""
+        decorator = super().arguments(schema, location=location, **kwargs)
+        why = {
+            "json": "The body is not valid JSON, or a string in it contains NUL",
+            "query": "A query parameter contains NUL",
+        }.get(location)
+        if why is None:
+            return decorator
+
+        def documented(view: Callable) -> Callable:
+            return self.problem(400, why)(decorator(view))
+
+        return documented
+
+    def auth(self, scope: str | None) -> Callable[[Callable], Callable]:
+        """Require a valid API key (and ``scope``, if given) before the view runs.
+
+        The authenticator is ``app.extensions["authenticate"]``, bound by
+        :func:`app.auth.access.init_app`, so the HTTP shell does not import the auth package.
+        """
+
+        def decorator(view: Callable) -> Callable:
+            @functools.wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                current_app.extensions["authenticate"]().require(scope)
+                return view(*args, **kwargs)
+
+            note = f"Requires scope `{scope}`." if scope else "Requires any valid API key."
+            documented: Callable = self.doc(security=SECURITY, description=note)(wrapper)
+            for status, text in (
+                (401, "Missing, invalid, expired or revoked API key"),
+                (403, "Key lacks the scope, or client IP not allowed"),
+                (
+                    429,
+                    "Rate limit exceeded: retry after `Retry-After` seconds "
+                    "(`RateLimit` and `RateLimit-Policy` headers show the quota)",
+                ),
+                (503, "A backing service (such as the rate limiter) is unavailable; retry later"),
+            ):
+                documented = self.problem(status, text)(documented)
+            return documented
+
+        return decorator
+
+
+class UTCDateTime(ma.fields.DateTime):
+    """ISO-8601 datetime: dumps stored naive-UTC values with ``Z``; loads into naive UTC."""
+
+    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
+        parsed: datetime = super()._deserialize(value, attr, data, **kwargs)
+        if parsed.tzinfo is not None:
+            try:
+                parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+            except OverflowError as exc:
+                raise ma.ValidationError("date is out of range") from exc
+        return parsed
+
+
+class PageArgsSchema(ma.Schema):
+    """Pagination query parameters shared by every list."""
+
+    limit = ma.fields.Integer(
+        load_default=20,
+        validate=ma.validate.Range(min=1, max=200),
+        metadata={"description": "Items per page (1–200)"},
+    )
+    offset = ma.fields.Integer(
+        load_default=0,
+        validate=ma.validate.Range(min=0, max=10_000_000),
+        metadata={"description": "Items to skip"},
+    )
+
+
+def page_schema(item_schema: type[ma.Schema], name: str) -> type[ma.Schema]:
+    """Build the ``{items, total, limit, offset}`` envelope schema for a list response."""
+    return ma.Schema.from_dict(
+        {
+            "items": ma.fields.List(ma.fields.Nested(item_schema)),
+            "total": ma.fields.Integer(metadata={"description": "Items matching the filters"}),
+            "limit": ma.fields.Integer(),
+            "offset": ma.fields.Integer(),
+        },
+        name=name,
+    )
+
+
+def paginate(query: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """Return one page of ``query`` (LIMIT/OFFSET in SQL) with the total count."""
+    limit, offset = args["limit"], args["offset"]
+    return {
+        "items": list(query.limit(limit).offset(offset)),
+        "total": query.order_by().count(),
+        "limit": limit,
+        "offset": offset,
+    }
