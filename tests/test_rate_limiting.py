@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +17,8 @@ import redis
 import requests
 
 from app import create_app
-from tests.conftest import TEST_REDIS_URL, ApiClient, make_key, make_user
+from tests.conftest import ApiClient, make_key, make_user, session_redis_url
+from tests.peers import GunicornServer
 
 WHOAMI = "/api/v1/auth/whoami"
 KEYS = "/api/v1/api-keys"
@@ -200,12 +197,6 @@ def test_usage_follows_key_visibility(app, client):
 # --- exact across real processes ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _fire(url: str, key: str, requests_per_process: int, barrier: Any, results: Any) -> None:
     """Client process: wait for the others, then send requests from 5 threads at once."""
     session = requests.Session()
@@ -221,46 +212,14 @@ def _fire(url: str, key: str, requests_per_process: int, barrier: Any, results: 
 
 @pytest.fixture()
 def gunicorn_url(app: Any, tmp_path: Path) -> Iterator[str]:
-    """The app under ``gunicorn -w 2`` on the test database and Redis db."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": app.config["DATABASE_URL"],
-        "REDIS_URL": TEST_REDIS_URL,
-        "SWITCHBOARD_SECRET_KEYS": ",".join(app.config["SECRET_KEYS"]),
-        "SWITCHBOARD_BCRYPT_ROUNDS": "4",
-        "SWITCHBOARD_INSTANCE_PATH": str(tmp_path / "instance"),
-    }
-    log_path = tmp_path / "gunicorn.log"
-    with log_path.open("wb") as log_file:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-w", "2"]
-            + ["-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "app:create_app()"],
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
+    """The app under ``gunicorn -w 2`` on the test database and Redis."""
+    server = GunicornServer(
+        app, tmp_path / "gunicorn.log", workers=2, SWITCHBOARD_INSTANCE_PATH=str(tmp_path / "i")
+    )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if requests.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:  # not listening yet, or too busy to answer
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("gunicorn did not start:\n" + log_path.read_text())
-            time.sleep(0.1)
-        yield base
+        yield server.start()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        server.stop()
 
 
 def test_exact_limit_across_gunicorn_workers_and_client_processes(
@@ -284,7 +243,7 @@ def test_exact_limit_across_gunicorn_workers_and_client_processes(
                 process.terminate()
     assert Counter(codes) == {200: 50, 429: 30}
     # The limiter's log holds exactly the admitted requests.
-    with redis.Redis.from_url(TEST_REDIS_URL) as r:
+    with redis.Redis.from_url(session_redis_url()) as r:
         entries = r.keys("sb:rl:*")
         assert len(entries) == 1 and r.zcard(entries[0]) == 50
     assert "Traceback" not in (tmp_path / "gunicorn.log").read_text()

@@ -1,9 +1,8 @@
-"""Rate limiter and usage counters against a real Redis (database 13 only, flushed per test)."""
+"""Rate limiter and usage counters against the session's Redis (flushed per test)."""
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 from collections.abc import Iterator
 
@@ -12,8 +11,9 @@ import redis
 
 from app.limits import usage
 from app.limits.limiter import RateLimitDecision, RateLimiter
+from tests.conftest import session_redis_url
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+REDIS_URL = session_redis_url()
 
 
 @pytest.fixture

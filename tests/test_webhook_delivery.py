@@ -10,7 +10,7 @@ import standardwebhooks
 
 from app.store.db import database
 from app.store.models import Delivery, Webhook
-from tests.conftest import TEST_REDIS_URL
+from tests.conftest import session_redis_url
 from tests.peers import Receiver, WorkerProcess
 
 
@@ -206,10 +206,10 @@ def test_nothing_lost_when_workers_die_and_redis_is_flushed(
         ids = set(publish(150))
         receiver.wait_for(lambda r: len(r) >= 20, timeout=30)
         first.kill()
-        redis.Redis.from_url(TEST_REDIS_URL).flushdb()
+        redis.Redis.from_url(session_redis_url()).flushdb()
         ids |= set(publish(150))
         second.kill()
-        redis.Redis.from_url(TEST_REDIS_URL).flushdb()
+        redis.Redis.from_url(session_redis_url()).flushdb()
         restarted = WorkerProcess(app)
         try:
             got = receiver.wait_for(

@@ -76,6 +76,7 @@ class UsageBuffer:
         self._counts: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._lock = threading.Lock()
         self._owner_pid: int | None = None
+        self._closed = threading.Event()
 
     def count(
         self,
@@ -134,9 +135,13 @@ class UsageBuffer:
         atexit.register(self.flush)
 
     def _run(self) -> None:
-        while True:
-            time.sleep(self.interval)
+        while not self._closed.wait(self.interval):
             self.flush()
+
+    def close(self) -> None:
+        """Stop flushing and drop pending counts (for an app that is being discarded)."""
+        self._closed.set()
+        atexit.unregister(self.flush)
 
 
 def read(redis: Redis, key_id: str, hours: int, now: float | None = None) -> list[UsageBucket]:
