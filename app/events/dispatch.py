@@ -32,7 +32,7 @@ from app.store.models import (
     utcnow,
 )
 from app.store.redis import get_redis
-from app.webhooks.backoff import parse_schedule, retry_delay
+from app.webhooks.backoff import retry_delay
 from app.webhooks.sender import SendResult, event_body, send_signed, signing_secrets
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
     building SQL costs far more than running it, and this keeps the transaction, and so
     SQLite's write lock, short.
     """
-    schedule = parse_schedule(current_app.config["WEBHOOK_RETRY_SCHEDULE"])
+    schedule = current_app.config["WEBHOOK_RETRY_SCHEDULE"]
     disable_after = int(current_app.config["WEBHOOK_DISABLE_AFTER"])
     now = utcnow()
     events_to_emit: list[tuple[str, dict[str, Any]]] = []

@@ -7,7 +7,7 @@ import threading
 from flask import current_app
 
 from app import __version__
-from app.outbound.guard import GuardedSession, check_url, make_session, parse_networks
+from app.outbound.guard import GuardedSession, check_url, make_session
 
 USER_AGENT = f"Switchboard/{__version__}"
 _lock = threading.Lock()
@@ -28,7 +28,7 @@ def outbound_session() -> GuardedSession:
 
 def allowed_networks() -> tuple:
     """Networks ``SWITCHBOARD_ALLOWED_NETWORKS`` opens past the SSRF guard."""
-    return parse_networks(current_app.config["ALLOWED_NETWORKS"])
+    return tuple(current_app.config["ALLOWED_NETWORKS"])
 
 
 def check_outbound_url(url: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -17,13 +19,13 @@ def parse_schedule(value: str) -> list[float]:
         schedule = [float(part) for part in value.split(",") if part.strip()]
     except ValueError as exc:
         raise ValueError(f"retry schedule {value!r} must be comma-separated seconds") from exc
-    if not schedule or any(s < 0 for s in schedule):
+    if not schedule or any(not math.isfinite(s) or s < 0 for s in schedule):
         raise ValueError(f"retry schedule {value!r} must list non-negative seconds")
     return schedule
 
 
 def retry_delay(
-    schedule: list[float], failed_attempts: int, rng: random.Random | None = None
+    schedule: Sequence[float], failed_attempts: int, rng: random.Random | None = None
 ) -> float:
     """Seconds to wait after the ``failed_attempts``-th failure: schedule step ± 20 % jitter.
 
