@@ -142,13 +142,14 @@ def _close_extra_apps(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def create_github_integration(api: ApiClient, secret: str = "s" * 24) -> dict[str, Any]:
-    """A GitHub integration (the simplest connector to configure), created through the API."""
+    """An active GitHub integration (the simplest connector to configure), made through the API."""
     res = api.post(
         "/api/v1/integrations",
         json={
             "name": "gh",
             "type": "webhook",
             "provider": "github",
+            "status": "active",
             "config": {"webhook_secret": secret},
         },
     )

@@ -23,6 +23,7 @@ from tests.peers import Receiver
 
 INTS = "/api/v1/integrations"
 GITHUB_SECRET = "gh-webhook-secret-0123456789"
+RUN_COMPLETED = "github.workflow_run.completed"
 
 
 def slack_peer(fail_first_with_429: bool = False) -> Receiver:
@@ -58,6 +59,7 @@ def _slack(api, peer, **extra):
     body = {
         "name": "alerts",
         "type": "notification",
+        "status": "active",
         "provider": "slack",
         "config": {
             "bot_token": "xoxb-test-token",
@@ -177,11 +179,15 @@ def test_secrets_encrypted_redacted_and_kept(app, api, receiver):
 
 
 def test_integration_test_endpoint_sets_status(api):
+    """A test moves an active integration to error and back; it never switches one on or off."""
     peer = slack_peer()
     try:
-        good = _slack(api, peer)
+        good = _slack(api, peer, status="inactive")
         res = api.post(f"{INTS}/{good['id']}/test")
         assert res.status_code == 200 and res.json["success"] is True, res.json
+        assert api.get(f"{INTS}/{good['id']}").json["status"] == "inactive"
+        api.patch(f"{INTS}/{good['id']}", json={"status": "active"})
+        assert api.post(f"{INTS}/{good['id']}/test").json["success"] is True
         assert api.get(f"{INTS}/{good['id']}").json["status"] == "active"
         bad = api.post(
             INTS,
@@ -189,6 +195,7 @@ def test_integration_test_endpoint_sets_status(api):
                 "name": "bad",
                 "type": "notification",
                 "provider": "slack",
+                "status": "active",
                 "config": {
                     "bot_token": "xoxb-wrong",
                     "channel": "#ci",
@@ -201,6 +208,16 @@ def test_integration_test_endpoint_sets_status(api):
         assert api.get(f"{INTS}/{bad['id']}").json["status"] == "error"
         logs = api.get(f"{INTS}/{bad['id']}/logs").json["items"]
         assert logs[0]["event_type"] == "integration.test" and logs[0]["status"] == "error"
+        fixed = {
+            "config": {
+                "bot_token": "xoxb-test-token",
+                "channel": "#ci",
+                "api_base_url": peer.url + "/api",
+            }
+        }
+        assert api.patch(f"{INTS}/{bad['id']}", json=fixed).status_code == 200
+        assert api.post(f"{INTS}/{bad['id']}/test").json["success"] is True
+        assert api.get(f"{INTS}/{bad['id']}").json["status"] == "active"
     finally:
         peer.close()
 
@@ -397,6 +414,7 @@ def test_third_party_package_end_to_end(app, admin_key, example_installed, worke
             "name": "echo",
             "type": "api",
             "provider": "example",
+            "status": "active",
             "config": {"greeting": "Hello", "api_token": "tok-secret-123"},
         },
     )
@@ -455,3 +473,83 @@ def test_kept_secrets_never_follow_a_changed_url(app, api, receiver):
     assert off.status_code == 200 and off.json["config"]["auth"] == {"type": "none"}
     switch = api.patch(f"{INTS}/{created['id']}", json={"provider": "github", "type": "webhook"})
     assert switch.status_code == 422 and "config" in switch.json["errors"]
+
+
+def test_a_secret_that_is_itself_a_url_is_kept_on_update(app, api, receiver):
+    """Slack's webhook_url is a secret and a URL: omitting it or sending ******** keeps it."""
+    hook = receiver.url + "/services/T0/B0/xyz"
+    created = api.post(
+        INTS,
+        json={
+            "name": "hook",
+            "type": "notification",
+            "provider": "slack",
+            "config": {"webhook_url": hook},
+        },
+    ).json
+    omitted = api.patch(f"{INTS}/{created['id']}", json={"config": {"timeout_ms": 5000}})
+    assert omitted.status_code == 200, omitted.json
+    assert omitted.json["config"] == {"webhook_url": "********", "timeout_ms": 5000}
+    redacted = api.patch(
+        f"{INTS}/{created['id']}",
+        json={"config": {"webhook_url": "********", "timeout_ms": 6000}},
+    )
+    assert redacted.status_code == 200, redacted.json
+    with app.app_context(), database.connection_context():
+        from app.connectors.configs import decrypt_config
+
+        plain = decrypt_config(Integration.get_by_id(created["id"]).config)
+    assert plain == {"webhook_url": hook, "timeout_ms": 6000}
+    # A new secret URL is a new destination: the other kept secrets must come along again.
+    signed = api.patch(
+        f"{INTS}/{created['id']}",
+        json={"config": {"webhook_url": "********", "signing_secret": "sig-1"}},
+    )
+    assert signed.status_code == 200, signed.json
+    moved = api.patch(
+        f"{INTS}/{created['id']}",
+        json={"config": {"webhook_url": receiver.url + "/services/T0/B0/other"}},
+    )
+    assert moved.status_code == 422 and list(moved.json["errors"]) == ["config.signing_secret"]
+
+
+def test_inactive_integrations_let_nothing_through(app, api, client, worker):
+    """One rule: `inactive` refuses inbound webhooks, actions, subscriptions (and the gateway)."""
+    peer = slack_peer()
+    try:
+        github = create_github_integration(api, GITHUB_SECRET)
+        subscription = {
+            "events": ["github.workflow_run.completed"],
+            "action": "send_message",
+            "input": {"text": "{{event.data.conclusion}}"},
+        }
+        slack = _slack(api, peer, subscriptions=[subscription])
+        for integration in (github, slack):
+            off = api.patch(f"{INTS}/{integration['id']}", json={"status": "inactive"})
+            assert off.status_code == 200 and off.json["status"] == "inactive"
+
+        refused = _signed_post(client, github["id"], _workflow_run())
+        assert refused.status_code == 409 and "inactive" in refused.json["detail"], refused.json
+        action = api.post(f"{INTS}/{slack['id']}/actions/send_message", json={"text": "hi"})
+        assert action.status_code == 409 and action.content_type == "application/problem+json"
+        with app.app_context(), database.connection_context():
+            assert Event.select().where(Event.type == RUN_COMPLETED).count() == 0
+        logs = api.get(f"{INTS}/{github['id']}/logs").json["items"]
+        assert logs[0]["error_message"] == "integration is inactive"
+
+        # GitHub back on, Slack still off: the event is published, the subscription is not run.
+        api.patch(f"{INTS}/{github['id']}", json={"status": "active"})
+        accepted = _signed_post(client, github["id"], _workflow_run())
+        assert accepted.status_code == 200, accepted.json
+        with app.app_context(), database.connection_context():
+            assert Event.select().where(Event.type == RUN_COMPLETED).count() == 1
+        assert api.get("/api/v1/logs?event_type=action.send_message").json["total"] == 0
+        assert [r.path for r in peer.requests] == []
+
+        # Slack on: the next event runs its subscription (status `error` serves too).
+        api.patch(f"{INTS}/{slack['id']}", json={"status": "error"})
+        assert _signed_post(client, github["id"], _workflow_run()).status_code == 200
+        posted = peer.wait_for(lambda r: any(x.path.endswith("/chat.postMessage") for x in r))
+        assert json.loads(posted[-1].body)["text"] == "failure"
+    finally:
+        peer.close()

@@ -32,6 +32,11 @@ def _map_encrypted(value: Any, fn: Any) -> Any:
     return value
 
 
+def api_config_errors(errors: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``config_errors`` keys as the API answers them: ``config.<path>``; the root is ``config``."""
+    return {f"config.{path}" if path != "_schema" else "config": m for path, m in errors.items()}
+
+
 def encrypt_config(connector: Connector, config: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``config`` with every secret field encrypted for storage."""
 

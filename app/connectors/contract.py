@@ -1,7 +1,8 @@
 """The connector contract: what a plugin subclasses and returns, and the value types it uses.
 
 This module is Switchboard's public API for connector authors (see ``docs/plugins.md``); it
-depends on nothing but ``requests`` and ``jsonschema`` so it can be imported anywhere. It
+depends on ``requests``, ``jsonschema`` and two leaf modules of the core (the SSRF guard's
+``BlockedDestination`` and the ``Retry-After`` parser) so it can be imported anywhere. It
 also holds the schema helpers the core uses for every connector: ``config_errors`` (validation
 with field paths) and ``secret_paths``/``replace_secrets`` (the ``writeOnly`` fields to
 encrypt at rest and redact in answers).
@@ -21,6 +22,7 @@ import requests
 from jsonschema import Draft202012Validator, ValidationError
 from requests.structures import CaseInsensitiveDict
 
+from app.outbound.guard import BlockedDestination
 from app.webhooks.backoff import parse_retry_after as _parse_retry_after
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "Action",
     "ActionError",
     "ActionHandler",
+    "BlockedDestination",
     "Connector",
     "ConnectorContext",
     "Event",

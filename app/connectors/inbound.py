@@ -64,6 +64,7 @@ def _log(
 @blp.problem(401, "The signature did not verify")
 @blp.problem(403, "The sender's address is not allowed")
 @blp.problem(404, "No such integration, or it does not accept inbound requests")
+@blp.problem(409, "The integration is inactive")
 def receive_inbound(integration_id: str) -> ResponseReturnValue:
     """Receive a signed webhook from a provider (no API key; the connector verifies it)."""
     started = time.perf_counter()
@@ -71,6 +72,9 @@ def receive_inbound(integration_id: str) -> ResponseReturnValue:
     connector = get_registry().get(integration.provider) if integration else None
     if integration is None or connector is None or not connector.accepts_inbound:
         raise Problem(404, f"No integration {integration_id!r} accepting inbound requests.")
+    if integration.status == "inactive":  # switched off: nothing flows through it
+        _log(integration.id, "error", {"ip": client_ip()}, "integration is inactive", started)
+        raise Problem(409, "This integration is inactive; set its status to active to receive.")
     if not ip_allowed(client_ip(), integration.allowed_ips):
         _log(integration.id, "error", {"ip": client_ip()}, "sender address not allowed", started)
         raise Problem(403, "Requests from your address are not accepted for this integration.")

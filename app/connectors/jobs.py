@@ -44,6 +44,8 @@ def run_action(integration_id: str, action: str, action_input: dict[str, Any]) -
         integration = Integration.get_or_none(Integration.id == integration_id)
         if integration is None:
             raise ActionFailed(f"integration {integration_id} no longer exists")
+        if integration.status == "inactive":  # switched off after the run was queued
+            raise ActionFailed(f"integration {integration_id} is inactive")
         can_retry = retries_done < ACTION_MAX_RETRIES
         outcome = execute_action(
             integration,

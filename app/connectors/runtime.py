@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.connectors.configs import decrypt_config
-from app.connectors.contract import ActionError, config_errors
+from app.connectors.contract import ActionError, Connector, ConnectorContext, config_errors
 from app.connectors.extension import connector_context, get_registry
 from app.store.models import Integration, IntegrationLog
 
@@ -62,37 +62,63 @@ def execute_action(
 def _run(
     integration: Integration, action_name: str, action_input: dict[str, Any], started: float
 ) -> ActionOutcome:
-    def done(**kw: Any) -> ActionOutcome:
-        base: dict[str, Any] = {
-            "success": False,
-            "result": None,
-            "error": None,
-            "retryable": False,
-            "retry_after": None,
-        }
-        return ActionOutcome(
-            **{**base, **kw}, response_time_ms=(time.perf_counter() - started) * 1000
-        )
-
     connector = get_registry().get(integration.provider)
     if connector is None:
-        return done(error=f"connector {integration.provider!r} is not loaded")
+        return _ended(started, error=f"connector {integration.provider!r} is not loaded")
+    return run_handler(
+        connector,
+        action_name,
+        decrypt_config(integration.config),
+        action_input,
+        connector_context(integration.id),
+        started=started,
+    )
+
+
+def run_handler(
+    connector: Connector,
+    action_name: str,
+    config: dict[str, Any],
+    action_input: dict[str, Any],
+    ctx: ConnectorContext,
+    *,
+    started: float | None = None,
+) -> ActionOutcome:
+    """Validate the input and run one action handler; every way it can end is an outcome.
+
+    The one place an action runs: jobs, subscriptions and ``PluginHarness`` all come here.
+    """
+    started = time.perf_counter() if started is None else started
     action = connector.actions.get(action_name)
     if action is None:
-        return done(error=f"connector {connector.name!r} has no action {action_name!r}")
+        return _ended(started, error=f"connector {connector.name!r} has no action {action_name!r}")
     errors = config_errors(action.input_schema, action_input)
     if errors:
         detail = "; ".join(f"{path}: {', '.join(msgs)}" for path, msgs in errors.items())
-        return done(error=f"invalid input: {detail}")
-    config = decrypt_config(integration.config)
+        return _ended(started, error=f"invalid input: {detail}")
     try:
-        result = action.handler(config, action_input, connector_context(integration.id))
+        result = action.handler(config, action_input, ctx)
     except ActionError as exc:
-        return done(error=exc.message, retryable=exc.retryable, retry_after=exc.retry_after)
+        return _ended(
+            started, error=exc.message, retryable=exc.retryable, retry_after=exc.retry_after
+        )
     except Exception as exc:  # noqa: BLE001 - a plugin bug is a failed, retryable run
         log.exception("action %s of %s crashed", action_name, connector.name)
-        return done(error=f"action crashed: {type(exc).__name__}", retryable=True)
-    return done(success=True, result=result if isinstance(result, dict) else {"value": result})
+        return _ended(started, error=f"action crashed: {type(exc).__name__}", retryable=True)
+    result = result if isinstance(result, dict) else {"value": result}
+    return _ended(started, success=True, result=result)
+
+
+def _ended(started: float, **outcome: Any) -> ActionOutcome:
+    fields: dict[str, Any] = {
+        "success": False,
+        "result": None,
+        "error": None,
+        "retryable": False,
+        "retry_after": None,
+        **outcome,
+    }
+    return ActionOutcome(**fields, response_time_ms=(time.perf_counter() - started) * 1000)
 
 
 def render_template(value: Any, context: dict[str, Any]) -> Any:

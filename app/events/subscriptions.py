@@ -18,6 +18,8 @@ def run_subscription(delivery: Delivery, event: Event) -> SendResult:
     index = delivery.subscription_index
     if integration is None or index is None or index >= len(subs):
         return SendResult(False, None, 0.0, "subscription no longer exists", final=True)
+    if integration.status == "inactive":  # switched off after the event arrived
+        return SendResult(False, None, 0.0, "integration is inactive", final=True)
     subscription = subs[index]
     context = {
         "event": {

@@ -130,7 +130,8 @@ def integration_logs(args: dict[str, Any], integration_id: str) -> dict[str, Any
 @blp.problem(404, "No such integration")
 @blp.problem(422, "The integration's connector is not loaded")
 def test_integration(integration_id: str) -> dict[str, Any]:
-    """Run the connector's test; sets the status to `active` or `error` and logs the result."""
+    """Run the connector's test and log it; an active integration becomes `error` if it fails
+    (and `active` again once it passes); an inactive one stays inactive."""
     row = get_integration(integration_id)
     connector = require_connector(row.provider)
     started = time.perf_counter()
@@ -139,10 +140,12 @@ def test_integration(integration_id: str) -> dict[str, Any]:
     )
     elapsed = (time.perf_counter() - started) * 1000
     with database.atomic():
-        status = "active" if result.success else "error"
-        Integration.update(status=status, updated_at=utcnow()).where(
-            Integration.id == row.id
-        ).execute()
+        status = row.status
+        if status != "inactive":  # a test never switches an integration on or off
+            status = "active" if result.success else "error"
+            Integration.update(status=status, updated_at=utcnow()).where(
+                Integration.id == row.id
+            ).execute()
         IntegrationLog.create(
             integration_id=row.id,
             event_type="integration.test",
@@ -160,12 +163,15 @@ def test_integration(integration_id: str) -> dict[str, Any]:
 @blp.arguments(ActionInputSchema)
 @blp.response(202, JobAcceptedSchema)
 @blp.problem(404, "No such integration or action")
+@blp.problem(409, "The integration is inactive")
 @blp.problem(503, "The job queue is unavailable")
 def run_integration_action(
     action_input: dict[str, Any], integration_id: str, action: str
 ) -> dict[str, Any]:
     """Queue a connector action (input validated against its schema); poll the job."""
     row = get_integration(integration_id)
+    if row.status == "inactive":
+        raise Problem(409, "This integration is inactive; set its status to active to run actions.")
     connector = require_connector(row.provider)
     spec = connector.actions.get(action)
     if spec is None:

@@ -40,7 +40,13 @@ class IntegrationSchema(ma.Schema):
         metadata={"description": "Connector name, see GET /api/v1/connectors"},
     )
     status = ma.fields.String(
-        load_default="inactive", validate=ma.validate.OneOf(INTEGRATION_STATUSES)
+        load_default="inactive",
+        validate=ma.validate.OneOf(INTEGRATION_STATUSES),
+        metadata={
+            "description": "`inactive` (the default) is switched off: inbound webhooks, "
+            "subscriptions, actions and the gateway refuse it (409). `active` and `error` both "
+            "serve; a failed test turns `active` into `error`, a passing one back to `active`."
+        },
     )
     description = ma.fields.String(load_default="", validate=ma.validate.Length(max=2000))
     config = ma.fields.Dict(

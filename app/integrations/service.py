@@ -6,10 +6,10 @@ from typing import Any
 
 from app.connectors.configs import (
     REDACTED,
+    api_config_errors,
     decrypt_config,
     encrypt_config,
     keep_omitted_secrets,
-    redact_config,
 )
 from app.connectors.contract import Connector, config_errors
 from app.connectors.extension import require_connector
@@ -34,10 +34,7 @@ def _check_config(connector: Connector, config: dict[str, Any]) -> None:
     errors = config_errors(connector.config_schema, config)
     if errors:
         raise _reject(
-            {
-                f"config.{path}" if path != "_schema" else "config": msgs
-                for path, msgs in errors.items()
-            },
+            api_config_errors(errors),
             f"`config` does not match the {connector.name!r} connector's schema; see errors.",
         )
 
@@ -63,14 +60,16 @@ def _merge_kept_secrets(
 ) -> dict[str, Any]:
     """Keep stored secrets a PATCH omits or sends as ``********``, but never send them elsewhere.
 
-    If any URL in the config changes, kept secrets would travel to the new address, so they
-    must be sent again (422 names them). Omitted secrets that no longer fit the config (say
-    ``auth`` switched from bearer to none) are dropped rather than forced back in.
+    If any URL in the config changes (a secret one such as Slack's ``webhook_url`` included),
+    kept secrets would travel to the new address, so they must be sent again (422 names them).
+    The URLs compared are those of the merged and the stored plaintext configs, so a secret
+    that is itself a URL and is kept counts as unchanged. Omitted secrets that no longer fit
+    the config (say ``auth`` switched from bearer to none) are dropped rather than forced back in.
     """
     merged = keep_omitted_secrets(connector, incoming, current)
     if merged == incoming:
         return incoming
-    if _urls(redact_config(incoming)) != _urls(redact_config(current)):
+    if _urls(merged) != _urls(current):
         message = ["send this secret again: the config's URLs changed"]
         raise _reject(
             {f"config.{path}": message for path in _added_paths(incoming, merged)},
@@ -84,7 +83,7 @@ def _merge_kept_secrets(
 
 
 def _urls(config: Any) -> set[str]:
-    """Every http(s) URL among the config's values (secrets are redacted first)."""
+    """Every http(s) URL among the config's values, secret or not."""
     if isinstance(config, dict):
         return set().union(set(), *(_urls(v) for v in config.values()))
     if isinstance(config, list):
