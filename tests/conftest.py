@@ -28,6 +28,8 @@ from app.store.models import User
 from tests.redis_server import RedisServer
 
 _private_redis: RedisServer | None = None
+#: The example plugin's own tests run in a subprocess, as its CI would (test_plugin_authoring).
+collect_ignore = ["example_connector"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
