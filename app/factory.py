@@ -18,7 +18,7 @@ from app.connectors import extension as connectors_extension
 from app.limits import enforce as rate_limits
 from app.store import db, secretbox
 from app.store import redis as redis_store
-from app.web import cors, hygiene, problems
+from app.web import cors, docs, hygiene, problems
 from app.web.api import Api
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -65,8 +65,6 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
         OPENAPI_VERSION="3.1.0",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="api/v1/openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
         API_SPEC_OPTIONS=_spec_options(),
         JSON_SORT_KEYS=False,
     )
@@ -85,6 +83,7 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
     problems.init_app(app)
     hygiene.init_app(app)
     cors.init_app(app)
+    docs.init_app(app)
     connectors_extension.init_app(app)
     rate_limits.init_app(app)
     access.init_app(app)
