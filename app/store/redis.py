@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from flask import Flask, current_app
@@ -67,6 +68,32 @@ def stop_embedded_redis(app: Flask) -> None:
     once.close()
     if redis_dir:
         shutil.rmtree(redis_dir, ignore_errors=True)
+
+
+class RedisUnreachable(Exception):
+    """Redis did not answer at start-up; the message is one line naming the URL."""
+
+
+def shown_url(url: str) -> str:
+    """``url`` safe to print: a password in it is replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + host))
+
+
+def require_redis(app: Flask) -> redis.Redis:
+    """Connect (starting the embedded Redis if needed) and PING, or raise ``RedisUnreachable``."""
+    try:
+        client = connect(app)
+        client.ping()
+    except redis.RedisError as exc:
+        url = shown_url(app.config["REDIS_URL"] or "the embedded Redis")
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RedisUnreachable(f"cannot reach Redis at {url}: {reason}") from None
+    return client
 
 
 def get_redis() -> redis.Redis:
