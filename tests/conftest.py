@@ -28,13 +28,15 @@ from app.store.models import User
 from tests.redis_server import RedisServer
 
 _private_redis: RedisServer | None = None
+#: A TEST_REDIS_URL that was checked empty, so the suite may flush it (and only then).
+_accepted_redis_url: str | None = None
 #: The example plugin's own tests run in a subprocess, as its CI would (test_plugin_authoring).
 collect_ignore = ["example_connector"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Start the session's private Redis (or check the given one is empty) before collection."""
-    global _private_redis
+    global _private_redis, _accepted_redis_url
     given = os.environ.get("TEST_REDIS_URL")
     if given:
         with redis.Redis.from_url(given, socket_connect_timeout=3) as client:
@@ -47,6 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"TEST_REDIS_URL={given} holds {keys} keys; the suite flushes the database it "
                 "uses, so give it an empty one (or unset TEST_REDIS_URL for a private server)"
             )
+        _accepted_redis_url = given
         return
     _private_redis = RedisServer(Path(tempfile.mkdtemp(prefix="switchboard-test-redis-")))
     _private_redis.start()
@@ -55,14 +58,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Stop the private Redis, or leave a given database as empty as it was found."""
-    global _private_redis
+    global _private_redis, _accepted_redis_url
     if _private_redis is not None:
         _private_redis.close()
         _private_redis = None
         os.environ.pop("TEST_REDIS_URL", None)
-    elif os.environ.get("TEST_REDIS_URL"):
-        with redis.Redis.from_url(os.environ["TEST_REDIS_URL"]) as client:
+    elif _accepted_redis_url is not None:  # never one that was refused for holding keys
+        with redis.Redis.from_url(_accepted_redis_url) as client:
             client.flushdb()
+        _accepted_redis_url = None
 
 
 def session_redis_url() -> str:
