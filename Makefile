@@ -13,8 +13,9 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# Options for the dev server: make run ARGS="--port 8000 --workers 4 --verbose"
 run: install
-	$(BIN)/flask --app app dev
+	$(BIN)/flask --app app dev $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest
