@@ -553,3 +553,37 @@ def test_inactive_integrations_let_nothing_through(app, api, client, worker):
         assert json.loads(posted[-1].body)["text"] == "failure"
     finally:
         peer.close()
+
+
+def test_work_queued_before_an_integration_was_switched_off_does_not_run(app, api):
+    """A pending subscribed delivery or action job ends when its integration became inactive."""
+    from app.connectors.jobs import ActionFailed, run_action
+    from app.events.subscriptions import run_subscription
+    from app.store.models import Delivery
+
+    peer = slack_peer()
+    try:
+        subscription = {
+            "events": [RUN_COMPLETED],
+            "action": "send_message",
+            "input": {"text": "{{event.data.conclusion}}"},
+        }
+        slack = _slack(api, peer, subscriptions=[subscription])
+        with app.app_context(), database.connection_context(), database.atomic():
+            from app.events.catalog import emit_event
+
+            event = emit_event(RUN_COMPLETED, {"conclusion": "failure"})
+        api.patch(f"{INTS}/{slack['id']}", json={"status": "inactive"})
+        with app.app_context(), database.connection_context():
+            delivery = Delivery.get(Delivery.integration == slack["id"])
+            result = run_subscription(delivery, event)
+            assert (result.success, result.final, result.error) == (
+                False,
+                True,
+                "integration is inactive",
+            )
+            with pytest.raises(ActionFailed, match="is inactive"):
+                run_action(slack["id"], "send_message", {"text": "hi"})
+        assert peer.requests == []
+    finally:
+        peer.close()
