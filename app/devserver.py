@@ -68,7 +68,8 @@ def dev_command(host: str, port: int, workers: int, verbose: bool) -> None:
             click.echo("             that temporary folder, removed on stop")
         if password:
             click.echo(f"admin@localhost password: {password}")
-        click.echo(f"Admin API key (the same on every start; kept in {DEV_KEY_FILE} of instance/):")
+        key_file = Path(app.instance_path) / DEV_KEY_FILE
+        click.echo(f"Admin API key (the same on every start; kept in {key_file}):")
         click.echo(secret)
         interrupted, exited = _supervise(children)
     finally:
