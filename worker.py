@@ -1,8 +1,9 @@
 """Switchboard worker: an RQ worker on ``webhooks``, ``connectors`` and ``default``.
 
 Runs jobs in-process (no fork per job: deliveries are short I/O-bound jobs that open their own
-database connections), with RQ's scheduler for retries, plus the outbox reconciler thread.
-RQ's own lines (job started, job OK, scheduler) follow ``SWITCHBOARD_LOG_LEVEL``.
+database connections), with RQ's scheduler for retries, plus the outbox reconciler and the
+OAuth token refresher threads. RQ's own lines (job started, job OK, scheduler) follow
+``SWITCHBOARD_LOG_LEVEL``.
 
     python worker.py [--burst]
 """
@@ -16,6 +17,7 @@ from rq import SimpleWorker
 
 from app import create_app
 from app.events.reconciler import start_reconciler
+from app.oauth.refresher import start_token_refresher
 from app.store.queues import QUEUE_NAMES, get_queue
 from app.store.redis import RedisUnreachable, require_redis
 
@@ -32,6 +34,7 @@ def main() -> None:
         except RedisUnreachable as exc:
             sys.exit(f"switchboard worker: {exc}")
         start_reconciler(app)
+        start_token_refresher(app)
         worker = SimpleWorker(
             [get_queue(name) for name in QUEUE_NAMES], connection=connection, name=args.name
         )

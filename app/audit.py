@@ -27,13 +27,23 @@ def scrub(value: Any) -> Any:
 
 
 def record_audit(
-    action: str, resource_type: str, resource_id: str | None, changes: dict[str, Any] | None = None
+    action: str,
+    resource_type: str,
+    resource_id: str | None,
+    changes: dict[str, Any] | None = None,
+    *,
+    actor_key_id: str | None = None,
+    actor_user_id: str | None = None,
 ) -> AuditLog:
-    """Write one audit entry for the current request (call inside the write's transaction)."""
+    """Write one audit entry for the current request (call inside the write's transaction).
+
+    The actor is the request's API key and its owner; requests without one (an OAuth callback,
+    an SSO login) name the actor with ``actor_key_id``/``actor_user_id``.
+    """
     principal = g.get("principal") if has_request_context() else None
     return AuditLog.create(
-        actor_key_id=principal.key.id if principal else None,
-        actor_user_id=principal.user.id if principal and principal.user else None,
+        actor_key_id=principal.key.id if principal else actor_key_id,
+        actor_user_id=principal.user.id if principal and principal.user else actor_user_id,
         action=action,
         resource_type=resource_type,
         resource_id=resource_id,

@@ -117,6 +117,24 @@ def _origins(raw: str) -> list[str]:
     return origins
 
 
+def _exact_origins(raw: str) -> list[str]:
+    """Origins (scheme://host[:port]) compared exactly: no ``*``, no path."""
+    origins = _words(raw)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if (
+            parts.scheme not in {"http", "https"}
+            or not parts.netloc
+            or origin != (f"{parts.scheme}://{parts.netloc}")
+        ):
+            raise ValueError(origin)
+    return origins
+
+
+def _public_url(raw: str) -> str:
+    return _url("http", "https")(raw).rstrip("/")
+
+
 def _log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -299,6 +317,29 @@ SETTINGS: tuple[Setting, ...] = (
         "3600",
         _integer(1, 31 * 86400),
         "an integer of seconds from 1 to 2678400",
+    ),
+    Setting(
+        "PUBLIC_URL",
+        "SWITCHBOARD_PUBLIC_URL",
+        "http://127.0.0.1:5000",
+        _public_url,
+        "the http(s) base URL browsers and providers reach Switchboard at, such as "
+        "https://switchboard.example.com",
+    ),
+    Setting(
+        "RETURN_TO_ORIGINS",
+        "SWITCHBOARD_RETURN_TO_ORIGINS",
+        "",
+        _exact_origins,
+        "comma-separated origins such as https://app.example.com (no * and no path)",
+        _join,
+    ),
+    Setting(
+        "OAUTH_REFRESH_INTERVAL",
+        "SWITCHBOARD_OAUTH_REFRESH_INTERVAL",
+        "300",
+        _integer(10, 86400),
+        "an integer from 10 to 86400 (seconds)",
     ),
     Setting(
         "LOG_LEVEL",

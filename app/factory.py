@@ -16,6 +16,7 @@ from app.auth import access
 from app.config import load_config
 from app.connectors import extension as connectors_extension
 from app.limits import enforce as rate_limits
+from app.oauth import tokens as oauth_tokens
 from app.store import db, secretbox
 from app.store import redis as redis_store
 from app.web import cors, docs, hygiene, problems
@@ -34,6 +35,7 @@ def _resource_modules() -> tuple[Any, ...]:
     from app.health import resources as health
     from app.integrations import resources as integrations
     from app.logs import resources as logs
+    from app.oauth import resources as oauth
     from app.webhooks import resources as webhooks
 
     return (
@@ -47,6 +49,7 @@ def _resource_modules() -> tuple[Any, ...]:
         inbound,
         gateway,
         logs,
+        oauth,
     )
 
 
@@ -87,6 +90,7 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
     connectors_extension.init_app(app)
     rate_limits.init_app(app)
     access.init_app(app)
+    oauth_tokens.init_app(app)
     _init_request_ids(app)
 
     api = Api(app)

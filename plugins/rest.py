@@ -8,8 +8,10 @@ The same config drives the gateway (``/api/v1/gateway/{integration_id}/…``), w
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -20,13 +22,20 @@ from app.connectors import (
     Connector,
     ConnectorContext,
     TestResult,
+    TokenUnavailable,
     parse_retry_after,
     timeout_seconds,
 )
 from app.connectors.hookspecs import hookimpl
 from app.gateway.transform import TRANSFORM_SCHEMA
 
-__all__ = ["RestConnector", "build_auth_headers", "pick_upstream", "register_connectors"]
+__all__ = [
+    "RestConnector",
+    "build_auth_headers",
+    "oauth_integration_id",
+    "pick_upstream",
+    "register_connectors",
+]
 
 #: Response bodies returned by the ``request`` action are cut to this many bytes.
 MAX_BODY_BYTES = 64 * 1024
@@ -98,6 +107,11 @@ CONFIG_SCHEMA: dict[str, Any] = {
                     },
                     "type api_key (header, value)",
                 ),
+                _auth(
+                    "oauth2",
+                    {"integration_id": {"type": "string", "pattern": r"^int_[A-Za-z0-9]{1,36}$"}},
+                    "type oauth2 (integration_id of a connected oauth2 integration)",
+                ),
             ],
         },
         "timeout_ms": {"type": "integer", "minimum": 100, "maximum": 120000, "default": 10000},
@@ -141,10 +155,28 @@ REQUEST_SCHEMA: dict[str, Any] = {
 }
 
 
-def build_auth_headers(config: dict[str, Any]) -> dict[str, str]:
-    """Return the headers that authenticate a request with ``config["auth"]``."""
+#: ``token(integration_id)`` -> an OAuth2 access token (``ConnectorContext.oauth_token``).
+TokenGetter = Callable[[str], str]
+
+
+def oauth_integration_id(config: dict[str, Any]) -> str | None:
+    """The OAuth2 connection whose token authenticates requests, if ``auth`` is ``oauth2``."""
+    auth = config.get("auth") or {}
+    return str(auth["integration_id"]) if auth.get("type") == "oauth2" else None
+
+
+def build_auth_headers(config: dict[str, Any], token: TokenGetter | None = None) -> dict[str, str]:
+    """Return the headers that authenticate a request with ``config["auth"]``.
+
+    ``auth.type == "oauth2"`` needs ``token``, which returns the connection's access token
+    (raising ``TokenUnavailable`` when there is none).
+    """
     auth = config.get("auth") or {"type": "none"}
     kind = auth.get("type", "none")
+    if kind == "oauth2":
+        if token is None:
+            raise TokenUnavailable("OAuth2 tokens are not available here")
+        return {"Authorization": f"Bearer {token(str(auth['integration_id']))}"}
     if kind == "bearer":
         return {"Authorization": f"Bearer {auth['token']}"}
     if kind == "basic":
@@ -180,6 +212,10 @@ def _read_body(response: requests.Response) -> tuple[Any, bool]:
     return raw.decode(response.encoding or "utf-8", "replace"), truncated
 
 
+def _token(ctx: ConnectorContext, rejected: str | None, integration_id: str) -> str:
+    return ctx.oauth_token(integration_id, rejected=rejected)
+
+
 def send_request(
     config: dict[str, Any], action_input: dict[str, Any], ctx: ConnectorContext
 ) -> dict[str, Any]:
@@ -188,24 +224,29 @@ def send_request(
     upstream = pick_upstream(config["upstreams"])
     url = _url(upstream, action_input.get("path", "/"))
     headers = {**config.get("headers", {}), **action_input.get("headers", {})}
-    headers.update(build_auth_headers(config))
     retryable = method in IDEMPOTENT_METHODS
-    try:
-        with ctx.http.request(
-            method,
-            url,
-            params=action_input.get("query"),
-            headers=headers,
-            json=action_input.get("body"),
-            timeout=timeout_seconds(config),
-            allow_redirects=False,
-            stream=True,
-        ) as response:
-            body, truncated = _read_body(response)
-    except requests.RequestException as exc:
-        raise ActionError(
-            f"{method} {upstream['url']} failed ({type(exc).__name__})", retryable=retryable
-        ) from exc
+    rejected: str | None = None
+    while True:  # at most twice: once more with a refreshed token after an OAuth2 401
+        credentials = build_auth_headers(config, functools.partial(_token, ctx, rejected))
+        try:
+            with ctx.http.request(
+                method,
+                url,
+                params=action_input.get("query"),
+                headers={**headers, **credentials},
+                json=action_input.get("body"),
+                timeout=timeout_seconds(config),
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                body, truncated = _read_body(response)
+        except requests.RequestException as exc:
+            raise ActionError(
+                f"{method} {upstream['url']} failed ({type(exc).__name__})", retryable=retryable
+            ) from exc
+        if response.status_code != 401 or rejected or not oauth_integration_id(config):
+            break
+        rejected = credentials["Authorization"].removeprefix("Bearer ")
     if response.status_code == 429 or response.status_code >= 500:
         raise ActionError(
             f"{method} {upstream['url']} answered HTTP {response.status_code}",
@@ -230,7 +271,7 @@ class RestConnector(Connector):
     title = "REST API"
     type = "api"
     description = (
-        "Call any HTTP API: weighted upstreams, bearer/basic/API-key credentials, default "
+        "Call any HTTP API: weighted upstreams, bearer/basic/API-key/OAuth2 credentials, default "
         "headers, a health check, and the gateway's request transformation."
     )
     config_schema = CONFIG_SCHEMA
@@ -246,7 +287,10 @@ class RestConnector(Connector):
         expected = expected if isinstance(expected, list) else [expected]
         upstream = config["upstreams"][0]
         url = _url(upstream, check.get("path", "/"))
-        headers = {**config.get("headers", {}), **build_auth_headers(config)}
+        try:
+            headers = {**config.get("headers", {}), **build_auth_headers(config, ctx.oauth_token)}
+        except TokenUnavailable as exc:
+            return TestResult(False, f"no OAuth2 token: {exc.message}")
         try:
             response = ctx.http.request(
                 method, url, headers=headers, timeout=timeout_seconds(config), allow_redirects=False

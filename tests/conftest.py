@@ -95,6 +95,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "RECONCILE_INTERVAL": 1,
         "DELIVERY_LEASE_MARGIN": 1,
         "CONNECTOR_TIMEOUT": 3,
+        "RETURN_TO_ORIGINS": "http://app.test",
     }
     application = create_app(config)
     application.instance_path = str(instance)
@@ -111,7 +112,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def _all_models() -> list[Any]:
     from app.store import models
 
-    return [*models.FOUNDATION_MODELS, *models.EVENT_MODELS]
+    return [*models.FOUNDATION_MODELS, *models.EVENT_MODELS, *models.OAUTH_MODELS]
 
 
 @pytest.fixture(autouse=True)

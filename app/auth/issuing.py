@@ -6,6 +6,7 @@ import os
 import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from flask import current_app
 
@@ -37,6 +38,20 @@ def issue_key(
         created_by=owner,
     )
     return row, secret
+
+
+def issue_session_key(user: User, via: str) -> tuple[ApiKey, dict[str, Any]]:
+    """A session key (``LOGIN_KEY_TTL``, the user's role scopes) and the answer that shows it."""
+    expires_at = utcnow() + timedelta(seconds=current_app.config["LOGIN_KEY_TTL"])
+    scopes = sorted(ROLE_SCOPES[user.role])
+    row, secret = issue_key(
+        name=f"{via} session for {user.email}",
+        owner=user,
+        permissions=scopes,
+        expires_at=expires_at,
+        kind="sess",
+    )
+    return row, {"key": secret, "key_id": row.id, "expires_at": expires_at, "scopes": scopes}
 
 
 def rotate_key(row: ApiKey, grace_period_seconds: int) -> str:

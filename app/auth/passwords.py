@@ -18,7 +18,8 @@ def _dummy_hash(rounds: int) -> str:
 def authenticate_user(email: str, password: str) -> User | None:
     """Return the enabled user whose password matches, else None — always paying one bcrypt."""
     user = User.get_or_none(User.email == email.strip().lower())
-    if user is None or user.disabled:
+    # Users created by SSO have no password ("") until one is set: same answer as no user.
+    if user is None or user.disabled or not user.password_hash:
         check_secret(password, _dummy_hash(current_app.config["BCRYPT_ROUNDS"]))
         return None
     return user if check_secret(password, user.password_hash) else None

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from flask import current_app, g
+from flask import g
 
 from app.audit import record_audit
-from app.auth.access import ROLE_SCOPES, client_ip
-from app.auth.issuing import issue_key
+from app.auth.access import client_ip
+from app.auth.issuing import issue_session_key
 from app.auth.passwords import authenticate_user
 from app.auth.schemas import LoginResultSchema, LoginSchema, WhoAmISchema
 from app.auth.throttle import record_failure, refuse_if_throttled
 from app.store.db import database
-from app.store.models import utcnow
 from app.web.api import Blueprint
 from app.web.problems import Problem
 
@@ -34,18 +32,10 @@ def login(credentials: dict[str, Any]) -> dict[str, Any]:
     if user is None:
         record_failure(**idents)
         raise Problem(401, "Wrong email or password.")
-    expires_at = utcnow() + timedelta(seconds=current_app.config["LOGIN_KEY_TTL"])
-    scopes = sorted(ROLE_SCOPES[user.role])
     with database.atomic():
-        row, secret = issue_key(
-            name=f"login session for {user.email}",
-            owner=user,
-            permissions=scopes,
-            expires_at=expires_at,
-            kind="sess",
-        )
+        row, answer = issue_session_key(user, "login")
         record_audit("auth.login", "api_key", row.id, {"user": user.email})
-    return {"key": secret, "key_id": row.id, "expires_at": expires_at, "scopes": scopes}
+    return answer
 
 
 @blp.route("/whoami", methods=["GET"])

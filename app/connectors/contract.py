@@ -40,6 +40,8 @@ __all__ = [
     "InboundRequest",
     "InboundResult",
     "TestResult",
+    "TokenSource",
+    "TokenUnavailable",
     "config_errors",
     "parse_retry_after",
     "replace_secrets",
@@ -55,6 +57,29 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 ANY = "*"
 
 
+class ActionError(Exception):
+    """An action failed; ``retryable`` asks the job runner to try again after ``retry_after`` s."""
+
+    def __init__(
+        self, message: str, *, retryable: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class TokenUnavailable(ActionError):
+    """No usable access token: not connected, refresh refused (reconnect), or provider down.
+
+    ``retryable`` is True only for transient failures (the provider or the network is down).
+    """
+
+
+#: ``tokens(integration_id, rejected)`` -> a valid access token; see ``ConnectorContext``.
+TokenSource = Callable[[str, "str | None"], str]
+
+
 @dataclass
 class ConnectorContext:
     """What Switchboard hands a connector for one call: HTTP session, integration, logger."""
@@ -64,6 +89,19 @@ class ConnectorContext:
     logger: logging.Logger = field(
         default_factory=lambda: logging.getLogger("switchboard.connectors")
     )
+    tokens: TokenSource | None = None  # set by Switchboard; use ``oauth_token``
+
+    def oauth_token(self, integration_id: str | None = None, *, rejected: str | None = None) -> str:
+        """A valid access token of the OAuth2 connection ``integration_id`` (default: this one).
+
+        The token is refreshed first when it expires within a minute. Pass the token the API
+        just answered 401 to as ``rejected`` to force one refresh (concurrent callers share it).
+        Raises ``TokenUnavailable``; never log or return the token.
+        """
+        target = integration_id or self.integration_id
+        if self.tokens is None or target is None:
+            raise TokenUnavailable("no OAuth2 connection is available to this call")
+        return self.tokens(target, rejected)
 
 
 @dataclass
@@ -79,18 +117,6 @@ class TestResult:
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form of this result."""
         return {"success": self.success, "message": self.message, "data": dict(self.data)}
-
-
-class ActionError(Exception):
-    """An action failed; ``retryable`` asks the job runner to try again after ``retry_after`` s."""
-
-    def __init__(
-        self, message: str, *, retryable: bool = False, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retryable = retryable
-        self.retry_after = retry_after
 
 
 class InboundRejected(Exception):

@@ -39,9 +39,14 @@ def require_connector(provider: str) -> Connector:
 
 
 def connector_context(integration_id: str | None) -> ConnectorContext:
-    """What a connector call gets: the guarded HTTP session, its integration, a logger."""
+    """What a connector call gets: the guarded HTTP session, its integration, a logger, tokens.
+
+    ``tokens`` is what ``app.oauth`` bound in ``app.extensions["oauth_tokens"]``, so the plugin
+    world reaches OAuth2 connections without importing the package that manages them.
+    """
     return ConnectorContext(
         http=outbound_session(),
         integration_id=integration_id,
         logger=logging.getLogger(f"switchboard.connector.{integration_id or 'none'}"),
+        tokens=current_app.extensions.get("oauth_tokens"),
     )

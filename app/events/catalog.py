@@ -28,6 +28,9 @@ BUILTIN_EVENT_TYPES: dict[str, str] = {
     "webhook.deleted": "A webhook endpoint was deleted.",
     "webhook.disabled": "A webhook endpoint was disabled after failing deliveries or a 410.",
     "webhook.test": "A test event sent with POST /webhooks/{id}/test.",
+    "oauth.connected": "An OAuth2 integration was connected (tokens stored).",
+    "oauth.refresh_failed": "A token refresh was refused for good: reconnect the integration.",
+    "oauth.revoked": "An OAuth2 integration's tokens were revoked and deleted.",
 }
 
 

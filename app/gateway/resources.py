@@ -13,6 +13,7 @@ from flask import Response, current_app, g, request, stream_with_context
 from flask.typing import ResponseReturnValue
 
 from app.connectors.configs import decrypt_config
+from app.connectors.contract import TokenUnavailable
 from app.gateway.balancer import Upstream, UpstreamBalancer
 from app.gateway.proxy import (
     LOGGED_BODY_BYTES,
@@ -28,6 +29,7 @@ from app.gateway.proxy import (
     stream_body,
 )
 from app.limits.enforce import usage_buffer
+from app.oauth.tokens import access_token
 from app.outbound.session import outbound_session
 from app.store.db import database
 from app.store.models import Integration, IntegrationLog
@@ -87,6 +89,17 @@ def _rest_integration(integration_id: str) -> tuple[Integration, dict[str, Any]]
     return row, decrypt_config(row.config)
 
 
+def _credentials(build: Any, config: dict[str, Any], rejected: str | None) -> dict[str, str]:
+    """The upstream credentials; an OAuth2 token is fetched (refreshed if needed) for them."""
+    try:
+        headers: dict[str, str] = build(config, lambda iid: access_token(iid, rejected))
+    except TokenUnavailable as exc:
+        if exc.retryable:
+            raise Problem(503, f"Upstream credentials are unavailable: {exc.message}.") from None
+        raise Problem(502, f"Upstream credentials are unavailable: {exc.message}.") from None
+    return headers
+
+
 def _log(row: Integration, status: str, data: dict[str, Any], error: str | None, ms: float) -> None:
     try:
         IntegrationLog.create(
@@ -114,12 +127,12 @@ def _log(row: Integration, status: str, data: dict[str, Any], error: str | None,
 @blp.problem(400, "The path climbs out of the upstream's base URL")
 @blp.problem(404, "No such rest integration")
 @blp.problem(409, "The integration is inactive")
-@blp.problem(502, "The upstream failed or could not be reached")
-@blp.problem(503, "Every upstream is ejected, or Redis is unavailable")
+@blp.problem(502, "The upstream failed or could not be reached, or its OAuth2 token is gone")
+@blp.problem(503, "Every upstream is ejected, Redis is unavailable, or a token refresh failed")
 @blp.problem(504, "The upstream did not answer in time")
 def proxy(integration_id: str, path: str) -> ResponseReturnValue:
     """Proxy a request to the integration's upstreams."""
-    from plugins.rest import build_auth_headers
+    from plugins.rest import build_auth_headers, oauth_integration_id
 
     started = time.perf_counter()
     try:
@@ -131,7 +144,8 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
     for upstream in config["upstreams"]:
         weights[upstream["url"]] = weights.get(upstream["url"], 0) + int(upstream.get("weight", 1))
     upstreams = [Upstream(url, weight) for url, weight in weights.items()]
-    headers, query = outgoing_headers(request, config, build_auth_headers(config), g.request_id)
+    credentials = _credentials(build_auth_headers, config, None)
+    headers, query = outgoing_headers(request, config, credentials, g.request_id)
     log_bodies = bool(config.get("log_bodies"))
     # Proxied bodies stream through, so they get their own (larger) limit than API bodies.
     request.max_content_length = current_app.config["GATEWAY_MAX_BODY_BYTES"]
@@ -145,8 +159,9 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
     )
     record: dict[str, Any] = {"method": request.method, "path": "/" + path}
     timeout = float(config.get("timeout_ms", 10000)) / 1000
-    try:
-        attempt = send_with_retries(
+
+    def send(headers: list[tuple[str, str]]) -> Any:
+        return send_with_retries(
             session=outbound_session(),
             balancer=_balancer(),
             pool_id=row.id,
@@ -158,6 +173,17 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
             body=body,
             timeout=timeout,
         )
+
+    try:
+        attempt = send(headers)
+        if attempt.response.status_code == 401 and oauth_integration_id(config) and body is None:
+            # The provider revoked or expired the token early: refresh once (forced) and retry.
+            attempt.response.close()
+            rejected = credentials["Authorization"].removeprefix("Bearer ")
+            credentials = _credentials(build_auth_headers, config, rejected)
+            headers, query = outgoing_headers(request, config, credentials, g.request_id)
+            attempt = send(headers)
+            record["token_refreshed"] = True
     except AllUpstreamsDown as exc:
         _log(row, "error", record, str(exc), elapsed_ms(started))
         raise Problem(503, "All upstreams are unavailable; retry shortly.") from exc

@@ -30,9 +30,14 @@ def _0002_events_and_webhooks() -> None:
     database.create_tables(models.EVENT_MODELS)
 
 
+def _0003_i12_oauth_tokens_and_sso_identities() -> None:
+    database.create_tables(models.OAUTH_MODELS, safe=True)
+
+
 MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0001_foundation", _0001_foundation),
     ("0002_events_and_webhooks", _0002_events_and_webhooks),
+    ("0003_i12_oauth_tokens_and_sso_identities", _0003_i12_oauth_tokens_and_sso_identities),
 ]
 
 

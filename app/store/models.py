@@ -244,3 +244,51 @@ class DeliveryAttempt(BaseModel):
 
 
 EVENT_MODELS = [EventType, Webhook, Event, Delivery, DeliveryAttempt]
+
+
+class OAuthToken(BaseModel):
+    """An OAuth2 connection's token set; both tokens encrypted (``secretbox``), never shown.
+
+    Kept apart from the integration's config so that a refresh is a compare-and-swap on
+    ``version`` that neither races an admin's config edit nor appears in integration events.
+    """
+
+    integration = peewee.ForeignKeyField(
+        Integration, primary_key=True, on_delete="CASCADE", column_name="integration_id"
+    )
+    integration_id: str
+    access_token = peewee.TextField()
+    refresh_token = peewee.TextField(null=True)
+    token_type = peewee.CharField(max_length=40, default="Bearer")
+    scope = peewee.TextField(null=True)
+    expires_at = peewee.DateTimeField(null=True, index=True)
+    version = peewee.IntegerField(default=1)
+    connected_at = peewee.DateTimeField(default=utcnow)
+    refreshed_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "oauth_tokens"
+
+
+class SsoIdentity(BaseModel):
+    """A user's account at an identity provider: ``(issuer, subject)`` signs in as ``user``."""
+
+    id = _id_field("sid")
+    user = peewee.ForeignKeyField(User, on_delete="CASCADE", column_name="user_id")
+    user_id: str
+    integration = peewee.ForeignKeyField(
+        Integration, on_delete="CASCADE", column_name="integration_id"
+    )
+    integration_id: str
+    issuer = peewee.CharField(max_length=500)
+    subject = peewee.CharField(max_length=255)
+    email = peewee.CharField(max_length=320)
+    created_at = peewee.DateTimeField(default=utcnow)
+    last_login_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "sso_identities"
+        indexes = ((("issuer", "subject"), True),)
+
+
+OAUTH_MODELS = [OAuthToken, SsoIdentity]

@@ -1,0 +1,121 @@
+"""OAuth2 connections (``/integrations/{id}/oauth/…``, ``/oauth/callback``) and SSO login
+(``/auth/sso/…``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, g
+from flask.typing import ResponseReturnValue
+
+from app.oauth import connections, sso
+from app.oauth.schemas import (
+    AuthorizeRequestSchema,
+    AuthorizeResultSchema,
+    CallbackArgsSchema,
+    ConnectionSchema,
+    RevokeResultSchema,
+    SsoLoginArgsSchema,
+    SsoLoginResultSchema,
+)
+from app.web.api import Blueprint
+
+blp = Blueprint(
+    "oauth", __name__, url_prefix="/api/v1", description="OAuth2 connections and SSO login"
+)
+
+_REDIRECT: dict[str, Any] = {
+    "description": "Redirect (`Location`), no body",
+    "headers": {"Location": {"schema": {"type": "string"}}},
+}
+_PAGE: dict[str, Any] = {
+    "description": "A small HTML page saying whether the connection succeeded",
+    "schema": {"type": "string"},
+    "content_type": "text/html",
+}
+
+
+@blp.route("/integrations/<integration_id>/oauth/authorize", methods=["POST"])
+@blp.auth("integrations:write")
+@blp.arguments(AuthorizeRequestSchema)
+@blp.response(200, AuthorizeResultSchema)
+@blp.problem(404, "No such integration")
+@blp.problem(409, "The integration is not an OAuth2 connection")
+@blp.problem(422, "`return_to` is not on an allowed origin")
+def authorize(args: dict[str, Any], integration_id: str) -> dict[str, Any]:
+    """Start connecting an OAuth2 integration: open `authorization_url` in the user's browser.
+
+    The URL carries a PKCE S256 challenge and a single-use `state` valid 10 minutes. The
+    provider sends the browser back to `SWITCHBOARD_PUBLIC_URL/api/v1/oauth/callback` (or the
+    config's `redirect_uri`), where Switchboard stores the tokens encrypted.
+    """
+    row = connections.oauth_integration(integration_id)
+    return connections.start(row, g.principal, args.get("return_to"))
+
+
+@blp.route("/integrations/<integration_id>/oauth", methods=["GET"])
+@blp.auth("integrations:read")
+@blp.response(200, ConnectionSchema)
+@blp.problem(404, "No such integration")
+@blp.problem(409, "The integration is not an OAuth2 connection")
+def connection(integration_id: str) -> dict[str, Any]:
+    """Show whether an OAuth2 integration is connected (token metadata, never tokens)."""
+    return connections.status(connections.oauth_integration(integration_id))
+
+
+@blp.route("/integrations/<integration_id>/oauth/revoke", methods=["POST"])
+@blp.auth("integrations:write")
+@blp.response(200, RevokeResultSchema)
+@blp.problem(404, "No such integration")
+@blp.problem(409, "The integration is not an OAuth2 connection, or not connected")
+def revoke(integration_id: str) -> dict[str, Any]:
+    """Revoke the tokens at the provider (when it has `revoke_url`) and delete them here."""
+    return connections.revoke(connections.oauth_integration(integration_id))
+
+
+@blp.route("/oauth/callback", methods=["GET"])
+@blp.arguments(CallbackArgsSchema, location="query")
+@blp.alt_response(200, **_PAGE)
+@blp.alt_response(302, **_REDIRECT)
+@blp.problem(400, "Unknown, expired or already used `state` (or an HTML page: provider error)")
+@blp.alt_response(404, **{**_PAGE, "description": "The integration was deleted meanwhile"})
+@blp.alt_response(502, **{**_PAGE, "description": "The code exchange failed"})
+def oauth_callback(args: dict[str, Any]) -> Response:
+    """Where the provider sends the browser back; no API key: the `state` authenticates it.
+
+    Success stores the tokens, sets the integration `active` and emits `oauth.connected`, then
+    redirects to `return_to` (`?oauth=connected&integration_id=…`) or shows a page. Provider
+    errors (`error=access_denied`) are logged and shown (`?oauth=error&error=…`).
+    """
+    return connections.complete(args)
+
+
+@blp.route("/auth/sso/<integration_id>/login", methods=["GET"])
+@blp.arguments(SsoLoginArgsSchema, location="query")
+@blp.alt_response(302, **_REDIRECT)
+@blp.problem(404, "No such SSO integration")
+@blp.problem(409, "The SSO integration is not active")
+@blp.problem(422, "`return_to` is not on an allowed origin")
+@blp.problem(502, "The identity provider's discovery document is unusable")
+def sso_login(args: dict[str, Any], integration_id: str) -> ResponseReturnValue:
+    """Sign in with the organisation's identity provider (OpenID Connect, PKCE, nonce)."""
+    return sso.start_login(integration_id, args.get("return_to"))
+
+
+@blp.route("/auth/sso/callback", methods=["GET"])
+@blp.arguments(CallbackArgsSchema, location="query")
+@blp.response(200, SsoLoginResultSchema)
+@blp.alt_response(302, **_REDIRECT)
+@blp.problem(400, "Unknown, expired or already used `state`")
+@blp.problem(401, "The identity provider refused, or its ID token is invalid")
+@blp.problem(403, "Email domain not allowed, wrong tenant, no account, or user disabled")
+@blp.problem(409, "The SSO integration is gone or inactive")
+@blp.problem(502, "The identity provider could not be reached")
+def sso_callback(args: dict[str, Any]) -> ResponseReturnValue:
+    """Finish an SSO login: a session key valid 24 hours, like `/auth/login`.
+
+    Without `return_to` the answer is JSON. With it, the browser is redirected to
+    `return_to#key=…&key_id=…&expires_at=…` (the fragment never reaches a server), or
+    `#error=…&error_description=…` when the login is refused.
+    """
+    return sso.complete_login(args)

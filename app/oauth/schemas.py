@@ -1,0 +1,83 @@
+"""Schemas for OAuth2 connections and SSO login."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+
+from app.auth.schemas import LoginResultSchema
+from app.web.api import UTCDateTime
+
+_RETURN_TO = {
+    "description": "Where the browser goes afterwards; its origin must be listed in "
+    "SWITCHBOARD_RETURN_TO_ORIGINS"
+}
+
+
+class AuthorizeRequestSchema(ma.Schema):
+    return_to = ma.fields.Url(
+        load_default=None,
+        allow_none=True,
+        schemes={"http", "https"},
+        require_tld=False,
+        validate=ma.validate.Length(max=2000),
+        metadata=_RETURN_TO,
+    )
+
+
+class AuthorizeResultSchema(ma.Schema):
+    authorization_url = ma.fields.String(
+        metadata={"description": "Send the user's browser here to grant access"}
+    )
+    state = ma.fields.String(metadata={"description": "Single-use, bound to this integration"})
+    expires_at = UTCDateTime(metadata={"description": "The state is refused after this"})
+
+
+class ConnectionSchema(ma.Schema):
+    connected = ma.fields.Boolean()
+    token_type = ma.fields.String()
+    scope = ma.fields.String(allow_none=True)
+    expires_at = UTCDateTime(allow_none=True, metadata={"description": "Access token expiry"})
+    has_refresh_token = ma.fields.Boolean()
+
+
+class RevokeResultSchema(ma.Schema):
+    revoked_at_provider = ma.fields.Boolean()
+    provider_error = ma.fields.String(
+        allow_none=True, metadata={"description": "Why the provider did not revoke, if it did not"}
+    )
+
+
+class CallbackArgsSchema(ma.Schema):
+    """What the provider appends to the redirect URI (unknown parameters are ignored)."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    state = ma.fields.String(validate=ma.validate.Length(max=200))
+    code = ma.fields.String(validate=ma.validate.Length(max=4000))
+    error = ma.fields.String(validate=ma.validate.Length(max=200))
+    error_description = ma.fields.String(validate=ma.validate.Length(max=2000))
+
+
+class SsoLoginArgsSchema(ma.Schema):
+    return_to = ma.fields.Url(
+        schemes={"http", "https"},
+        require_tld=False,
+        validate=ma.validate.Length(max=2000),
+        metadata={
+            **_RETURN_TO,
+            "description": _RETURN_TO["description"]
+            + "; the session key arrives in its fragment (#key=…&key_id=…&expires_at=…)",
+        },
+    )
+
+
+class SsoUserSchema(ma.Schema):
+    id = ma.fields.String()
+    email = ma.fields.String()
+    role = ma.fields.String()
+
+
+class SsoLoginResultSchema(LoginResultSchema):
+    user = ma.fields.Nested(SsoUserSchema)
+    provisioned = ma.fields.Boolean(metadata={"description": "The user was created by this login"})

@@ -1,0 +1,278 @@
+"""SSO login for Switchboard's users through an ``oidc`` integration (authorization code + PKCE).
+
+``start_login`` redirects to the identity provider with a single-use state, a nonce and a PKCE
+challenge. ``complete_login`` exchanges the code, validates the ID token (``idtoken``), checks
+the email domain (and Entra ID's ``tid``), finds the user by their provider identity
+(issuer + subject), else by email, else creates them when auto-provisioning is on, applies the
+claim → role mapping, and issues a session key exactly like ``/auth/login``. Every outcome is
+audited. Users created here have no password and cannot log in with one until it is set.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import peewee
+from flask import Response, current_app
+
+from app.audit import record_audit
+from app.auth.access import ROLE_SCOPES, bump_auth_epoch
+from app.auth.issuing import issue_session_key
+from app.connectors.configs import decrypt_config
+from app.connectors.contract import timeout_seconds
+from app.oauth import states
+from app.oauth.client import ProviderError, describe, oauth_session
+from app.oauth.discovery import provider_metadata
+from app.oauth.idtoken import InvalidIdToken, verify_id_token
+from app.oauth.pages import checked_return_to, redirect_to
+from app.oauth.pkce import new_code_verifier
+from app.store.db import database
+from app.store.models import Integration, SsoIdentity, User, utcnow
+from app.web.problems import Problem
+
+FLOW = "sso"
+CALLBACK_PATH = "/api/v1/auth/sso/callback"
+SSO_PROVIDER = "oidc"
+#: Higher wins when several role mappings match.
+ROLE_RANK = {"member": 0, "admin": 1}
+
+
+class LoginRefused(Exception):
+    """The login is refused with an HTTP status and a reason that is safe to show."""
+
+    def __init__(self, status: int, error: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.error = error
+        self.reason = reason
+
+
+def _sso_integration(integration_id: str) -> tuple[Integration, dict[str, Any]]:
+    row = Integration.get_or_none(Integration.id == integration_id)
+    if row is None or row.provider != SSO_PROVIDER:
+        raise Problem(404, f"No SSO integration {integration_id!r}.")
+    if row.status != "active":
+        raise Problem(409, "This SSO integration is not active; an admin must activate it.")
+    config = decrypt_config(row.config)
+    config.setdefault("redirect_uri", current_app.config["PUBLIC_URL"] + CALLBACK_PATH)
+    return row, config
+
+
+def _metadata(config: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return provider_metadata(config["issuer"], timeout_seconds(config))
+    except ProviderError as exc:
+        raise Problem(502, f"The identity provider is unusable: {exc.message}.") from None
+
+
+def _session(config: dict[str, Any]) -> Any:
+    return oauth_session(
+        client_id=config["client_id"],
+        client_secret=config.get("client_secret"),
+        timeout=timeout_seconds(config),
+        auth_method=config.get("token_endpoint_auth_method", "client_secret_basic"),
+        redirect_uri=config["redirect_uri"],
+        scope=" ".join(config.get("scopes") or ["openid", "email", "profile"]),
+    )
+
+
+def start_login(integration_id: str, return_to: str | None) -> Response:
+    """Redirect the browser to the identity provider."""
+    row, config = _sso_integration(integration_id)
+    return_to = checked_return_to(return_to)
+    metadata = _metadata(config)
+    verifier, nonce = new_code_verifier(), secrets.token_urlsafe(32)
+    state, _ = states.issue(
+        FLOW,
+        {
+            "integration_id": row.id,
+            "code_verifier": verifier,
+            "nonce": nonce,
+            "redirect_uri": config["redirect_uri"],
+            "return_to": return_to,
+        },
+    )
+    with _session(config) as session:
+        url, _ = session.create_authorization_url(
+            metadata["authorization_endpoint"], state=state, code_verifier=verifier, nonce=nonce
+        )
+    return redirect_to(url)
+
+
+def complete_login(args: dict[str, Any]) -> Response | dict[str, Any]:
+    """Finish a login: the session key as JSON, or a redirect to ``return_to`` carrying it."""
+    data = states.take(FLOW, args.get("state"))
+    if data is None:
+        raise Problem(
+            400,
+            "Unknown, expired or already used `state`: start the login again.",
+            errors={"state": ["unknown, expired or already used"]},
+        )
+    return_to = data.get("return_to")
+    integration_id = data["integration_id"]
+    try:
+        user, answer, summary = _login(integration_id, args, data)
+    except LoginRefused as refused:
+        with database.atomic():
+            record_audit(
+                "auth.sso_login_failed",
+                "integration",
+                integration_id,
+                {"error": refused.error, "reason": refused.reason},
+            )
+        if return_to:
+            return redirect_to(
+                return_to, fragment={"error": refused.error, "error_description": refused.reason}
+            )
+        raise Problem(refused.status, f"SSO login refused: {refused.reason}.") from None
+    if return_to:
+        fragment = {
+            "key": answer["key"],
+            "key_id": answer["key_id"],
+            "expires_at": answer["expires_at"].isoformat() + "Z",
+        }
+        return redirect_to(return_to, fragment=fragment)
+    return {**answer, "user": {"id": user.id, "email": user.email, "role": user.role}, **summary}
+
+
+def _login(
+    integration_id: str, args: dict[str, Any], data: dict[str, Any]
+) -> tuple[User, dict[str, Any], dict[str, Any]]:
+    row = Integration.get_or_none(Integration.id == integration_id)
+    if row is None or row.provider != SSO_PROVIDER or row.status != "active":
+        raise LoginRefused(409, "unavailable", "the SSO integration is gone or inactive")
+    config = decrypt_config(row.config)
+    config["redirect_uri"] = data["redirect_uri"]
+    if args.get("error"):
+        error = str(args["error"])[:100]
+        raise LoginRefused(401, error, f"the identity provider answered {error}")
+    if not args.get("code"):
+        raise LoginRefused(400, "invalid_request", "the identity provider sent no code")
+    try:
+        metadata = provider_metadata(config["issuer"], timeout_seconds(config))
+        id_token = _exchange(config, metadata, str(args["code"]), data["code_verifier"])
+        claims = verify_id_token(
+            id_token,
+            metadata=metadata,
+            client_id=config["client_id"],
+            nonce=data["nonce"],
+            timeout=timeout_seconds(config),
+        )
+    except ProviderError as exc:
+        raise LoginRefused(502, exc.error or "provider_error", exc.message) from None
+    except InvalidIdToken as exc:
+        raise LoginRefused(401, "invalid_id_token", exc.reason) from None
+    email = _checked_email(config, claims)
+    try:
+        with database.atomic():
+            user, provisioned = _find_or_create_user(row, config, claims, email)
+            role = _apply_role(config, claims, user, provisioned)
+            key_row, answer = issue_session_key(user, "sso")
+            summary = {"provisioned": provisioned}
+            record_audit(
+                "auth.sso_login",
+                "api_key",
+                key_row.id,
+                {"user": user.email, "integration_id": row.id, "role": role, **summary},
+                actor_user_id=user.id,
+            )
+    except peewee.IntegrityError:  # the same new user signing in twice at once
+        raise LoginRefused(409, "conflict", "a concurrent login created this user; retry") from None
+    return user, answer, summary
+
+
+def _exchange(config: dict[str, Any], metadata: dict[str, Any], code: str, verifier: str) -> str:
+    try:
+        with _session(config) as session:
+            token = session.fetch_token(
+                metadata["token_endpoint"],
+                grant_type="authorization_code",
+                code=code,
+                code_verifier=verifier,
+            )
+    except Exception as exc:  # noqa: BLE001 - classified by describe()
+        raise describe(exc, "code exchange") from None
+    id_token = token.get("id_token")
+    if not isinstance(id_token, str):
+        raise InvalidIdToken("the identity provider returned no ID token")
+    return id_token
+
+
+def _checked_email(config: dict[str, Any], claims: dict[str, Any]) -> str:
+    """The user's email, if verified and in an allowed domain (and the Entra tenant matches)."""
+    tenant = config.get("tenant_id")
+    if tenant and claims.get("tid") != tenant:
+        raise LoginRefused(403, "wrong_tenant", "the account belongs to another Entra ID tenant")
+    email = claims.get(config.get("email_claim", "email"))
+    if not isinstance(email, str) or "@" not in email:
+        raise LoginRefused(403, "no_email", "the identity provider sent no email address")
+    if claims.get("email_verified") is False:
+        raise LoginRefused(403, "email_unverified", "the email address is not verified")
+    email = email.strip().lower()
+    allowed = {domain.lower() for domain in config.get("allowed_domains", [])}
+    if email.rsplit("@", 1)[1] not in allowed:
+        raise LoginRefused(403, "domain_not_allowed", "the email domain is not allowed")
+    return email
+
+
+def _find_or_create_user(
+    row: Integration, config: dict[str, Any], claims: dict[str, Any], email: str
+) -> tuple[User, bool]:
+    identity = SsoIdentity.get_or_none(
+        (SsoIdentity.issuer == claims["iss"]) & (SsoIdentity.subject == claims["sub"])
+    )
+    provisioned = False
+    user: User | None
+    if identity is not None:
+        user = User.get_by_id(identity.user_id)
+        identity.email, identity.last_login_at = email, utcnow()
+        identity.save()
+    else:
+        user = User.get_or_none(User.email == email)
+        if user is None:
+            if not config.get("auto_provision", False):
+                raise LoginRefused(
+                    403, "no_account", "there is no Switchboard account for this email"
+                )
+            role = _mapped_role(config, claims) or config.get("default_role", "member")
+            user = User.create(email=email, password_hash="", role=role)
+            provisioned = True
+        SsoIdentity.create(
+            user=user, integration=row.id, issuer=claims["iss"], subject=claims["sub"], email=email
+        )
+    if user.disabled:
+        raise LoginRefused(403, "user_disabled", "this user is disabled")
+    return user, provisioned
+
+
+def _claim_has(value: Any, wanted: str) -> bool:
+    if isinstance(value, list):
+        return wanted in [str(item) for item in value]
+    return value is not None and str(value) == wanted
+
+
+def _mapped_role(config: dict[str, Any], claims: dict[str, Any]) -> str | None:
+    """The role the mapping gives these claims; None when the integration maps no roles."""
+    mapping = config.get("role_mapping") or []
+    if not mapping:
+        return None
+    matched = [
+        entry["role"]
+        for entry in mapping
+        if entry["role"] in ROLE_SCOPES
+        and _claim_has(claims.get(entry.get("claim", "groups")), entry["value"])
+    ]
+    if not matched:
+        return str(config.get("default_role", "member"))
+    return max(matched, key=lambda role: ROLE_RANK.get(role, 0))
+
+
+def _apply_role(config: dict[str, Any], claims: dict[str, Any], user: User, new: bool) -> str:
+    """With a role mapping, every login sets the user's role from the claims."""
+    role = _mapped_role(config, claims)
+    if role is not None and role != user.role and not new:
+        user.role = role
+        user.save()
+        bump_auth_epoch()  # the user's existing keys must see the new role at once
+    return str(user.role)
