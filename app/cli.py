@@ -1,4 +1,4 @@
-"""``flask --app app …`` commands: db upgrade, create-admin, openapi write, dev."""
+"""``flask --app app …`` commands: db upgrade, create-admin, set-password, openapi write, dev."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 from app.auth.issuing import ensure_admin, new_admin_key
+from app.auth.keys import hash_secret
 from app.devserver import dev_command
 from app.store import migrations
 from app.store.db import database
+from app.store.models import User
 
 db_cli = AppGroup("db", help="Database schema commands.")
 openapi_cli = AppGroup("openapi", help="OpenAPI document commands.")
@@ -42,6 +44,26 @@ def create_admin(email: str, password: str | None) -> None:
     click.echo(secret)
 
 
+@click.command("set-password")
+@click.argument("email")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@with_appcontext
+def set_password(email: str, password: str) -> None:
+    """Set a user's password (users created by SSO have none until one is set)."""
+    if not 8 <= len(password.encode()) <= 72:
+        raise click.BadParameter("must be 8 to 72 bytes long", param_hint="--password")
+    with database.connection_context():
+        rounds = current_app.config["BCRYPT_ROUNDS"]
+        updated = (
+            User.update(password_hash=hash_secret(password, rounds))
+            .where(User.email == email.strip().lower())
+            .execute()
+        )
+    if not updated:
+        raise click.ClickException(f"no user {email!r}")
+    click.echo(f"password set for {email.strip().lower()}")
+
+
 @openapi_cli.command("write")
 @click.option("--output", type=click.Path(path_type=Path), default=SPEC_PATH, show_default=True)
 def openapi_write(output: Path) -> None:
@@ -62,4 +84,5 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(db_cli)
     app.cli.add_command(openapi_cli)
     app.cli.add_command(create_admin)
+    app.cli.add_command(set_password)
     app.cli.add_command(dev_command)
