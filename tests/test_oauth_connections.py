@@ -486,3 +486,24 @@ def test_tokens_never_in_responses_or_logs(
         assert secret not in text
         assert secret not in stored_text
         assert secret not in logged
+
+
+def test_connector_context_hands_out_tokens() -> None:
+    import requests
+
+    from app.connectors import ConnectorContext, TokenUnavailable
+
+    calls: list[tuple[str, str | None]] = []
+
+    def source(integration_id: str, rejected: str | None) -> str:
+        calls.append((integration_id, rejected))
+        return "token"
+
+    with requests.Session() as http:
+        ctx = ConnectorContext(http=http, integration_id="int_self", tokens=source)
+        assert ctx.oauth_token() == "token"
+        assert ctx.oauth_token("int_other", rejected="old") == "token"
+        assert calls == [("int_self", None), ("int_other", "old")]
+        with pytest.raises(TokenUnavailable) as caught:
+            ConnectorContext(http=http).oauth_token("int_x")
+        assert caught.value.retryable is False

@@ -251,6 +251,23 @@ def test_browser_login_redirects_with_the_key_in_the_fragment(app: Any, api: Any
     assert fragment["error"] == ["invalid_id_token"] and "key" not in fragment
 
 
+def test_browser_login_is_bound_to_the_browser_that_started_it(
+    app: Any, api: Any, idp: Any
+) -> None:
+    sso = create_sso(api, idp)
+    start = api.client.get(
+        f"/api/v1/auth/sso/{sso['id']}/login", query_string={"return_to": "http://app.test/x"}
+    )
+    assert (
+        "HttpOnly" in start.headers["Set-Cookie"] and "SameSite=Lax" in start.headers["Set-Cookie"]
+    )
+    path, _ = follow_authorization(start.headers["Location"])
+    victim = app.test_client()  # another browser: no binding cookie (login CSRF)
+    res = victim.get(path)
+    fragment = parse_qs(urlsplit(res.headers["Location"]).fragment)
+    assert fragment["error"] == ["browser_mismatch"] and "key" not in fragment
+
+
 def test_login_needs_an_active_oidc_integration(api: Any, idp: Any, integration: Any) -> None:
     assert api.client.get(f"/api/v1/auth/sso/{integration['id']}/login").status_code == 404
     sso = create_sso(api, idp)

@@ -10,11 +10,13 @@ audited. Users created here have no password and cannot log in with one until it
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from typing import Any
 
 import peewee
-from flask import Response, current_app
+from flask import Response, current_app, request
 
 from app.audit import record_audit
 from app.auth.access import ROLE_SCOPES, bump_auth_epoch
@@ -34,6 +36,7 @@ from app.web.problems import Problem
 FLOW = "sso"
 CALLBACK_PATH = "/api/v1/auth/sso/callback"
 SSO_PROVIDER = "oidc"
+BINDING_COOKIE = "sb_sso_binding"
 #: Higher wins when several role mappings match.
 ROLE_RANK = {"member": 0, "admin": 1}
 
@@ -83,6 +86,9 @@ def start_login(integration_id: str, return_to: str | None) -> Response:
     return_to = checked_return_to(return_to)
     metadata = _metadata(config)
     verifier, nonce = new_code_verifier(), secrets.token_urlsafe(32)
+    # A browser login is bound to the browser that started it (login CSRF): the callback must
+    # bring back this cookie, so nobody can make a victim's browser finish their own login.
+    binding = secrets.token_urlsafe(24) if return_to else None
     state, _ = states.issue(
         FLOW,
         {
@@ -91,13 +97,29 @@ def start_login(integration_id: str, return_to: str | None) -> Response:
             "nonce": nonce,
             "redirect_uri": config["redirect_uri"],
             "return_to": return_to,
+            "binding": _digest(binding) if binding else None,
         },
     )
     with _session(config) as session:
         url, _ = session.create_authorization_url(
             metadata["authorization_endpoint"], state=state, code_verifier=verifier, nonce=nonce
         )
-    return redirect_to(url)
+    response = redirect_to(url)
+    if binding:
+        response.set_cookie(
+            BINDING_COOKIE,
+            binding,
+            max_age=states.STATE_TTL_SECONDS,
+            path=CALLBACK_PATH,
+            secure=current_app.config["PUBLIC_URL"].startswith("https://"),
+            httponly=True,
+            samesite="Lax",  # sent on the provider's top-level redirect back
+        )
+    return response
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def complete_login(args: dict[str, Any]) -> Response | dict[str, Any]:
@@ -112,6 +134,10 @@ def complete_login(args: dict[str, Any]) -> Response | dict[str, Any]:
     return_to = data.get("return_to")
     integration_id = data["integration_id"]
     try:
+        if data.get("binding") and not hmac.compare_digest(
+            data["binding"], _digest(request.cookies.get(BINDING_COOKIE, ""))
+        ):
+            raise LoginRefused(400, "browser_mismatch", "the login was started in another browser")
         user, answer, summary = _login(integration_id, args, data)
     except LoginRefused as refused:
         with database.atomic():
@@ -122,9 +148,11 @@ def complete_login(args: dict[str, Any]) -> Response | dict[str, Any]:
                 {"error": refused.error, "reason": refused.reason},
             )
         if return_to:
-            return redirect_to(
+            response = redirect_to(
                 return_to, fragment={"error": refused.error, "error_description": refused.reason}
             )
+            response.delete_cookie(BINDING_COOKIE, path=CALLBACK_PATH)
+            return response
         raise Problem(refused.status, f"SSO login refused: {refused.reason}.") from None
     if return_to:
         fragment = {
@@ -132,7 +160,9 @@ def complete_login(args: dict[str, Any]) -> Response | dict[str, Any]:
             "key_id": answer["key_id"],
             "expires_at": answer["expires_at"].isoformat() + "Z",
         }
-        return redirect_to(return_to, fragment=fragment)
+        response = redirect_to(return_to, fragment=fragment)
+        response.delete_cookie(BINDING_COOKIE, path=CALLBACK_PATH)
+        return response
     return {**answer, "user": {"id": user.id, "email": user.email, "role": user.role}, **summary}
 
 
