@@ -507,3 +507,15 @@ def test_connector_context_hands_out_tokens() -> None:
         with pytest.raises(TokenUnavailable) as caught:
             ConnectorContext(http=http).oauth_token("int_x")
         assert caught.value.retryable is False
+
+
+def test_switched_off_connection_lends_no_tokens(app: Any, api: Any, provider: Any) -> None:
+    conn = create_connection(api, provider)
+    connect(api, provider, conn["id"])
+    gateway = _rest_via_oauth(api, provider, conn["id"])
+    api.patch(f"/api/v1/integrations/{conn['id']}", json={"status": "inactive"})
+    res = api.get(f"/api/v1/gateway/{gateway['id']}/user")
+    assert res.status_code == 502 and "switched off" in res.json["detail"]
+    assert provider.api_requests == []
+    with app.app_context():
+        assert tokens.refresh_due(timedelta(days=1)) == 0  # nor refreshes them in the background

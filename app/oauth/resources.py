@@ -94,7 +94,7 @@ def oauth_callback(args: dict[str, Any]) -> Response:
 @blp.arguments(SsoLoginArgsSchema, location="query")
 @blp.alt_response(302, **_REDIRECT)
 @blp.problem(404, "No such SSO integration")
-@blp.problem(409, "The SSO integration is not active")
+@blp.problem(409, "The SSO integration is switched off (inactive)")
 @blp.problem(422, "`return_to` is not on an allowed origin")
 @blp.problem(502, "The identity provider's discovery document is unusable")
 def sso_login(args: dict[str, Any], integration_id: str) -> ResponseReturnValue:
@@ -109,7 +109,7 @@ def sso_login(args: dict[str, Any], integration_id: str) -> ResponseReturnValue:
 @blp.problem(400, "Unknown, expired or already used `state`")
 @blp.problem(401, "The identity provider refused, or its ID token is invalid")
 @blp.problem(403, "Email domain not allowed, wrong tenant, no account, or user disabled")
-@blp.problem(409, "The SSO integration is gone or inactive")
+@blp.problem(409, "The SSO integration is gone or switched off (inactive)")
 @blp.problem(502, "The identity provider could not be reached")
 def sso_callback(args: dict[str, Any]) -> ResponseReturnValue:
     """Finish an SSO login: a session key valid 24 hours, like `/auth/login`.

@@ -55,8 +55,8 @@ def _sso_integration(integration_id: str) -> tuple[Integration, dict[str, Any]]:
     row = Integration.get_or_none(Integration.id == integration_id)
     if row is None or row.provider != SSO_PROVIDER:
         raise Problem(404, f"No SSO integration {integration_id!r}.")
-    if row.status != "active":
-        raise Problem(409, "This SSO integration is not active; an admin must activate it.")
+    if row.status == "inactive":
+        raise Problem(409, "This SSO integration is switched off (inactive).")
     config = decrypt_config(row.config)
     config.setdefault("redirect_uri", current_app.config["PUBLIC_URL"] + CALLBACK_PATH)
     return row, config
@@ -170,8 +170,8 @@ def _login(
     integration_id: str, args: dict[str, Any], data: dict[str, Any]
 ) -> tuple[User, dict[str, Any], dict[str, Any]]:
     row = Integration.get_or_none(Integration.id == integration_id)
-    if row is None or row.provider != SSO_PROVIDER or row.status != "active":
-        raise LoginRefused(409, "unavailable", "the SSO integration is gone or inactive")
+    if row is None or row.provider != SSO_PROVIDER or row.status == "inactive":
+        raise LoginRefused(409, "unavailable", "the SSO integration is gone or switched off")
     config = decrypt_config(row.config)
     config["redirect_uri"] = data["redirect_uri"]
     if args.get("error"):

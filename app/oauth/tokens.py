@@ -154,7 +154,8 @@ def _needs_refresh(tokens: TokenSet, rejected: str | None) -> bool:
 
 def access_token(integration_id: str, rejected: str | None = None) -> str:
     """A valid access token of the connection, refreshed first when needed (see module doc)."""
-    _connection(integration_id)
+    if _connection(integration_id).status == "inactive":
+        raise TokenUnavailable(f"integration {integration_id} is switched off (inactive)")
     tokens = load(integration_id)
     if tokens is None:
         raise TokenUnavailable(
@@ -295,7 +296,7 @@ def refresh_due(horizon: timedelta) -> int:
             OAuthToken.expires_at.is_null(False)
             & (OAuthToken.expires_at <= cutoff)
             & OAuthToken.refresh_token.is_null(False)
-            & (Integration.status != "error")
+            & (Integration.status == "active")  # not switched off, not refused for good
         )
     ]
     for integration_id in due:
