@@ -519,3 +519,44 @@ def test_switched_off_connection_lends_no_tokens(app: Any, api: Any, provider: A
     assert provider.api_requests == []
     with app.app_context():
         assert tokens.refresh_due(timedelta(days=1)) == 0  # nor refreshes them in the background
+
+
+def test_absurd_expires_in_is_clamped(app: Any, api: Any, provider: Any) -> None:
+    provider.expires_in = 10**15  # beyond what a datetime can hold
+    conn = create_connection(api, provider)
+    assert connect(api, provider, conn["id"]).status_code == 200
+    expires_at = stored(app, conn["id"]).expires_at
+    assert expires_at is not None and expires_at > utcnow() + timedelta(days=3650)
+
+
+def test_the_plugin_guides_oauth_example_runs(httpserver: Any) -> None:
+    """docs/plugins.md §7b as written: the token is asked again, as rejected, after a 401."""
+    import re
+    from pathlib import Path
+
+    import requests
+
+    from app.connectors import ConnectorContext
+
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "plugins.md").read_text()
+    section = guide[guide.index("## 7b.") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    namespace: dict[str, Any] = {}
+    exec(code.group(1), namespace)  # noqa: S102 - our own documentation
+    stale, fresh = {"Authorization": "Bearer old"}, {"Authorization": "Bearer new"}
+    httpserver.expect_request("/user/repos", headers=stale).respond_with_json({}, status=401)
+    httpserver.expect_request("/user/repos", headers=fresh).respond_with_json(
+        [{"full_name": "o/r"}]
+    )
+    asked: list[tuple[str, str | None]] = []
+
+    def source(integration_id: str, rejected: str | None) -> str:
+        asked.append((integration_id, rejected))
+        return "new" if rejected else "old"
+
+    config = {"oauth_integration_id": "int_gh", "api_base_url": httpserver.url_for("").rstrip("/")}
+    with requests.Session() as http:
+        result = namespace["list_repos"](config, {}, ConnectorContext(http=http, tokens=source))
+    assert result == {"repos": ["o/r"]}
+    assert asked == [("int_gh", None), ("int_gh", "old")]

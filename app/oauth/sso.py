@@ -240,6 +240,8 @@ def _checked_email(config: dict[str, Any], claims: dict[str, Any]) -> str:
     if claims.get("email_verified") is False:
         raise LoginRefused(403, "email_unverified", "the email address is not verified")
     email = email.strip().lower()
+    if len(email) > 320 or len(str(claims["sub"])) > 255:
+        raise LoginRefused(403, "invalid_claims", "the email or subject is too long")
     allowed = {domain.lower() for domain in config.get("allowed_domains", [])}
     if email.rsplit("@", 1)[1] not in allowed:
         raise LoginRefused(403, "domain_not_allowed", "the email domain is not allowed")

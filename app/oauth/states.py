@@ -1,7 +1,7 @@
 """Single-use ``state`` values in Redis: 10 minutes, bound to one flow and what started it.
 
-``take`` reads and deletes in one command (``GETDEL``), so a state is honoured at most once
-even when a callback is replayed concurrently.
+``take`` reads and deletes in one transaction, so a state is honoured at most once even when a
+callback is replayed concurrently.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ def take(flow: str, state: str | None) -> dict[str, Any] | None:
     """The data of an unexpired, unused state of ``flow`` (consuming it), else None."""
     if not state or len(state) > 200:
         return None
-    raw = get_redis().getdel(_KEY.format(flow=flow, state=state))
-    if raw is None:
+    key = _KEY.format(flow=flow, state=state)
+    pipe = get_redis().pipeline(transaction=True)  # GET + DEL in one MULTI: GETDEL needs 6.2
+    pipe.get(key)
+    pipe.delete(key)
+    raw, deleted = pipe.execute()
+    if raw is None or not deleted:
         return None
     data: dict[str, Any] = json.loads(raw)
     return data

@@ -44,6 +44,8 @@ LOCK_WAIT_SECONDS = 35
 #: Transient refresh failures are retried after these pauses (seconds).
 RETRY_PAUSES = (0.25, 1.0)
 OAUTH_PROVIDER = "oauth2"
+#: An ``expires_in`` beyond this is taken as this (a datetime cannot hold any number).
+MAX_LIFETIME_SECONDS = 10 * 366 * 86400
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def _expires_at(token: dict[str, Any]) -> datetime | None:
         seconds = int(token["expires_in"])
     except (KeyError, TypeError, ValueError):
         return None
-    return utcnow() + timedelta(seconds=max(0, seconds))
+    return utcnow() + timedelta(seconds=min(max(0, seconds), MAX_LIFETIME_SECONDS))
 
 
 def _scope(token: dict[str, Any]) -> str | None:
