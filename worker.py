@@ -13,13 +13,24 @@ from __future__ import annotations
 import argparse
 import sys
 
+from typing import Any
+
 from rq import SimpleWorker
 
 from app import create_app
 from app.events.reconciler import start_reconciler
+from app.logs.structured import request_id_bound
 from app.oauth.refresher import start_token_refresher
 from app.store.queues import QUEUE_NAMES, get_queue
 from app.store.redis import RedisUnreachable, require_redis
+
+
+class Worker(SimpleWorker):
+    """RQ's in-process worker; a job's log lines carry the request id that queued it."""
+
+    def perform_job(self, job: Any, *args: Any, **kwargs: Any) -> bool:
+        with request_id_bound(job.meta.get("request_id")):
+            return bool(super().perform_job(job, *args, **kwargs))
 
 
 def main() -> None:
@@ -35,7 +46,7 @@ def main() -> None:
             sys.exit(f"switchboard worker: {exc}")
         start_reconciler(app)
         start_token_refresher(app)
-        worker = SimpleWorker(
+        worker = Worker(
             [get_queue(name) for name in QUEUE_NAMES], connection=connection, name=args.name
         )
         worker.work(burst=args.burst, with_scheduler=True, logging_level=app.config["LOG_LEVEL"])

@@ -31,6 +31,9 @@ ALL_SCOPES = (
     "events:write",
     "logs:read",
     "gateway:use",
+    "metrics:read",
+    "alerts:read",
+    "alerts:write",
     "admin",
 )
 
@@ -140,6 +143,27 @@ def _log_level(raw: str) -> str:
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ValueError(raw)
     return value
+
+
+def _choice(*values: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in values:
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+def _writable_directory(raw: str) -> str:
+    path = Path(raw.strip())
+    if not raw.strip() or not path.is_dir() or not os.access(path, os.W_OK):
+        raise ValueError(raw)
+    return str(path)
+
+
+def _optional_url(raw: str) -> str | None:
+    return _url("http", "https")(raw) if raw.strip() else None
 
 
 def _plugins(raw: str) -> list[str] | None:
@@ -347,6 +371,84 @@ SETTINGS: tuple[Setting, ...] = (
         "INFO",
         _log_level,
         "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    ),
+    Setting(
+        "LOG_FORMAT", "SWITCHBOARD_LOG_FORMAT", "text", _choice("text", "json"), "text or json"
+    ),
+    Setting(
+        "ACCESS_LOG",
+        "SWITCHBOARD_ACCESS_LOG",
+        "true",
+        _boolean,
+        "true or false",
+        lambda v: "true" if v else "false",
+    ),
+    Setting(
+        "METRICS_MULTIPROC_DIR",
+        "PROMETHEUS_MULTIPROC_DIR",
+        None,  # unset: each process counts for itself (one process only)
+        _writable_directory,
+        "an existing, writable directory",
+    ),
+    Setting(
+        "METRICS_ALLOWED_NETWORKS",
+        "SWITCHBOARD_METRICS_ALLOWED_NETWORKS",
+        "127.0.0.0/8,::1/128",
+        parse_networks,
+        "comma-separated IP addresses or CIDR ranges (empty: a metrics:read key is always needed)",
+        _join,
+    ),
+    Setting(
+        "STREAM_URL",
+        "SWITCHBOARD_STREAM_URL",
+        "",
+        _optional_url,
+        "an http(s) URL of the stream service's /api/v1/stream, or empty",
+        lambda v: v or "",
+    ),
+    Setting(
+        "STREAM_RETENTION",
+        "SWITCHBOARD_STREAM_RETENTION",
+        "900",
+        _integer(10, 7 * 86400),
+        "an integer of seconds from 10 to 604800",
+    ),
+    Setting(
+        "STREAM_MAX_ENTRIES",
+        "SWITCHBOARD_STREAM_MAX_ENTRIES",
+        "100000",
+        _integer(100),
+        "an integer of at least 100",
+    ),
+    Setting(
+        "STREAM_HEARTBEAT",
+        "SWITCHBOARD_STREAM_HEARTBEAT",
+        "15",
+        _seconds(0.1),
+        "a number of seconds, at least 0.1",
+        _number,
+    ),
+    Setting(
+        "STREAM_CLIENT_BUFFER",
+        "SWITCHBOARD_STREAM_CLIENT_BUFFER",
+        "1000",
+        _integer(1, 1_000_000),
+        "an integer from 1 to 1000000 (stream entries)",
+    ),
+    Setting(
+        "STREAM_MAX_CLIENTS",
+        "SWITCHBOARD_STREAM_MAX_CLIENTS",
+        "1000",
+        _integer(1, 1_000_000),
+        "an integer from 1 to 1000000 (open streams per process)",
+    ),
+    Setting(
+        "ALERT_INTERVAL",
+        "SWITCHBOARD_ALERT_INTERVAL",
+        "10",
+        _seconds(0.1),
+        "a number of seconds, at least 0.1",
+        _number,
     ),
 )
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
+import time
 import uuid
 from typing import Any
 
@@ -17,6 +17,9 @@ from app.config import load_config
 from app.connectors import extension as connectors_extension
 from app.limits import enforce as rate_limits
 from app.oauth import tokens as oauth_tokens
+from app.logs.access import log_request
+from app.logs.structured import bind_request_id, configure_logging
+from app.metrics import http as http_metrics
 from app.store import db, secretbox
 from app.store import redis as redis_store
 from app.web import cors, docs, hygiene, problems
@@ -36,6 +39,7 @@ def _resource_modules() -> tuple[Any, ...]:
     from app.integrations import resources as integrations
     from app.logs import resources as logs
     from app.oauth import resources as oauth
+    from app.metrics import resources as metrics
     from app.webhooks import resources as webhooks
 
     return (
@@ -50,6 +54,7 @@ def _resource_modules() -> tuple[Any, ...]:
         gateway,
         logs,
         oauth,
+        metrics,
     )
 
 
@@ -73,9 +78,7 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.config.update({k: v for k, v in (test_config or {}).items() if k not in settings})
     app.config.update(settings)
-    logging.basicConfig(
-        level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"], app.config["ACCESS_LOG"])
     if app.config["TRUSTED_PROXY_HOPS"]:
         hops = app.config["TRUSTED_PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
@@ -91,6 +94,7 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
     rate_limits.init_app(app)
     access.init_app(app)
     oauth_tokens.init_app(app)
+    http_metrics.init_app(app)
     _init_request_ids(app)
 
     api = Api(app)
@@ -121,14 +125,20 @@ def _spec_options() -> dict[str, Any]:
 def _init_request_ids(app: Flask) -> None:
     @app.before_request
     def _assign_request_id() -> None:
+        g.request_started = time.perf_counter()
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        bind_request_id(g.request_id)  # log lines and enqueued jobs carry it
 
     @app.after_request
     def _echo_request_id(response: Response) -> Response:
         if g.get("request_id"):
             response.headers["X-Request-Id"] = g.request_id
-        return response
+        return log_request(response)
+
+    @app.teardown_request
+    def _unbind_request_id(exc: BaseException | None) -> None:
+        bind_request_id(None)
 
 
 def release_app(app: Flask) -> None:
@@ -139,6 +149,9 @@ def release_app(app: Flask) -> None:
     client = app.extensions.get("redis")
     if client is not None:
         client.close()
+    publisher = app.extensions.get("stream_publisher")
+    if publisher is not None:
+        publisher.close()
     usage = app.extensions.get("usage_buffer")
     if usage is not None:  # its counts die with the app: no flush at exit
         usage.close()

@@ -23,6 +23,7 @@ from app.connectors.extension import connector_context, get_registry
 from app.events.catalog import emit_event
 from app.store.db import database
 from app.store.models import Event, Integration, IntegrationLog
+from app.stream import kinds
 from app.web.api import Blueprint
 from app.web.problems import Problem
 
@@ -40,7 +41,7 @@ def _dedupe_key(integration_id: str, delivery_id: str, index: int) -> str:
 def _log(
     integration_id: str, status: str, data: dict[str, Any], error: str | None, started: float
 ) -> None:
-    IntegrationLog.create(
+    logged = IntegrationLog.create(
         integration_id=integration_id,
         event_type="inbound.request",
         event_data=data,
@@ -48,6 +49,7 @@ def _log(
         error_message=error,
         response_time_ms=round((time.perf_counter() - started) * 1000, 2),
     )
+    kinds.log_created(logged.to_dict())
 
 
 @blp.route("/inbound/<integration_id>", methods=["POST"])

@@ -8,9 +8,11 @@ from flask import current_app
 from rq import Retry, get_current_job
 
 from app.connectors.runtime import execute_action
+from app.logs.structured import job_meta
 from app.store.db import database
 from app.store.models import Integration
 from app.store.queues import get_queue
+from app.stream import kinds
 from app.webhooks.backoff import retry_delay
 
 ACTION_MAX_RETRIES = 3
@@ -31,15 +33,24 @@ def enqueue_action(integration_id: str, action: str, action_input: dict[str, Any
         job_timeout=ACTION_JOB_TIMEOUT,
         result_ttl=7 * 86400,
         failure_ttl=7 * 86400,
-        meta={"integration_id": integration_id, "action": action},
+        meta=job_meta({"integration_id": integration_id, "action": action}),
     )
+    kinds.job_state_changed(str(job.id), integration_id, action, "queued")
     return str(job.id)
+
+
+def _announce(
+    job_id: str | None, integration_id: str, action: str, state: str, error: str | None = None
+) -> None:
+    if job_id is not None:  # None: called directly, not as a job
+        kinds.job_state_changed(job_id, integration_id, action, state, error)
 
 
 def run_action(integration_id: str, action: str, action_input: dict[str, Any]) -> Any:
     """Run the action; a retryable failure returns ``rq.Retry`` (honouring ``Retry-After``)."""
     job = get_current_job()
     retries_done = (job.number_of_retries or 0) if job else 0
+    job_id = job.id if job else None
     with database.connection_context():
         integration = Integration.get_or_none(Integration.id == integration_id)
         if integration is None:
@@ -47,6 +58,7 @@ def run_action(integration_id: str, action: str, action_input: dict[str, Any]) -
         if integration.status == "inactive":  # switched off after the run was queued
             raise ActionFailed(f"integration {integration_id} is inactive")
         can_retry = retries_done < ACTION_MAX_RETRIES
+        _announce(job_id, integration_id, action, "started")
         outcome = execute_action(
             integration,
             action,
@@ -55,6 +67,7 @@ def run_action(integration_id: str, action: str, action_input: dict[str, Any]) -
             will_retry=can_retry,
         )
     if outcome.success:
+        _announce(job_id, integration_id, action, "finished")
         return outcome.result
     if job is not None:
         job.meta["last_error"] = outcome.error
@@ -62,5 +75,7 @@ def run_action(integration_id: str, action: str, action_input: dict[str, Any]) -
     if outcome.retryable and can_retry:
         schedule = current_app.config["WEBHOOK_RETRY_SCHEDULE"]
         delay = outcome.retry_after or retry_delay(schedule, retries_done + 1)
+        _announce(job_id, integration_id, action, "retrying", outcome.error)
         return Retry(max=ACTION_MAX_RETRIES, interval=max(1, round(delay)))
+    _announce(job_id, integration_id, action, "failed", outcome.error)
     raise ActionFailed(outcome.error or "action failed")

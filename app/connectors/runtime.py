@@ -16,7 +16,9 @@ from typing import Any
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import ActionError, Connector, ConnectorContext, config_errors
 from app.connectors.extension import connector_context, get_registry
+from app.metrics import instruments as metrics
 from app.store.models import Integration, IntegrationLog
+from app.stream import kinds
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def execute_action(
     """Run ``action_name`` of the integration's connector and log the run."""
     started = time.perf_counter()
     outcome = _run(integration, action_name, action_input, started)
-    IntegrationLog.create(
+    logged = IntegrationLog.create(
         integration_id=integration.id,
         event_type=f"action.{action_name}",
         event_data={"action": action_name, **(log_data or {})},
@@ -56,6 +58,7 @@ def execute_action(
         error_message=outcome.error,
         response_time_ms=round(outcome.response_time_ms, 2),
     )
+    kinds.log_created(logged.to_dict())
     return outcome
 
 
@@ -89,6 +92,26 @@ def run_handler(
     The one place an action runs: jobs, subscriptions and ``PluginHarness`` all come here.
     """
     started = time.perf_counter() if started is None else started
+    outcome = _run_handler(connector, action_name, config, action_input, ctx, started)
+    _count(connector, action_name, outcome)
+    return outcome
+
+
+def _count(connector: Connector, action_name: str, outcome: ActionOutcome) -> None:
+    """Metrics of a run; an action the connector does not have is labelled ``unknown``."""
+    label = "success" if outcome.success else "retryable_error" if outcome.retryable else "error"
+    action = action_name if action_name in connector.actions else "unknown"
+    metrics.connector_action(connector.name, action, label, outcome.response_time_ms / 1000)
+
+
+def _run_handler(
+    connector: Connector,
+    action_name: str,
+    config: dict[str, Any],
+    action_input: dict[str, Any],
+    ctx: ConnectorContext,
+    started: float,
+) -> ActionOutcome:
     action = connector.actions.get(action_name)
     if action is None:
         return _ended(started, error=f"connector {connector.name!r} has no action {action_name!r}")

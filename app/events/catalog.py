@@ -13,8 +13,10 @@ import peewee
 from flask import current_app
 
 from app.events.outbox import wake_dispatcher
+from app.logs.structured import current_request_id
 from app.store.db import database
 from app.store.models import Delivery, Event, EventType, Integration, Webhook, new_id, utcnow
+from app.stream import kinds
 
 BUILTIN_EVENT_TYPES: dict[str, str] = {
     "integration.created": "An integration was created.",
@@ -31,6 +33,8 @@ BUILTIN_EVENT_TYPES: dict[str, str] = {
     "oauth.connected": "An OAuth2 integration was connected (tokens stored).",
     "oauth.refresh_failed": "A token refresh was refused for good: reconnect the integration.",
     "oauth.revoked": "An OAuth2 integration's tokens were revoked and deleted.",
+    "alert.fired": "An alert rule's condition became true for a subject (see /alert-rules).",
+    "alert.resolved": "A fired alert's condition is no longer true.",
 }
 
 
@@ -72,7 +76,13 @@ def emit_event(
 ) -> Event:
     """Write an event and its deliveries in this transaction; wake the dispatcher on commit."""
     assert database.in_transaction(), "emit_event must run inside database.atomic()"
-    event = Event.create(type=event_type, payload=data, idempotency_key=idempotency_key)
+    event = Event.create(
+        type=event_type,
+        payload=data,
+        idempotency_key=idempotency_key,
+        request_id=current_request_id(),
+    )
+    kinds.event_published(event.id, event_type, event.created_at, data)
     now = utcnow()
     rows: list[dict[str, Any]] = []
     webhooks = Webhook.select(Webhook.id, Webhook.events, Webhook.retry_count).where(

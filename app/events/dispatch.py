@@ -20,6 +20,7 @@ from typing import Any
 import peewee
 from flask import current_app
 
+from app.events import observe
 from app.events.outbox import WAKE_FLAG, schedule_wake, wake_dispatcher
 from app.store.db import database
 from app.store.models import (
@@ -275,6 +276,7 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
             DeliveryAttempt.insert_many(rows).execute()
         for rows in peewee.chunked(writes.logs, 100):
             IntegrationLog.insert_many(rows).execute()
+        observe.logs_written(writes.logs)
         from app.events.catalog import emit_event
 
         for event_type, data in events_to_emit:
@@ -315,6 +317,7 @@ def _record_one(
             "next_attempt_at": next_at,
         }
     )
+    observe.attempt_recorded(delivery, item.event, webhook, result, status, attempt, next_at)
     if webhook is None:  # a subscription: execute_action already logged the run
         return emitted
     log_status = "success" if result.success else ("pending" if status == "pending" else "error")
@@ -379,6 +382,7 @@ def _update_webhook_health(
     if not changed:
         return []
     log.warning("webhook %s disabled: %s", webhook.id, reason)
+    observe.webhook_disabled(gone)
     return [
         (
             "webhook.disabled",

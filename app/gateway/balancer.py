@@ -34,6 +34,8 @@ from typing import Any
 
 from redis import Redis
 
+from app.metrics import instruments as metrics
+
 __all__ = ["Upstream", "UpstreamBalancer"]
 
 # KEYS[1]          hash: upstream URL -> smooth-WRR current weight
@@ -247,6 +249,8 @@ class UpstreamBalancer:
                 _ms(self.state_ttl_seconds),
             ],
         )
+        if int(ejected):
+            metrics.gateway_ejection(pool_id, upstream.url)
         return bool(int(ejected))
 
     def state(self, pool_id: str, upstreams: Sequence[Upstream]) -> list[dict[str, Any]]:

@@ -30,10 +30,12 @@ from app.gateway.proxy import (
 )
 from app.limits.enforce import usage_buffer
 from app.oauth.tokens import access_token
+from app.metrics import instruments as metrics
 from app.outbound.session import outbound_session
 from app.store.db import database
 from app.store.models import Integration, IntegrationLog
 from app.store.redis import get_redis
+from app.stream import kinds
 from app.web.api import Blueprint
 from app.web.problems import Problem
 
@@ -102,7 +104,7 @@ def _credentials(build: Any, config: dict[str, Any], rejected: str | None) -> di
 
 def _log(row: Integration, status: str, data: dict[str, Any], error: str | None, ms: float) -> None:
     try:
-        IntegrationLog.create(
+        logged = IntegrationLog.create(
             integration_id=row.id,
             event_type="gateway.request",
             event_data=data,
@@ -110,6 +112,7 @@ def _log(row: Integration, status: str, data: dict[str, Any], error: str | None,
             error_message=error,
             response_time_ms=ms,
         )
+        kinds.log_created(logged.to_dict())
     except Exception:  # noqa: BLE001 - a log write must never break the proxied answer
         log.exception("could not log gateway request for %s", row.id)
 
@@ -159,6 +162,7 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
     )
     record: dict[str, Any] = {"method": request.method, "path": "/" + path}
     timeout = float(config.get("timeout_ms", 10000)) / 1000
+    sent = time.perf_counter()
 
     def send(headers: list[tuple[str, str]]) -> Any:
         return send_with_retries(
@@ -185,16 +189,21 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
             attempt = send(headers)
             record["token_refreshed"] = True
     except AllUpstreamsDown as exc:
+        metrics.gateway_request(row.id, None, 503, None)
         _log(row, "error", record, str(exc), elapsed_ms(started))
         raise Problem(503, "All upstreams are unavailable; retry shortly.") from exc
     except UpstreamFailed as exc:
         record["upstream"] = exc.upstream
+        metrics.gateway_request(row.id, exc.upstream, exc.status, None)
         _log(row, "error", record, str(exc), elapsed_ms(started))
         raise Problem(exc.status, str(exc)) from exc
     except redis.RedisError as exc:
         raise Problem(503, "The gateway's shared state (Redis) is unavailable.") from exc
 
     upstream_response = attempt.response
+    metrics.gateway_request(
+        row.id, attempt.upstream.url, upstream_response.status_code, time.perf_counter() - sent
+    )
     record.update(
         upstream=attempt.upstream.url,
         status_code=upstream_response.status_code,

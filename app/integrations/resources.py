@@ -27,6 +27,7 @@ from app.logs.resources import log_query
 from app.logs.schemas import LogPageSchema, LogQueryArgsSchema
 from app.store.db import database
 from app.store.models import Integration, IntegrationLog, utcnow
+from app.stream import kinds
 from app.web.api import Blueprint, paginate
 from app.web.problems import Problem
 
@@ -99,6 +100,7 @@ class IntegrationsById(MethodView):
             row.updated_at = utcnow()
             row.save()
             record_update("integration", row.id, before, integration_view(row), data)
+            kinds.integration_status_changed(row.id, before["status"], row.status)
         return row
 
     @blp.auth("integrations:write")
@@ -146,7 +148,8 @@ def test_integration(integration_id: str) -> dict[str, Any]:
             Integration.update(status=status, updated_at=utcnow()).where(
                 Integration.id == row.id
             ).execute()
-        IntegrationLog.create(
+            kinds.integration_status_changed(row.id, row.status, status)
+        logged = IntegrationLog.create(
             integration_id=row.id,
             event_type="integration.test",
             event_data={"message": result.message},
@@ -154,6 +157,7 @@ def test_integration(integration_id: str) -> dict[str, Any]:
             error_message=None if result.success else result.message,
             response_time_ms=round(elapsed, 2),
         )
+        kinds.log_created(logged.to_dict())
         record_audit("integration.tested", "integration", row.id, {"status": status})
     return result.to_dict()
 

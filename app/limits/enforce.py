@@ -18,6 +18,7 @@ from flask import Flask, Response, current_app, g
 
 from app.limits.limiter import RateLimitDecision, RateLimiter
 from app.limits.usage import UsageBuffer
+from app.metrics import instruments as metrics
 from app.store.redis import connect
 from app.web.problems import Problem
 
@@ -72,6 +73,7 @@ def enforce(key_id: str, limit: int, *, watch: str | None = None) -> RateLimitDe
     g.ratelimit = decision
     if not decision.allowed:
         usage.rate_limited = True
+        metrics.rate_limited(key_id)
         raise Problem(
             429,
             f"This API key is limited to {decision.limit} requests per "

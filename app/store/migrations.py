@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import peewee
+from playhouse.migrate import SchemaMigrator, migrate
 
 from app.store import models
 from app.store.db import database
@@ -34,10 +35,18 @@ def _0003_i12_oauth_tokens_and_sso_identities() -> None:
     database.create_tables(models.OAUTH_MODELS, safe=True)
 
 
+def _0004_i13_event_request_ids() -> None:
+    """events.request_id: the API request that published an event (a fresh database has it)."""
+    if "request_id" not in {column.name for column in database.get_columns("events")}:
+        migrator = SchemaMigrator.from_database(database.obj)
+        migrate(migrator.add_column("events", "request_id", models.Event.request_id))
+
+
 MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0001_foundation", _0001_foundation),
     ("0002_events_and_webhooks", _0002_events_and_webhooks),
     ("0003_i12_oauth_tokens_and_sso_identities", _0003_i12_oauth_tokens_and_sso_identities),
+    ("0004_i13_event_request_ids", _0004_i13_event_request_ids),
 ]
 
 

@@ -186,6 +186,8 @@ class Event(BaseModel):
     type = peewee.CharField(max_length=200, index=True)
     payload = JSONField(default=dict)
     idempotency_key = peewee.CharField(max_length=300, null=True, unique=True)
+    # The API request that published it, so workers log deliveries with the same request id.
+    request_id = peewee.CharField(max_length=64, null=True)
     created_at = peewee.DateTimeField(default=utcnow, index=True)
 
     class Meta:

@@ -25,6 +25,7 @@ from app.store.models import (
     utcnow,
 )
 from app.store.secretbox import encrypt
+from app.stream import kinds
 from app.web.api import Blueprint, paginate
 from app.web.problems import Problem
 from app.webhooks.schemas import (
@@ -181,7 +182,7 @@ def test_webhook(webhook_id: str) -> dict[str, Any]:
     data = {"webhook_id": row.id, "message": "This is a test event from Switchboard."}
     body = event_body("webhook.test", now, data)
     result = send_signed(row.url, signing_secrets(row), test_event.id, body, row.timeout_ms)
-    IntegrationLog.create(
+    logged = IntegrationLog.create(
         integration_id=row.integration_id,
         event_type="webhook.test",
         event_data={
@@ -193,6 +194,7 @@ def test_webhook(webhook_id: str) -> dict[str, Any]:
         error_message=result.error,
         response_time_ms=round(result.response_time_ms, 2),
     )
+    kinds.log_created(logged.to_dict())
     return {
         "success": result.success,
         "status_code": result.status_code,

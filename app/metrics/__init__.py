@@ -1,0 +1,1 @@
+"""Prometheus metrics: instruments and their hooks, request metrics, ``GET /metrics``."""

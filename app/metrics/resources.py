@@ -1,0 +1,35 @@
+"""``GET /metrics``: Prometheus text format, for allowed networks or a ``metrics:read`` key."""
+
+from __future__ import annotations
+
+from flask import Response, current_app
+
+from app.auth.access import authenticate, client_ip, ip_allowed
+from app.metrics.exposition import render
+from app.web.api import SECURITY, Blueprint
+
+blp = Blueprint("metrics", __name__, description="Metrics")
+
+
+@blp.route("/metrics", methods=["GET"])
+@blp.doc(
+    security=[{}, *SECURITY],
+    description="Prometheus text format (version 0.0.4). Answered without a key to clients in "
+    "`SWITCHBOARD_METRICS_ALLOWED_NETWORKS` (default: loopback); anyone else needs a key with "
+    "the `metrics:read` scope.",
+    responses={
+        "200": {
+            "description": "Every process's counters and histograms, and shared-state gauges",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
+@blp.problem(401, "Outside the allowed networks and no valid API key")
+@blp.problem(403, "The key lacks the `metrics:read` scope")
+def metrics() -> Response:
+    """Prometheus metrics of every API and worker process."""
+    allowed = current_app.config["METRICS_ALLOWED_NETWORKS"]
+    if not (allowed and ip_allowed(client_ip(), [str(net) for net in allowed])):
+        authenticate().require("metrics:read")
+    body, content_type = render(current_app.config["METRICS_MULTIPROC_DIR"])
+    return Response(body, content_type=content_type)
