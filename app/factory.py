@@ -40,6 +40,7 @@ def _resource_modules() -> tuple[Any, ...]:
     from app.logs import resources as logs
     from app.oauth import resources as oauth
     from app.metrics import resources as metrics
+    from app.stream import resources as stream
     from app.webhooks import resources as webhooks
 
     return (
@@ -55,6 +56,7 @@ def _resource_modules() -> tuple[Any, ...]:
         logs,
         oauth,
         metrics,
+        stream,
     )
 
 

@@ -29,7 +29,7 @@ class _ThisProcess(Collector):
     """This process's own instruments (when there is no multiprocess directory)."""
 
     def collect(self) -> Iterator[Metric]:
-        return REGISTRY.collect()
+        yield from REGISTRY.collect()
 
 
 class SharedStateCollector(Collector):

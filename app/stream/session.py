@@ -1,0 +1,168 @@
+"""One client's stream: catch up from ``Last-Event-ID``, then live entries, heartbeats, re-checks.
+
+Resuming: entries after the client's last id are read from Redis (``XRANGE``, in pages) up to
+the point where the hub's live entries take over, and live entries not newer than what was
+already sent are skipped — so a reconnect sees no gap and no duplicate. When the last id is
+older than what retention kept, a ``stream.gap`` event says so before the rest.
+
+Every entry is checked against the key's scopes and the client's filters before it is sent.
+When the auth epoch moves (a key was revoked, rotated, changed), the key is loaded again: a
+key that is no longer valid ends the stream with a ``stream.closed`` event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis
+from flask import Flask
+
+from app.auth.access import Principal
+from app.metrics import instruments as metrics
+from app.store.db import database
+from app.store.models import utcnow
+from app.store.redis import connect
+from app.stream.access import principal_for_key
+from app.stream.hub import Hub, StreamEntry, Subscriber, entry_id_key, parse_entry
+from app.stream.publish import STREAM_KEY, TRIMMED_KEY
+from app.web.problems import Problem
+
+CATCH_UP_PAGE = 200
+RECONNECT_MS = 3000
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the client asked for: patterns over the kind and the event type, and ids."""
+
+    types: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+    integration_id: str | None = None
+    webhook_id: str | None = None
+
+    def admit(self, entry: StreamEntry) -> bool:
+        if self.types and not any(_matches(p, entry.kind) for p in self.types):
+            return False
+        if self.event_types and not (
+            entry.event_type and any(_matches(p, entry.event_type) for p in self.event_types)
+        ):
+            return False
+        if self.integration_id and entry.integration_id != self.integration_id:
+            return False
+        return not (self.webhook_id and entry.webhook_id != self.webhook_id)
+
+
+def _matches(pattern: str, value: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return value.startswith(pattern[:-1])
+    return pattern == value
+
+
+def message(entry: StreamEntry) -> str:
+    """The SSE message for an entry (its id is the Redis entry id)."""
+    return f"id: {entry.id}\nevent: {entry.kind}\ndata: {entry.data}\n\n"
+
+
+def _control(kind: str, data: dict[str, object]) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+class StreamSession:
+    """The state of one open stream."""
+
+    def __init__(
+        self,
+        app: Flask,
+        hub: Hub,
+        principal: Principal,
+        filters: Filters,
+        heartbeat: float,
+    ) -> None:
+        self.app = app
+        self.hub = hub
+        self.principal = principal
+        self.filters = filters
+        self.heartbeat = heartbeat
+        self.epoch = hub.epoch
+
+    def visible(self, entry: StreamEntry) -> bool:
+        return self.principal.has(entry.scope) and self.filters.admit(entry)
+
+    def run(
+        self, subscriber: Subscriber, start_after: str, last_event_id: str | None
+    ) -> Iterator[str]:
+        """The SSE text of the whole stream; ends when the client goes or must be dropped."""
+        reason = "client"
+        try:
+            yield f"retry: {RECONNECT_MS}\n: connected\n\n"
+            sent = start_after
+            if last_event_id is not None:
+                sent = last_event_id
+                yield from self._catch_up(last_event_id, start_after)
+                if entry_id_key(start_after) > entry_id_key(sent):
+                    sent = start_after
+            while True:
+                entries = subscriber.take(self.heartbeat)
+                if subscriber.dropped:
+                    reason = "slow"
+                    return
+                if not entries:
+                    closed = self._still_allowed()
+                    if closed is not None:
+                        reason = "revoked"
+                        yield closed
+                        return
+                    yield ": heartbeat\n\n"
+                    continue
+                floor = entry_id_key(sent)
+                for entry in entries:
+                    if entry_id_key(entry.id) <= floor:
+                        continue  # already sent during the catch-up
+                    sent = entry.id
+                    if self.visible(entry):
+                        yield message(entry)
+        finally:
+            self.hub.unsubscribe(subscriber)
+            metrics.stream_connection("closed", reason)
+
+    def _catch_up(self, last_event_id: str, until: str) -> Iterator[str]:
+        client = connect(self.app)
+        try:
+            trimmed = client.get(TRIMMED_KEY)
+        except redis.RedisError:
+            trimmed = None
+        if trimmed is not None:
+            trimmed_id = trimmed.decode() if isinstance(trimmed, bytes) else str(trimmed)
+            if entry_id_key(last_event_id) < entry_id_key(trimmed_id):
+                yield _control(
+                    "stream.gap",
+                    {"last_event_id": last_event_id, "trimmed_through": trimmed_id},
+                )
+        cursor = last_event_id
+        while entry_id_key(cursor) < entry_id_key(until):
+            page = client.xrange(STREAM_KEY, min=f"({cursor}", max=until, count=CATCH_UP_PAGE)
+            if not page:
+                return
+            for entry_id, fields in page:
+                entry = parse_entry(entry_id, fields)
+                cursor = entry.id
+                if self.visible(entry):
+                    yield message(entry)
+
+    def _still_allowed(self) -> str | None:
+        """None while the key is valid; else the ``stream.closed`` message to end with."""
+        key = self.principal.key
+        expired = key.expires_at is not None and key.expires_at <= utcnow()
+        if not expired and self.hub.epoch == self.epoch:
+            return None
+        self.epoch = self.hub.epoch
+        try:
+            with self.app.app_context(), database.connection_context():
+                self.principal = principal_for_key(key.id)
+        except Problem as exc:
+            return _control("stream.closed", {"reason": exc.description})
+        return None

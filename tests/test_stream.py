@@ -1,0 +1,266 @@
+"""The live stream: real gevent gunicorn, real worker, real receiver, real Redis Streams."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from app.store.models import User
+from app.stream.hub import Hub
+from app.stream.publish import STREAM_KEY, TRIMMED_KEY, Entry, Publisher
+from tests.conftest import ApiClient, make_key, session_redis_url
+from tests.peers import GunicornServer
+from tests.sse import Message, SSEClient
+
+
+@pytest.fixture(scope="module")
+def stream_base(app: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The stream service as deployed: gunicorn with a gevent worker."""
+    log = tmp_path_factory.mktemp("stream") / "gunicorn.log"
+    server = GunicornServer(app, log, SWITCHBOARD_STREAM_HEARTBEAT="0.5")
+    server.command[1:1] = ["-k", "gevent", "--worker-connections", "200"]
+    yield server.start()
+    server.stop()
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _publish_orders(api: ApiClient, numbers: range) -> list[str]:
+    ids = []
+    for n in numbers:
+        res = api.post("/api/v1/events", json={"type": "order.paid", "data": {"n": n}})
+        assert res.status_code == 202, res.json
+        ids.append(res.json["id"])
+    return ids
+
+
+def _order_webhook(api: ApiClient, integration: dict[str, Any], url: str) -> str:
+    assert api.post("/api/v1/event-types", json={"name": "order.paid"}).status_code == 201
+    res = api.post(
+        "/api/v1/webhooks",
+        json={"url": url, "events": ["order.paid"], "integration_id": integration["id"]},
+    )
+    assert res.status_code == 201, res.json
+    return str(res.json["id"])
+
+
+def _succeeded(messages: list[Message]) -> list[str]:
+    return [
+        m.json()["event_id"]
+        for m in messages
+        if m.event == "delivery.attempted" and m.json()["status"] == "succeeded"
+    ]
+
+
+def test_delivery_outcomes_arrive_and_resume_without_gaps_or_duplicates(
+    stream_base: str,
+    api: ApiClient,
+    admin_key: str,
+    integration: dict[str, Any],
+    receiver: Any,
+    worker: Any,
+) -> None:
+    webhook_id = _order_webhook(api, integration, receiver.url + "/hooks")
+    url = f"{stream_base}/api/v1/stream"
+    first = SSEClient(url, _auth(admin_key), types="delivery.attempted", webhook_id=webhook_id)
+    assert first.status == 200 and first.response.headers["Content-Type"].startswith(
+        "text/event-stream"
+    )
+    published = _publish_orders(api, range(5))
+    seen = first.collect(lambda got: len(_succeeded(got)) == 5)
+    first.close()
+    assert sorted(_succeeded(seen)) == sorted(published)
+    resume_from = seen[2]  # as if the connection broke after the third message
+
+    published += _publish_orders(api, range(5, 10))  # while nobody listens
+    receiver.wait_for(lambda reqs: len(reqs) == 10)
+    second = SSEClient(
+        url,
+        {**_auth(admin_key), "Last-Event-ID": str(resume_from.id)},
+        types="delivery.attempted",
+        webhook_id=webhook_id,
+    )
+    published += _publish_orders(api, range(10, 12))  # live again, right after the catch-up
+    resumed = second.collect(lambda got: len(_succeeded(got)) == 9)
+    second.close()
+    combined = _succeeded(seen[:3]) + _succeeded(resumed)
+    assert combined == [e for e in combined if e in published]
+    assert sorted(combined) == sorted(published)  # every delivery once: no gap, no duplicate
+    ids = [m.id for m in seen[:3] + resumed]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, str(i).split("-"))))
+    assert len(set(ids)) == len(ids)
+
+
+def test_a_key_sees_only_what_its_scopes_allow(
+    stream_base: str,
+    api: ApiClient,
+    admin_user: User,
+    app: Any,
+    integration: dict[str, Any],
+    receiver: Any,
+    worker: Any,
+) -> None:
+    keys = {
+        scope: make_key(app, admin_user, [scope])
+        for scope in ("logs:read", "webhooks:read", "integrations:read", "events:write")
+    }
+    url = f"{stream_base}/api/v1/stream"
+    clients = {scope: SSEClient(url, _auth(key)) for scope, key in keys.items()}
+    # First what none of them may see: a key's events need keys:read.
+    assert api.post("/api/v1/api-keys", json={"name": "x", "permissions": []}).status_code == 201
+    _order_webhook(api, integration, receiver.url + "/hooks")
+    _publish_orders(api, range(1))
+    res = api.patch(f"/api/v1/integrations/{integration['id']}", json={"status": "inactive"})
+    assert res.status_code == 200
+
+    def has(kind: str) -> Any:
+        return lambda got: any(m.event == kind for m in got)
+
+    logs = clients["logs:read"].collect(has("log.created"))
+    hooks = clients["webhooks:read"].collect(
+        lambda got: (
+            len(_succeeded(got)) == 1
+            and has("log.created")(got) is False
+            or len(_succeeded(got)) == 1
+        )
+    )
+    ints = clients["integrations:read"].collect(has("integration.status_changed"))
+    time.sleep(1)  # anything else in flight arrives now (the stream is one ordered log)
+    for client in clients.values():
+        client.close()
+    logs += _drain(clients["logs:read"])
+    hooks += _drain(clients["webhooks:read"])
+    ints += _drain(clients["integrations:read"])
+    writer = _drain(clients["events:write"])
+
+    assert {m.event for m in logs} == {"log.created"}
+    assert {m.event for m in hooks} <= {"delivery.attempted", "event.published"}
+    assert {m.json()["type"] for m in hooks if m.event == "event.published"} <= {
+        "order.paid",
+        "webhook.created",
+    }
+    assert {m.event for m in ints} <= {"integration.status_changed", "event.published"}
+    assert {m.json()["type"] for m in ints if m.event == "event.published"} == {
+        "integration.updated"
+    }
+    assert writer == []  # events:write reads nothing
+    everything = logs + hooks + ints
+    assert not any("api_key" in m.data for m in everything)
+
+
+def _drain(client: SSEClient) -> list[Message]:
+    got = []
+    while not client.messages.empty():
+        message = client.messages.get()
+        if message is not None:
+            got.append(message)
+    return got
+
+
+def test_stream_tokens_are_single_use(stream_base: str, admin_key: str) -> None:
+    res = requests.post(f"{stream_base}/api/v1/stream/tokens", headers=_auth(admin_key), timeout=10)
+    assert res.status_code == 201
+    body = res.json()
+    assert body["url"].startswith(f"{stream_base}/api/v1/stream?token=sbst_")
+    assert body["expires_in"] == 60
+    first = SSEClient(body["url"])
+    assert first.status == 200
+    first.collect(lambda got: True)  # connected
+    again = requests.get(body["url"], timeout=10)
+    assert again.status_code == 401
+    assert again.headers["Content-Type"] == "application/problem+json"
+    assert "used or expired" in again.json()["detail"]
+    assert requests.get(f"{stream_base}/api/v1/stream?token=nope", timeout=10).status_code == 401
+    first.close()
+
+
+def test_a_revoked_key_is_cut_off(
+    stream_base: str, api: ApiClient, app: Any, admin_user: User
+) -> None:
+    key = make_key(app, admin_user, ["logs:read"], name="short-lived")
+    client = SSEClient(f"{stream_base}/api/v1/stream", _auth(key))
+    assert client.status == 200
+    key_id = next(
+        k["id"] for k in api.get("/api/v1/api-keys").json["items"] if k["name"] == "short-lived"
+    )
+    assert api.delete(f"/api/v1/api-keys/{key_id}").status_code == 204
+    closed = client.collect(lambda got: any(m.event == "stream.closed" for m in got), timeout=15)
+    assert "revoked" in closed[-1].json()["reason"]
+    assert client.closed.wait(10)
+
+
+def test_resuming_past_retention_reports_the_gap(stream_base: str, admin_key: str) -> None:
+    client = redis.Redis.from_url(session_redis_url())
+    publisher = Publisher(client, retention=3600, max_entries=100)
+    for n in range(150):
+        publisher._queue.append(Entry("test.entry", "logs:read", {"n": n}))
+    publisher.flush()
+    ids = [i.decode() for i, _ in client.xrange(STREAM_KEY)]
+    assert len(ids) == 100
+    trimmed = client.get(TRIMMED_KEY).decode()
+    url = f"{stream_base}/api/v1/stream"
+
+    stale = SSEClient(url, {**_auth(admin_key), "Last-Event-ID": "1-0"}, types="test.*")
+    got = stale.collect(lambda got: len(got) == 101)
+    stale.close()
+    assert got[0].event == "stream.gap"
+    assert got[0].json() == {"last_event_id": "1-0", "trimmed_through": trimmed}
+    assert [m.json()["n"] for m in got[1:]] == list(range(50, 150))
+
+    recent = SSEClient(url, _auth(admin_key), types="test.*", last_event_id=ids[89])
+    got = recent.collect(lambda got: len(got) == 10)
+    time.sleep(0.5)
+    recent.close()
+    assert [m.json()["n"] for m in got + _drain(recent)] == list(range(140, 150))
+
+
+def test_a_client_that_stops_reading_is_dropped_not_buffered() -> None:
+    client = redis.Redis.from_url(session_redis_url())
+    hub = Hub(client, buffer_limit=5)
+    hub.start()
+    ours, theirs = socket.socketpair()
+    try:
+        slow, _ = hub.subscribe(ours)
+        fast, _ = hub.subscribe()
+        for n in range(20):
+            client.xadd(STREAM_KEY, Entry("test.entry", "logs:read", {"n": n}).fields())
+            taken = fast.take(2)
+            assert len(taken) == 1
+        deadline = time.monotonic() + 10
+        while not slow.dropped and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert slow.dropped and len(slow.entries) == 0  # nothing kept for it
+        assert not fast.dropped
+        theirs.settimeout(5)
+        assert theirs.recv(10) == b""  # its connection was shut down
+    finally:
+        hub.stop()
+        ours.close()
+        theirs.close()
+
+
+def test_stream_answers_problems_before_streaming(
+    client: Any, api: ApiClient, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    res = client.get("/api/v1/stream")
+    assert res.status_code == 401 and res.mimetype == "application/problem+json"
+    res = api.get("/api/v1/stream", headers={"Last-Event-ID": "yesterday"})
+    assert res.status_code == 400
+    monkeypatch.setitem(app.config, "STREAM_MAX_CLIENTS", 0)
+    res = api.get("/api/v1/stream")
+    assert res.status_code == 503 and res.headers["Retry-After"] == "5"
+    monkeypatch.setitem(app.config, "STREAM_URL", "http://127.0.0.1:9/api/v1/stream")
+    res = client.get("/api/v1/stream?token=sbst_x&types=delivery.*")
+    assert res.status_code == 307  # a threaded server hands streams to the stream service
+    assert (
+        res.headers["Location"] == "http://127.0.0.1:9/api/v1/stream?token=sbst_x&types=delivery.*"
+    )
