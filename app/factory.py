@@ -151,6 +151,9 @@ def release_app(app: Flask) -> None:
     client = app.extensions.get("redis")
     if client is not None:
         client.close()
+    hub = app.extensions.get("stream_hub")
+    if hub is not None:
+        hub.stop()
     publisher = app.extensions.get("stream_publisher")
     if publisher is not None:
         publisher.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -126,13 +125,7 @@ def test_a_key_sees_only_what_its_scopes_allow(
         return lambda got: any(m.event == kind for m in got)
 
     logs = clients["logs:read"].collect(has("log.created"))
-    hooks = clients["webhooks:read"].collect(
-        lambda got: (
-            len(_succeeded(got)) == 1
-            and has("log.created")(got) is False
-            or len(_succeeded(got)) == 1
-        )
-    )
+    hooks = clients["webhooks:read"].collect(lambda got: len(_succeeded(got)) == 1)
     ints = clients["integrations:read"].collect(has("integration.status_changed"))
     time.sleep(1)  # anything else in flight arrives now (the stream is one ordered log)
     for client in clients.values():
@@ -244,6 +237,9 @@ def test_a_client_that_stops_reading_is_dropped_not_buffered() -> None:
         assert theirs.recv(10) == b""  # its connection was shut down
     finally:
         hub.stop()
+        assert hub._thread is not None
+        hub._thread.join(5)
+        client.close()
         ours.close()
         theirs.close()
 
