@@ -18,6 +18,7 @@ from typing import Any
 from rq import SimpleWorker
 
 from app import create_app
+from app.alerts.evaluate import start_alert_evaluator
 from app.events.reconciler import start_reconciler
 from app.logs.structured import request_id_bound
 from app.oauth.refresher import start_token_refresher
@@ -46,6 +47,7 @@ def main() -> None:
             sys.exit(f"switchboard worker: {exc}")
         start_reconciler(app)
         start_token_refresher(app)
+        start_alert_evaluator(app)
         worker = Worker(
             [get_queue(name) for name in QUEUE_NAMES], connection=connection, name=args.name
         )

@@ -29,6 +29,7 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def _resource_modules() -> tuple[Any, ...]:
+    from app.alerts import resources as alerts
     from app.api_keys import resources as api_keys
     from app.auth import resources as auth
     from app.connectors import inbound
@@ -57,6 +58,7 @@ def _resource_modules() -> tuple[Any, ...]:
         oauth,
         metrics,
         stream,
+        alerts,
     )
 
 

@@ -112,7 +112,12 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def _all_models() -> list[Any]:
     from app.store import models
 
-    return [*models.FOUNDATION_MODELS, *models.EVENT_MODELS, *models.OAUTH_MODELS]
+    return [
+        *models.FOUNDATION_MODELS,
+        *models.EVENT_MODELS,
+        *models.OAUTH_MODELS,
+        *models.ALERT_MODELS,
+    ]
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,10 @@ Each key gets one hash per hour, ``sb:usage:<key_id>:<epoch_hour>`` (``epoch_hou
   counted in ``4xx`` as the 429 they got);
 - ``gateway_bytes``: response bytes proxied by the gateway.
 
+Refused requests are also counted per minute, in ``sb:usage:limited:<epoch_minute>`` (field: the
+key id), so alert rules can ask "which keys hit their limit in the last N minutes"
+(:func:`rate_limited_keys`).
+
 Every write refreshes an 8-day TTL, so the history is bounded without a cleanup job. Counts are
 buffered per process and flushed in one pipeline a second (``UsageBuffer``); reads are one
 pipelined round trip.
@@ -58,6 +62,10 @@ def _bucket_key(key_id: str, epoch_hour: int) -> str:
     return f"{PREFIX}{key_id}:{epoch_hour}"
 
 
+def _limited_key(epoch_minute: int) -> str:
+    return f"{PREFIX}limited:{epoch_minute}"
+
+
 def _status_field(status: int) -> str:
     return STATUS_FIELDS[min(max(status // 100, 2), 5) - 2]
 
@@ -88,11 +96,13 @@ class UsageBuffer:
         now: float | None = None,
     ) -> None:
         """Count one response of ``key_id`` (and proxied bytes) in the current hour."""
-        key = _bucket_key(key_id, int((time.time() if now is None else now) // HOUR))
+        at = time.time() if now is None else now
+        key = _bucket_key(key_id, int(at // HOUR))
         with self._lock:
             self._counts[(key, _status_field(status))] += 1
             if rate_limited:
                 self._counts[(key, "rate_limited")] += 1
+                self._counts[(_limited_key(int(at // 60)), key_id)] += 1
         if gateway_bytes > 0:
             self.add_bytes(key_id, gateway_bytes, now=now)
         self._ensure_flusher()
@@ -142,6 +152,22 @@ class UsageBuffer:
         """Stop flushing and drop pending counts (for an app that is being discarded)."""
         self._closed.set()
         atexit.unregister(self.flush)
+
+
+def rate_limited_keys(
+    redis: Redis, window_seconds: int, now: float | None = None
+) -> dict[str, int]:
+    """Requests refused by rate limits per key id in the last ``window_seconds`` (by minute)."""
+    current = int((time.time() if now is None else now) // 60)
+    minutes = range(current - max(1, window_seconds // 60) + 1, current + 1)
+    pipe = redis.pipeline(transaction=False)
+    for minute in minutes:
+        pipe.hgetall(_limited_key(minute))
+    totals: defaultdict[str, int] = defaultdict(int)
+    for raw in pipe.execute():
+        for key_id, n in raw.items():
+            totals[key_id.decode() if isinstance(key_id, bytes) else key_id] += int(n)
+    return dict(totals)
 
 
 def read(redis: Redis, key_id: str, hours: int, now: float | None = None) -> list[UsageBucket]:

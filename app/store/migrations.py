@@ -42,11 +42,16 @@ def _0004_i13_event_request_ids() -> None:
         migrate(migrator.add_column("events", "request_id", models.Event.request_id))
 
 
+def _0005_i13_alerts() -> None:
+    database.create_tables(models.ALERT_MODELS, safe=True)
+
+
 MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0001_foundation", _0001_foundation),
     ("0002_events_and_webhooks", _0002_events_and_webhooks),
     ("0003_i12_oauth_tokens_and_sso_identities", _0003_i12_oauth_tokens_and_sso_identities),
     ("0004_i13_event_request_ids", _0004_i13_event_request_ids),
+    ("0005_i13_alerts", _0005_i13_alerts),
 ]
 
 

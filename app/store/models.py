@@ -294,3 +294,75 @@ class SsoIdentity(BaseModel):
 
 
 OAUTH_MODELS = [OAuthToken, SsoIdentity]
+
+
+class AlertRule(BaseModel):
+    """A condition watched by the workers and where to send its alerts."""
+
+    id = _id_field("alr")
+    name = peewee.CharField(max_length=200)
+    description = peewee.TextField(default="")
+    condition = JSONField(default=dict)  # {"type": …, parameters}
+    target = JSONField(default=dict)  # {"type": "action"|"webhook", …}
+    cooldown_seconds = peewee.IntegerField(default=300)
+    notify_resolved = peewee.BooleanField(default=True)
+    enabled = peewee.BooleanField(default=True, index=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+    created_by = peewee.ForeignKeyField(
+        User, null=True, on_delete="SET NULL", column_name="created_by"
+    )
+    created_by_id: str | None
+
+    class Meta:
+        table_name = "alert_rules"
+
+
+class AlertFiring(BaseModel):
+    """One incident of a rule for one subject (a webhook, an integration, a key…)."""
+
+    id = _id_field("alf")
+    rule = peewee.ForeignKeyField(
+        AlertRule, on_delete="CASCADE", column_name="rule_id", backref="firings"
+    )
+    rule_id: str
+    subject = peewee.CharField(max_length=300)
+    status = peewee.CharField(max_length=20, default="firing")  # firing | resolved
+    # "<rule id>|<subject>" while firing, NULL once resolved: at most one open incident per
+    # rule and subject, whichever worker evaluates (NULLs never collide in a unique index).
+    open_key = peewee.CharField(max_length=400, null=True, unique=True)
+    summary = peewee.TextField(default="")
+    details = JSONField(default=dict)
+    fired_at = peewee.DateTimeField(default=utcnow)
+    resolved_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "alert_firings"
+        indexes = ((("rule", "subject", "fired_at"), False),)
+
+
+class AlertNotification(BaseModel):
+    """One notice of a firing (``fired`` or ``resolved``) to the rule's target."""
+
+    id = _id_field("aln")
+    firing = peewee.ForeignKeyField(
+        AlertFiring, on_delete="CASCADE", column_name="firing_id", backref="notifications"
+    )
+    firing_id: str
+    phase = peewee.CharField(max_length=20)  # fired | resolved
+    target_type = peewee.CharField(max_length=20)  # action | webhook
+    status = peewee.CharField(max_length=20, default="pending")  # pending | sent | failed
+    attempts = peewee.IntegerField(default=0)
+    last_error = peewee.TextField(null=True)
+    event_id = peewee.CharField(max_length=40, null=True)  # the alert.* event (webhook targets)
+    next_attempt_at = peewee.DateTimeField(default=utcnow)
+    lease_until = peewee.DateTimeField(null=True)
+    sent_at = peewee.DateTimeField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "alert_notifications"
+        indexes = ((("status", "next_attempt_at"), False),)
+
+
+ALERT_MODELS = [AlertRule, AlertFiring, AlertNotification]

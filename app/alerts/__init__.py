@@ -1,0 +1,1 @@
+"""Alert rules: conditions the workers evaluate, firings, and notifications of them."""
