@@ -21,6 +21,7 @@ from typing import Any
 import peewee
 
 from app.limits.usage import rate_limited_keys
+from app.store.db import database
 from app.store.models import ApiKey, Delivery, Event, Integration, IntegrationLog, Webhook
 from app.store.redis import get_redis
 
@@ -173,7 +174,7 @@ def error_rate(condition: dict[str, Any], now: datetime) -> dict[str, Holding]:
         needle = json.dumps({"upstream": upstream}, separators=(",", ":"))[1:-1]
         query = query.where(
             (IntegrationLog.event_type == "gateway.request")
-            & IntegrationLog.event_data.contains(needle)
+            & json_text_contains(IntegrationLog.event_data, needle)
         )
         subject = f"upstream:{integration_id}:{upstream}"
     counts = dict(_tuples(query.group_by(IntegrationLog.status)))
@@ -241,6 +242,12 @@ def oauth_refresh_failed(condition: dict[str, Any], now: datetime) -> dict[str, 
             {"integration_id": integration_id, "error": payload.get("error")},
         )
     return found
+
+
+def json_text_contains(field: Any, needle: str) -> Any:
+    """SQL: the JSON text stored in ``field`` contains ``needle`` exactly (no LIKE wildcards)."""
+    find = peewee.fn.instr if isinstance(database.obj, peewee.SqliteDatabase) else peewee.fn.strpos
+    return find(field.cast("TEXT"), peewee.Value(needle, converter=False)) > 0
 
 
 def _tuples(query: Any) -> list[tuple[Any, ...]]:

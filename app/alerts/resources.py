@@ -7,7 +7,7 @@ from typing import Any
 from flask import g
 from flask.views import MethodView
 
-from app.alerts.conditions import CONDITIONS, with_defaults
+from app.alerts.conditions import CONDITIONS, json_text_contains, with_defaults
 from app.alerts.notify import DEFAULT_INPUT
 from app.alerts.schemas import (
     AlertFiringPageSchema,
@@ -108,12 +108,8 @@ class AlertRules(MethodView):
         if "enabled" in args:
             query = query.where(AlertRule.enabled == args["enabled"])
         if "condition_type" in args:
-            wanted = [
-                r.id
-                for r in AlertRule.select(AlertRule.id, AlertRule.condition)
-                if r.condition.get("type") == args["condition_type"]
-            ]
-            query = query.where(AlertRule.id.in_(wanted))
+            needle = f'"type":"{args["condition_type"]}"'  # stored as compact JSON
+            query = query.where(json_text_contains(AlertRule.condition, needle))
         return paginate(query.order_by(AlertRule.created_at.desc(), AlertRule.id), args)
 
     @blp.auth("alerts:write")
