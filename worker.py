@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-
 from typing import Any
 
 from rq import SimpleWorker
