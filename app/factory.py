@@ -16,10 +16,10 @@ from app.auth import access
 from app.config import load_config
 from app.connectors import extension as connectors_extension
 from app.limits import enforce as rate_limits
-from app.oauth import tokens as oauth_tokens
 from app.logs.access import log_request
 from app.logs.structured import bind_request_id, configure_logging
 from app.metrics import http as http_metrics
+from app.oauth import tokens as oauth_tokens
 from app.store import db, secretbox
 from app.store import redis as redis_store
 from app.web import cors, docs, hygiene, problems
@@ -39,8 +39,8 @@ def _resource_modules() -> tuple[Any, ...]:
     from app.health import resources as health
     from app.integrations import resources as integrations
     from app.logs import resources as logs
-    from app.oauth import resources as oauth
     from app.metrics import resources as metrics
+    from app.oauth import resources as oauth
     from app.stream import resources as stream
     from app.webhooks import resources as webhooks
 

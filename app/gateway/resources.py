@@ -29,8 +29,8 @@ from app.gateway.proxy import (
     stream_body,
 )
 from app.limits.enforce import usage_buffer
-from app.oauth.tokens import access_token
 from app.metrics import instruments as metrics
+from app.oauth.tokens import access_token
 from app.outbound.session import outbound_session
 from app.store.db import database
 from app.store.models import Integration, IntegrationLog

@@ -25,6 +25,7 @@ from redis.exceptions import LockError
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import TokenUnavailable, timeout_seconds
 from app.events.catalog import emit_event
+from app.metrics import instruments as metrics
 from app.oauth.client import GrantRefused, ProviderError, ProviderUnavailable, describe
 from app.oauth.client import oauth_session as make_session
 from app.oauth.presets import effective_config
@@ -32,6 +33,7 @@ from app.store.db import database
 from app.store.models import Integration, IntegrationLog, OAuthToken, utcnow
 from app.store.redis import get_redis
 from app.store.secretbox import decrypt, encrypt
+from app.stream import kinds
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +228,7 @@ def refresh(integration_id: str, tokens: TokenSet) -> TokenSet:
         status="success",
         response_time_ms=round((time.perf_counter() - started) * 1000, 2),
     )
+    metrics.oauth_refresh(success=True)
     refreshed = load(integration_id)
     assert refreshed is not None
     return refreshed
@@ -263,6 +266,7 @@ def _record_failure(integration: Integration, exc: ProviderError, started: float
     """Log a failed refresh; a permanent one also sets status ``error`` and emits an event."""
     elapsed = round((time.perf_counter() - started) * 1000, 2)
     permanent = isinstance(exc, GrantRefused)
+    metrics.oauth_refresh(success=False)
     with database.atomic():
         IntegrationLog.create(
             integration_id=integration.id,
@@ -276,6 +280,7 @@ def _record_failure(integration: Integration, exc: ProviderError, started: float
             Integration.update(status="error", updated_at=utcnow()).where(
                 Integration.id == integration.id
             ).execute()
+            kinds.integration_status_changed(integration.id, integration.status, "error")
             emit_event(
                 "oauth.refresh_failed",
                 {

@@ -3,7 +3,8 @@
 Browsers' ``EventSource`` cannot send headers, so a frontend first trades its key for a token
 (``POST /api/v1/stream/tokens``) and opens the stream with ``?token=…``. A token is valid for
 :data:`TOKEN_TTL` seconds and for one connection; only its SHA-256 is stored (in Redis), and
-redeeming it deletes it atomically (``GETDEL``), so it cannot be replayed.
+redeeming it deletes it atomically (``GET`` and ``DEL`` in one transaction), so it cannot be
+replayed.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def redeem_token(token: str) -> str:
     if not token.startswith(TOKEN_PREFIX) or len(token) > 100:
         raise Problem(401, "Malformed stream token.")
     try:
-        key_id = get_redis().getdel(_TOKEN_KEY + _digest(token))
+        pipe = get_redis().pipeline(transaction=True)  # GET+DEL at once (GETDEL needs 6.2)
+        key_id, _ = (
+            pipe.get(_TOKEN_KEY + _digest(token)).delete(_TOKEN_KEY + _digest(token)).execute()
+        )
     except redis.RedisError as exc:
         raise Problem(503, "Stream tokens are unavailable (Redis); retry shortly.") from exc
     if key_id is None:
