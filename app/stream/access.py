@@ -44,10 +44,11 @@ def redeem_token(token: str) -> str:
     if not token.startswith(TOKEN_PREFIX) or len(token) > 100:
         raise Problem(401, "Malformed stream token.")
     try:
+        name = _TOKEN_KEY + _digest(token)
         pipe = get_redis().pipeline(transaction=True)  # GET+DEL at once (GETDEL needs 6.2)
-        key_id, _ = (
-            pipe.get(_TOKEN_KEY + _digest(token)).delete(_TOKEN_KEY + _digest(token)).execute()
-        )
+        pipe.get(name)
+        pipe.delete(name)
+        key_id, _ = pipe.execute()
     except redis.RedisError as exc:
         raise Problem(503, "Stream tokens are unavailable (Redis); retry shortly.") from exc
     if key_id is None:
