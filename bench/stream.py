@@ -56,7 +56,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
 def hold_streams(url: str, key: str, count: int) -> None:
     """Child process: open ``count`` streams, print ``ready``, read heartbeats until killed."""
     host, port = url.split("//")[1].split("/")[0].split(":")
-    path = "/" + url.split("//")[1].split("/", 1)[1]
+    # Idle: nothing these streams ask for happens during the run (no alert rules exist).
+    path = "/" + url.split("//")[1].split("/", 1)[1] + "?types=alert.*"
     selector = selectors.DefaultSelector()
     request = (
         f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
@@ -188,10 +189,14 @@ def delivery_latency(api: str, stream: str, key: str, count: int) -> list[float]
     )
 
     def read() -> None:
-        for line in response.iter_lines(decode_unicode=True):
-            if line and line.startswith("data: "):
-                data = json.loads(line[6:])
-                seen.setdefault(data["event_id"], time.time())
+        # chunk_size=1: iter_lines would otherwise hold a line until 512 bytes arrived.
+        try:
+            for line in response.iter_lines(chunk_size=1, decode_unicode=True):
+                if line and line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    seen.setdefault(data["event_id"], time.time())
+        except (requests.RequestException, AttributeError, ValueError):
+            pass  # closed at the end
 
     threading.Thread(target=read, daemon=True).start()
     time.sleep(0.5)
@@ -230,7 +235,11 @@ def main() -> int:
     metrics_dir = tmp / "metrics"
     metrics_dir.mkdir()
     env = bench_env(
-        tmp, redis_url, SWITCHBOARD_STREAM_HEARTBEAT="5", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)
+        tmp,
+        redis_url,
+        SWITCHBOARD_STREAM_HEARTBEAT="5",
+        SWITCHBOARD_ALLOWED_NETWORKS="127.0.0.0/8",
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
     os.environ.update({k: env[k] for k in ("SWITCHBOARD_INSTANCE_PATH", "SWITCHBOARD_LOG_LEVEL")})
     holder = worker = stream_proc = None

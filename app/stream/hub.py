@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,17 +66,21 @@ def parse_entry(entry_id: Any, fields: Any) -> StreamEntry:
 
 
 class Subscriber:
-    """One client's buffer of entries waiting to be written."""
+    """One client's buffer of entries waiting to be written (only those it ``accepts``)."""
 
-    def __init__(self, limit: int, sock: socket.socket | None) -> None:
+    def __init__(
+        self, limit: int, sock: socket.socket | None, accepts: Callable[[StreamEntry], bool]
+    ) -> None:
         self.limit = limit
         self.sock = sock
+        self.accepts = accepts
         self.entries: deque[StreamEntry] = deque()
         self.wake = threading.Event()
         self.dropped = False
 
     def offer(self, entry: StreamEntry) -> None:
-        if self.dropped:
+        # Filtered here, in the reader: a client that wants none of it is not even woken.
+        if self.dropped or not self.accepts(entry):
             return
         if len(self.entries) >= self.limit:
             self.dropped = True
@@ -114,10 +119,14 @@ class Hub:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def subscribe(self, sock: socket.socket | None = None) -> tuple[Subscriber, str]:
+    def subscribe(
+        self,
+        sock: socket.socket | None = None,
+        accepts: Callable[[StreamEntry], bool] = lambda entry: True,
+    ) -> tuple[Subscriber, str]:
         """Register a client; returns it and the id after which live entries reach it."""
         self._ready.wait(10)
-        subscriber = Subscriber(self.buffer_limit, sock)
+        subscriber = Subscriber(self.buffer_limit, sock, accepts)
         with self.lock:
             self.subscribers.add(subscriber)
             return subscriber, self.last_id

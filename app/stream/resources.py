@@ -95,7 +95,7 @@ def stream(args: dict[str, Any]) -> ResponseReturnValue:
     if not database.is_closed():
         database.close()  # a stream lives long: it must not keep a database connection
     session = StreamSession(app, hub, principal, filters, current_app.config["STREAM_HEARTBEAT"])
-    subscriber, start_after = hub.subscribe(request.environ.get("gunicorn.socket"))
+    subscriber, start_after = hub.subscribe(request.environ.get("gunicorn.socket"), session.visible)
     metrics.stream_connection("opened")
     response = Response(
         stream_with_context(session.run(subscriber, start_after, last_event_id)),
