@@ -52,14 +52,14 @@ def test_headers_count_down_then_429_problem(app, client, admin_user):
         assert res.headers["RateLimit-Policy"] == '"hour";q=50;w=3600'
         name, remaining, reset = _ratelimit(res)
         assert (name, remaining) == ("hour", expected)
-        assert 3590 <= reset <= 3600
+        assert 3590 <= reset <= 3600 + 60  # one window, plus at most one 1-minute slice
         assert "Retry-After" not in res.headers
 
     denied = kc.get(WHOAMI)
     body = _assert_problem(denied, 429, "quota-exceeded")
     assert "50 requests" in body["detail"]
     retry_after = int(denied.headers["Retry-After"])
-    assert 1 <= retry_after <= 3600
+    assert 1 <= retry_after <= 3600 + 60
     assert denied.headers["RateLimit-Policy"] == '"hour";q=50;w=3600'
     assert _ratelimit(denied) == ("hour", 0, retry_after)
     # Denied requests consume nothing: still denied, the wait does not grow.
@@ -92,7 +92,7 @@ def test_short_window_admits_again_after_retry_after(app, admin_user):
     _assert_problem(denied, 429, "quota-exceeded")
     assert denied.headers["RateLimit-Policy"] == '"2s";q=2;w=2'
     retry_after = int(denied.headers["Retry-After"])
-    assert 1 <= retry_after <= 2
+    assert 1 <= retry_after <= 3  # 2 s plus at most one slice, rounded up
     time.sleep(retry_after)
     res = kc.get(WHOAMI)
     assert res.status_code == 200 and _ratelimit(res)[:2] == ("2s", 1)
@@ -242,8 +242,9 @@ def test_exact_limit_across_gunicorn_workers_and_client_processes(
             if process.is_alive():
                 process.terminate()
     assert Counter(codes) == {200: 50, 429: 30}
-    # The limiter's log holds exactly the admitted requests.
+    # The limiter's state counts exactly the admitted requests.
     with redis.Redis.from_url(session_redis_url()) as r:
         entries = r.keys("sb:rl:*")
-        assert len(entries) == 1 and r.zcard(entries[0]) == 50
+        assert len(entries) == 1
+        assert sum(int(n) for n in r.hvals(entries[0])) == 50
     assert "Traceback" not in (tmp_path / "gunicorn.log").read_text()

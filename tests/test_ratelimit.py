@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from app.limits import usage
-from app.limits.limiter import RateLimitDecision, RateLimiter
+from app.limits.limiter import BUCKETS, RateLimitDecision, RateLimiter
 from tests.conftest import session_redis_url
 
 REDIS_URL = session_redis_url()
@@ -25,8 +25,9 @@ def r() -> Iterator[redis.Redis]:
     client.close()
 
 
-def _oldest_score(r: redis.Redis, key: str) -> float:
-    return float(r.zrange(key, 0, 0, withscores=True)[0][1])
+def _counted(r: redis.Redis, key: str) -> dict[int, int]:
+    """The limiter's state: slice number -> requests admitted in it."""
+    return {int(k): int(v) for k, v in r.hgetall(key).items()}
 
 
 def test_limit_counts_down_then_denies_without_consuming(r: redis.Redis) -> None:
@@ -34,21 +35,22 @@ def test_limit_counts_down_then_denies_without_consuming(r: redis.Redis) -> None
     decisions = [limiter.hit("key_a", 5) for _ in range(5)]
     assert all(d.allowed for d in decisions)
     assert [d.remaining for d in decisions] == [4, 3, 2, 1, 0]
-    assert all(1 <= d.reset_after <= 3600 for d in decisions)
+    assert all(1 <= d.reset_after <= 3600 + 3600 // BUCKETS for d in decisions)
     assert all(d.retry_after == 0 for d in decisions)
 
-    oldest = _oldest_score(r, limiter.key("key_a"))
+    state = _counted(r, limiter.key("key_a"))
+    assert sum(state.values()) == 5
     denied = [limiter.hit("key_a", 5) for _ in range(3)]
     for d in denied:
         assert not d.allowed
         assert d.remaining == 0
-        assert 1 <= d.retry_after <= 3600
+        assert 1 <= d.retry_after <= 3600 + 3600 // BUCKETS
         assert d.reset_after == d.retry_after
-    # Denied hits wrote nothing: same five entries, same oldest, so the wait never grows.
-    assert r.zcard(limiter.key("key_a")) == 5
-    assert _oldest_score(r, limiter.key("key_a")) == oldest
+    # Denied hits wrote nothing: the same five requests in the same slices, so the wait never
+    # grows.
+    assert _counted(r, limiter.key("key_a")) == state
     assert denied[-1].retry_after <= denied[0].retry_after
-    assert 0 < r.pttl(limiter.key("key_a")) <= 3600 * 1000
+    assert 0 < r.pttl(limiter.key("key_a")) <= (3600 + 3600 / BUCKETS) * 1000
     # Other keys are independent.
     assert limiter.hit("key_b", 5).remaining == 4
 
@@ -77,7 +79,7 @@ def test_exact_across_processes(r: redis.Redis) -> None:
     with ctx.Pool(4) as pool:
         admitted = pool.starmap(_hammer, [(REDIS_URL, "key_conc", 50, 20)] * 4)
     assert sum(admitted) == 50
-    assert r.zcard(RateLimiter(r).key("key_conc")) == 50
+    assert sum(_counted(r, RateLimiter(r).key("key_conc")).values()) == 50
 
 
 def test_short_window_readmits_after_honest_retry_after(r: redis.Redis) -> None:
@@ -86,7 +88,7 @@ def test_short_window_readmits_after_honest_retry_after(r: redis.Redis) -> None:
     assert limiter.hit("key_s", 2).allowed
     denied = limiter.hit("key_s", 2)
     assert not denied.allowed
-    assert 1 <= denied.retry_after <= 2
+    assert 1 <= denied.retry_after <= 3  # 2 s, plus at most one slice, rounded up
     time.sleep(denied.retry_after)
     again = limiter.hit("key_s", 2)
     assert again.allowed
@@ -98,13 +100,48 @@ def test_retry_after_when_limit_was_lowered(r: redis.Redis) -> None:
     assert limiter.hit("key_l", 10).allowed  # t0
     time.sleep(1.0)
     assert limiter.hit("key_l", 10).allowed  # t0 + 1
-    # Limit 2: one entry must leave (the oldest, at t0 + 3), about 2 s away.
-    assert limiter.hit("key_l", 2).retry_after == 2
-    # Limit 1: both entries must leave; the newer one goes at t0 + 4, about 3 s away.
+    # Limit 2: one request must leave (the oldest, at t0 + 3 plus at most one 50 ms slice),
+    # about 2 s away; rounded up, so 2 or, when the slice boundary falls past it, 3.
+    assert limiter.hit("key_l", 2).retry_after in (2, 3)
+    # Limit 1: both must leave; the newer one goes at t0 + 4 (+ a slice), about 3 s away.
     lowered = limiter.hit("key_l", 1)
     assert not lowered.allowed
     assert lowered.remaining == 0
-    assert lowered.retry_after == 3
+    assert lowered.retry_after in (3, 4)
+
+
+def test_never_more_than_the_limit_in_any_rolling_window(r: redis.Redis) -> None:
+    """Hammer a 1 s window for 2.5 s: every ``limit + 1``-th admission is a window apart.
+
+    The bound is checked without trusting client clocks to be the server's: admission j
+    happened (on Redis's clock) no later than its reply arrived, and admission i no earlier than
+    its request was sent, so ``received[j] - sent[i]`` can only overstate the server's gap.
+    """
+    limiter = RateLimiter(r, window_seconds=1, policy="1s")
+    limit = 5
+    admitted: list[tuple[float, float]] = []
+    end = time.monotonic() + 2.5
+    while time.monotonic() < end:
+        sent = time.monotonic()
+        decision = limiter.hit("key_w", limit)
+        if decision.allowed:
+            admitted.append((sent, time.monotonic()))
+    assert len(admitted) >= 2 * limit  # quota came back after a window
+    for i in range(len(admitted) - limit):
+        assert admitted[i + limit][1] - admitted[i][0] >= 1.0
+
+
+def test_state_is_bounded_whatever_the_rate(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, window_seconds=1, policy="1s")
+    end = time.monotonic() + 1.5
+    hits = 0
+    while time.monotonic() < end:
+        limiter.hit("key_busy", 1_000_000)
+        hits += 1
+    state = _counted(r, limiter.key("key_busy"))
+    assert len(state) <= BUCKETS + 1
+    assert sum(state.values()) < hits  # slices older than the window were dropped
+    assert r.memory_usage(limiter.key("key_busy")) < 2048
 
 
 def test_headers() -> None:

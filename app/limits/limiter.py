@@ -1,16 +1,23 @@
-"""Per-API-key rate limiting: "N requests per rolling window", exact across processes.
+"""Per-API-key rate limiting: "N requests per rolling window", never more, across processes.
 
-Algorithm: a sliding-window log. Each key owns one Redis sorted set whose members are the
-requests admitted in the last ``window_seconds`` (score = Redis server time in microseconds,
-member unique per request). One Lua script, run with EVALSHA in a single round trip, drops
-entries that left the window, counts what is left and admits the request only if the count is
-below the limit. Because the script runs atomically on the Redis server and reads the server's
-own clock (``TIME``), the answer is exact no matter how many web processes share the limit or
-how far their clocks drift. Denied requests write nothing, so they never consume quota or push
-the window forward.
+Algorithm: a bucketed sliding window. The window is cut into ``BUCKETS`` equal slices; each key
+owns one small Redis hash mapping a slice number to the requests admitted in it. One Lua script,
+run with EVALSHA in a single round trip, drops slices that lie wholly before the window, sums the
+rest (the oldest slice, which straddles the window's start, counts in full) and admits the
+request only if the sum is below the limit. Because the script runs atomically on the Redis
+server and reads the server's own clock (``TIME``), the limit holds no matter how many web
+processes share it or how far their clocks drift. Denied requests write nothing, so they never
+consume quota or push the window forward.
 
-Cost: one sorted-set entry per admitted request still inside the window, i.e. at most ``limit``
-entries per key; the key carries a PEXPIRE of one window so idle keys disappear.
+Bound: the straddling slice counts in full, so the limiter can only err on the safe side: in
+any rolling window at most ``limit`` requests are admitted, and an admitted request frees its
+quota at most one slice (``window / BUCKETS``, one minute for an hour) later than an exact
+sliding log would.
+
+Cost: at most ``BUCKETS + 1`` hash fields per key whatever the request rate (a few hundred
+bytes, where a sliding log stored one sorted-set member per admitted request: ~60 MB for a key
+at 1,000,000 requests per hour); the hash carries a PEXPIRE of one window plus a slice, so idle
+keys disappear.
 
 Redis failures surface as ``redis.exceptions.RedisError``; the caller decides whether to fail
 open or closed.
@@ -18,51 +25,76 @@ open or closed.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from redis import Redis
 
-__all__ = ["RateLimitDecision", "RateLimiter"]
+__all__ = ["BUCKETS", "RateLimitDecision", "RateLimiter"]
 
 _MICROS = 1_000_000
 
-# KEYS[1]  sorted set of admitted requests (score: server time in microseconds)
+#: Slices per window: quota frees at most ``window / BUCKETS`` late; state is bounded by it.
+BUCKETS = 60
+
+# KEYS[1]  hash: slice number -> requests admitted in that slice
 # KEYS[2]  a key read along (the caller's cache epoch, see ``hit(watch=…)``); may not exist
 # ARGV[1]  limit (>= 1)
 # ARGV[2]  window in microseconds
-# ARGV[3]  member, unique for this request
+# ARGV[3]  slice length in microseconds (window / BUCKETS, rounded up)
 # Returns {allowed (0|1), count in window after this call, microseconds until more quota frees,
 #          value of KEYS[2] or false}
-_SLIDING_LOG_LUA = """
+_SLIDING_WINDOW_LUA = """
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
+local slice = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local current = math.floor(now / slice)
+-- Slices numbered below `first` end at or before now - window: nothing in them still counts.
+local first = math.floor((now - window) / slice)
 
--- An entry admitted at s counts while now - s < window.
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-local count = redis.call('ZCARD', key)
+local fields = redis.call('HGETALL', key)
+local slices = {}
+local count = 0
+for i = 1, #fields, 2 do
+    local number = tonumber(fields[i])
+    if number < first then
+        redis.call('HDEL', key, fields[i])
+    else
+        local n = tonumber(fields[i + 1])
+        slices[#slices + 1] = {number, n}
+        count = count + n
+    end
+end
 
 local allowed = 0
 if count < limit then
-    redis.call('ZADD', key, now, ARGV[3])
-    redis.call('PEXPIRE', key, math.ceil(window / 1000))
+    redis.call('HINCRBY', key, current, 1)
+    redis.call('PEXPIRE', key, math.ceil((window + slice) / 1000))
+    slices[#slices + 1] = {current, 1}
     count = count + 1
     allowed = 1
 end
 
--- When more quota frees: if denied, a request is admitted once (count - limit + 1) entries
--- have left (more than one if the limit was lowered); otherwise when the oldest leaves.
+-- When more quota frees: slice s stops counting at (s + 1) * slice + window. If denied, a
+-- request is admitted once (count - limit + 1) requests have left (more than one if the limit
+-- was lowered); otherwise when the oldest slice leaves.
 local wait = 0
 if count > 0 then
-    local index = 0
+    table.sort(slices, function(a, b) return a[1] < b[1] end)
+    local need = 1
     if allowed == 0 then
-        index = count - limit
+        need = count - limit + 1
     end
-    local entry = redis.call('ZRANGE', key, index, index, 'WITHSCORES')
-    wait = tonumber(entry[2]) + window - now
+    local freed = 0
+    for _, entry in ipairs(slices) do
+        freed = freed + entry[2]
+        if freed >= need then
+            wait = (entry[1] + 1) * slice + window - now
+            break
+        end
+    end
 end
 return {allowed, count, wait, redis.call('GET', KEYS[2])}
 """
@@ -112,7 +144,7 @@ class RateLimitDecision:
 
 
 class RateLimiter:
-    """Sliding-window-log limiter over Redis; safe to share between threads and processes.
+    """Bucketed sliding-window limiter over Redis; safe to share between threads and processes.
 
     ``limit`` must be >= 1: API keys always carry a positive ``rate_limit``, and "unlimited"
     is expressed by not calling the limiter, so a non-positive limit is a programming error
@@ -134,10 +166,11 @@ class RateLimiter:
         self.window_seconds = window_seconds
         self.prefix = prefix
         self.policy = policy
-        self._script = redis.register_script(_SLIDING_LOG_LUA)
+        self._slice_us = -(-window_seconds * _MICROS // BUCKETS)
+        self._script = redis.register_script(_SLIDING_WINDOW_LUA)
 
     def key(self, key_id: str) -> str:
-        """Redis key holding the request log of ``key_id``."""
+        """Redis key holding the per-slice counts of ``key_id``."""
         return f"{self.prefix}{key_id}"
 
     def hit(self, key_id: str, limit: int, *, watch: str | None = None) -> RateLimitDecision:
@@ -152,10 +185,9 @@ class RateLimiter:
         """
         if limit < 1:
             raise ValueError("limit must be >= 1")
-        member = os.urandom(12).hex()
         allowed, count, wait_us, watched = self._script(
             keys=[self.key(key_id), watch or f"{self.prefix}-unwatched"],
-            args=[limit, self.window_seconds * _MICROS, member],
+            args=[limit, self.window_seconds * _MICROS, self._slice_us],
         )
         wait_seconds = -(-int(wait_us) // _MICROS)  # round up: never promise too early
         return RateLimitDecision(
