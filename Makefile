@@ -32,3 +32,4 @@ bench: install
 	$(BIN)/python bench/auth.py
 	$(BIN)/python bench/webhooks.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/limiter.py
