@@ -320,6 +320,14 @@ SETTINGS: tuple[Setting, ...] = (
         "an integer from 1 to 86400 (seconds)",
     ),
     Setting(
+        "GATEWAY_LOG_FLUSH_INTERVAL",
+        "SWITCHBOARD_GATEWAY_LOG_FLUSH_INTERVAL",
+        "0.2",
+        _seconds(0.01),
+        "a number of seconds, at least 0.01",
+        _number,
+    ),
+    Setting(
         "RATELIMIT_ENABLED",
         "SWITCHBOARD_RATELIMIT_ENABLED",
         "true",

@@ -147,6 +147,9 @@ def _init_request_ids(app: Flask) -> None:
 
 def release_app(app: Flask) -> None:
     """Close the app's pooled connections (HTTP and Redis); used when an app is discarded."""
+    logs = app.extensions.get("gateway_log_writer")
+    if logs is not None:  # its queued rows are written first: they are history, not counters
+        logs.close()
     session = app.extensions.get("outbound_session")
     if session is not None:
         session.close()

@@ -49,6 +49,17 @@ def _rest(api, urls_weights, **config):
     return res.json
 
 
+def _gateway_logs(api, integration_id, count, timeout=15.0):
+    """The integration's gateway logs once ``count`` are written (the writer batches them)."""
+    url = f"/api/v1/integrations/{integration_id}/logs?event_type=gateway.request&limit=200"
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = api.get(url).json["items"]
+        if len(logs) >= count or time.monotonic() > deadline:
+            return logs
+        time.sleep(0.05)
+
+
 def _closed_port_url():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -203,7 +214,7 @@ def test_logging_with_redacted_bodies(api, receiver):
         json={"user": "x", "password": "hunter2", "token": "abc"},
     )
     assert res.status_code == 200
-    logs = api.get(f"/api/v1/integrations/{gw['id']}/logs?event_type=gateway.request").json["items"]
+    logs = _gateway_logs(api, gw["id"], 1)
     entry = logs[0]
     data = entry["event_data"]
     assert (
@@ -326,3 +337,33 @@ def test_dot_segments_cannot_climb_out_of_the_base_path(api, receiver):
     assert receiver.requests == []
     assert api.get(f"/api/v1/gateway/{gw['id']}/items").status_code == 200
     assert receiver.requests[-1].path == "/public/v1/items"
+
+
+def test_logs_are_batched_off_the_request_path_and_flushed_on_graceful_exit(
+    app, admin_key, api, upstreams, tmp_path
+):
+    """Two gunicorn workers proxy 120 requests and are stopped (SIGTERM) at once: every
+    request's log row is in the database."""
+    a, _ = upstreams
+    gw = _rest(api, [(a.url, 1)])
+    # A flush interval far longer than the test: only the exit-time flush can write the rows.
+    server = GunicornServer(
+        app, tmp_path / "gunicorn.log", workers=2, SWITCHBOARD_GATEWAY_LOG_FLUSH_INTERVAL="600"
+    )
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    try:
+        base = server.start()
+        with requests.Session() as session:
+            for n in range(120):
+                res = session.get(f"{base}/api/v1/gateway/{gw['id']}/n{n}", headers=headers)
+                assert res.status_code == 200
+        assert not api.get(f"/api/v1/integrations/{gw['id']}/logs?event_type=gateway.request").json[
+            "items"
+        ]  # nothing was written on the request path
+    finally:
+        server.stop()
+    logs = _gateway_logs(api, gw["id"], 120, timeout=0)
+    assert sorted(entry["event_data"]["path"] for entry in logs) == sorted(
+        f"/n{n}" for n in range(120)
+    )
+    assert "Traceback" not in (tmp_path / "gunicorn.log").read_text()

@@ -9,12 +9,13 @@ import copy
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import jsonschema
 import pytest
 import redis
 
-from app.gateway.balancer import Upstream, UpstreamBalancer
+from app.gateway.balancer import Pick, Upstream, UpstreamBalancer
 from app.gateway.transform import TRANSFORM_SCHEMA, apply_request_transform
 from tests.conftest import session_redis_url
 
@@ -164,9 +165,14 @@ def r2() -> Iterator[redis.Redis]:
     client.close()
 
 
+def _pick(balancer: UpstreamBalancer, *args: Any, **kwargs: Any) -> Upstream | None:
+    picked = balancer.pick(*args, **kwargs)
+    return picked.upstream if picked else None
+
+
 def test_weighted_round_robin_is_exact_and_interleaved(r: redis.Redis) -> None:
     balancer = UpstreamBalancer(r)
-    picks = [balancer.pick("int_wrr", [A, B]) for _ in range(300)]
+    picks = [_pick(balancer, "int_wrr", [A, B]) for _ in range(300)]
     assert Counter(p.url for p in picks if p) == {A.url: 225, B.url: 75}
     # Smooth WRR interleaves instead of sending bursts: A A B A, repeated.
     assert [p.url if p else None for p in picks[:8]] == [A.url, A.url, B.url, A.url] * 2
@@ -177,7 +183,7 @@ def test_round_robin_is_shared_by_separate_clients(r: redis.Redis, r2: redis.Red
     counts: Counter[str] = Counter()
     for i in range(300):
         balancer = one if i % 2 else two
-        picked = balancer.pick("int_shared", [A, B])
+        picked = _pick(balancer, "int_shared", [A, B])
         assert picked is not None
         counts[picked.url] += 1
     assert counts == {A.url: 225, B.url: 75}
@@ -187,12 +193,12 @@ def test_exclude_and_zero_weight(r: redis.Redis) -> None:
     balancer = UpstreamBalancer(r)
     idle = Upstream("http://127.0.0.1:9003", 0)
     for _ in range(10):
-        assert balancer.pick("int_ex", [A, B, idle], exclude={A.url}) == B
-    assert balancer.pick("int_ex", [A, B], exclude={A.url, B.url}) is None
-    assert balancer.pick("int_ex", [idle]) is None
-    assert balancer.pick("int_ex", []) is None
+        assert _pick(balancer, "int_ex", [A, B, idle], exclude={A.url}) == B
+    assert _pick(balancer, "int_ex", [A, B], exclude={A.url, B.url}) is None
+    assert _pick(balancer, "int_ex", [idle]) is None
+    assert _pick(balancer, "int_ex", []) is None
     with pytest.raises(ValueError):
-        balancer.pick("int_ex", [A, Upstream(A.url, 1)])
+        _pick(balancer, "int_ex", [A, Upstream(A.url, 1)])
     with pytest.raises(ValueError):
         Upstream("http://x", -1)
 
@@ -203,10 +209,10 @@ def test_ejection_after_threshold_moves_traffic(r: redis.Redis) -> None:
     assert balancer.report_failure("int_ej", A) is False
     assert balancer.report_failure("int_ej", A) is False
     assert balancer.state("int_ej", pool)[0]["consecutive_failures"] == 2
-    assert all(balancer.pick("int_ej", pool) is not None for _ in range(4))
+    assert all(_pick(balancer, "int_ej", pool) is not None for _ in range(4))
     assert balancer.report_failure("int_ej", A) is True
 
-    assert {balancer.pick("int_ej", pool) for _ in range(20)} == {B}
+    assert {_pick(balancer, "int_ej", pool) for _ in range(20)} == {B}
     a_state, b_state = balancer.state("int_ej", pool)
     assert a_state["healthy"] is False and a_state["half_open"] is False
     assert a_state["consecutive_failures"] == 3
@@ -239,17 +245,26 @@ def test_success_resets_consecutive_failures(r: redis.Redis) -> None:
     assert balancer.state("int_reset", [A])[0]["healthy"] is True
 
 
+def test_pick_says_when_a_success_has_state_to_clear(r: redis.Redis) -> None:
+    balancer = UpstreamBalancer(r, failure_threshold=3)
+    assert balancer.pick("int_tr", [A]) == Pick(A, tracked=False)  # clean: nothing to report
+    balancer.report_failure("int_tr", A)
+    assert balancer.pick("int_tr", [A]) == Pick(A, tracked=True)
+    balancer.report_success("int_tr", A)
+    assert balancer.pick("int_tr", [A]) == Pick(A, tracked=False)
+
+
 def test_all_ejected_returns_none(r: redis.Redis) -> None:
     balancer = UpstreamBalancer(r, failure_threshold=1, cooldown_seconds=30)
     balancer.report_failure("int_none", A)
     balancer.report_failure("int_none", B)
-    assert balancer.pick("int_none", [A, B]) is None
+    assert _pick(balancer, "int_none", [A, B]) is None
 
 
 def _eject_and_wait(balancer: UpstreamBalancer, pool_id: str, upstream: Upstream) -> None:
     for _ in range(balancer.failure_threshold):
         balancer.report_failure(pool_id, upstream)
-    assert balancer.pick(pool_id, [upstream]) is None
+    assert _pick(balancer, pool_id, [upstream]) is None
     time.sleep(balancer.cooldown_seconds + 0.1)
 
 
@@ -259,26 +274,26 @@ def test_half_open_admits_one_trial_and_success_closes(r: redis.Redis, r2: redis
     _eject_and_wait(balancer, "int_ho", A)
     assert balancer.state("int_ho", [A])[0]["half_open"] is True
 
-    assert balancer.pick("int_ho", [A]) == A  # the trial
-    assert balancer.pick("int_ho", [A]) is None  # only one at a time, in any process
-    assert other.pick("int_ho", [A]) is None
-    assert {balancer.pick("int_ho", [A, B]) for _ in range(5)} == {B}
+    assert _pick(balancer, "int_ho", [A]) == A  # the trial
+    assert _pick(balancer, "int_ho", [A]) is None  # only one at a time, in any process
+    assert _pick(other, "int_ho", [A]) is None
+    assert {_pick(balancer, "int_ho", [A, B]) for _ in range(5)} == {B}
 
     other.report_success("int_ho", A)
     assert balancer.state("int_ho", [A])[0]["healthy"] is True
-    assert all(balancer.pick("int_ho", [A]) == A for _ in range(3))
+    assert all(_pick(balancer, "int_ho", [A]) == A for _ in range(3))
 
 
 def test_failed_trial_re_ejects_immediately(r: redis.Redis) -> None:
     balancer = UpstreamBalancer(r, failure_threshold=3, cooldown_seconds=1)
     _eject_and_wait(balancer, "int_trial", A)
-    assert balancer.pick("int_trial", [A]) == A
+    assert _pick(balancer, "int_trial", [A]) == A
     assert balancer.report_failure("int_trial", A) is True  # one failure suffices
-    assert balancer.pick("int_trial", [A]) is None
+    assert _pick(balancer, "int_trial", [A]) is None
     assert balancer.state("int_trial", [A])[0]["half_open"] is False
 
     time.sleep(balancer.cooldown_seconds + 0.1)
-    assert balancer.pick("int_trial", [A]) == A  # a new trial after the new cooldown
+    assert _pick(balancer, "int_trial", [A]) == A  # a new trial after the new cooldown
 
 
 def test_lost_trial_expires(r: redis.Redis) -> None:
@@ -287,7 +302,7 @@ def test_lost_trial_expires(r: redis.Redis) -> None:
     )
     balancer.report_failure("int_lost", A)
     time.sleep(0.3)
-    assert balancer.pick("int_lost", [A]) == A  # trial never reported
-    assert balancer.pick("int_lost", [A]) is None
+    assert _pick(balancer, "int_lost", [A]) == A  # trial never reported
+    assert _pick(balancer, "int_lost", [A]) is None
     time.sleep(0.3)
-    assert balancer.pick("int_lost", [A]) == A
+    assert _pick(balancer, "int_lost", [A]) == A

@@ -30,20 +30,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import Redis
 
 from app.metrics import instruments as metrics
 
-__all__ = ["Upstream", "UpstreamBalancer"]
+__all__ = ["Pick", "Upstream", "UpstreamBalancer"]
 
 # KEYS[1]          hash: upstream URL -> smooth-WRR current weight
 # KEYS[1 + i]      health hash of upstream i: failures, until (ejected until, ms)
 # KEYS[1 + n + i]  trial lock of upstream i (held while its half-open trial is in flight)
 # ARGV[1]          TTL of the weights hash (ms);  ARGV[2] TTL of a trial lock (ms)
 # ARGV[3 + 3(i-1) .. 5 + 3(i-1)]  URL, weight, excluded (0|1) of upstream i
-# Returns the 0-based index of the chosen upstream, or -1 when none can take the request.
+# Returns {0-based index of the chosen upstream, or -1 when none can take the request;
+#          1 if the chosen one has health state (failures, ejection, trial) to clear, else 0}.
 _PICK_LUA = """
 local n = (#KEYS - 1) / 2
 local t = redis.call('TIME')
@@ -80,7 +81,7 @@ for i = 1, n do
         end
     end
 end
-if best == nil then return -1 end
+if best == nil then return {-1, 0} end
 
 current[best] = current[best] - total
 if best_trial then
@@ -95,7 +96,7 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return best - 1
+return {best - 1, redis.call('EXISTS', KEYS[1 + best])}
 """
 
 # KEYS[1] health hash, KEYS[2] trial lock
@@ -131,6 +132,18 @@ if ejected_until and ejected_until > now then
 end
 return redis.call('DEL', KEYS[1], KEYS[2]) > 0 and 1 or 0
 """
+
+
+class Pick(NamedTuple):
+    """The balancer's choice: the upstream, and whether a success must be reported.
+
+    ``tracked`` is False when the upstream had no health state at pick time (no failures, not
+    ejected, not on trial): a success then has nothing to reset, so the caller skips that
+    round trip. A failure is always reported.
+    """
+
+    upstream: Upstream
+    tracked: bool
 
 
 @dataclass(frozen=True)
@@ -211,11 +224,12 @@ class UpstreamBalancer:
         pool_id: str,
         upstreams: Sequence[Upstream],
         exclude: Set[str] = frozenset(),
-    ) -> Upstream | None:
+    ) -> Pick | None:
         """Choose the upstream for the next request, or ``None`` if none can take it.
 
         ``exclude`` holds URLs already tried by this request. Picking a half-open upstream
-        starts its trial: report the outcome with ``report_success``/``report_failure``.
+        starts its trial: report the outcome with ``report_success`` (needed only when
+        ``Pick.tracked``) / ``report_failure``.
 
         Raises:
             ValueError: two upstreams share a URL.
@@ -230,8 +244,8 @@ class UpstreamBalancer:
         args: list[Any] = [_ms(self.state_ttl_seconds), _ms(self.trial_timeout_seconds)]
         for upstream in upstreams:
             args += [upstream.url, upstream.weight, 1 if upstream.url in exclude else 0]
-        index = int(self._pick(keys=keys, args=args))
-        return upstreams[index] if index >= 0 else None
+        index, tracked = self._pick(keys=keys, args=args)
+        return Pick(upstreams[int(index)], bool(int(tracked))) if int(index) >= 0 else None
 
     def report_success(self, pool_id: str, upstream: Upstream) -> None:
         """Record a successful request: reset failures and close a half-open upstream."""

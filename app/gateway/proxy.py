@@ -176,11 +176,12 @@ def send_with_retries(
     merged = _merge(headers)
     last_error: UpstreamFailed | None = None
     while True:
-        upstream = balancer.pick(pool_id, upstreams, exclude=tried)
-        if upstream is None:
+        picked = balancer.pick(pool_id, upstreams, exclude=tried)
+        if picked is None:
             if last_error is not None:
                 raise last_error
             raise AllUpstreamsDown("every upstream is ejected after failing; retry shortly")
+        upstream = picked.upstream
         tried.add(upstream.url)
         url = upstream.url.rstrip("/") + "/" + path.lstrip("/")
         may_retry = method in IDEMPOTENT
@@ -226,7 +227,7 @@ def send_with_retries(
                     f"upstream answered {response.status_code}", response.status_code, upstream.url
                 )
                 continue
-        else:
+        elif picked.tracked:  # a clean upstream has nothing to reset: skip the round trip
             balancer.report_success(pool_id, upstream)
         return ProxyAttempt(response, upstream, len(tried))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 import weakref
 from typing import Any
@@ -15,6 +14,7 @@ from flask.typing import ResponseReturnValue
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import TokenUnavailable
 from app.gateway.balancer import Upstream, UpstreamBalancer
+from app.gateway.logwriter import gateway_log_writer
 from app.gateway.proxy import (
     LOGGED_BODY_BYTES,
     AllUpstreamsDown,
@@ -33,13 +33,10 @@ from app.metrics import instruments as metrics
 from app.oauth.tokens import access_token
 from app.outbound.session import outbound_session
 from app.store.db import database
-from app.store.models import Integration, IntegrationLog
+from app.store.models import Integration
 from app.store.redis import get_redis
-from app.stream import kinds
 from app.web.api import Blueprint
 from app.web.problems import Problem
-
-log = logging.getLogger(__name__)
 
 blp = Blueprint("gateway", __name__, url_prefix="/api/v1", description="API gateway")
 
@@ -103,18 +100,15 @@ def _credentials(build: Any, config: dict[str, Any], rejected: str | None) -> di
 
 
 def _log(row: Integration, status: str, data: dict[str, Any], error: str | None, ms: float) -> None:
-    try:
-        logged = IntegrationLog.create(
-            integration_id=row.id,
-            event_type="gateway.request",
-            event_data=data,
-            status=status,
-            error_message=error,
-            response_time_ms=ms,
-        )
-        kinds.log_created(logged.to_dict())
-    except Exception:  # noqa: BLE001 - a log write must never break the proxied answer
-        log.exception("could not log gateway request for %s", row.id)
+    """Queue the request's log row; the writer stores it off the request path."""
+    gateway_log_writer(current_app._get_current_object()).add(  # type: ignore[attr-defined]
+        integration_id=row.id,
+        event_type="gateway.request",
+        event_data=data,
+        status=status,
+        error_message=error,
+        response_time_ms=ms,
+    )
 
 
 @blp.route("/gateway/<integration_id>/", defaults={"path": ""}, methods=METHODS)
