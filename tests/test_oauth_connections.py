@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from app.gateway.logwriter import gateway_log_writer
 from app.oauth import tokens
 from app.oauth.pkce import code_challenge
 from app.store.db import database
@@ -419,6 +420,7 @@ def test_gateway_refreshes_after_401(app: Any, api: Any, provider: Any) -> None:
     second = stored(app, conn["id"])
     assert provider.api_requests == [first.access_token, first.access_token, second.access_token]
     assert provider.grant_types() == ["authorization_code", "refresh_token"]
+    gateway_log_writer(app).flush()  # gateway logs are written off the request path
     with app.app_context():
         last = IntegrationLog.select().where(IntegrationLog.event_type == "gateway.request")
         assert [log.event_data.get("token_refreshed") for log in last] == [None, True]

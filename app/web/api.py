@@ -19,9 +19,11 @@ from flask import current_app
 from flask_smorest import Api as _Api
 from flask_smorest import Blueprint as _Blueprint
 from flask_smorest.spec import prepare_response
+from flask_smorest.utils import resolve_schema_instance
 from webargs.flaskparser import FlaskParser
 
 from app.web import problems
+from app.web.dumping import accelerate
 from app.web.hygiene import refuse_nul
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -96,6 +98,12 @@ class Blueprint(_Blueprint):
             content_type=PROBLEM_CONTENT_TYPE,
             description=description,
         )
+
+    def response(self, status_code: int | str, schema: Any = None, **kwargs: Any) -> Callable:
+        """``Blueprint.response`` whose schema dumps through :mod:`app.web.dumping`."""
+        if schema is not None and not isinstance(schema, str | dict):
+            schema = accelerate(resolve_schema_instance(schema))
+        return super().response(status_code, schema, **kwargs)
 
     def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Callable:
         """``Blueprint.arguments`` that also documents the 400 for unparsable input."""
