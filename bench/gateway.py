@@ -26,9 +26,10 @@ What it does, all in one run so the ratios compare like with like:
    app's own floor (``gw/health``): the upstream is a bare socket server, so even an app that
    did nothing could not come near it;
 4. prints a table per worker class and, for the better class (higher gateway requests/s), the
-   throughput ratio gateway/direct (median of per-round ratios; target >= 0.5) and the p50
-   latency the gateway adds in the sequential run (gateway p50 - direct p50; target <= 2 ms),
-   each with PASS/MISS.
+   throughput ratio gateway/health (median of per-round ratios; target >= 0.5: a proxied request
+   may cost the app at most about twice what its cheapest answer costs) and the p50 latency the
+   gateway adds in the sequential run (gateway p50 - direct p50; target <= 1 ms), each with
+   PASS/MISS; gateway/direct is printed too, for reference.
 
 Worker class: both are measured because neither always wins; gthread keeps client connections
 alive, sync closes after every response (wrk reconnects), and on a shared 2-core machine the
@@ -65,8 +66,8 @@ from harness import (
 )
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/8"
-TARGET_RATIO = 0.5
-TARGET_ADDED_MS = 2.0
+TARGET_RATIO = 0.5  # gateway / health
+TARGET_ADDED_MS = 1.0
 UPSTREAM_BODY = b'{"ok":true,"service":"upstream","items":[1,2,3]}'
 
 
@@ -157,6 +158,14 @@ class ClassResult:
         return statistics.median(
             g.requests_per_second / d.requests_per_second
             for g, d in zip(self.gateway, self.direct, strict=True)
+        )
+
+    @property
+    def health_ratio(self) -> float:
+        """Median of the per-round gateway/health ratios (each round measures both)."""
+        return statistics.median(
+            g.requests_per_second / h.requests_per_second
+            for g, h in zip(self.gateway, self.health, strict=True)
         )
 
     @property
@@ -272,21 +281,20 @@ def main() -> int:  # noqa: PLR0915 - one linear script
                 f"{res.name:<12} {label:<10} {median_rps:8.0f} {rates:>16} {p50:>9} "
                 f"{shown_seq} {errors:6d}"
             )
-        health_rps = statistics.median(r.requests_per_second for r in res.health)
         print(
             f"{res.name:<12} {'gw/direct':<10} {res.ratio:8.3f}   added p50 (sequential) "
             f"{res.added_ms:.2f} ms, sequential errors {res.seq_errors}"
         )
         print(
-            f"{res.name:<12} {'gw/health':<10} {res.gateway_rps / health_rps:8.3f}   (health: "
+            f"{res.name:<12} {'gw/health':<10} {res.health_ratio:8.3f}   (health: "
             "the same gunicorn answering GET /api/v1/health, no key, no upstream)\n"
         )
     best = max(results, key=lambda r: r.gateway_rps)
     if len(results) > 1:
         print(f"better worker class (gateway req/s): {best.name}")
-    verdict = "PASS" if best.ratio >= TARGET_RATIO else "MISS"
+    verdict = "PASS" if best.health_ratio >= TARGET_RATIO else "MISS"
     print(
-        f"[{best.name}] gateway/direct requests/s = {best.ratio:.3f}   "
+        f"[{best.name}] gateway/health requests/s = {best.health_ratio:.3f}   "
         f"target >= {TARGET_RATIO}   {verdict}"
     )
     verdict = "PASS" if best.added_ms <= TARGET_ADDED_MS else "MISS"
