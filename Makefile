@@ -33,3 +33,4 @@ bench: install
 	$(BIN)/python bench/webhooks.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/limiter.py
+	$(BIN)/python bench/publish.py
