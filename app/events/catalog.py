@@ -55,6 +55,22 @@ def event_catalog() -> dict[str, dict[str, str]]:
     return catalog
 
 
+def event_type_source(event_type: str) -> str | None:
+    """Where ``event_type`` comes from (``builtin``, ``connector``, ``custom``), or None.
+
+    One indexed lookup at most, where ``event_catalog()`` reads every registered type: this runs
+    on every publish.
+    """
+    if event_type in BUILTIN_EVENT_TYPES:
+        return "builtin"
+    registry = current_app.extensions.get("plugins")
+    if registry is not None and event_type in registry.event_types():
+        return "connector"
+    if EventType.select(EventType.name).where(EventType.name == event_type).exists():
+        return "custom"
+    return None
+
+
 def pattern_matches(pattern: str, event_type: str) -> bool:
     """``*`` matches everything, ``prefix.*`` a whole family, anything else exactly."""
     if pattern == "*":

@@ -11,7 +11,7 @@ from flask import g, request
 
 from app.audit import record_audit
 from app.connectors.extension import get_registry
-from app.events.catalog import BUILTIN_EVENT_TYPES, emit_event, event_catalog
+from app.events.catalog import BUILTIN_EVENT_TYPES, emit_event, event_catalog, event_type_source
 from app.events.schemas import (
     EventTypeListSchema,
     EventTypeSchema,
@@ -64,18 +64,18 @@ def create_event_type(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _publishable(event_type: str) -> None:
-    entry = event_catalog().get(event_type)
-    if entry is None:
+    source = event_type_source(event_type)
+    if source is None:
         raise Problem(
             422,
             f"Unknown event type {event_type!r}: register it with POST /api/v1/event-types.",
             errors={"type": ["unknown event type"]},
         )
-    if entry["source"] != "custom":
+    if source != "custom":
         raise Problem(
             422,
             f"{event_type!r} is emitted by Switchboard itself and cannot be published.",
-            errors={"type": [f"reserved ({entry['source']}) event type"]},
+            errors={"type": [f"reserved ({source}) event type"]},
         )
 
 
