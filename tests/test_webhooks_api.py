@@ -131,6 +131,10 @@ def test_event_types_catalog_and_publish(api, integration, receiver):
     assert unknown.status_code == 422 and "type" in unknown.json["errors"]
     reserved = api.post("/api/v1/events", json={"type": "api_key.revoked", "data": {}})
     assert reserved.status_code == 422
+    assert "reserved (builtin)" in reserved.json["errors"]["type"][0]
+    connector = api.post("/api/v1/events", json={"type": "github.push", "data": {}})
+    assert connector.status_code == 422
+    assert "reserved (connector)" in connector.json["errors"]["type"][0]
     big = api.post("/api/v1/events", json={"type": "order.paid", "data": {"x": "a" * (300 * 1024)}})
     assert big.status_code == 413 and big.content_type == "application/problem+json"
 
