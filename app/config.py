@@ -301,9 +301,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "WEBHOOK_MAX_IN_FLIGHT",
         "SWITCHBOARD_WEBHOOK_MAX_IN_FLIGHT",
-        "8",
-        _integer(1, 32),
-        "an integer from 1 to 32 (sends per webhook per worker)",
+        "16",
+        _integer(1, 48),
+        "an integer from 1 to 48 (sends per webhook per worker)",
     ),
     Setting(
         "GATEWAY_MAX_BODY_BYTES",

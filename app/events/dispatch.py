@@ -47,12 +47,15 @@ from app.webhooks.sender import SendResult, event_body, send_signed, signing_sec
 
 log = logging.getLogger(__name__)
 
-SEND_THREADS = 32
+# Threads wait on sockets, not the CPU: enough that two endpoints hanging at their in-flight
+# cap still leave a third of them to everyone else.
+SEND_THREADS = 48
 MAX_JOB_SECONDS = 60
 MAX_RETRY_DELAY = 24 * 3600  # a hostile Retry-After must not overflow datetime arithmetic
 # A send may run this long past its own timeout (which bounds each socket read, not the whole
 # answer: a peer dripping bytes could hold it for ever) before it counts as failed.
 SEND_GRACE = 1.0
+COALESCE_SECONDS = 0.005  # how long to wait for the next send ending before recording
 POLL_SECONDS = 0.02  # how often a job with sends in flight checks for announced work
 RECHECK_SECONDS = 1.0  # ... and looks for due work anyway (retries, lapsed leases)
 
@@ -97,37 +100,44 @@ class Dispatcher:
         self.in_flight: dict[str, _Send] = {}  # by delivery id
         self.finished: queue.SimpleQueue[tuple[str, SendResult]] = queue.SimpleQueue()
         self.renewed = time.monotonic()
+        self.capped = False  # the last claim skipped or released deliveries over the cap
         self.done = 0
 
     def run(self, until: float) -> int:
         """Claim, send and record until nothing is due and nothing in flight, or ``until``."""
         announced = self._announced()
-        look, looked = True, time.monotonic()
+        look, looked, claiming = True, time.monotonic(), True
         while True:
             now = time.monotonic()
-            if now < until and (look or now - looked >= RECHECK_SECONDS):
+            if claiming and now >= until:
+                # Time's up, maybe with work left: another job continues while this one only
+                # finishes what it has in flight.
+                claiming, look = False, False
+                wake_dispatcher()
+            if claiming and (look or now - looked >= RECHECK_SECONDS):
                 look, looked = self._fill(), now
             if not self.in_flight and not look:
                 break
-            self._record(self._collect())
+            ended = self._collect()
+            self._record(ended)
+            look = look or (bool(ended) and self.capped)  # a capped target may have more due
             self._renew()
-            if not look and (latest := self._announced()) != announced:
+            if claiming and not look and (latest := self._announced()) != announced:
                 announced, look = latest, True
-        if time.monotonic() >= until:
-            wake_dispatcher()  # time's up, maybe with work left: let another job continue
         return self.done
 
     def _fill(self) -> bool:
         """Claim and start sends for free threads; True if more may be due right away."""
         free = SEND_THREADS - _pool_busy()
         if free <= 0:
-            return False
+            return True  # look again once threads are free
         load = Counter(send.item.target for send in self.in_flight.values())
         busy = {target for target, n in load.items() if n >= self.cap}
         batch = claim_due(free, token=self.token, busy=busy)
         full = len(batch) == free
-        batch = _admit_rate_limited(self._within_cap(batch, load))
-        for item in batch:
+        kept = self._within_cap(batch, load)
+        self.capped = bool(busy) or len(kept) < len(batch)
+        for item in _admit_rate_limited(kept):
             self._start(item)
         return full
 
@@ -162,8 +172,10 @@ class Dispatcher:
         ended: list[tuple[str, SendResult]] = []
         try:
             ended.append(self.finished.get(timeout=POLL_SECONDS))
-            while True:
-                ended.append(self.finished.get_nowait())
+            # Sends that end close together share one transaction: building SQL costs more
+            # than running it, and short transactions keep SQLite's write lock free.
+            while len(ended) < len(self.in_flight):
+                ended.append(self.finished.get(timeout=COALESCE_SECONDS))
         except queue.Empty:
             pass
         now = time.monotonic()
@@ -313,7 +325,7 @@ def _pool_busy() -> int:
 def _send_pool() -> ThreadPoolExecutor:
     """This process's sending threads, started once and reused by every job.
 
-    Starting 32 threads per job cost more than sending. A forked child (a forking RQ worker)
+    Starting the threads per job cost more than sending. A forked child (a forking RQ worker)
     does not inherit threads, so it makes its own pool.
     """
     global _pool  # noqa: PLW0603 - one lazily created pool per process
