@@ -136,37 +136,50 @@ def test_a_sigkilled_worker_s_in_flight_delivery_is_resent_by_another(
         hanging.close()
 
 
-def test_a_guard_refused_delivery_fails_once_and_is_sent_after_a_manual_retry(
+def test_a_guard_refused_delivery_fails_once_until_retried_or_its_url_changes(
     app, api, integration, receiver
 ):
-    """A refusal is final (one attempt, no retry scheduled); ``/retry`` re-sends it later."""
+    """A refusal is final (one attempt, no retry scheduled); ``/retry`` or a new URL re-sends."""
     _setup(api)
     hook = _hook(api, integration, receiver.url, retry_count=3)
     strict = WorkerProcess(app, SWITCHBOARD_ALLOWED_NETWORKS="")
     try:
-        _publish(api, n=1)
-        [failed] = _wait(
-            lambda: [d for d in _deliveries(api, hook["id"]) if d["status"] == "failed"],
-            what="the refused delivery failed",
+        first, second = _publish(api, n=1), _publish(api, n=2)
+        refused = _wait(
+            lambda: (
+                len(items := _deliveries(api, hook["id"])) == 2
+                and all(d["status"] == "failed" for d in items)
+                and items
+            ),
+            what="both refused deliveries failed",
         )
     finally:
         strict.stop()
-    assert failed["attempts"] == 1 and failed["last_error"] == REFUSED
-    [attempt] = failed["attempt_history"]
-    assert attempt["error"] == REFUSED and attempt["next_attempt_at"] is None
-    assert "127.0.0.1" not in failed["last_error"]
+    for failed in refused:
+        assert failed["attempts"] == 1 and failed["last_error"] == REFUSED
+        [attempt] = failed["attempt_history"]
+        assert attempt["error"] == REFUSED and attempt["next_attempt_at"] is None
     assert receiver.requests == []
-    # Once the configuration allows the destination, a manual retry delivers it.
+    by_event = {d["event_id"]: d for d in refused}
+    # Once the configuration allows the destination, a manual retry delivers one ...
     allowed = WorkerProcess(app)
+    moved = Receiver()
     try:
-        assert api.post(f"/api/v1/deliveries/{failed['id']}/retry").status_code == 202
+        assert api.post(f"/api/v1/deliveries/{by_event[first]['id']}/retry").status_code == 202
         receiver.wait_for(lambda r: len(r) == 1, timeout=20)
+        # ... and changing the URL re-queues the other refused one (not the delivered one).
+        res = api.patch(f"/api/v1/webhooks/{hook['id']}", json={"url": moved.url + "/new"})
+        assert res.status_code == 200, res.json
+        got = moved.wait_for(lambda r: len(r) == 1, timeout=20)
+        assert got[0].headers["webhook-id"] == second
         _wait(
-            lambda: _deliveries(api, hook["id"])[0]["status"] == "succeeded",
-            what="the retried delivery succeeded",
+            lambda: all(d["status"] == "succeeded" for d in _deliveries(api, hook["id"])),
+            what="both deliveries succeeded",
         )
+        assert [r.headers["webhook-id"] for r in receiver.requests] == [first]
     finally:
         allowed.stop()
+        moved.close()
 
 
 def test_a_guard_refused_action_is_not_retried(app, api, receiver):

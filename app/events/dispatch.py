@@ -31,6 +31,7 @@ from flask import current_app
 
 from app.events import observe
 from app.events.outbox import ANNOUNCED, WAKE_FLAG, schedule_wake, wake_dispatcher
+from app.outbound.guard import REFUSED
 from app.store.db import database
 from app.store.models import (
     Delivery,
@@ -262,6 +263,32 @@ def claim_due(
         .order_by(Delivery.next_attempt_at)
     )
     return [Claimed(row, row.event, row.webhook if row.webhook_id else None) for row in rows]
+
+
+def requeue_refused(webhook_id: str) -> int:
+    """Make the webhook's guard-refused deliveries due again (its URL changed); return count.
+
+    Call inside the transaction that changes the URL: the dispatcher is woken after commit.
+    A refusal used no retry, so each gets at least one more attempt.
+    """
+    more = peewee.Case(
+        None,
+        [(Delivery.max_attempts > Delivery.attempts, Delivery.max_attempts)],
+        Delivery.attempts + 1,
+    )
+    now = utcnow()
+    count = (
+        Delivery.update(status="pending", next_attempt_at=now, max_attempts=more, updated_at=now)
+        .where(
+            (Delivery.webhook == webhook_id)
+            & (Delivery.status == "failed")
+            & (Delivery.last_error == REFUSED)
+        )
+        .execute()
+    )
+    if count:
+        database.after_commit(wake_dispatcher)
+    return int(count)
 
 
 def _admit_rate_limited(batch: list[Claimed]) -> list[Claimed]:
