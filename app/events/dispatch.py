@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -101,7 +101,9 @@ class Dispatcher:
         self.in_flight: dict[str, _Send] = {}  # by delivery id
         self.finished: queue.SimpleQueue[tuple[str, SendResult]] = queue.SimpleQueue()
         self.renewed = time.monotonic()
-        self.capped = False  # the last claim skipped or released deliveries over the cap
+        # Claimed deliveries of webhooks at their in-flight cap, by webhook (or integration).
+        self.waiting: dict[str, deque[Claimed]] = {}
+        self.capped = False  # the last claim skipped or held back deliveries over the cap
         self.done = 0
 
     def run(self, until: float) -> int:
@@ -114,6 +116,7 @@ class Dispatcher:
                 # Time's up, maybe with work left: another job continues while this one only
                 # finishes what it has in flight.
                 claiming, look = False, False
+                self._release_waiting()
                 wake_dispatcher()
             if claiming and (look or now - looked >= RECHECK_SECONDS):
                 look, looked = self._fill(), now
@@ -121,6 +124,8 @@ class Dispatcher:
                 break
             ended = self._collect()
             self._record(ended)
+            if claiming:
+                self._start_waiting()
             look = look or (bool(ended) and self.capped)  # a capped target may have more due
             self._renew()
             if claiming and not look and (latest := self._announced()) != announced:
@@ -132,29 +137,43 @@ class Dispatcher:
         free = SEND_THREADS - _pool_busy()
         if free <= 0:
             return True  # look again once threads are free
-        load = Counter(send.item.target for send in self.in_flight.values())
-        busy = {target for target, n in load.items() if n >= self.cap}
+        load = self._load()
+        busy = {target for target, n in load.items() if n >= self.cap} | self.waiting.keys()
         batch = claim_due(free, token=self.token, busy=busy)
-        full = len(batch) == free
-        kept = self._within_cap(batch, load)
-        self.capped = bool(busy) or len(kept) < len(batch)
-        for item in _admit_rate_limited(kept):
-            self._start(item)
-        return full
+        self.capped = bool(busy)
+        for item in _admit_rate_limited(batch):
+            if load[item.target] < self.cap:
+                load[item.target] += 1
+                self._start(item)
+            else:  # stays leased to this job and starts when its webhook has room
+                self.waiting.setdefault(item.target, deque()).append(item)
+                self.capped = True
+        return len(batch) == free
 
-    def _within_cap(self, batch: list[Claimed], load: Counter[str]) -> list[Claimed]:
-        """Release what would put a target over ``WEBHOOK_MAX_IN_FLIGHT`` (not an attempt)."""
-        kept: list[Claimed] = []
-        extra: list[Claimed] = []
-        for item in batch:
-            load[item.target] += 1
-            (kept if load[item.target] <= self.cap else extra).append(item)
-        if extra:
+    def _load(self) -> Counter[str]:
+        return Counter(send.item.target for send in self.in_flight.values())
+
+    def _start_waiting(self) -> None:
+        """Start waiting deliveries of webhooks whose sends ended (they are already leased)."""
+        if not self.waiting:
+            return
+        load = self._load()
+        for target in list(self.waiting):
+            queued = self.waiting[target]
+            while queued and load[target] < self.cap and _pool_busy() < SEND_THREADS:
+                load[target] += 1
+                self._start(queued.popleft())
+            if not queued:
+                del self.waiting[target]
+
+    def _release_waiting(self) -> None:
+        """Hand deliveries that never started back to the queue (not an attempt)."""
+        ids = [item.delivery.id for queued in self.waiting.values() for item in queued]
+        self.waiting.clear()
+        for chunk in peewee.chunked(ids, 500):
             Delivery.update(lease_token=None, lease_until=None).where(
-                Delivery.id.in_([item.delivery.id for item in extra])
-                & (Delivery.lease_token == self.token)
+                Delivery.id.in_(chunk) & (Delivery.lease_token == self.token)
             ).execute()
-        return kept
 
     def _start(self, item: Claimed) -> None:
         delivery_id = item.delivery.id
