@@ -257,7 +257,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "RECONCILE_INTERVAL",
         "SWITCHBOARD_RECONCILE_INTERVAL",
-        "30",
+        "5",
         _seconds(0.1),
         "a number of seconds, at least 0.1",
         _number,
@@ -292,11 +292,18 @@ SETTINGS: tuple[Setting, ...] = (
         "an integer from 1 to 3600 (seconds)",
     ),
     Setting(
-        "DELIVERY_LEASE_MARGIN",
-        "SWITCHBOARD_DELIVERY_LEASE_MARGIN",
-        "30",
-        _integer(0, 3600),
-        "an integer from 0 to 3600 (seconds)",
+        "DELIVERY_LEASE_SECONDS",
+        "SWITCHBOARD_DELIVERY_LEASE_SECONDS",
+        "10",
+        _integer(1, 3600),
+        "an integer from 1 to 3600 (seconds)",
+    ),
+    Setting(
+        "WEBHOOK_MAX_IN_FLIGHT",
+        "SWITCHBOARD_WEBHOOK_MAX_IN_FLIGHT",
+        "16",
+        _integer(1, 48),
+        "an integer from 1 to 48 (sends per webhook per worker)",
     ),
     Setting(
         "GATEWAY_MAX_BODY_BYTES",

@@ -93,7 +93,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "ALLOWED_NETWORKS": "127.0.0.0/8",
         "WEBHOOK_RETRY_SCHEDULE": "0.2,0.4,0.8",
         "RECONCILE_INTERVAL": 1,
-        "DELIVERY_LEASE_MARGIN": 1,
+        "DELIVERY_LEASE_SECONDS": 3,
         "CONNECTOR_TIMEOUT": 3,
         "RETURN_TO_ORIGINS": "http://app.test",
     }

@@ -17,6 +17,7 @@ from app.connectors.configs import decrypt_config
 from app.connectors.contract import ActionError, Connector, ConnectorContext, config_errors
 from app.connectors.extension import connector_context, get_registry
 from app.metrics import instruments as metrics
+from app.outbound.guard import REFUSED, refused_by_guard
 from app.store.models import Integration, IntegrationLog
 from app.stream import kinds
 
@@ -121,11 +122,14 @@ def _run_handler(
         return _ended(started, error=f"invalid input: {detail}")
     try:
         result = action.handler(config, action_input, ctx)
-    except ActionError as exc:
-        return _ended(
-            started, error=exc.message, retryable=exc.retryable, retry_after=exc.retry_after
-        )
-    except Exception as exc:  # noqa: BLE001 - a plugin bug is a failed, retryable run
+    except Exception as exc:  # noqa: BLE001 - every way a handler ends is an outcome
+        if refused_by_guard(exc):  # however the connector wrapped it: final, never retried
+            return _ended(started, error=REFUSED)
+        if isinstance(exc, ActionError):
+            return _ended(
+                started, error=exc.message, retryable=exc.retryable, retry_after=exc.retry_after
+            )
+        # A plugin bug is a failed, retryable run.
         log.exception("action %s of %s crashed", action_name, connector.name)
         return _ended(started, error=f"action crashed: {type(exc).__name__}", retryable=True)
     result = result if isinstance(result, dict) else {"value": result}

@@ -1,27 +1,37 @@
-"""The outbox dispatcher job: claim due deliveries, perform them concurrently, record outcomes.
+"""The outbox dispatcher job: claim due deliveries, send them concurrently, record each outcome.
 
-One RQ job drains many deliveries: it claims a batch with a lease (so no other worker takes
-them), sends them in a thread pool, then records every attempt in one transaction. A worker
-that dies mid-batch leaves leases that expire; the reconciler then wakes a dispatcher again,
-so every delivery is attempted at least once more — nothing is lost, only possibly repeated.
+One RQ job keeps up to ``SEND_THREADS`` sends in flight. It claims due deliveries with a short
+lease whenever sending threads are free, records each outcome as soon as its own send ends
+(outcomes that end together share one transaction), and renews the leases of the sends still
+running. A slow or failing endpoint so delays only its own deliveries: at most
+``WEBHOOK_MAX_IN_FLIGHT`` sends of one webhook (or of one integration's subscribed actions) are
+in flight in a worker, and everything else keeps flowing past them.
+
+A worker that dies stops renewing: its leases lapse within ``DELIVERY_LEASE_SECONDS``, and a
+dispatcher (woken by the reconciler, or one already running) claims them again, so only what
+was in flight is resent — at least once, nothing lost.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import peewee
+import redis
 from flask import current_app
 
 from app.events import observe
-from app.events.outbox import WAKE_FLAG, schedule_wake, wake_dispatcher
+from app.events.outbox import ANNOUNCED, WAKE_FLAG, schedule_wake, wake_dispatcher
+from app.outbound.guard import REFUSED
 from app.store.db import database
 from app.store.models import (
     Delivery,
@@ -38,11 +48,17 @@ from app.webhooks.sender import SendResult, event_body, send_signed, signing_sec
 
 log = logging.getLogger(__name__)
 
-# One batch is sent in a single parallel round, so a lease only has to outlive one timeout.
-SEND_THREADS = 32
-BATCH_SIZE = SEND_THREADS
+# Threads wait on sockets, not the CPU: enough that two endpoints hanging at their in-flight
+# cap still leave a third of them to everyone else.
+SEND_THREADS = 48
 MAX_JOB_SECONDS = 60
 MAX_RETRY_DELAY = 24 * 3600  # a hostile Retry-After must not overflow datetime arithmetic
+# A send may run this long past its own timeout (which bounds each socket read, not the whole
+# answer: a peer dripping bytes could hold it for ever) before it counts as failed.
+SEND_GRACE = 1.0
+COALESCE_SECONDS = 0.005  # how long to wait for the next send ending before recording
+POLL_SECONDS = 0.02  # how often a job with sends in flight checks for announced work
+RECHECK_SECONDS = 1.0  # ... and looks for due work anyway (retries, lapsed leases)
 
 
 @dataclass
@@ -51,50 +67,204 @@ class Claimed:
     event: Event
     webhook: Webhook | None
 
+    @property
+    def target(self) -> str:
+        """What the in-flight cap counts by: the webhook, or the subscribed integration."""
+        return self.delivery.webhook_id or self.delivery.integration_id or ""
+
 
 def dispatch_due() -> int:
     """RQ job: perform due deliveries until none are left (or a minute passed); return count."""
     get_redis().delete(WAKE_FLAG)  # publishes from now on wake another job
-    done = 0
-    deadline = time.monotonic() + MAX_JOB_SECONDS
     with database.connection_context():
-        while time.monotonic() < deadline:
-            batch = claim_due(BATCH_SIZE)
-            if not batch:
-                break
-            batch = _admit_rate_limited(batch)
-            if not batch:
-                continue
-            results = _perform_all(batch)
-            record_outcomes(batch, results)
-            done += len(batch)
-        else:
-            wake_dispatcher()  # time's up with work left: let another job continue
+        done = Dispatcher().run(time.monotonic() + MAX_JOB_SECONDS)
         _schedule_next_wake()
     return done
 
 
-def _lease_seconds() -> float:
-    """Longest time one parallel round can take, plus a margin."""
-    longest_ms = Webhook.select(peewee.fn.MAX(Webhook.timeout_ms)).scalar() or 0
-    longest = max(longest_ms / 1000, float(current_app.config["CONNECTOR_TIMEOUT"]))
-    return longest + float(current_app.config["DELIVERY_LEASE_MARGIN"])
+@dataclass
+class _Send:
+    item: Claimed
+    deadline: float  # time.monotonic() after which the send counts as failed
 
 
-def claim_due(limit: int) -> list[Claimed]:
-    """Lease up to ``limit`` due deliveries to this job and load what sending them needs."""
+class Dispatcher:
+    """One job's sends in flight, claimed under one lease token and renewed together."""
+
+    def __init__(self) -> None:
+        config = current_app.config
+        self.app = current_app._get_current_object()  # type: ignore[attr-defined]
+        self.token = new_id("lease", 16)
+        self.lease = float(config["DELIVERY_LEASE_SECONDS"])
+        self.cap = int(config["WEBHOOK_MAX_IN_FLIGHT"])
+        self.connector_timeout = float(config["CONNECTOR_TIMEOUT"])
+        self.in_flight: dict[str, _Send] = {}  # by delivery id
+        self.finished: queue.SimpleQueue[tuple[str, SendResult]] = queue.SimpleQueue()
+        self.renewed = time.monotonic()
+        # Claimed deliveries of webhooks at their in-flight cap, by webhook (or integration).
+        self.waiting: dict[str, deque[Claimed]] = {}
+        self.capped = False  # the last claim skipped or held back deliveries over the cap
+        self.done = 0
+
+    def run(self, until: float) -> int:
+        """Claim, send and record until nothing is due and nothing in flight, or ``until``."""
+        announced = self._announced()
+        look, looked, claiming = True, time.monotonic(), True
+        while True:
+            now = time.monotonic()
+            if claiming and now >= until:
+                # Time's up, maybe with work left: another job continues while this one only
+                # finishes what it has in flight.
+                claiming, look = False, False
+                self._release_waiting()
+                wake_dispatcher()
+            if claiming and (look or now - looked >= RECHECK_SECONDS):
+                look, looked = self._fill(), now
+            if not self.in_flight and not look:
+                break
+            ended = self._collect()
+            self._record(ended)
+            if claiming:
+                self._start_waiting()
+            look = look or (bool(ended) and self.capped)  # a capped target may have more due
+            self._renew()
+            if claiming and not look and (latest := self._announced()) != announced:
+                announced, look = latest, True
+        return self.done
+
+    def _fill(self) -> bool:
+        """Claim and start sends for free threads; True if more may be due right away."""
+        free = SEND_THREADS - _pool_busy()
+        if free <= 0:
+            return True  # look again once threads are free
+        load = self._load()
+        busy = {target for target, n in load.items() if n >= self.cap} | self.waiting.keys()
+        batch = claim_due(free, token=self.token, busy=busy)
+        self.capped = bool(busy)
+        for item in _admit_rate_limited(batch):
+            if load[item.target] < self.cap:
+                load[item.target] += 1
+                self._start(item)
+            else:  # stays leased to this job and starts when its webhook has room
+                self.waiting.setdefault(item.target, deque()).append(item)
+                self.capped = True
+        return len(batch) == free
+
+    def _load(self) -> Counter[str]:
+        return Counter(send.item.target for send in self.in_flight.values())
+
+    def _start_waiting(self) -> None:
+        """Start waiting deliveries of webhooks whose sends ended (they are already leased)."""
+        if not self.waiting:
+            return
+        load = self._load()
+        for target in list(self.waiting):
+            queued = self.waiting[target]
+            while queued and load[target] < self.cap and _pool_busy() < SEND_THREADS:
+                load[target] += 1
+                self._start(queued.popleft())
+            if not queued:
+                del self.waiting[target]
+
+    def _release_waiting(self) -> None:
+        """Hand deliveries that never started back to the queue (not an attempt)."""
+        ids = [item.delivery.id for queued in self.waiting.values() for item in queued]
+        self.waiting.clear()
+        for chunk in peewee.chunked(ids, 500):
+            Delivery.update(lease_token=None, lease_until=None).where(
+                Delivery.id.in_(chunk) & (Delivery.lease_token == self.token)
+            ).execute()
+
+    def _start(self, item: Claimed) -> None:
+        delivery_id = item.delivery.id
+        limit = _attempt_seconds(item, self.connector_timeout) + SEND_GRACE
+        self.in_flight[delivery_id] = _Send(item, time.monotonic() + limit)
+        app, finished = self.app, self.finished
+
+        def run() -> None:
+            with app.app_context():
+                finished.put((delivery_id, _attempt(item)))
+
+        _submit(run)
+
+    def _collect(self) -> list[tuple[Claimed, SendResult]]:
+        """Sends that ended (waiting up to ``POLL_SECONDS`` for one) or overran their time."""
+        ended: list[tuple[str, SendResult]] = []
+        try:
+            ended.append(self.finished.get(timeout=POLL_SECONDS))
+            # Sends that end close together share one transaction: building SQL costs more
+            # than running it, and short transactions keep SQLite's write lock free.
+            while len(ended) < len(self.in_flight):
+                ended.append(self.finished.get(timeout=COALESCE_SECONDS))
+        except queue.Empty:
+            pass
+        now = time.monotonic()
+        for delivery_id, send in self.in_flight.items():
+            if now > send.deadline:  # its thread finishes in the background, unrecorded
+                limit = _attempt_seconds(send.item, self.connector_timeout) + SEND_GRACE
+                error = f"no complete answer within {limit:g} s"
+                ended.append((delivery_id, SendResult(False, None, limit * 1000, error)))
+        return [
+            (self.in_flight.pop(delivery_id).item, result)
+            for delivery_id, result in ended
+            if delivery_id in self.in_flight  # else already recorded as overrun
+        ]
+
+    def _record(self, ended: list[tuple[Claimed, SendResult]]) -> None:
+        if ended:
+            record_outcomes([item for item, _ in ended], [result for _, result in ended])
+            self.done += len(ended)
+
+    def _renew(self) -> None:
+        """Heartbeat: extend the lease of every send still in flight (every third of a lease)."""
+        now = time.monotonic()
+        if not self.in_flight or now - self.renewed < self.lease / 3:
+            return
+        self.renewed = now
+        Delivery.update(lease_until=utcnow() + timedelta(seconds=self.lease)).where(
+            Delivery.lease_token == self.token
+        ).execute()
+
+    @staticmethod
+    def _announced() -> int:
+        """How many wake-ups were announced so far (publishes, retries due, reconciler)."""
+        try:
+            return int(get_redis().get(ANNOUNCED) or 0)
+        except redis.RedisError:  # the periodic recheck still finds due work
+            return 0
+
+
+def _attempt(item: Claimed) -> SendResult:
+    try:
+        return perform(item)
+    except Exception as exc:  # noqa: BLE001 - one bad delivery must not sink the others
+        log.exception("delivery %s crashed", item.delivery.id)
+        return SendResult(False, None, 0.0, f"internal error: {type(exc).__name__}")
+
+
+def _attempt_seconds(item: Claimed, connector_timeout: float) -> float:
+    return item.webhook.timeout_ms / 1000 if item.webhook is not None else connector_timeout
+
+
+def claim_due(
+    limit: int, *, token: str | None = None, busy: set[str] | frozenset[str] = frozenset()
+) -> list[Claimed]:
+    """Lease up to ``limit`` due deliveries and load what sending them needs.
+
+    ``busy`` names webhooks and integrations already at their in-flight cap: their deliveries
+    are skipped, so a backlog of one slow endpoint does not crowd out everyone else's.
+    """
     now = utcnow()
-    token = new_id("lease", 16)
+    token = token or new_id("lease", 16)
     free = Delivery.lease_until.is_null() | (Delivery.lease_until < now)
-    due = (
-        Delivery.select(Delivery.id)
-        .where((Delivery.status == "pending") & (Delivery.next_attempt_at <= now) & free)
-        .order_by(Delivery.next_attempt_at)
-        .limit(limit)
-    )
+    wanted = (Delivery.status == "pending") & (Delivery.next_attempt_at <= now) & free
+    if busy:
+        wanted &= Delivery.webhook.is_null() | Delivery.webhook.not_in(busy)
+        wanted &= Delivery.integration.is_null() | Delivery.integration.not_in(busy)
+    due = Delivery.select(Delivery.id).where(wanted).order_by(Delivery.next_attempt_at).limit(limit)
     if not isinstance(database.obj, peewee.SqliteDatabase):
         due = due.for_update(skip_locked=True)
-    lease_until = now + timedelta(seconds=_lease_seconds())
+    lease_until = now + timedelta(seconds=float(current_app.config["DELIVERY_LEASE_SECONDS"]))
     with database.atomic():
         claimed = (
             Delivery.update(lease_token=token, lease_until=lease_until)
@@ -108,10 +278,36 @@ def claim_due(limit: int) -> list[Claimed]:
         .join(Event)
         .switch(Delivery)
         .join(Webhook, peewee.JOIN.LEFT_OUTER)
-        .where(Delivery.lease_token == token)
+        .where((Delivery.lease_token == token) & (Delivery.lease_until == lease_until))
         .order_by(Delivery.next_attempt_at)
     )
     return [Claimed(row, row.event, row.webhook if row.webhook_id else None) for row in rows]
+
+
+def requeue_refused(webhook_id: str) -> int:
+    """Make the webhook's guard-refused deliveries due again (its URL changed); return count.
+
+    Call inside the transaction that changes the URL: the dispatcher is woken after commit.
+    A refusal used no retry, so each gets at least one more attempt.
+    """
+    more = peewee.Case(
+        None,
+        [(Delivery.max_attempts > Delivery.attempts, Delivery.max_attempts)],
+        Delivery.attempts + 1,
+    )
+    now = utcnow()
+    count = (
+        Delivery.update(status="pending", next_attempt_at=now, max_attempts=more, updated_at=now)
+        .where(
+            (Delivery.webhook == webhook_id)
+            & (Delivery.status == "failed")
+            & (Delivery.last_error == REFUSED)
+        )
+        .execute()
+    )
+    if count:
+        database.after_commit(wake_dispatcher)
+    return int(count)
 
 
 def _admit_rate_limited(batch: list[Claimed]) -> list[Claimed]:
@@ -147,13 +343,36 @@ def _admit_rate_limited(batch: list[Claimed]) -> list[Claimed]:
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (owning pid, pool)
 _pool_lock = threading.Lock()
+_running = 0  # sends running in this process's pool, abandoned overrunning ones included
+
+
+def _submit(fn: Any) -> None:
+    """Run ``fn`` on this process's sending threads, counting it while it runs."""
+    global _running  # noqa: PLW0603 - one count per process, like the pool
+
+    def counted() -> None:
+        global _running  # noqa: PLW0603
+        try:
+            fn()
+        finally:
+            with _pool_lock:
+                _running -= 1
+
+    with _pool_lock:
+        _running += 1
+    _send_pool().submit(counted)
+
+
+def _pool_busy() -> int:
+    with _pool_lock:
+        return _running
 
 
 def _send_pool() -> ThreadPoolExecutor:
-    """This process's sending threads, started once and reused by every batch and job.
+    """This process's sending threads, started once and reused by every job.
 
-    Starting 32 threads per batch cost more than sending it. A forked child (a forking RQ
-    worker) does not inherit threads, so it makes its own pool.
+    Starting the threads per job cost more than sending. A forked child (a forking RQ worker)
+    does not inherit threads, so it makes its own pool.
     """
     global _pool  # noqa: PLW0603 - one lazily created pool per process
     pool = _pool
@@ -164,43 +383,6 @@ def _send_pool() -> ThreadPoolExecutor:
                 executor = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="send")
                 pool = _pool = (os.getpid(), executor)
     return pool[1]
-
-
-def _perform_all(batch: list[Claimed]) -> list[SendResult]:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-
-    def attempt(item: Claimed) -> SendResult:
-        try:
-            return perform(item)
-        except Exception as exc:  # noqa: BLE001 - one bad delivery must not sink the batch
-            log.exception("delivery %s crashed", item.delivery.id)
-            return SendResult(False, None, 0.0, f"internal error: {type(exc).__name__}")
-
-    def run(item: Claimed) -> SendResult:
-        with app.app_context():
-            return attempt(item)
-
-    # Timeouts bound each socket read, not a whole answer: a peer dripping bytes could hold a
-    # send past its lease. Waiting at most this long keeps the batch inside its lease; a send
-    # still running then counts as failed (its thread finishes in the background, unrecorded).
-    deadline = _longest_attempt(batch) + float(current_app.config["DELIVERY_LEASE_MARGIN"]) / 2
-    futures = [_send_pool().submit(run, item) for item in batch]
-    done, _ = wait(futures, timeout=deadline)
-    return [
-        future.result()
-        if future in done
-        else SendResult(False, None, deadline * 1000, f"no complete answer within {deadline:g} s")
-        for future in futures
-    ]
-
-
-def _longest_attempt(batch: list[Claimed]) -> float:
-    """Seconds the slowest attempt in ``batch`` may take by its own timeout."""
-    connector = float(current_app.config["CONNECTOR_TIMEOUT"])
-    return max(
-        (c.webhook.timeout_ms / 1000 if c.webhook is not None else connector for c in batch),
-        default=connector,
-    )
 
 
 def perform(item: Claimed) -> SendResult:

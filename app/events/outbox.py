@@ -14,12 +14,18 @@ from app.store.redis import get_redis
 log = logging.getLogger(__name__)
 
 WAKE_FLAG = "sb:outbox:wake-queued"
+# Counts every wake-up: a dispatcher busy with slow sends polls it to pick up new work itself
+# instead of leaving it to a job queued behind its own.
+ANNOUNCED = "sb:outbox:announced"
 
 
 def wake_dispatcher() -> None:
     """Enqueue one ``dispatch_due`` job unless one is already waiting (coalesces bursts)."""
     try:
-        if get_redis().set(WAKE_FLAG, "1", nx=True, ex=30):
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.incr(ANNOUNCED)
+        pipe.set(WAKE_FLAG, "1", nx=True, ex=30)
+        if pipe.execute()[1]:
             get_queue("webhooks").enqueue(
                 "app.events.dispatch.dispatch_due",
                 job_timeout=300,

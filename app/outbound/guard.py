@@ -69,6 +69,25 @@ class BlockedDestination(requests.exceptions.ConnectionError):
     """A connection refused by the SSRF guard; never retried."""
 
 
+#: What stored history says about a refused call (never the address the host resolved to). A
+#: refusal is permanent until the URL or ``SWITCHBOARD_ALLOWED_NETWORKS`` changes, so callers
+#: record it as a final failure instead of retrying.
+REFUSED = (
+    "refused by the SSRF guard: the destination is not a public address and not in "
+    "SWITCHBOARD_ALLOWED_NETWORKS (not retried)"
+)
+
+
+def refused_by_guard(exc: BaseException) -> bool:
+    """True if ``exc`` is, or was raised from, a ``BlockedDestination``."""
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:  # a chain can loop back on itself
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    return any(isinstance(link, BlockedDestination) for link in chain)
+
+
 class _RefusedConnection(Exception):
     """Raised inside urllib3: not an OSError, so urllib3 neither wraps nor retries it."""
 

@@ -11,6 +11,7 @@ from flask.views import MethodView
 
 from app.audit import record_audit, record_change, record_update
 from app.events.catalog import emit_event, event_catalog, is_valid_pattern
+from app.events.dispatch import requeue_refused
 from app.events.outbox import wake_dispatcher
 from app.outbound.guard import UnsafeURL
 from app.outbound.session import check_outbound_url
@@ -151,6 +152,8 @@ class WebhooksById(MethodView):
                 row.disabled_reason = "disabled through the API"
             row.updated_at = utcnow()
             row.save()
+            if data.get("url", before["url"]) != before["url"]:
+                requeue_refused(row.id)  # the SSRF guard may let the new URL through
             record_update("webhook", row.id, before, webhook_view(row), data)
         return row
 

@@ -11,6 +11,7 @@ from typing import Any
 import requests
 
 from app import __version__
+from app.outbound.guard import REFUSED, BlockedDestination
 from app.outbound.session import outbound_session
 from app.store.models import Webhook, utcnow
 from app.store.secretbox import decrypt
@@ -90,6 +91,9 @@ def send_signed(
             return SendResult(False, status, elapsed, error, text, retry_after)
     except requests.Timeout:
         return _failure(started, f"timed out after {timeout_ms} ms")
+    except BlockedDestination:  # retrying cannot help until the URL or the setting changes
+        elapsed = (time.perf_counter() - started) * 1000
+        return SendResult(False, None, elapsed, REFUSED, final=True)
     except requests.RequestException as exc:
         return _failure(started, f"{type(exc).__name__}: {_short(exc)}")
 
