@@ -23,8 +23,10 @@ What it does, in one run so the numbers compare like with like:
    cursor, else by ``offset`` (``--root`` pointing at a checkout without cursors, such as
    main before cursors, measures "before").
 
-It prints the latencies and the seeded/empty ratios (target: within 2x, PASS/MISS). Timings
-are measurements, never test assertions.
+It prints median and best-of-``--repeat`` latencies and the seeded/empty ratios of both; the
+verdict (target: within 2x, PASS/MISS) uses the best-of ratios, like ``timeit``: on a shared
+machine the median also measures the neighbours, and the two phases cannot be interleaved.
+Timings are measurements, never test assertions.
 """
 
 from __future__ import annotations
@@ -150,14 +152,16 @@ def seed(app: Any, start: int, rows: int, integration_id: str, webhook_id: str) 
     return time.perf_counter() - started
 
 
-def median_ms(client: Any, url: str, headers: dict[str, str], repeat: int) -> float:
+def timed_ms(client: Any, url: str, headers: dict[str, str], repeat: int) -> tuple[float, float]:
+    """(median, best) milliseconds of ``repeat`` requests after one warm-up request."""
+    client.get(url, headers=headers)  # warm-up: first-request costs are not the table's
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
         response = client.get(url, headers=headers)
         times.append((time.perf_counter() - started) * 1000)
         assert response.status_code == 200, response.get_json()
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def deep_url(client: Any, url: str, headers: dict[str, str], rows: int) -> str:
@@ -169,6 +173,15 @@ def deep_url(client: Any, url: str, headers: dict[str, str], rows: int) -> str:
     return f"{url}?limit={PAGE}&offset={offset}"
 
 
+def checkpoint(app: Any) -> None:
+    """SQLite: fold the bulk insert's write-ahead log into the database file, as SQLite's own
+    auto-checkpoint does after ordinary, smaller transactions (reads through a WAL of a
+    million rows are slower than through the file, and that is the seed, not the list)."""
+    with app.app_context(), database.connection_context():
+        if not isinstance(database.obj, peewee.PostgresqlDatabase):
+            database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         app = build_app(Path(tmp))
@@ -178,29 +191,33 @@ def main() -> None:
         lists = {"/logs": "/api/v1/logs", "deliveries": f"/api/v1/webhooks/{webhook_id}/deliveries"}
         seed(app, 0, PAGE, integration_id, webhook_id)
         empty = {
-            name: median_ms(client, f"{url}?limit={PAGE}", headers, ARGS.repeat)
+            name: timed_ms(client, f"{url}?limit={PAGE}", headers, ARGS.repeat)
             for name, url in lists.items()
         }
         took = seed(app, PAGE, ARGS.rows, integration_id, webhook_id)
+        checkpoint(app)
         backend = database.obj.__class__.__name__
         print(f"{backend}, {ARGS.rows:,} logs and {ARGS.rows:,} deliveries seeded in {took:.0f} s")
+        print("milliseconds, median / best of", ARGS.repeat)
         print(
-            f"{'list':<12}{'empty ms':>10}{'first ms':>10}{'deep ms':>10}"
-            f"{'first/empty':>13}{'deep/empty':>12}"
+            f"{'list':<12}{'empty':>13}{'first page':>13}{'deep page':>13}"
+            f"{'first/empty':>14}{'deep/empty':>14}"
         )
         verdicts = []
         for name, url in lists.items():
-            first = median_ms(client, f"{url}?limit={PAGE}", headers, ARGS.repeat)
+            first = timed_ms(client, f"{url}?limit={PAGE}", headers, ARGS.repeat)
             deep_link = deep_url(client, url, headers, PAGE + ARGS.rows)
-            deep = median_ms(client, deep_link, headers, ARGS.repeat)
-            ratios = (first / empty[name], deep / empty[name])
+            deep = timed_ms(client, deep_link, headers, ARGS.repeat)
+            base = empty[name]
+            ratios = [(page[0] / base[0], page[1] / base[1]) for page in (first, deep)]
             how = "cursor" if "cursor=" in deep_link else "offset"
-            verdicts.append(max(ratios) <= 2)
-            print(
-                f"{name:<12}{empty[name]:>10.1f}{first:>10.1f}{deep:>10.1f}"
-                f"{ratios[0]:>12.2f}x{ratios[1]:>11.2f}x  (deep by {how})"
-            )
-        print("within 2x of the empty table:", "PASS" if all(verdicts) else "MISS")
+            verdicts.append(max(best for _, best in ratios) <= 2)
+            cells = "".join(f"{m:>7.1f}/{b:<5.1f}" for m, b in (base, first, deep))
+            shown = "".join(f"{m:>8.2f}/{b:<5.2f}" for m, b in ratios)
+            print(f"{name:<12}{cells}{shown}  (deep page by {how})")
+        print(
+            "best-of ratios within 2x of the one-page table:", "PASS" if all(verdicts) else "MISS"
+        )
 
 
 if __name__ == "__main__":
