@@ -72,15 +72,18 @@ def paginate_keyset(
         name: the list's name, written into cursors so one list's cursor is refused by another.
     """
     limit, offset = args["limit"], args["offset"]
-    page: dict[str, Any] = {"limit": limit, "offset": offset}
-    if args.get("count"):
-        page["total"] = query.order_by().count()
     ordered = query.order_by(*(key.desc() for key in keys))
     if args.get("cursor"):
         if offset:
-            raise Problem(422, "Use either `cursor` or `offset`, not both.", errors=_bad("offset"))
-        after = _decode(args["cursor"], keys, name)
-        ordered = ordered.where(_before(keys, after))
+            raise Problem(
+                422,
+                "Use either `cursor` or `offset`, not both.",
+                errors={"offset": ["cannot be combined with cursor"]},
+            )
+        ordered = ordered.where(_before(keys, _decode(args["cursor"], keys, name)))
+    page: dict[str, Any] = {"limit": limit, "offset": offset}
+    if args.get("count"):
+        page["total"] = query.order_by().count()
     rows = list(ordered.limit(limit + 1).offset(offset or None))
     page["has_more"] = len(rows) > limit
     page["items"] = rows[:limit]
@@ -88,10 +91,6 @@ def paginate_keyset(
     if page["next_cursor"]:
         _link_next(page["next_cursor"])
     return page
-
-
-def _bad(field: str) -> dict[str, list[str]]:
-    return {field: ["cannot be combined with cursor" if field == "offset" else "invalid cursor"]}
 
 
 def _before(keys: Sequence[peewee.Field], after: list[Any]) -> Any:
@@ -114,7 +113,7 @@ def _decode(cursor: str, keys: Sequence[peewee.Field], name: str) -> list[Any]:
     invalid = Problem(
         422,
         "The cursor is not one this list returned; start again without it.",
-        errors=_bad("cursor"),
+        errors={"cursor": ["invalid cursor"]},
     )
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
