@@ -23,6 +23,7 @@ from app.logs.structured import request_id_bound
 from app.oauth.refresher import start_token_refresher
 from app.store.queues import QUEUE_NAMES, get_queue
 from app.store.redis import RedisUnreachable, require_redis
+from app.store.retention import start_retention
 
 
 class Worker(SimpleWorker):
@@ -45,6 +46,7 @@ def main() -> None:
         except RedisUnreachable as exc:
             sys.exit(f"switchboard worker: {exc}")
         start_reconciler(app)
+        start_retention(app)
         start_token_refresher(app)
         start_alert_evaluator(app)
         worker = Worker(

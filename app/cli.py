@@ -1,4 +1,4 @@
-"""``flask --app app …`` commands: db upgrade, create-admin, set-password, openapi write, dev."""
+"""``flask --app app …`` commands: db, create-admin, set-password, openapi, retention, dev."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from app.devserver import dev_command
 from app.store import migrations
 from app.store.db import database
 from app.store.models import User
+from app.store.retention import run_retention
 
 db_cli = AppGroup("db", help="Database schema commands.")
 openapi_cli = AppGroup("openapi", help="OpenAPI document commands.")
+retention_cli = AppGroup("retention", help="History retention commands.")
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
 
@@ -64,6 +66,16 @@ def set_password(email: str, password: str) -> None:
     click.echo(f"password set for {email.strip().lower()}")
 
 
+@retention_cli.command("run")
+def retention_run() -> None:
+    """Prune history older than the SWITCHBOARD_RETENTION_DAYS_* settings, in batches."""
+    deleted = run_retention(current_app.config)
+    for kind, count in deleted.items():
+        click.echo(f"{kind}: {count} deleted")
+    if not deleted:
+        click.echo("retention is off for every kind")
+
+
 @openapi_cli.command("write")
 @click.option("--output", type=click.Path(path_type=Path), default=SPEC_PATH, show_default=True)
 def openapi_write(output: Path) -> None:
@@ -83,6 +95,7 @@ def init_app(app: Flask) -> None:
     """Register the CLI commands."""
     app.cli.add_command(db_cli)
     app.cli.add_command(openapi_cli)
+    app.cli.add_command(retention_cli)
     app.cli.add_command(create_admin)
     app.cli.add_command(set_password)
     app.cli.add_command(dev_command)

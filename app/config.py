@@ -457,6 +457,31 @@ SETTINGS: tuple[Setting, ...] = (
         _integer(1, 1_000_000),
         "an integer from 1 to 1000000 (open streams per process)",
     ),
+    *(
+        Setting(
+            f"RETENTION_DAYS_{kind}",
+            f"SWITCHBOARD_RETENTION_DAYS_{kind}",
+            days,
+            _integer(0, 36500),
+            "an integer of days from 0 (keep forever) to 36500",
+        )
+        for kind, days in (("EVENTS", "30"), ("DELIVERIES", "30"), ("LOGS", "30"), ("AUDIT", "365"))
+    ),
+    Setting(
+        "RETENTION_INTERVAL",
+        "SWITCHBOARD_RETENTION_INTERVAL",
+        "3600",
+        _seconds(0.1),
+        "a number of seconds, at least 0.1",
+        _number,
+    ),
+    Setting(
+        "RETENTION_BATCH_SIZE",
+        "SWITCHBOARD_RETENTION_BATCH_SIZE",
+        "1000",
+        _integer(1, 100_000),
+        "an integer from 1 to 100000 (rows per transaction)",
+    ),
     Setting(
         "ALERT_INTERVAL",
         "SWITCHBOARD_ALERT_INTERVAL",

@@ -13,6 +13,8 @@ from app.audit import record_audit
 from app.connectors.extension import get_registry
 from app.events.catalog import BUILTIN_EVENT_TYPES, emit_event, event_catalog, event_type_source
 from app.events.schemas import (
+    EventPageSchema,
+    EventQueryArgsSchema,
     EventTypeListSchema,
     EventTypeSchema,
     PublishedSchema,
@@ -21,6 +23,7 @@ from app.events.schemas import (
 from app.store.db import database
 from app.store.models import Delivery, Event, EventType, utcnow
 from app.web.api import Blueprint
+from app.web.keyset import paginate_keyset
 from app.web.problems import Problem
 
 blp = Blueprint("events", __name__, url_prefix="/api/v1", description="Events")
@@ -137,3 +140,19 @@ def publish_event(data: dict[str, Any]) -> dict[str, Any]:
             raise
         return _answer(existing, duplicate=True)
     return _answer(event, duplicate=False)
+
+
+@blp.route("/events", methods=["GET"])
+@blp.auth("webhooks:read")
+@blp.arguments(EventQueryArgsSchema, location="query")
+@blp.response(200, EventPageSchema)
+def list_events(args: dict[str, Any]) -> dict[str, Any]:
+    """List published events (the outbox), newest first."""
+    query = Event.select()
+    if args.get("type"):
+        query = query.where(Event.type == args["type"])
+    if args.get("since"):
+        query = query.where(Event.created_at >= args["since"])
+    if args.get("until"):
+        query = query.where(Event.created_at < args["until"])
+    return paginate_keyset(query, args, [Event.created_at, Event.id], "events")

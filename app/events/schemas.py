@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import marshmallow as ma
 
+from app.web.api import UTCDateTime
+from app.web.keyset import KeysetArgsSchema, keyset_page_schema
+
 EVENT_TYPE_NAME = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
 
 
@@ -35,3 +38,22 @@ class PublishedSchema(ma.Schema):
     id = ma.fields.String(metadata={"description": "Event id: the receivers' webhook-id"})
     deliveries = ma.fields.Integer(metadata={"description": "Deliveries queued for it"})
     duplicate = ma.fields.Boolean(metadata={"description": "True for an idempotent replay"})
+
+
+class EventSchema(ma.Schema):
+    id = ma.fields.String(metadata={"description": "The receivers' webhook-id"})
+    type = ma.fields.String()
+    data = ma.fields.Dict(attribute="payload")
+    request_id = ma.fields.String(
+        allow_none=True, metadata={"description": "The API request that published it"}
+    )
+    created_at = UTCDateTime()
+
+
+class EventQueryArgsSchema(KeysetArgsSchema):
+    type = ma.fields.String(validate=ma.validate.Length(max=200))
+    since = UTCDateTime()
+    until = UTCDateTime()
+
+
+EventPageSchema = keyset_page_schema(EventSchema, "EventPage")

@@ -23,7 +23,7 @@ from app.integrations.schemas import (
     TestResultSchema,
 )
 from app.integrations.service import prepare_create, prepare_update
-from app.logs.resources import log_query
+from app.logs.resources import log_page
 from app.logs.schemas import LogPageSchema, LogQueryArgsSchema
 from app.store.db import database
 from app.store.models import Integration, IntegrationLog, utcnow
@@ -123,7 +123,7 @@ class IntegrationsById(MethodView):
 def integration_logs(args: dict[str, Any], integration_id: str) -> dict[str, Any]:
     """List one integration's logs, newest first."""
     get_integration(integration_id)
-    return paginate(log_query({**args, "integration_id": integration_id}), args)
+    return log_page({**args, "integration_id": integration_id})
 
 
 @blp.route("/<integration_id>/test", methods=["POST"])

@@ -11,18 +11,19 @@ from app.logs.schemas import (
     LogQueryArgsSchema,
 )
 from app.store.models import AuditLog, IntegrationLog
-from app.web.api import Blueprint, paginate
+from app.web.api import Blueprint
+from app.web.keyset import paginate_keyset
 
 blp = Blueprint("logs", __name__, url_prefix="/api/v1", description="Logs and audit trail")
 
 
-def log_query(args: dict[str, Any]) -> Any:
-    """Integration logs matching the filters in ``args``, newest first."""
+def log_page(args: dict[str, Any]) -> dict[str, Any]:
+    """One page of the integration logs matching the filters in ``args``, newest first."""
     query = IntegrationLog.select()
     for field in ("integration_id", "status", "event_type"):
         if args.get(field):
             query = query.where(getattr(IntegrationLog, field) == args[field])
-    return query.order_by(IntegrationLog.id.desc())
+    return paginate_keyset(query, args, [IntegrationLog.id], "logs")
 
 
 @blp.route("/logs", methods=["GET"])
@@ -31,7 +32,7 @@ def log_query(args: dict[str, Any]) -> Any:
 @blp.response(200, LogPageSchema)
 def list_logs(args: dict[str, Any]) -> dict[str, Any]:
     """List integration logs (every outbound call, test and gateway request)."""
-    return paginate(log_query(args), args)
+    return log_page(args)
 
 
 @blp.route("/audit-log", methods=["GET"])
@@ -48,4 +49,4 @@ def list_audit_log(args: dict[str, Any]) -> dict[str, Any]:
         query = query.where(AuditLog.created_at >= args["since"])
     if args.get("until"):
         query = query.where(AuditLog.created_at < args["until"])
-    return paginate(query.order_by(AuditLog.id.desc()), args)
+    return paginate_keyset(query, args, [AuditLog.id], "audit-log")

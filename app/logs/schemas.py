@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from app.web.api import PageArgsSchema, UTCDateTime, page_schema
+from app.web.api import UTCDateTime
+from app.web.keyset import KeysetArgsSchema, keyset_page_schema
 
 
 class LogSchema(ma.Schema):
@@ -18,7 +19,7 @@ class LogSchema(ma.Schema):
     created_at = UTCDateTime()
 
 
-class LogQueryArgsSchema(PageArgsSchema):
+class LogQueryArgsSchema(KeysetArgsSchema):
     integration_id = ma.fields.String(validate=ma.validate.Length(max=40))
     status = ma.fields.String(validate=ma.validate.OneOf(("success", "error", "pending")))
     event_type = ma.fields.String(validate=ma.validate.Length(max=200))
@@ -37,7 +38,7 @@ class AuditEntrySchema(ma.Schema):
     created_at = UTCDateTime()
 
 
-class AuditQueryArgsSchema(PageArgsSchema):
+class AuditQueryArgsSchema(KeysetArgsSchema):
     action = ma.fields.String(validate=ma.validate.Length(max=100))
     resource_type = ma.fields.String(validate=ma.validate.Length(max=50))
     resource_id = ma.fields.String(validate=ma.validate.Length(max=200))
@@ -47,5 +48,5 @@ class AuditQueryArgsSchema(PageArgsSchema):
     until = UTCDateTime()
 
 
-LogPageSchema = page_schema(LogSchema, "LogPage")
-AuditPageSchema = page_schema(AuditEntrySchema, "AuditPage")
+LogPageSchema = keyset_page_schema(LogSchema, "LogPage")
+AuditPageSchema = keyset_page_schema(AuditEntrySchema, "AuditPage")

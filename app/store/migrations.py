@@ -46,12 +46,31 @@ def _0005_i13_alerts() -> None:
     database.create_tables(models.ALERT_MODELS, safe=True)
 
 
+HISTORY_INDEXES = {
+    "integration_logs_integration_id_id": ("integration_logs", "integration_id, id"),
+    "events_created_at_id": ("events", "created_at, id"),
+    "deliveries_webhook_id_created_at_id": ("deliveries", "webhook_id, created_at, id"),
+    "deliveries_created_at": ("deliveries", "created_at"),
+}
+
+
+def _0007_i9d_history_indexes() -> None:
+    """Indexes for keyset pages of logs, events and deliveries, and for retention.
+
+    Named as peewee names the models' indexes, so a database created after this (whose tables
+    already have them) skips them.
+    """
+    for name, (table, columns) in HISTORY_INDEXES.items():
+        database.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})")
+
+
 MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0001_foundation", _0001_foundation),
     ("0002_events_and_webhooks", _0002_events_and_webhooks),
     ("0003_i12_oauth_tokens_and_sso_identities", _0003_i12_oauth_tokens_and_sso_identities),
     ("0004_i13_event_request_ids", _0004_i13_event_request_ids),
     ("0005_i13_alerts", _0005_i13_alerts),
+    ("0007_issue-9d_history_indexes", _0007_i9d_history_indexes),
 ]
 
 

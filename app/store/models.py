@@ -122,6 +122,7 @@ class IntegrationLog(BaseModel):
 
     class Meta:
         table_name = "integration_logs"
+        indexes = ((("integration_id", "id"), False),)  # one integration's logs, keyset
 
 
 class AuditLog(BaseModel):
@@ -192,6 +193,7 @@ class Event(BaseModel):
 
     class Meta:
         table_name = "events"
+        indexes = ((("created_at", "id"), False),)  # the events list, keyset
 
 
 class Delivery(BaseModel):
@@ -224,7 +226,11 @@ class Delivery(BaseModel):
 
     class Meta:
         table_name = "deliveries"
-        indexes = ((("status", "next_attempt_at"), False),)
+        indexes = (
+            (("status", "next_attempt_at"), False),
+            (("webhook", "created_at", "id"), False),  # a webhook's deliveries, keyset
+            (("created_at",), False),  # retention
+        )
 
 
 class DeliveryAttempt(BaseModel):

@@ -28,6 +28,7 @@ from app.store.models import (
 from app.store.secretbox import encrypt
 from app.stream import kinds
 from app.web.api import Blueprint, paginate
+from app.web.keyset import paginate_keyset
 from app.web.problems import Problem
 from app.webhooks.schemas import (
     DeliveryPageSchema,
@@ -246,15 +247,10 @@ def _with_attempts(deliveries: list[Delivery]) -> list[Delivery]:
 def list_deliveries(args: dict[str, Any], webhook_id: str) -> dict[str, Any]:
     """List a webhook's deliveries with every attempt, newest first."""
     get_webhook(webhook_id)
-    query = (
-        Delivery.select(Delivery, Event)
-        .join(Event)
-        .where(Delivery.webhook == webhook_id)
-        .order_by(Delivery.created_at.desc(), Delivery.id)
-    )
+    query = Delivery.select(Delivery, Event).join(Event).where(Delivery.webhook == webhook_id)
     if args.get("status"):
         query = query.where(Delivery.status == args["status"])
-    page = paginate(query, args)
+    page = paginate_keyset(query, args, [Delivery.created_at, Delivery.id], "deliveries")
     page["items"] = _with_attempts(page["items"])
     return page
 

@@ -7,6 +7,7 @@ from typing import Any
 import marshmallow as ma
 
 from app.web.api import PageArgsSchema, UTCDateTime, page_schema
+from app.web.keyset import KeysetArgsSchema, keyset_page_schema
 from app.webhooks.signing import secret_key
 
 WEBHOOK_STATUSES = ("active", "disabled")
@@ -147,9 +148,9 @@ class DeliverySchema(ma.Schema):
         return str(obj.event.type)
 
 
-class DeliveryQueryArgsSchema(PageArgsSchema):
+class DeliveryQueryArgsSchema(KeysetArgsSchema):
     status = ma.fields.String(validate=ma.validate.OneOf(DELIVERY_STATUSES))
 
 
 WebhookPageSchema = page_schema(WebhookSchema, "WebhookPage")
-DeliveryPageSchema = page_schema(DeliverySchema, "DeliveryPage")
+DeliveryPageSchema = keyset_page_schema(DeliverySchema, "DeliveryPage")

@@ -1,0 +1,110 @@
+"""Retention: prune old events, deliveries (with their attempts), integration logs and audit.
+
+Each kind keeps ``SWITCHBOARD_RETENTION_DAYS_<KIND>`` days (0 keeps it forever) and is deleted
+in batches of ``SWITCHBOARD_RETENTION_BATCH_SIZE`` rows, one short transaction per batch, so
+pruning a large backlog never holds long locks or builds one huge transaction. A delivery that
+is still pending, or leased by a worker, is never deleted; its attempts go with it (the
+foreign key cascades); an event goes only once none of its deliveries is left. Workers run a
+pass every ``SWITCHBOARD_RETENTION_INTERVAL`` seconds (a Redis lock lets one of many do it);
+``flask --app app retention run`` runs one by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import peewee
+from flask import Flask
+
+from app.store.db import database
+from app.store.models import AuditLog, Delivery, Event, IntegrationLog, utcnow
+from app.store.redis import get_redis
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "sb:retention:lock"
+
+
+def _deliveries(cutoff: datetime, now: datetime) -> Any:
+    return (
+        (Delivery.created_at < cutoff)
+        & (Delivery.status != "pending")
+        & (Delivery.lease_until.is_null() | (Delivery.lease_until < now))
+    )
+
+
+def _events(cutoff: datetime, now: datetime) -> Any:
+    undelivered = Delivery.select(Delivery.id).where(Delivery.event == Event.id)
+    return (Event.created_at < cutoff) & ~peewee.fn.EXISTS(undelivered)
+
+
+def _logs(cutoff: datetime, now: datetime) -> Any:
+    return IntegrationLog.created_at < cutoff
+
+
+def _audit(cutoff: datetime, now: datetime) -> Any:
+    return AuditLog.created_at < cutoff
+
+
+# kind → (its days setting, its id column, what makes a row prunable); deliveries before events.
+KINDS: dict[str, tuple[str, peewee.Field, Callable[[datetime, datetime], Any]]] = {
+    "deliveries": ("RETENTION_DAYS_DELIVERIES", Delivery.id, _deliveries),
+    "events": ("RETENTION_DAYS_EVENTS", Event.id, _events),
+    "logs": ("RETENTION_DAYS_LOGS", IntegrationLog.id, _logs),
+    "audit": ("RETENTION_DAYS_AUDIT", AuditLog.id, _audit),
+}
+
+
+def prune_batch(kind: str, cutoff: datetime, batch_size: int) -> int:
+    """Delete up to ``batch_size`` prunable rows of ``kind`` in one transaction; return how many."""
+    _, key, prunable = KINDS[kind]
+    condition = prunable(cutoff, utcnow())
+    batch = key.model.select(key).where(condition).limit(batch_size)
+    with database.atomic():
+        # The condition is checked again on each row deleted: one retried meanwhile stays.
+        return int(key.model.delete().where(key.in_(batch) & condition).execute())
+
+
+def run_retention(config: Mapping[str, Any], now: datetime | None = None) -> dict[str, int]:
+    """Prune every kind that has a retention period; return the rows deleted per kind."""
+    now = now or utcnow()
+    batch_size = int(config["RETENTION_BATCH_SIZE"])
+    deleted: dict[str, int] = {}
+    with database.connection_context():
+        for kind, (setting, _, _) in KINDS.items():
+            days = int(config[setting])
+            if not days:
+                continue
+            cutoff = now - timedelta(days=days)
+            deleted[kind] = 0
+            while True:
+                count = prune_batch(kind, cutoff, batch_size)
+                deleted[kind] += count
+                if count < batch_size:
+                    break
+    return deleted
+
+
+def start_retention(app: Flask) -> threading.Thread:
+    """Run ``run_retention`` every ``RETENTION_INTERVAL`` seconds in a daemon thread."""
+    interval = float(app.config["RETENTION_INTERVAL"])
+
+    def loop() -> None:
+        stop = threading.Event()
+        while not stop.wait(interval):
+            with app.app_context():
+                try:
+                    if get_redis().set(LOCK_KEY, "1", nx=True, px=int(interval * 800)):
+                        deleted = run_retention(app.config)
+                        if any(deleted.values()):
+                            log.info("retention: deleted %s", deleted)
+                except Exception as exc:  # noqa: BLE001 - keep looping
+                    log.warning("retention pass failed: %s", exc)
+
+    thread = threading.Thread(target=loop, name="retention", daemon=True)
+    thread.start()
+    return thread
