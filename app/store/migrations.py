@@ -46,12 +46,20 @@ def _0005_i13_alerts() -> None:
     database.create_tables(models.ALERT_MODELS, safe=True)
 
 
+def _0006_issue_9e_webhook_failing_since() -> None:
+    """webhooks.failing_since: auto-disable measures failing time (a fresh database has it)."""
+    if "failing_since" not in {column.name for column in database.get_columns("webhooks")}:
+        migrator = SchemaMigrator.from_database(database.obj)
+        migrate(migrator.add_column("webhooks", "failing_since", models.Webhook.failing_since))
+
+
 MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0001_foundation", _0001_foundation),
     ("0002_events_and_webhooks", _0002_events_and_webhooks),
     ("0003_i12_oauth_tokens_and_sso_identities", _0003_i12_oauth_tokens_and_sso_identities),
     ("0004_i13_event_request_ids", _0004_i13_event_request_ids),
     ("0005_i13_alerts", _0005_i13_alerts),
+    ("0006_issue-9e_webhook_failing_since", _0006_issue_9e_webhook_failing_since),
 ]
 
 
