@@ -21,6 +21,7 @@ import peewee
 from flask import current_app
 
 from app.events import observe
+from app.events.held import hold_pending
 from app.events.outbox import WAKE_FLAG, schedule_wake, wake_dispatcher
 from app.store.db import database
 from app.store.models import (
@@ -276,8 +277,6 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
                     Delivery.id.in_(chunk) & (Delivery.lease_token == token)
                 ).execute()
         _save_failures(writes)
-        from app.webhooks.held import hold_pending
-
         for webhook_id in writes.newly_disabled:  # retries recorded above are held too
             hold_pending(webhook_id)
         # A delivery deleted mid-flight (its webhook or integration was deleted) has no row

@@ -11,6 +11,7 @@ from flask.views import MethodView
 
 from app.audit import record_audit, record_change, record_update
 from app.events.catalog import emit_event, event_catalog, is_valid_pattern
+from app.events.held import hold_pending, recover_failed, release_held
 from app.events.outbox import wake_dispatcher
 from app.outbound.guard import UnsafeURL
 from app.outbound.session import check_outbound_url
@@ -28,7 +29,6 @@ from app.store.secretbox import encrypt
 from app.stream import kinds
 from app.web.api import Blueprint, paginate
 from app.web.problems import Problem
-from app.webhooks.held import hold_pending, recover_failed, release_held
 from app.webhooks.schemas import (
     DeliveryPageSchema,
     DeliveryQueryArgsSchema,
