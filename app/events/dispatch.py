@@ -251,13 +251,15 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
     now = utcnow()
     events_to_emit: list[tuple[str, dict[str, Any]]] = []
     writes = _Writes()
+    # Read before the transaction: on SQLite, a transaction that reads before it writes fails
+    # at once if another connection wrote meanwhile. Disabled later: the next claim holds it.
+    hook_ids = {c.webhook.id for c in batch if c.webhook is not None}
+    if hook_ids:
+        inactive = Webhook.select(Webhook.id).where(
+            Webhook.id.in_(list(hook_ids)) & (Webhook.status != "active")
+        )
+        writes.disabled = {row.id for row in inactive}
     with database.atomic():
-        hook_ids = {c.webhook.id for c in batch if c.webhook is not None}
-        if hook_ids:
-            inactive = Webhook.select(Webhook.id).where(
-                Webhook.id.in_(list(hook_ids)) & (Webhook.status != "active")
-            )
-            writes.disabled = {row.id for row in inactive}
         for item, result in zip(batch, results, strict=True):
             events_to_emit += _record_one(item, result, schedule, disable_after, now, writes)
         for (status, attempt, next_at, code, error, token), ids in writes.outcomes.items():
