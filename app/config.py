@@ -80,6 +80,23 @@ def _seconds(low: float) -> Callable[[str], float]:
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(low: float) -> Callable[[str], float]:
+    """Seconds, given as a number (``90``, ``0.5``) or with a unit (``30s``, ``12h``, ``5d``)."""
+
+    def parse(raw: str) -> float:
+        text = raw.strip().lower()
+        scale = _DURATION_UNITS.get(text[-1:], 0)
+        value = float(text[:-1] if scale else text) * (scale or 1)
+        if not math.isfinite(value) or value < low:
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
 def _boolean(raw: str) -> bool:
     value = raw.strip().lower()
     if value not in _TRUE | _FALSE:
@@ -273,9 +290,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "WEBHOOK_DISABLE_AFTER",
         "SWITCHBOARD_WEBHOOK_DISABLE_AFTER",
-        "5",
-        _integer(1),
-        "an integer of at least 1 (consecutive failed deliveries)",
+        "5d",
+        _duration(0.1),
+        "a duration of at least 0.1 s: seconds, or a number with s, m, h or d (e.g. 12h, 5d)",
+        lambda seconds: f"{seconds:.15g}",
     ),
     Setting(
         "SUBSCRIPTION_MAX_ATTEMPTS",

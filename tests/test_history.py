@@ -168,6 +168,7 @@ def _old_history(app: Any, integration_id: str, webhook_id: str, days: int) -> d
             DeliveryAttempt.create(delivery=delivery, attempt=1, status_code=500)
         waiting = Event.create(type="order.paid", created_at=then)
         pending = Delivery.create(event=waiting, webhook=webhook_id, created_at=then)
+        held = Delivery.create(event=waiting, webhook=webhook_id, status="held", created_at=then)
         leased = Delivery.create(
             event=waiting,
             webhook=webhook_id,
@@ -180,7 +181,7 @@ def _old_history(app: Any, integration_id: str, webhook_id: str, days: int) -> d
                 integration_id=integration_id, event_type="t", status="success", created_at=then
             )
             AuditLog.create(action="x.y", resource_type="x", created_at=then)
-    return {"waiting": waiting.id, "kept": {pending.id, leased.id}}
+    return {"waiting": waiting.id, "kept": {pending.id, held.id, leased.id}}
 
 
 def _counts(app: Any) -> dict[str, int]:
@@ -191,7 +192,7 @@ def _counts(app: Any) -> dict[str, int]:
         }
 
 
-def test_retention_run_prunes_in_batches_and_keeps_pending(app, api, integration, receiver):
+def test_retention_prunes_in_batches_and_keeps_pending_and_held(app, api, integration, receiver):
     hook = api.post(
         "/api/v1/webhooks",
         json={"url": receiver.url, "events": ["*"], "integration_id": integration["id"]},
@@ -222,7 +223,7 @@ def test_retention_run_prunes_in_batches_and_keeps_pending(app, api, integration
     assert "deliveries: 5 deleted" in out and "events: 5 deleted" in out
     assert "logs: 3 deleted" in out and "audit: 5 deleted" in out
     after = _counts(app)
-    # The old event with a pending and a leased delivery stays, and so do they.
+    # The old event with a pending, a held and a leased delivery stays, and so do they.
     assert after == {
         "Event": before["Event"] - 5,
         "Delivery": before["Delivery"] - 5,

@@ -28,7 +28,10 @@ BUILTIN_EVENT_TYPES: dict[str, str] = {
     "webhook.created": "A webhook endpoint was created.",
     "webhook.updated": "A webhook endpoint was changed.",
     "webhook.deleted": "A webhook endpoint was deleted.",
-    "webhook.disabled": "A webhook endpoint was disabled after failing deliveries or a 410.",
+    "webhook.disabled": (
+        "A webhook endpoint was disabled: it failed for SWITCHBOARD_WEBHOOK_DISABLE_AFTER or"
+        " answered 410 Gone (its deliveries are held until it is enabled again)."
+    ),
     "webhook.test": "A test event sent with POST /webhooks/{id}/test.",
     "oauth.connected": "An OAuth2 integration was connected (tokens stored).",
     "oauth.refresh_failed": "A token refresh was refused for good: reconnect the integration.",
@@ -101,9 +104,8 @@ def emit_event(
     kinds.event_published(event.id, event_type, event.created_at, data)
     now = utcnow()
     rows: list[dict[str, Any]] = []
-    webhooks = Webhook.select(Webhook.id, Webhook.events, Webhook.retry_count).where(
-        Webhook.status == "active"
-    )
+    # A disabled webhook's deliveries are held, not dropped: re-enabling it sends them.
+    webhooks = Webhook.select(Webhook.id, Webhook.events, Webhook.retry_count, Webhook.status)
     for webhook in webhooks:
         if any(pattern_matches(p, event_type) for p in webhook.events):
             rows.append(
@@ -111,6 +113,7 @@ def emit_event(
                     "event": event.id,
                     "webhook": webhook.id,
                     "max_attempts": webhook.retry_count + 1,
+                    "status": "pending" if webhook.status == "active" else "held",
                 }
             )
     integrations = Integration.select(Integration.id, Integration.subscriptions).where(
@@ -134,6 +137,7 @@ def emit_event(
             row.setdefault("webhook", None)
             row.setdefault("integration", None)
             row.setdefault("subscription_index", None)
+            row.setdefault("status", "pending")
         Delivery.insert_many(rows).execute()
         database.after_commit(wake_dispatcher)
     return event

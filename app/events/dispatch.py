@@ -30,6 +30,7 @@ import redis
 from flask import current_app
 
 from app.events import observe
+from app.events.held import hold_pending
 from app.events.outbox import ANNOUNCED, WAKE_FLAG, schedule_wake, wake_dispatcher
 from app.outbound.guard import REFUSED
 from app.store.db import database
@@ -402,15 +403,21 @@ def perform(item: Claimed) -> SendResult:
 
 @dataclass
 class _Writes:
-    """Rows one ``record_outcomes`` transaction inserts in bulk, and webhooks already reset."""
+    """Rows one ``record_outcomes`` transaction inserts in bulk, and webhook health so far."""
 
     attempts: list[dict[str, Any]] = field(default_factory=list)
     logs: list[dict[str, Any]] = field(default_factory=list)
     # Delivery ids by the identical new state they get (one UPDATE per distinct state).
     outcomes: dict[tuple[Any, ...], list[str]] = field(default_factory=dict)
-    # Webhooks whose consecutive_failures this transaction set to 0 with no failure since:
+    # Webhooks whose failure streak this transaction ended with no failure since:
     # resetting them again would write the same value.
     reset: set[str] = field(default_factory=set)
+    # Webhooks not active (before or during this transaction): their deliveries are held.
+    disabled: set[str] = field(default_factory=set)
+    newly_disabled: list[str] = field(default_factory=list)
+    # Webhooks failing in this transaction: when they started failing, and failed attempts.
+    failing_since: dict[str, datetime] = field(default_factory=dict)
+    failed_attempts: dict[str, int] = field(default_factory=dict)
 
 
 def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
@@ -419,13 +426,21 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
     Deliveries that end in the same state are updated with one statement, and attempt and log
     rows are inserted in bulk at the end of the transaction (nothing here reads them back):
     building SQL costs far more than running it, and this keeps the transaction, and so
-    SQLite's write lock, short.
+    SQLite's write lock, short. A disabled webhook's deliveries are held, never failed.
     """
     schedule = current_app.config["WEBHOOK_RETRY_SCHEDULE"]
-    disable_after = int(current_app.config["WEBHOOK_DISABLE_AFTER"])
+    disable_after = timedelta(seconds=float(current_app.config["WEBHOOK_DISABLE_AFTER"]))
     now = utcnow()
     events_to_emit: list[tuple[str, dict[str, Any]]] = []
     writes = _Writes()
+    # Read before the transaction: on SQLite, a transaction that reads before it writes fails
+    # at once if another connection wrote meanwhile. Disabled later: the next claim holds it.
+    hook_ids = {c.webhook.id for c in batch if c.webhook is not None}
+    if hook_ids:
+        inactive = Webhook.select(Webhook.id).where(
+            Webhook.id.in_(list(hook_ids)) & (Webhook.status != "active")
+        )
+        writes.disabled = {row.id for row in inactive}
     with database.atomic():
         for item, result in zip(batch, results, strict=True):
             events_to_emit += _record_one(item, result, schedule, disable_after, now, writes)
@@ -445,6 +460,9 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
                 Delivery.update(changes).where(
                     Delivery.id.in_(chunk) & (Delivery.lease_token == token)
                 ).execute()
+        _save_failures(writes)
+        for webhook_id in writes.newly_disabled:  # retries recorded above are held too
+            hold_pending(webhook_id)
         # A delivery deleted mid-flight (its webhook or integration was deleted) has no row
         # left to hang its attempt on; everything else in the batch is still recorded.
         sent = [row["delivery"] for row in writes.attempts]
@@ -469,17 +487,27 @@ def _record_one(
     item: Claimed,
     result: SendResult,
     schedule: list[float],
-    disable_after: int,
+    disable_after: timedelta,
     now: datetime,
     writes: _Writes,
 ) -> list[tuple[str, dict[str, Any]]]:
     delivery, webhook = item.delivery, item.webhook
+    if webhook is not None and webhook.status != "active" and not result.success:
+        # Claimed while its webhook was disabled, so not sent: no attempt to record.
+        status = "held" if webhook.id in writes.disabled else "pending"
+        kept = (delivery.attempts, None, delivery.last_status_code, delivery.last_error)
+        writes.outcomes.setdefault((status, *kept, delivery.lease_token), []).append(delivery.id)
+        return []
     attempt = delivery.attempts + 1
     emitted: list[tuple[str, dict[str, Any]]] = []
     next_at: datetime | None = None
     gone = webhook is not None and result.status_code == 410
+    if webhook is not None:
+        emitted += _update_webhook_health(webhook, result, gone, disable_after, now, writes)
     if result.success:
         status = "succeeded"
+    elif webhook is not None and webhook.id in writes.disabled:
+        status = "held"  # sent (or discarded) when the webhook is enabled again
     elif gone or result.final or attempt >= delivery.max_attempts:
         status = "failed"
     else:
@@ -521,48 +549,57 @@ def _record_one(
             "response_time_ms": round(result.response_time_ms, 2),
         }
     )
-    emitted += _update_webhook_health(webhook, result, status, gone, disable_after, writes)
     return emitted
 
 
 def _update_webhook_health(
     webhook: Webhook,
     result: SendResult,
-    status: str,
     gone: bool,
-    disable_after: int,
+    disable_after: timedelta,
+    now: datetime,
     writes: _Writes,
 ) -> list[tuple[str, dict[str, Any]]]:
+    """A success ends the webhook's failure streak; failing for ``disable_after`` (or a 410
+    Gone) disables it. Time, not a count: a short outage with fast retries must not disable."""
     if result.success:
+        writes.failing_since.pop(webhook.id, None)
+        writes.failed_attempts.pop(webhook.id, None)
         if webhook.id not in writes.reset:
-            Webhook.update(consecutive_failures=0).where(
-                (Webhook.id == webhook.id) & (Webhook.consecutive_failures != 0)
+            streak = (Webhook.consecutive_failures != 0) | Webhook.failing_since.is_null(False)
+            Webhook.update(consecutive_failures=0, failing_since=None).where(
+                (Webhook.id == webhook.id) & streak
             ).execute()
             writes.reset.add(webhook.id)
         return []
-    if status != "failed":
-        return []
     writes.reset.discard(webhook.id)
-    Webhook.update(consecutive_failures=Webhook.consecutive_failures + 1).where(
-        Webhook.id == webhook.id
-    ).execute()
-    current = Webhook.get_or_none(Webhook.id == webhook.id)
-    if current is None:  # deleted while its delivery was in flight
+    writes.failed_attempts[webhook.id] = writes.failed_attempts.get(webhook.id, 0) + 1
+    if webhook.id in writes.disabled:
         return []
-    failures = current.consecutive_failures
+    since = writes.failing_since.get(webhook.id)
+    if since is None:
+        Webhook.update(failing_since=peewee.fn.COALESCE(Webhook.failing_since, now)).where(
+            Webhook.id == webhook.id
+        ).execute()
+        current = Webhook.get_or_none(Webhook.id == webhook.id)
+        if current is None:  # deleted while its delivery was in flight
+            return []
+        since = writes.failing_since[webhook.id] = current.failing_since or now
     if gone:
         reason = "receiver answered 410 Gone"
-    elif failures >= disable_after:
-        reason = f"{failures} consecutive failed deliveries"
+    elif now - since >= disable_after:
+        reason = f"failing with no success since {since.isoformat(timespec='seconds')}Z"
     else:
         return []
     changed = (
-        Webhook.update(status="disabled", disabled_reason=reason, updated_at=utcnow())
+        Webhook.update(status="disabled", disabled_reason=reason, updated_at=now)
         .where((Webhook.id == webhook.id) & (Webhook.status == "active"))
         .execute()
     )
+    writes.disabled.add(webhook.id)
     if not changed:
         return []
+    writes.newly_disabled.append(webhook.id)
     log.warning("webhook %s disabled: %s", webhook.id, reason)
     observe.webhook_disabled(gone)
     return [
@@ -573,9 +610,18 @@ def _update_webhook_health(
                 "url": webhook.url,
                 "reason": reason,
                 "integration_id": webhook.integration_id,
+                "failing_since": since.isoformat() + "Z",
             },
         )
     ]
+
+
+def _save_failures(writes: _Writes) -> None:
+    """Add this transaction's failed attempts to each webhook's ``consecutive_failures``."""
+    for webhook_id, count in writes.failed_attempts.items():
+        Webhook.update(consecutive_failures=Webhook.consecutive_failures + count).where(
+            Webhook.id == webhook_id
+        ).execute()
 
 
 def _schedule_next_wake() -> None:

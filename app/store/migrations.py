@@ -46,6 +46,13 @@ def _0005_i13_alerts() -> None:
     database.create_tables(models.ALERT_MODELS, safe=True)
 
 
+def _0006_i9_webhook_failing_since() -> None:
+    """webhooks.failing_since: auto-disable measures failing time (a fresh database has it)."""
+    if "failing_since" not in {column.name for column in database.get_columns("webhooks")}:
+        migrator = SchemaMigrator.from_database(database.obj)
+        migrate(migrator.add_column("webhooks", "failing_since", models.Webhook.failing_since))
+
+
 HISTORY_INDEXES = {
     "integration_logs_integration_id_id": ("integration_logs", "integration_id, id"),
     "events_created_at_id": ("events", "created_at, id"),
@@ -54,7 +61,7 @@ HISTORY_INDEXES = {
 }
 
 
-def _0007_i9d_history_indexes() -> None:
+def _0007_i9_history_indexes() -> None:
     """Indexes for keyset pages of logs, events and deliveries, and for retention.
 
     Named as peewee names the models' indexes, so a database created after this (whose tables
@@ -70,7 +77,8 @@ MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0003_i12_oauth_tokens_and_sso_identities", _0003_i12_oauth_tokens_and_sso_identities),
     ("0004_i13_event_request_ids", _0004_i13_event_request_ids),
     ("0005_i13_alerts", _0005_i13_alerts),
-    ("0007_issue-9d_history_indexes", _0007_i9d_history_indexes),
+    ("0006_i9_webhook_failing_since", _0006_i9_webhook_failing_since),
+    ("0007_i9_history_indexes", _0007_i9_history_indexes),
 ]
 
 

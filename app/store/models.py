@@ -173,6 +173,8 @@ class Webhook(BaseModel):
     rate_limit_per_second = peewee.IntegerField(null=True)
     description = peewee.TextField(default="")
     consecutive_failures = peewee.IntegerField(default=0)
+    # First failed attempt with no success since; failing this long disables the webhook.
+    failing_since = peewee.DateTimeField(null=True)
     created_at = peewee.DateTimeField(default=utcnow)
     updated_at = peewee.DateTimeField(default=utcnow)
 
@@ -213,6 +215,7 @@ class Delivery(BaseModel):
     integration_id: str | None
     # Attempts attached for API answers (see webhooks.resources), not a column.
     attempt_log: list[DeliveryAttempt]
+    # pending | succeeded | failed | held (its webhook is disabled) | discarded (held, dropped)
     status = peewee.CharField(max_length=20, default="pending")
     attempts = peewee.IntegerField(default=0)
     max_attempts = peewee.IntegerField(default=4)

@@ -3,8 +3,9 @@
 Each kind keeps ``SWITCHBOARD_RETENTION_DAYS_<KIND>`` days (0 keeps it forever) and is deleted
 in batches of ``SWITCHBOARD_RETENTION_BATCH_SIZE`` rows, one short transaction per batch, so
 pruning a large backlog never holds long locks or builds one huge transaction. A delivery that
-is still pending, or leased by a worker, is never deleted; its attempts go with it (the
-foreign key cascades); an event goes only once none of its deliveries is left. Workers run a
+is still pending or held (for a disabled webhook), or leased by a worker, is never deleted; its
+attempts go with it (the foreign key cascades); an event goes only once none of its deliveries
+is left. Workers run a
 pass every ``SWITCHBOARD_RETENTION_INTERVAL`` seconds (a Redis lock lets one of many do it);
 ``flask --app app retention run`` runs one by hand.
 """
@@ -32,7 +33,7 @@ LOCK_KEY = "sb:retention:lock"
 def _deliveries(cutoff: datetime, now: datetime) -> Any:
     return (
         (Delivery.created_at < cutoff)
-        & (Delivery.status != "pending")
+        & Delivery.status.not_in(("pending", "held"))
         & (Delivery.lease_until.is_null() | (Delivery.lease_until < now))
     )
 

@@ -12,6 +12,7 @@ from flask.views import MethodView
 from app.audit import record_audit, record_change, record_update
 from app.events.catalog import emit_event, event_catalog, is_valid_pattern
 from app.events.dispatch import requeue_refused
+from app.events.held import hold_pending, recover_failed, release_held
 from app.events.outbox import wake_dispatcher
 from app.outbound.guard import UnsafeURL
 from app.outbound.session import check_outbound_url
@@ -34,8 +35,12 @@ from app.webhooks.schemas import (
     DeliveryPageSchema,
     DeliveryQueryArgsSchema,
     DeliverySchema,
+    RecoveredSchema,
+    RecoverSchema,
     SecretRotatedSchema,
     WebhookCreatedSchema,
+    WebhookEnabledSchema,
+    WebhookEnableSchema,
     WebhookPageSchema,
     WebhookQueryArgsSchema,
     WebhookSchema,
@@ -139,23 +144,14 @@ class WebhooksById(MethodView):
     @blp.response(200, WebhookSchema)
     @blp.problem(404, "No such webhook")
     def patch(self, data: dict[str, Any], webhook_id: str) -> Webhook:
-        """Update a webhook endpoint; `status: active` re-enables a disabled one."""
+        """Update a webhook endpoint; `status` disables (holding deliveries) or re-enables it."""
+        held = data.pop("held", None)
+        if held is not None and data.get("status") != "active":
+            raise _invalid("held", "only applies with `status: active`")
         validate_target(data)
         with database.atomic():
             row = get_webhook(webhook_id)
-            before = webhook_view(row)
-            for field, value in data.items():
-                setattr(row, field, value)
-            if data.get("status") == "active":
-                row.consecutive_failures = 0
-                row.disabled_reason = None
-            elif data.get("status") == "disabled" and before["status"] != "disabled":
-                row.disabled_reason = "disabled through the API"
-            row.updated_at = utcnow()
-            row.save()
-            if data.get("url", before["url"]) != before["url"]:
-                requeue_refused(row.id)  # the SSRF guard may let the new URL through
-            record_update("webhook", row.id, before, webhook_view(row), data)
+            _change(row, data, held or "send")
         return row
 
     @blp.auth("webhooks:write")
@@ -168,6 +164,64 @@ class WebhooksById(MethodView):
             view = webhook_view(row)
             row.delete_instance()
             record_change("webhook", "deleted", row.id, {"url": row.url}, view)
+
+
+def _change(row: Webhook, data: dict[str, Any], held: str) -> dict[str, int]:
+    """Apply ``data`` to the webhook; disabling holds its deliveries, enabling releases them."""
+    before = webhook_view(row)
+    for field, value in data.items():
+        setattr(row, field, value)
+    released = {"sent": 0, "discarded": 0}
+    if data.get("status") == "active":
+        row.consecutive_failures = 0
+        row.failing_since = None
+        row.disabled_reason = None
+    elif data.get("status") == "disabled" and before["status"] != "disabled":
+        row.disabled_reason = "disabled through the API"
+    row.updated_at = utcnow()
+    row.save()
+    if data.get("status") == "disabled":
+        hold_pending(row.id)
+    elif data.get("status") == "active":
+        released = release_held(row, held)
+    if data.get("url", before["url"]) != before["url"]:
+        requeue_refused(row.id)  # the SSRF guard may let the new URL through
+    record_update("webhook", row.id, before, webhook_view(row), data)
+    return released
+
+
+@blp.route("/webhooks/<webhook_id>/enable", methods=["POST"])
+@blp.auth("webhooks:write")
+@blp.arguments(WebhookEnableSchema)
+@blp.response(200, WebhookEnabledSchema)
+@blp.problem(404, "No such webhook")
+def enable_webhook(data: dict[str, Any], webhook_id: str) -> dict[str, Any]:
+    """Enable a webhook and send (or discard) the deliveries held while it was disabled."""
+    with database.atomic():
+        row = get_webhook(webhook_id)
+        released = _change(row, {"status": "active"}, data["held"])
+    return {"webhook": row, **released}
+
+
+@blp.route("/webhooks/<webhook_id>/recover", methods=["POST"])
+@blp.auth("webhooks:write")
+@blp.arguments(RecoverSchema)
+@blp.response(202, RecoveredSchema)
+@blp.problem(404, "No such webhook")
+def recover_webhook(data: dict[str, Any], webhook_id: str) -> dict[str, Any]:
+    """Re-queue every failed delivery created since `since`, each with a fresh retry budget."""
+    if data["since"] > utcnow():
+        raise _invalid("since", "is in the future")
+    with database.atomic():
+        row = get_webhook(webhook_id)
+        count = recover_failed(row, data["since"])
+        record_audit(
+            "webhook.recovered",
+            "webhook",
+            row.id,
+            {"since": data["since"].isoformat() + "Z", "requeued": count},
+        )
+    return {"requeued": count}
 
 
 @blp.route("/webhooks/<webhook_id>/test", methods=["POST"])

@@ -11,7 +11,8 @@ from app.web.keyset import KeysetArgsSchema, keyset_page_schema
 from app.webhooks.signing import secret_key
 
 WEBHOOK_STATUSES = ("active", "disabled")
-DELIVERY_STATUSES = ("pending", "succeeded", "failed")
+DELIVERY_STATUSES = ("pending", "held", "succeeded", "failed", "discarded")
+HELD_CHOICES = ("send", "discard")
 
 
 def _url_field(**kwargs: Any) -> ma.fields.Url:
@@ -64,7 +65,17 @@ class WebhookSchema(ma.Schema):
         metadata={"description": "Max deliveries per second; extra ones wait, never dropped"},
     )
     description = ma.fields.String(load_default="", validate=ma.validate.Length(max=1000))
-    consecutive_failures = ma.fields.Integer(dump_only=True)
+    consecutive_failures = ma.fields.Integer(
+        dump_only=True, metadata={"description": "Failed attempts since the last success"}
+    )
+    failing_since = UTCDateTime(
+        dump_only=True,
+        allow_none=True,
+        metadata={
+            "description": "First failed attempt with no success since; failing for "
+            "SWITCHBOARD_WEBHOOK_DISABLE_AFTER disables the webhook"
+        },
+    )
     previous_secret_until = UTCDateTime(
         dump_only=True,
         allow_none=True,
@@ -90,7 +101,14 @@ class WebhookUpdateSchema(ma.Schema):
     events = _events_field()
     status = ma.fields.String(
         validate=ma.validate.OneOf(WEBHOOK_STATUSES),
-        metadata={"description": "`active` re-enables a disabled webhook"},
+        metadata={
+            "description": "`disabled` holds deliveries; `active` re-enables a disabled "
+            "webhook and sends (or, with `held: discard`, discards) the held ones"
+        },
+    )
+    held = ma.fields.String(
+        validate=ma.validate.OneOf(HELD_CHOICES),
+        metadata={"description": "With `status: active`: `send` (default) or `discard` held ones"},
     )
     retry_count = ma.fields.Integer(strict=True, validate=ma.validate.Range(min=0, max=20))
     timeout_ms = ma.fields.Integer(strict=True, validate=ma.validate.Range(min=100, max=60000))
@@ -98,6 +116,33 @@ class WebhookUpdateSchema(ma.Schema):
         strict=True, allow_none=True, validate=ma.validate.Range(min=1, max=10000)
     )
     description = ma.fields.String(validate=ma.validate.Length(max=1000))
+
+
+class WebhookEnableSchema(ma.Schema):
+    held = ma.fields.String(
+        load_default="send",
+        validate=ma.validate.OneOf(HELD_CHOICES),
+        metadata={"description": "`send` (default) or `discard` the deliveries held meanwhile"},
+    )
+
+
+class WebhookEnabledSchema(ma.Schema):
+    webhook = ma.fields.Nested(WebhookSchema)
+    sent = ma.fields.Integer(metadata={"description": "Held deliveries queued for sending"})
+    discarded = ma.fields.Integer(metadata={"description": "Held deliveries dropped"})
+
+
+class RecoverSchema(ma.Schema):
+    since = UTCDateTime(
+        required=True,
+        metadata={"description": "RFC 3339 time: failed deliveries created since are re-queued"},
+    )
+
+
+class RecoveredSchema(ma.Schema):
+    requeued = ma.fields.Integer(
+        metadata={"description": "Failed deliveries queued again (held if the webhook is disabled)"}
+    )
 
 
 class WebhookQueryArgsSchema(PageArgsSchema):

@@ -1,0 +1,59 @@
+"""Deliveries of a disabled webhook: held (never failed, never dropped), then sent or discarded.
+
+Disabling a webhook, by hand or automatically, holds its pending deliveries and every new one;
+enabling it sends them (or discards them, if asked). ``recover`` re-queues failed deliveries.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from app.events.outbox import wake_dispatcher
+from app.store.db import database
+from app.store.models import Delivery, Webhook, utcnow
+
+
+def hold_pending(webhook_id: str) -> int:
+    """Hold the webhook's pending deliveries (a leased one is held when its attempt ends)."""
+    return (
+        Delivery.update(status="held", updated_at=utcnow())
+        .where((Delivery.webhook == webhook_id) & (Delivery.status == "pending"))
+        .execute()
+    )
+
+
+def _requeue(webhook: Webhook, status: str, *conditions: Any) -> int:
+    """Make the webhook's deliveries in ``status`` due now, each with a fresh retry budget."""
+    now = utcnow()
+    target = "pending" if webhook.status == "active" else "held"
+    count = (
+        Delivery.update(
+            status=target,
+            next_attempt_at=now,
+            max_attempts=Delivery.attempts + webhook.retry_count + 1,
+            updated_at=now,
+        )
+        .where((Delivery.webhook == webhook.id) & (Delivery.status == status), *conditions)
+        .execute()
+    )
+    if count and target == "pending":
+        database.after_commit(wake_dispatcher)
+    return count
+
+
+def release_held(webhook: Webhook, held: str) -> dict[str, int]:
+    """On enabling: send (``held="send"``) or discard the held deliveries; say how many."""
+    if held == "discard":
+        discarded = (
+            Delivery.update(status="discarded", updated_at=utcnow())
+            .where((Delivery.webhook == webhook.id) & (Delivery.status == "held"))
+            .execute()
+        )
+        return {"sent": 0, "discarded": discarded}
+    return {"sent": _requeue(webhook, "held"), "discarded": 0}
+
+
+def recover_failed(webhook: Webhook, since: datetime) -> int:
+    """Re-queue every failed delivery created since ``since`` (held if the webhook is disabled)."""
+    return _requeue(webhook, "failed", Delivery.created_at >= since)
