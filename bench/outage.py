@@ -140,7 +140,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
             while time.monotonic() < deadline:
                 pending = sum(
                     call(
-                        "GET", f"/api/v1/webhooks/{h}/deliveries?status=pending&limit=1"
+                        "GET", f"/api/v1/webhooks/{h}/deliveries?status=pending&limit=1&count=true"
                     ).get_json()["total"]
                     for h in hooks.values()
                 )

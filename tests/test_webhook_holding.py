@@ -35,7 +35,8 @@ def _hook(api, integration, url, **kw):
 def _counts(api, hook_id):
     counts = {}
     for status in ("pending", "held", "succeeded", "failed", "discarded"):
-        page = api.get(f"/api/v1/webhooks/{hook_id}/deliveries?status={status}&limit=1").json
+        url = f"/api/v1/webhooks/{hook_id}/deliveries?status={status}&limit=1&count=true"
+        page = api.get(url).json
         counts[status] = page["total"]
     return counts
 
@@ -150,8 +151,9 @@ def test_auto_disable_after_failing_for_the_configured_time(app, api, integratio
         hook = _hook(api, integration, failing.url, retry_count=10)
         _publish(api, 1)
         state = _until(
-            lambda: (s := api.get(f"/api/v1/webhooks/{hook['id']}").json)["status"] == "disabled"
-            and s,
+            lambda: (
+                (s := api.get(f"/api/v1/webhooks/{hook['id']}").json)["status"] == "disabled" and s
+            ),
             what="auto-disable",
         )
         assert state["disabled_reason"].startswith("failing with no success since")
