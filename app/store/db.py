@@ -1,7 +1,9 @@
 """Database binding: one peewee ``DatabaseProxy`` bound from ``DATABASE_URL``.
 
-SQLite gets WAL and a busy timeout so the API and workers can share one file;
-PostgreSQL URLs use peewee's connection pool.
+SQLite gets WAL and a busy timeout so the API and workers can share one file, and every
+transaction begins ``IMMEDIATE``: it takes the write lock up front (waiting up to the busy timeout
+for it) instead of reading first and failing with ``database is locked`` when it later tries to
+write after another connection committed. PostgreSQL URLs use peewee's connection pool.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ def open_database(url: str) -> peewee.Database:
                 parents=True, exist_ok=True
             )
         options = {
+            "lock_type": "IMMEDIATE",
             "pragmas": {
                 "journal_mode": "wal",
                 "busy_timeout": 10000,
                 "foreign_keys": 1,
                 "synchronous": "normal",
-            }
+            },
         }
     return connect(url, **options)
 
