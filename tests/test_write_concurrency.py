@@ -185,3 +185,33 @@ def test_concurrent_writes_while_publishing(app, admin_user, base_url, worker, r
         ),
         timeout=180,
     )
+
+
+def test_revocation_redis_cannot_record_is_refused_not_half_done(app, admin_user, api):
+    """Cached snapshots of a key die when the auth epoch moves in Redis: when Redis cannot take
+    the move, the revocation fails with a 503 and nothing changes (the key is not revoked in
+    the database while other processes' caches keep it working)."""
+    from app import create_app
+    from tests.redis_server import free_port
+
+    victim = make_key(app, admin_user, ["logs:read"])
+    key_id = api.get("/api/v1/auth/whoami", headers={"Authorization": f"Bearer {victim}"}).json[
+        "id"
+    ]
+    cut_off = create_app(
+        {
+            **app.config,
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "RATELIMIT_FAIL_OPEN": True,
+        }
+    )
+    res = cut_off.test_client().delete(
+        f"/api/v1/api-keys/{key_id}", headers={"Authorization": f"Bearer {api.key}"}
+    )
+    assert res.status_code == 503, res.json
+    assert res.content_type == "application/problem+json"
+    assert api.get(f"/api/v1/api-keys/{key_id}").json["revoked_at"] is None
+
+    assert api.delete(f"/api/v1/api-keys/{key_id}").status_code == 204
+    res = api.get("/api/v1/auth/whoami", headers={"Authorization": f"Bearer {victim}"})
+    assert res.status_code == 401

@@ -132,7 +132,7 @@ class ApiKeysById(MethodView):
                 row.previous_valid_until = None
                 row.save()
                 record_change("api_key", "revoked", row.id, {"name": row.name}, key_event_data(row))
-                bump_auth_epoch()
+                bump_auth_epoch(required=True)
 
 
 @blp.route("/<key_id>/rotate", methods=["POST"])
@@ -151,7 +151,7 @@ def rotate(data: dict[str, Any], key_id: str) -> ApiKey:
             raise Problem(409, "A revoked key cannot be rotated.")
         secret = rotate_key(row, data["grace_period_seconds"], prepared)
         record_change("api_key", "rotated", row.id, data, key_event_data(row))
-        bump_auth_epoch()
+        bump_auth_epoch(required=True)
     row.key = secret
     return row
 
