@@ -215,3 +215,36 @@ def test_revocation_redis_cannot_record_is_refused_not_half_done(app, admin_user
     assert api.delete(f"/api/v1/api-keys/{key_id}").status_code == 204
     res = api.get("/api/v1/auth/whoami", headers={"Authorization": f"Bearer {victim}"})
     assert res.status_code == 401
+
+
+def test_a_write_that_cannot_get_the_sqlite_lock_answers_503_and_changes_nothing(
+    app, admin_user, api
+):
+    if not app.config["DATABASE_URL"].startswith("sqlite:///"):
+        pytest.skip("SQLite's write lock")
+    import sqlite3
+
+    from app import create_app
+    from app.store.db import database, open_database
+
+    victim = make_key(app, admin_user, ["logs:read"])
+    key_id = api.get("/api/v1/auth/whoami", headers={"Authorization": f"Bearer {victim}"}).json[
+        "id"
+    ]
+    impatient = create_app({**app.config, "DATABASE_BUSY_TIMEOUT": 100})
+    holder = sqlite3.connect(app.config["DATABASE_URL"][len("sqlite:///") :], isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's long write
+    try:
+        res = impatient.test_client().delete(
+            f"/api/v1/api-keys/{key_id}", headers={"Authorization": f"Bearer {api.key}"}
+        )
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        database.initialize(open_database(app.config["DATABASE_URL"]))  # the session app's
+    assert res.status_code == 503, res.json
+    assert res.content_type == "application/problem+json"
+    assert res.headers["Retry-After"] == "1"
+    assert api.get(f"/api/v1/api-keys/{key_id}").json["revoked_at"] is None
+    res = api.get("/api/v1/auth/whoami", headers={"Authorization": f"Bearer {victim}"})
+    assert res.status_code == 200

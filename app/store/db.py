@@ -21,8 +21,11 @@ database = peewee.DatabaseProxy()
 _POOLED_SCHEMES = {"postgres": "postgres+pool", "postgresql": "postgresql+pool"}
 
 
-def open_database(url: str) -> peewee.Database:
-    """Open (lazily) the database that ``url`` names."""
+def open_database(url: str, busy_timeout_ms: int = 10_000) -> peewee.Database:
+    """Open (lazily) the database that ``url`` names.
+
+    ``busy_timeout_ms``: how long a SQLite transaction waits for the write lock before failing.
+    """
     scheme, sep, rest = url.partition("://")
     options: dict[str, Any] = {}
     if scheme in _POOLED_SCHEMES:
@@ -38,7 +41,7 @@ def open_database(url: str) -> peewee.Database:
             "lock_type": "IMMEDIATE",
             "pragmas": {
                 "journal_mode": "wal",
-                "busy_timeout": 10000,
+                "busy_timeout": busy_timeout_ms,
                 "foreign_keys": 1,
                 "synchronous": "normal",
             },
@@ -54,7 +57,9 @@ def init_app(app: Flask) -> None:
     stays open with its thread: reopening it per request costs more than most requests do
     (the last close even checkpoints and deletes the WAL file).
     """
-    database.initialize(open_database(app.config["DATABASE_URL"]))
+    database.initialize(
+        open_database(app.config["DATABASE_URL"], app.config["DATABASE_BUSY_TIMEOUT"])
+    )
 
     @app.teardown_appcontext
     def _release(exc: BaseException | None) -> None:
