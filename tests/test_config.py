@@ -122,6 +122,40 @@ def test_gunicorn_refuses_to_start(tmp_path: Path) -> None:
     assert EXPECTED in done.stderr.splitlines()
 
 
+# One bad value of each kind, as every process meets it: (variable, value, shown as, accepted).
+BAD_KINDS = [
+    ("SWITCHBOARD_WEBHOOK_RETRY_SCHEDULE", "1s,2s", "'1s,2s'", "comma-separated non-negative"),
+    ("SWITCHBOARD_BCRYPT_ROUNDS", "twelve", "'twelve'", "4 to 31"),
+    ("DATABASE_URL", "mysql://localhost/db", "'mysql://localhost/db'", "postgresql://"),
+    ("REDIS_URL", "http://127.0.0.1:6379", "'http://127.0.0.1:6379'", "redis://"),
+    ("SWITCHBOARD_SECRET_KEYS", "hunter2-not-a-key", "<redacted>", "Fernet key"),
+]
+PROCESSES = {
+    "worker": [sys.executable, "worker.py"],
+    "gunicorn": [
+        str(Path(sys.executable).parent / "gunicorn"),
+        *("-w", "1", "-b", "127.0.0.1:0", "app:create_app()"),
+    ],
+}
+
+
+@pytest.mark.parametrize("process", sorted(PROCESSES))
+@pytest.mark.parametrize(("variable", "value", "shown", "accepted"), BAD_KINDS)
+def test_each_kind_of_bad_setting_stops_each_process_with_one_line(
+    tmp_path: Path, process: str, variable: str, value: str, shown: str, accepted: str
+) -> None:
+    env = {**os.environ, "SWITCHBOARD_INSTANCE_PATH": str(tmp_path), variable: value}
+    done = subprocess.run(  # noqa: S603
+        PROCESSES[process], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == EXIT_CONFIG_ERROR, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "configuration error" in line]
+    prefix = f"switchboard: configuration error: {variable}={shown} is invalid: expected "
+    assert len(lines) == 1 and lines[0].startswith(prefix), done.stderr
+    assert accepted in lines[0]
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
+
+
 def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [s.env for s in SETTINGS if f"`{s.env}`" not in readme and s.env not in readme]

@@ -22,7 +22,7 @@ from app.api_keys.schemas import (
 )
 from app.audit import record_change
 from app.auth.access import bump_auth_epoch
-from app.auth.issuing import issue_key, rotate_key
+from app.auth.issuing import issue_key, new_secret, rotate_key
 from app.limits.enforce import usage_buffer
 from app.limits.usage import STATUS_FIELDS, read
 from app.store.db import database
@@ -102,8 +102,9 @@ class ApiKeys(MethodView):
                 "A key cannot grant scopes its creator lacks: " + ", ".join(missing) + ".",
                 missing_scopes=missing,
             )
+        prepared = new_secret()  # bcrypt before the transaction: SQLite's write lock stays short
         with database.atomic():
-            row, secret = issue_key(owner=principal.user, **data)
+            row, secret = issue_key(owner=principal.user, prepared=prepared, **data)
             view = key_event_data(row)
             record_change("api_key", "created", row.id, view, view)
         row.key = secret
@@ -131,7 +132,7 @@ class ApiKeysById(MethodView):
                 row.previous_valid_until = None
                 row.save()
                 record_change("api_key", "revoked", row.id, {"name": row.name}, key_event_data(row))
-                bump_auth_epoch()
+                bump_auth_epoch(required=True)
 
 
 @blp.route("/<key_id>/rotate", methods=["POST"])
@@ -142,13 +143,15 @@ class ApiKeysById(MethodView):
 @blp.problem(409, "The key is revoked")
 def rotate(data: dict[str, Any], key_id: str) -> ApiKey:
     """Rotate a key's secret; the old one keeps working for the grace period."""
+    kind = get_manageable_key(key_id).key_prefix[3:7]
+    prepared = new_secret(kind)  # bcrypt before the transaction: SQLite's write lock stays short
     with database.atomic():
         row = get_manageable_key(key_id)
         if row.revoked_at is not None:
             raise Problem(409, "A revoked key cannot be rotated.")
-        secret = rotate_key(row, data["grace_period_seconds"])
+        secret = rotate_key(row, data["grace_period_seconds"], prepared)
         record_change("api_key", "rotated", row.id, data, key_event_data(row))
-        bump_auth_epoch()
+        bump_auth_epoch(required=True)
     row.key = secret
     return row
 

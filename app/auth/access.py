@@ -97,16 +97,34 @@ def _key_cache() -> VerifiedKeyCache:
 AUTH_EPOCH = "sb:auth:epoch"
 
 
-def bump_auth_epoch() -> None:
-    """Invalidate every process's key snapshots once the current transaction commits."""
+def bump_auth_epoch(required: bool = False) -> None:
+    """Invalidate every process's key snapshots once the current transaction commits.
+
+    With ``required`` (revocation, rotation) the epoch also moves before the commit, and a
+    Redis that cannot take it fails the change with a 503 (rolled back): a change either takes
+    effect everywhere or is refused, never committed while cached snapshots keep the key alive.
+    The bump after the commit still drops snapshots loaded in between from the old row.
+    """
+    if required and database.in_transaction():
+        try:
+            _new_epoch()
+        except redis.RedisError as exc:
+            log.error("could not bump the auth epoch: %s", exc)
+            raise Problem(503, "Key changes are unavailable right now; retry later.") from exc
 
     def bump() -> None:
-        try:
-            get_redis().set(AUTH_EPOCH, os.urandom(8).hex())
-        except redis.RedisError as exc:  # snapshots then expire with KEY_CACHE_TTL
-            log.error("could not bump the auth epoch: %s", exc)
+        for attempt in (1, 2):
+            try:
+                _new_epoch()
+                return
+            except redis.RedisError as exc:  # snapshots then expire with KEY_CACHE_TTL
+                log.error("could not bump the auth epoch (attempt %d): %s", attempt, exc)
 
     database.after_commit(bump)
+
+
+def _new_epoch() -> None:
+    get_redis().set(AUTH_EPOCH, os.urandom(8).hex())
 
 
 def _read_epoch() -> str | None:

@@ -15,6 +15,12 @@ from app.auth.keys import check_secret, generate_key, hash_secret, key_prefix
 from app.store.models import ApiKey, User, utcnow
 
 
+def new_secret(kind: str = "live") -> tuple[str, str]:
+    """A new key secret and its bcrypt hash: slow, so made before any transaction opens."""
+    secret = generate_key(kind)
+    return secret, hash_secret(secret, current_app.config["BCRYPT_ROUNDS"])
+
+
 def issue_key(
     *,
     name: str,
@@ -24,13 +30,17 @@ def issue_key(
     expires_at: datetime | None = None,
     allowed_ips: list[str] | None = None,
     kind: str = "live",
+    prepared: tuple[str, str] | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key row and return it with its secret (the only time the secret exists)."""
-    secret = generate_key(kind)
+    """Create a key row and return it with its secret (the only time the secret exists).
+
+    ``prepared`` is a :func:`new_secret` made before the caller's transaction opened.
+    """
+    secret, hashed = prepared or new_secret(kind)
     row = ApiKey.create(
         name=name,
         key_prefix=key_prefix(secret),
-        key_hash=hash_secret(secret, current_app.config["BCRYPT_ROUNDS"]),
+        key_hash=hashed,
         permissions=sorted(set(permissions)),
         rate_limit=rate_limit,
         expires_at=expires_at,
@@ -40,7 +50,9 @@ def issue_key(
     return row, secret
 
 
-def issue_session_key(user: User, via: str) -> tuple[ApiKey, dict[str, Any]]:
+def issue_session_key(
+    user: User, via: str, prepared: tuple[str, str] | None = None
+) -> tuple[ApiKey, dict[str, Any]]:
     """A session key (``LOGIN_KEY_TTL``, the user's role scopes) and the answer that shows it."""
     expires_at = utcnow() + timedelta(seconds=current_app.config["LOGIN_KEY_TTL"])
     scopes = sorted(ROLE_SCOPES[user.role])
@@ -50,13 +62,14 @@ def issue_session_key(user: User, via: str) -> tuple[ApiKey, dict[str, Any]]:
         permissions=scopes,
         expires_at=expires_at,
         kind="sess",
+        prepared=prepared,
     )
     return row, {"key": secret, "key_id": row.id, "expires_at": expires_at, "scopes": scopes}
 
 
-def rotate_key(row: ApiKey, grace_period_seconds: int) -> str:
-    """Give ``row`` a new secret; the old one keeps working for the grace period."""
-    secret = generate_key(row.key_prefix[3:7])
+def rotate_key(row: ApiKey, grace_period_seconds: int, prepared: tuple[str, str]) -> str:
+    """Give ``row`` the :func:`new_secret` ``prepared``; the old one works for the grace period."""
+    secret, hashed = prepared
     if grace_period_seconds > 0:
         row.previous_key_prefix = row.key_prefix
         row.previous_key_hash = row.key_hash
@@ -64,7 +77,7 @@ def rotate_key(row: ApiKey, grace_period_seconds: int) -> str:
     else:
         row.previous_key_prefix = row.previous_key_hash = row.previous_valid_until = None
     row.key_prefix = secret[: len(row.key_prefix)]
-    row.key_hash = hash_secret(secret, current_app.config["BCRYPT_ROUNDS"])
+    row.key_hash = hashed
     row.save()
     return secret
 

@@ -8,7 +8,7 @@ from flask import g
 
 from app.audit import record_audit
 from app.auth.access import client_ip
-from app.auth.issuing import issue_session_key
+from app.auth.issuing import issue_session_key, new_secret
 from app.auth.passwords import authenticate_user
 from app.auth.schemas import LoginResultSchema, LoginSchema, WhoAmISchema
 from app.auth.throttle import record_failure, refuse_if_throttled
@@ -32,8 +32,9 @@ def login(credentials: dict[str, Any]) -> dict[str, Any]:
     if user is None:
         record_failure(**idents)
         raise Problem(401, "Wrong email or password.")
+    prepared = new_secret("sess")  # bcrypt before the transaction: SQLite's write lock stays short
     with database.atomic():
-        row, answer = issue_session_key(user, "login")
+        row, answer = issue_session_key(user, "login", prepared)
         record_audit("auth.login", "api_key", row.id, {"user": user.email})
     return answer
 

@@ -20,7 +20,7 @@ from flask import Response, current_app, request
 
 from app.audit import record_audit
 from app.auth.access import ROLE_SCOPES, bump_auth_epoch
-from app.auth.issuing import issue_session_key
+from app.auth.issuing import issue_session_key, new_secret
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import timeout_seconds
 from app.oauth import states
@@ -195,10 +195,11 @@ def _login(
         raise LoginRefused(401, "invalid_id_token", exc.reason) from None
     email = _checked_email(config, claims)
     try:
+        prepared = new_secret("sess")  # bcrypt before the transaction (SQLite's write lock)
         with database.atomic():
             user, provisioned = _find_or_create_user(row, config, claims, email)
             role = _apply_role(config, claims, user, provisioned)
-            key_row, answer = issue_session_key(user, "sso")
+            key_row, answer = issue_session_key(user, "sso", prepared)
             summary = {"provisioned": provisioned}
             record_audit(
                 "auth.sso_login",

@@ -1,7 +1,9 @@
 """Database binding: one peewee ``DatabaseProxy`` bound from ``DATABASE_URL``.
 
-SQLite gets WAL and a busy timeout so the API and workers can share one file;
-PostgreSQL URLs use peewee's connection pool.
+SQLite gets WAL and a busy timeout so the API and workers can share one file, and every
+transaction begins ``IMMEDIATE``: it takes the write lock up front (waiting up to the busy timeout
+for it) instead of reading first and failing with ``database is locked`` when it later tries to
+write after another connection committed. PostgreSQL URLs use peewee's connection pool.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ database = peewee.DatabaseProxy()
 _POOLED_SCHEMES = {"postgres": "postgres+pool", "postgresql": "postgresql+pool"}
 
 
-def open_database(url: str) -> peewee.Database:
-    """Open (lazily) the database that ``url`` names."""
+def open_database(url: str, busy_timeout_ms: int = 10_000) -> peewee.Database:
+    """Open (lazily) the database that ``url`` names.
+
+    ``busy_timeout_ms``: how long a SQLite transaction waits for the write lock before failing.
+    """
     scheme, sep, rest = url.partition("://")
     options: dict[str, Any] = {}
     if scheme in _POOLED_SCHEMES:
@@ -33,12 +38,13 @@ def open_database(url: str) -> peewee.Database:
                 parents=True, exist_ok=True
             )
         options = {
+            "lock_type": "IMMEDIATE",
             "pragmas": {
                 "journal_mode": "wal",
-                "busy_timeout": 10000,
+                "busy_timeout": busy_timeout_ms,
                 "foreign_keys": 1,
                 "synchronous": "normal",
-            }
+            },
         }
     return connect(url, **options)
 
@@ -51,7 +57,9 @@ def init_app(app: Flask) -> None:
     stays open with its thread: reopening it per request costs more than most requests do
     (the last close even checkpoints and deletes the WAL file).
     """
-    database.initialize(open_database(app.config["DATABASE_URL"]))
+    database.initialize(
+        open_database(app.config["DATABASE_URL"], app.config["DATABASE_BUSY_TIMEOUT"])
+    )
 
     @app.teardown_appcontext
     def _release(exc: BaseException | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import peewee
 from flask import Flask, Response, g, has_request_context, json, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
@@ -122,10 +123,22 @@ def handle_http_exception(exc: HTTPException) -> Response:
     return problem_response(status, detail, errors=errors, headers=headers)
 
 
+def _database_busy(exc: Exception) -> bool:
+    """SQLite's write lock stayed taken past the busy timeout: the transaction rolled back."""
+    return isinstance(exc, peewee.OperationalError) and "database is locked" in str(exc)
+
+
 def handle_unexpected(exc: Exception) -> Response:
-    """Log an unexpected exception with its trace and answer a bare 500 problem."""
+    """Log an unexpected exception with its trace and answer a bare 500 problem.
+
+    A database too busy to take a write (nothing was changed) is a 503 the client may retry.
+    """
     if isinstance(exc, HTTPException):
         return handle_http_exception(exc)
+    if _database_busy(exc):
+        log.warning("database busy on %s %s: %s", request.method, request.path, exc)
+        detail = "The database is busy; nothing was changed. Retry shortly."
+        return problem_response(503, detail, headers={"Retry-After": "1"})
     log.exception("unhandled error on %s %s", request.method, request.path)
     return problem_response(500, InternalServerError.description)
 
