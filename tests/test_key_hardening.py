@@ -1,0 +1,64 @@
+"""Security hardening of keys and logins (issue 10): child-key bounds, lock-out, quota."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tests.conftest import ApiClient, make_key, make_user
+
+KEYS = "/api/v1/api-keys"
+
+
+def _restricted_creator(app: Any, client: Any) -> tuple[ApiClient, datetime]:
+    expiry = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    member = make_user(app, "restricted@example.com")
+    key = make_key(
+        app,
+        member,
+        ["keys:write", "logs:read"],
+        allowed_ips=["127.0.0.1/32"],
+        rate_limit=10,
+        expires_at=expiry.replace(tzinfo=None),
+    )
+    return ApiClient(client, key), expiry
+
+
+def test_restricted_key_cannot_mint_an_unrestricted_child(app, client):
+    creator, expiry = _restricted_creator(app, client)
+    later = (expiry + timedelta(days=1)).isoformat()
+    for body, field in (
+        ({"allowed_ips": ["0.0.0.0/0"]}, "allowed_ips"),
+        ({"allowed_ips": ["127.0.0.0/8"]}, "allowed_ips"),
+        ({"rate_limit": 100_000_000}, "rate_limit"),
+        ({"rate_limit": 11}, "rate_limit"),
+        ({"expires_at": later}, "expires_at"),
+    ):
+        res = creator.post(KEYS, json={"name": "child", "permissions": ["logs:read"], **body})
+        assert res.status_code == 422, (body, res.json)
+        assert res.content_type == "application/problem+json"
+        assert field in res.json["errors"]["json"], res.json
+    wider = creator.post(KEYS, json={"name": "child", "permissions": ["integrations:read"]})
+    assert wider.status_code == 403 and wider.json["missing_scopes"] == ["integrations:read"]
+
+
+def test_child_of_restricted_key_inherits_its_limits(app, client):
+    creator, expiry = _restricted_creator(app, client)
+    res = creator.post(KEYS, json={"name": "child", "permissions": ["logs:read"]})
+    assert res.status_code == 201, res.json
+    child = res.json
+    assert child["allowed_ips"] == ["127.0.0.1/32"]
+    assert child["rate_limit"] == 10
+    assert datetime.fromisoformat(child["expires_at"].replace("Z", "+00:00")) == expiry
+    within = creator.post(
+        KEYS,
+        json={
+            "name": "narrower",
+            "permissions": ["logs:read"],
+            "allowed_ips": ["127.0.0.1"],
+            "rate_limit": 3,
+            "expires_at": (expiry - timedelta(hours=1)).isoformat(),
+        },
+    )
+    assert within.status_code == 201, within.json
+    assert within.json["rate_limit"] == 3
