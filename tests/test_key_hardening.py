@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app import create_app
 from tests.conftest import ApiClient, make_key, make_user
 
 KEYS = "/api/v1/api-keys"
@@ -62,3 +63,30 @@ def test_child_of_restricted_key_inherits_its_limits(app, client):
     )
     assert within.status_code == 201, within.json
     assert within.json["rate_limit"] == 3
+
+
+WHOAMI = "/api/v1/auth/whoami"
+
+
+def test_known_prefix_cannot_lock_a_key_out_on_any_worker(app, admin_user):
+    victim = make_key(app, admin_user, ["logs:read"])
+    first, second = app.test_client(), create_app(dict(app.config)).test_client()
+    assert ApiClient(first, victim).get(WHOAMI).status_code == 200  # used once, on one worker
+    forged = victim[:16] + "x" * 32
+    codes = [first.get(WHOAMI, headers={"X-API-Key": forged}).status_code for _ in range(11)]
+    assert codes == [401] * 10 + [429]  # the bcrypt work for wrong secrets stays throttled
+    # The correct secret keeps working from the same address, on this and on a fresh worker.
+    assert ApiClient(first, victim).get(WHOAMI).status_code == 200
+    assert ApiClient(second, victim).get(WHOAMI).status_code == 200
+    assert second.get(WHOAMI, headers={"X-API-Key": forged}).status_code == 429
+
+
+def test_rotated_out_secret_does_not_spend_the_quota(app, api, client, admin_user):
+    created = api.post(KEYS, json={"name": "tight", "rate_limit": 3}).json
+    old = ApiClient(client, created["key"])
+    assert old.get(WHOAMI).status_code == 200  # cached in this process
+    rotated = api.post(f"{KEYS}/{created['id']}/rotate", json={"grace_period_seconds": 0})
+    assert rotated.status_code == 200
+    assert [old.get(WHOAMI).status_code for _ in range(5)] == [401] * 5
+    new = ApiClient(client, rotated.json["key"])
+    assert [new.get(WHOAMI).status_code for _ in range(3)] == [200, 200, 429]

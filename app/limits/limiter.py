@@ -32,12 +32,17 @@ _MICROS = 1_000_000
 # ARGV[1]  limit (>= 1)
 # ARGV[2]  window in microseconds
 # ARGV[3]  member, unique for this request
-# Returns {allowed (0|1), count in window after this call, microseconds until more quota frees,
-#          value of KEYS[2] or false}
+# ARGV[4]  the value KEYS[2] must hold for the request to be counted ('' = count regardless)
+# Returns {allowed (0|1; -1 = not counted: KEYS[2] differs from ARGV[4]), count in window after
+#          this call, microseconds until more quota frees, value of KEYS[2] or false}
 _SLIDING_LOG_LUA = """
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
+local watched = redis.call('GET', KEYS[2])
+if ARGV[4] ~= '' and watched ~= ARGV[4] then
+    return {-1, 0, 0, watched}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
@@ -64,7 +69,7 @@ if count > 0 then
     local entry = redis.call('ZRANGE', key, index, index, 'WITHSCORES')
     wait = tonumber(entry[2]) + window - now
 end
-return {allowed, count, wait, redis.call('GET', KEYS[2])}
+return {allowed, count, wait, watched}
 """
 
 
@@ -94,6 +99,7 @@ class RateLimitDecision:
     window_seconds: int = 3600
     policy: str = "hour"
     watched: str | None = None  # value of the ``watch`` key read in the same round trip
+    counted: bool = True  # False: the ``watch`` key did not hold the expected value
 
     def policy_header(self) -> str:
         """Value of the ``RateLimit-Policy`` header, e.g. ``"hour";q=1000;w=3600``."""
@@ -140,11 +146,14 @@ class RateLimiter:
         """Redis key holding the request log of ``key_id``."""
         return f"{self.prefix}{key_id}"
 
-    def hit(self, key_id: str, limit: int, *, watch: str | None = None) -> RateLimitDecision:
+    def hit(
+        self, key_id: str, limit: int, *, watch: str | None = None, expect: str | None = None
+    ) -> RateLimitDecision:
         """Count one request for ``key_id`` against ``limit`` per window; admit it if it fits.
 
         ``watch`` names a Redis key whose value is returned in ``decision.watched`` by the same
-        round trip (the auth layer reads its cache epoch this way).
+        round trip (the auth layer reads its cache epoch this way). With ``expect``, nothing is
+        counted unless ``watch`` holds that value (``decision.counted`` is then False).
 
         Raises:
             ValueError: ``limit`` < 1.
@@ -155,7 +164,7 @@ class RateLimiter:
         member = os.urandom(12).hex()
         allowed, count, wait_us, watched = self._script(
             keys=[self.key(key_id), watch or f"{self.prefix}-unwatched"],
-            args=[limit, self.window_seconds * _MICROS, member],
+            args=[limit, self.window_seconds * _MICROS, member, expect or ""],
         )
         wait_seconds = -(-int(wait_us) // _MICROS)  # round up: never promise too early
         return RateLimitDecision(
@@ -167,4 +176,5 @@ class RateLimiter:
             window_seconds=self.window_seconds,
             policy=self.policy,
             watched=watched.decode() if isinstance(watched, bytes) else (watched or None),
+            counted=int(allowed) >= 0,
         )
