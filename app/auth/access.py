@@ -25,9 +25,14 @@ from app.web.problems import Problem
 
 log = logging.getLogger(__name__)
 
+# The role model (README "Roles"): admins configure (integrations, connector configs and actions,
+# OAuth connections, webhooks, alert rules, users, the audit log); members operate (send events,
+# use the gateway, manage their own API keys) and read the rest; read-only users only read.
+_READ_SCOPES = frozenset(s for s in ALL_SCOPES if s.endswith(":read"))
 ROLE_SCOPES = {
     "admin": frozenset(ALL_SCOPES),
-    "member": frozenset(s for s in ALL_SCOPES if s != "admin"),
+    "member": _READ_SCOPES | {"keys:write", "events:write", "gateway:use"},
+    "readonly": _READ_SCOPES,
 }
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
@@ -50,6 +55,12 @@ class Principal:
     def require(self, scope: str | None) -> Principal:
         """Raise 403 unless this principal holds ``scope``."""
         if scope and not self.has(scope):
+            if self.user is not None and scope in (self.key.permissions or ()):
+                raise Problem(
+                    403,
+                    f"The `{self.user.role}` role does not allow `{scope}`.",
+                    required_scope=scope,
+                )
             raise Problem(403, f"This API key lacks the `{scope}` scope.", required_scope=scope)
         return self
 
