@@ -90,3 +90,25 @@ def test_rotated_out_secret_does_not_spend_the_quota(app, api, client, admin_use
     assert [old.get(WHOAMI).status_code for _ in range(5)] == [401] * 5
     new = ApiClient(client, rotated.json["key"])
     assert [new.get(WHOAMI).status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_hammering_an_account_does_not_lock_out_its_owner(app, client):
+    make_user(app, "victim@example.com", password="the-right-one")
+    login = "/api/v1/auth/login"
+    right = {"email": "victim@example.com", "password": "the-right-one"}
+    first = client.post(login, json=right)
+    assert first.status_code == 201 and first.json["device_token"]
+    device = first.json["device_token"]
+    wrong = {"email": "victim@example.com", "password": "guess"}
+    assert [client.post(login, json=wrong).status_code for _ in range(11)] == [401] * 10 + [429]
+    assert client.post(login, json=right).status_code == 429  # an unknown client stays throttled
+    # The owner's client, from the same (shared) address, still logs in.
+    again = client.post(login, json={**right, "device_token": device})
+    assert again.status_code == 201, again.json
+    # A device token is bound to its user (elsewhere the address stays throttled), and guessing
+    # through it is throttled too.
+    make_user(app, "other@example.com", password="other-pass")
+    other = {"email": "other@example.com", "password": "other-pass", "device_token": device}
+    assert client.post(login, json=other).status_code == 429
+    guesses = [client.post(login, json={**wrong, "device_token": device}) for _ in range(11)]
+    assert [res.status_code for res in guesses] == [401] * 10 + [429]
