@@ -65,6 +65,16 @@ def test_child_of_restricted_key_inherits_its_limits(app, client):
     assert within.json["rate_limit"] == 3
 
 
+def test_a_login_session_does_not_pass_on_its_expiry(app, client):
+    make_user(app, "ui@example.com", password="ui-password")
+    login = client.post(
+        "/api/v1/auth/login", json={"email": "ui@example.com", "password": "ui-password"}
+    )
+    session = ApiClient(client, login.json["key"])
+    res = session.post(KEYS, json={"name": "ci", "permissions": ["logs:read"]})
+    assert res.status_code == 201 and res.json["expires_at"] is None
+
+
 WHOAMI = "/api/v1/auth/whoami"
 
 

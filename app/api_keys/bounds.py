@@ -33,7 +33,7 @@ def bound_child(
     Fields the caller set (``explicit``) must stay within the creator's: ``allowed_ips`` inside
     its networks, ``rate_limit`` no higher (admins excepted: capacity is theirs to grant),
     ``expires_at`` no later; otherwise 422 naming the field. Unset fields take the creator's
-    value where it is the stricter one.
+    value where it is the stricter one. A session key (``sb_sess_``) passes on no expiry.
     """
     data = dict(data)
     errors: dict[str, list[str]] = {}
@@ -49,7 +49,8 @@ def bound_child(
             errors["rate_limit"] = [f"exceeds the creating key's rate_limit ({creator.rate_limit})"]
         else:
             data["rate_limit"] = creator.rate_limit
-    if creator.expires_at is not None:
+    # A login session's expiry ends the session, not the user's authority: it bounds no child.
+    if creator.expires_at is not None and not creator.key_prefix.startswith("sb_sess_"):
         if data["expires_at"] is None:
             data["expires_at"] = creator.expires_at
         elif data["expires_at"] > creator.expires_at:
