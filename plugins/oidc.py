@@ -24,7 +24,7 @@ _URL: dict[str, Any] = {
     "format": "uri",
     "pattern": r"^https?://[^\s/?#@]+([/?#]\S*)?$",
 }
-ROLES = ["admin", "member"]
+ROLES = ["admin", "member", "readonly"]
 _DOMAIN = r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 
 CONFIG_SCHEMA: dict[str, Any] = {

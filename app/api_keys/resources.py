@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
-from flask import g
+from flask import g, request
 from flask.views import MethodView
 
+from app.api_keys.bounds import bound_child
 from app.api_keys.schemas import (
     USAGE_WINDOWS,
     ApiKeyCreatedSchema,
@@ -93,7 +94,12 @@ class ApiKeys(MethodView):
     @blp.arguments(ApiKeySchema)
     @blp.response(201, ApiKeyCreatedSchema)
     def post(self, data: dict[str, Any]) -> ApiKey:
-        """Create an API key; the secret is in `key`, returned only this once."""
+        """Create an API key; the secret is in `key`, returned only this once.
+
+        The new key never exceeds the calling key: its `allowed_ips` lie within the caller's,
+        its `expires_at` is no later (non-admins: its `rate_limit` is no higher), else 422;
+        left unset, these take the caller's values.
+        """
         principal = g.principal
         missing = sorted(set(data["permissions"]) - principal.scopes)
         if missing and not principal.is_admin:
@@ -102,6 +108,8 @@ class ApiKeys(MethodView):
                 "A key cannot grant scopes its creator lacks: " + ", ".join(missing) + ".",
                 missing_scopes=missing,
             )
+        explicit = set(request.get_json(silent=True) or ())
+        data = bound_child(data, principal.key, explicit, admin=principal.is_admin)
         prepared = new_secret()  # bcrypt before the transaction: SQLite's write lock stays short
         with database.atomic():
             row, secret = issue_key(owner=principal.user, prepared=prepared, **data)

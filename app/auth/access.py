@@ -13,8 +13,9 @@ import peewee
 import redis
 from flask import Flask, current_app, g, request
 
+from app.auth import known_good
 from app.auth.keys import KeySnapshot, VerifiedKeyCache, key_prefix
-from app.auth.throttle import record_failure, refuse_if_throttled
+from app.auth.throttle import record_failure, retry_after, too_many
 from app.config import ALL_SCOPES
 from app.limits.enforce import enforce as enforce_rate_limit
 from app.store.db import database
@@ -24,9 +25,14 @@ from app.web.problems import Problem
 
 log = logging.getLogger(__name__)
 
+# The role model (README "Roles"): admins configure (integrations, connector configs and actions,
+# OAuth connections, webhooks, alert rules, users, the audit log); members operate (send events,
+# use the gateway, manage their own API keys) and read the rest; read-only users only read.
+_READ_SCOPES = frozenset(s for s in ALL_SCOPES if s.endswith(":read"))
 ROLE_SCOPES = {
     "admin": frozenset(ALL_SCOPES),
-    "member": frozenset(s for s in ALL_SCOPES if s != "admin"),
+    "member": _READ_SCOPES | {"keys:write", "events:write", "gateway:use"},
+    "readonly": _READ_SCOPES,
 }
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
@@ -49,6 +55,12 @@ class Principal:
     def require(self, scope: str | None) -> Principal:
         """Raise 403 unless this principal holds ``scope``."""
         if scope and not self.has(scope):
+            if self.user is not None and scope in (self.key.permissions or ()):
+                raise Problem(
+                    403,
+                    f"The `{self.user.role}` role does not allow `{scope}`.",
+                    required_scope=scope,
+                )
             raise Problem(403, f"This API key lacks the `{scope}` scope.", required_scope=scope)
         return self
 
@@ -148,6 +160,30 @@ def find_key_row(prefix: str) -> ApiKey | None:
     )
 
 
+def _secret_matches(raw: str, hashed: str, attempt: str) -> bool:
+    """Check ``raw`` against ``hashed``; wrong secrets are throttled per prefix and address.
+
+    Each wrong secret costs a bcrypt check, so ten from one address within the window stop
+    further bcrypt work for that prefix and address (429). A secret already verified (in this
+    process or, via Redis, in any) is compared by digest and still gets in, so knowing a key's
+    prefix cannot lock the key out; only a key never used successfully can be held off.
+    """
+    cache = _key_cache()
+    if cache.verified(raw, hashed):
+        return True
+    wait = retry_after(key_attempt=attempt)
+    if wait is not None:
+        if not known_good.is_known_good(raw, hashed):
+            raise too_many(wait)
+        cache.accept(raw, hashed)
+        return True
+    if not cache.verify(raw, hashed):
+        record_failure(key_attempt=attempt)
+        return False
+    known_good.remember(raw, hashed)
+    return True
+
+
 def load_key(raw: str) -> KeySnapshot:
     """Find and bcrypt-verify the key row for a presented secret, or raise 401."""
     prefix = key_prefix(raw)
@@ -163,14 +199,9 @@ def load_key(raw: str) -> KeySnapshot:
         hashed = row.previous_key_hash
     else:
         raise _unauthorized("Unknown API key.")
-    cache = _key_cache()
-    # Wrong secrets for a known prefix each cost a bcrypt check: throttle them per prefix and
-    # client address (not per prefix alone, which would let anyone lock a key out).
-    attempt = f"{prefix}|{client_ip()}"
-    refuse_if_throttled(key_attempt=attempt)
-    if not cache.verify(raw, hashed):
-        record_failure(key_attempt=attempt)
+    if not _secret_matches(raw, hashed, f"{prefix}|{client_ip()}"):
         raise _unauthorized("Unknown API key.")
+    cache = _key_cache()
     user: User | None = row.created_by if row.created_by_id else None  # joined: no query
     snapshot = KeySnapshot(row=row, user=user, epoch=epoch or "")
     if epoch is not None:
@@ -232,14 +263,23 @@ def authenticate() -> Principal:
     snapshot = _key_cache().snapshot(raw)
     counted = False
     if snapshot is not None:
-        decision = enforce_rate_limit(snapshot.row.id, snapshot.row.rate_limit, watch=AUTH_EPOCH)
-        counted = True
-        if decision is None or decision.watched is None or decision.watched != snapshot.epoch:
+        try:
+            check_key(snapshot, raw)
+        except Problem:
+            snapshot = None  # perhaps stale: decide on the row as stored now
+    if snapshot is not None:
+        # Counted only while the auth epoch still matches the snapshot, so a secret that a
+        # rotation or revocation has made wrong never spends the key's quota.
+        decision = enforce_rate_limit(
+            snapshot.row.id, snapshot.row.rate_limit, watch=AUTH_EPOCH, expect=snapshot.epoch
+        )
+        counted = decision is None or decision.counted
+        if decision is None or not decision.counted:
             snapshot = None  # the epoch moved (or is unknown): reload from the database
     if snapshot is None:
         snapshot = load_key(raw)
+        check_key(snapshot, raw)
     g.key_verify_ms = (time.perf_counter() - started) * 1000
-    check_key(snapshot, raw)
     if not counted:
         enforce_rate_limit(snapshot.row.id, snapshot.row.rate_limit)
     scopes = frozenset(snapshot.row.permissions or ())

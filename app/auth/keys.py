@@ -101,21 +101,32 @@ class VerifiedKeyCache:
             if entry is not None:
                 self._entries[digest] = (entry[0], entry[1], snapshot)
 
-    def verify(self, key: str, hashed: str) -> bool:
-        """True when ``key`` matches ``hashed``; bcrypt runs only on a cache miss."""
+    def verified(self, key: str, hashed: str) -> bool:
+        """True when bcrypt accepted ``key`` against ``hashed`` recently (no bcrypt now)."""
+        with self._lock:
+            entry = self._entries.get(self._digest(key))
+        return (
+            entry is not None
+            and entry[1] > time.monotonic()
+            and hmac.compare_digest(entry[0], hashed)
+        )
+
+    def accept(self, key: str, hashed: str) -> None:
+        """Remember that ``key`` matches ``hashed`` (checked by bcrypt here or elsewhere)."""
         digest = self._digest(key)
-        now = time.monotonic()
         with self._lock:
-            entry = self._entries.get(digest)
-        if entry is not None and entry[1] > now and hmac.compare_digest(entry[0], hashed):
-            return True
-        if not check_secret(key, hashed):
-            return False
-        with self._lock:
-            self._entries[digest] = (hashed, now + self.ttl, None)
+            self._entries[digest] = (hashed, time.monotonic() + self.ttl, None)
             self._entries.move_to_end(digest)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+
+    def verify(self, key: str, hashed: str) -> bool:
+        """True when ``key`` matches ``hashed``; bcrypt runs only on a cache miss."""
+        if self.verified(key, hashed):
+            return True
+        if not check_secret(key, hashed):
+            return False
+        self.accept(key, hashed)
         return True
 
     def clear(self) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from flask import g
 
 from app.audit import record_audit
+from app.auth import devices
 from app.auth.access import client_ip
 from app.auth.issuing import issue_session_key, new_secret
 from app.auth.passwords import authenticate_user
@@ -23,10 +24,17 @@ blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Login 
 @blp.arguments(LoginSchema)
 @blp.response(201, LoginResultSchema)
 @blp.problem(401, "Wrong email or password")
-@blp.problem(429, "Too many failed attempts for this email or address")
+@blp.problem(429, "Too many failed attempts for this email or address (or device)")
 def login(credentials: dict[str, Any]) -> dict[str, Any]:
-    """Exchange email and password for an API key valid 24 hours."""
-    idents = {"email": credentials["email"].strip().lower(), "ip": client_ip()}
+    """Exchange email and password for an API key valid 24 hours.
+
+    Failures are throttled per email and client address, or, for a `device_token` from an
+    earlier login of this user, per device: known devices are not locked out by others.
+    """
+    email = credentials["email"].strip().lower()
+    device = credentials["device_token"]
+    known = devices.trusted(device, email)
+    idents = {"device": device} if known and device else {"email": email, "ip": client_ip()}
     refuse_if_throttled(**idents)
     user = authenticate_user(credentials["email"], credentials["password"])
     if user is None:
@@ -36,7 +44,7 @@ def login(credentials: dict[str, Any]) -> dict[str, Any]:
     with database.atomic():
         row, answer = issue_session_key(user, "login", prepared)
         record_audit("auth.login", "api_key", row.id, {"user": user.email})
-    return answer
+    return {**answer, "device_token": device if known else devices.issue(email)}
 
 
 @blp.route("/whoami", methods=["GET"])

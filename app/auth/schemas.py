@@ -10,6 +10,12 @@ from app.web.api import UTCDateTime
 class LoginSchema(ma.Schema):
     email = ma.fields.Email(required=True, validate=ma.validate.Length(max=320))
     password = ma.fields.String(required=True, load_only=True, validate=ma.validate.Length(max=72))
+    device_token = ma.fields.String(
+        load_only=True,
+        load_default=None,
+        validate=ma.validate.Length(max=100),
+        metadata={"description": "From an earlier login: exempts this client from lock-outs"},
+    )
 
 
 class LoginResultSchema(ma.Schema):
@@ -17,6 +23,10 @@ class LoginResultSchema(ma.Schema):
     key_id = ma.fields.String()
     expires_at = UTCDateTime()
     scopes = ma.fields.List(ma.fields.String())
+    device_token = ma.fields.String(
+        allow_none=True,
+        metadata={"description": "Send with later logins of this user from this client"},
+    )
 
 
 class OwnerSchema(ma.Schema):

@@ -25,8 +25,8 @@ def _key(kind: str, ident: str) -> str:
     return f"sb:authfail:{kind}:{hashlib.sha256(ident.encode()).hexdigest()[:32]}"
 
 
-def refuse_if_throttled(**idents: str) -> None:
-    """Raise 429 when any of ``kind=identity`` has too many recent failures."""
+def retry_after(**idents: str) -> int | None:
+    """Seconds until ``kind=identity`` may try again when any has too many recent failures."""
     try:
         pipe = get_redis().pipeline(transaction=False)
         for kind, ident in idents.items():
@@ -35,15 +35,27 @@ def refuse_if_throttled(**idents: str) -> None:
         replies = pipe.execute()
     except redis.RedisError as exc:
         log.warning("credential throttle unavailable: %s", exc)
-        return
+        return None
     for count, ttl in zip(replies[::2], replies[1::2], strict=True):
         if count is not None and int(count) >= MAX_FAILURES:
-            wait = max(int(ttl), 1)
-            raise Problem(
-                429,
-                f"Too many failed attempts; retry in {wait} seconds.",
-                headers={"Retry-After": str(wait)},
-            )
+            return max(int(ttl), 1)
+    return None
+
+
+def too_many(wait: int) -> Problem:
+    """The 429 answer for a throttled identity."""
+    return Problem(
+        429,
+        f"Too many failed attempts; retry in {wait} seconds.",
+        headers={"Retry-After": str(wait)},
+    )
+
+
+def refuse_if_throttled(**idents: str) -> None:
+    """Raise 429 when any of ``kind=identity`` has too many recent failures."""
+    wait = retry_after(**idents)
+    if wait is not None:
+        raise too_many(wait)
 
 
 def record_failure(**idents: str) -> None:

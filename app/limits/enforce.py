@@ -51,17 +51,21 @@ def get_limiter(app: Flask | None = None) -> RateLimiter:
     return limiter
 
 
-def enforce(key_id: str, limit: int, *, watch: str | None = None) -> RateLimitDecision | None:
+def enforce(
+    key_id: str, limit: int, *, watch: str | None = None, expect: str | None = None
+) -> RateLimitDecision | None:
     """Count this request against ``key_id``'s limit; raise 429 over it, 503 if Redis is down.
 
     Returns the decision (also kept on ``g`` for the response headers), or None when rate
     limiting is disabled or Redis is down and ``RATELIMIT_FAIL_OPEN`` lets the request through.
+    With ``expect`` (see ``RateLimiter.hit``) a request whose ``watch`` key differs is neither
+    counted nor refused: the decision says ``counted=False`` and the caller decides again.
     """
     usage = g.usage = RequestUsage(key_id)
     if not current_app.config["RATELIMIT_ENABLED"]:
         return None
     try:
-        decision = get_limiter().hit(key_id, limit, watch=watch)
+        decision = get_limiter().hit(key_id, limit, watch=watch, expect=expect)
     except redis.RedisError as exc:
         if current_app.config["RATELIMIT_FAIL_OPEN"]:
             log.warning("rate limiter unavailable, letting %s through (fail open): %s", key_id, exc)
@@ -70,6 +74,9 @@ def enforce(key_id: str, limit: int, *, watch: str | None = None) -> RateLimitDe
         raise Problem(
             503, "The rate limiter is unavailable, so the request was not processed; retry later."
         ) from exc
+    if not decision.counted:
+        g.pop("usage", None)
+        return decision
     g.ratelimit = decision
     if not decision.allowed:
         usage.rate_limited = True

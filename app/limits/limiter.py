@@ -41,13 +41,18 @@ BUCKETS = 60
 # ARGV[1]  limit (>= 1)
 # ARGV[2]  window in microseconds
 # ARGV[3]  slice length in microseconds (window / BUCKETS, rounded up)
-# Returns {allowed (0|1), count in window after this call, microseconds until more quota frees,
-#          value of KEYS[2] or false}
+# ARGV[4]  the value KEYS[2] must hold for the request to be counted ('' = count regardless)
+# Returns {allowed (0|1; -1 = not counted: KEYS[2] differs from ARGV[4]), count in window after
+#          this call, microseconds until more quota frees, value of KEYS[2] or false}
 _SLIDING_WINDOW_LUA = """
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local slice = tonumber(ARGV[3])
+local watched = redis.call('GET', KEYS[2])
+if ARGV[4] ~= '' and watched ~= ARGV[4] then
+    return {-1, 0, 0, watched}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local current = math.floor(now / slice)
@@ -96,7 +101,7 @@ if count > 0 then
         end
     end
 end
-return {allowed, count, wait, redis.call('GET', KEYS[2])}
+return {allowed, count, wait, watched}
 """
 
 
@@ -126,6 +131,7 @@ class RateLimitDecision:
     window_seconds: int = 3600
     policy: str = "hour"
     watched: str | None = None  # value of the ``watch`` key read in the same round trip
+    counted: bool = True  # False: the ``watch`` key did not hold the expected value
 
     def policy_header(self) -> str:
         """Value of the ``RateLimit-Policy`` header, e.g. ``"hour";q=1000;w=3600``."""
@@ -173,11 +179,14 @@ class RateLimiter:
         """Redis key holding the per-slice counts of ``key_id``."""
         return f"{self.prefix}{key_id}"
 
-    def hit(self, key_id: str, limit: int, *, watch: str | None = None) -> RateLimitDecision:
+    def hit(
+        self, key_id: str, limit: int, *, watch: str | None = None, expect: str | None = None
+    ) -> RateLimitDecision:
         """Count one request for ``key_id`` against ``limit`` per window; admit it if it fits.
 
         ``watch`` names a Redis key whose value is returned in ``decision.watched`` by the same
-        round trip (the auth layer reads its cache epoch this way).
+        round trip (the auth layer reads its cache epoch this way). With ``expect``, nothing is
+        counted unless ``watch`` holds that value (``decision.counted`` is then False).
 
         Raises:
             ValueError: ``limit`` < 1.
@@ -187,7 +196,7 @@ class RateLimiter:
             raise ValueError("limit must be >= 1")
         allowed, count, wait_us, watched = self._script(
             keys=[self.key(key_id), watch or f"{self.prefix}-unwatched"],
-            args=[limit, self.window_seconds * _MICROS, self._slice_us],
+            args=[limit, self.window_seconds * _MICROS, self._slice_us, expect or ""],
         )
         wait_seconds = -(-int(wait_us) // _MICROS)  # round up: never promise too early
         return RateLimitDecision(
@@ -199,4 +208,5 @@ class RateLimiter:
             window_seconds=self.window_seconds,
             policy=self.policy,
             watched=watched.decode() if isinstance(watched, bytes) else (watched or None),
+            counted=int(allowed) >= 0,
         )

@@ -38,7 +38,7 @@ CALLBACK_PATH = "/api/v1/auth/sso/callback"
 SSO_PROVIDER = "oidc"
 BINDING_COOKIE = "sb_sso_binding"
 #: Higher wins when several role mappings match.
-ROLE_RANK = {"member": 0, "admin": 1}
+ROLE_RANK = {"readonly": -1, "member": 0, "admin": 1}
 
 
 class LoginRefused(Exception):

@@ -137,7 +137,7 @@ class Blueprint(_Blueprint):
             documented: Callable = self.doc(security=SECURITY, description=note)(wrapper)
             for status, text in (
                 (401, "Missing, invalid, expired or revoked API key"),
-                (403, "Key lacks the scope, or client IP not allowed"),
+                (403, "Key or its owner's role lacks the scope, or client IP not allowed"),
                 (
                     429,
                     "Rate limit exceeded: retry after `Retry-After` seconds "
