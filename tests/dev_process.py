@@ -24,10 +24,13 @@ class Output:
         self._thread.start()
 
     def _pump(self, stream: object) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
+        try:
+            for line in stream:  # type: ignore[attr-defined]
+                with self._changed:
+                    self.lines.append(line.rstrip("\n"))
+                    self._changed.notify_all()
+        except (ValueError, OSError):  # the test closed the pipe while we read: output is over
+            return
 
     def wait_for(self, predicate: Callable[[list[str]], str | None], timeout: float) -> str:
         """Wait until ``predicate(lines)`` returns a value, or fail showing the output."""

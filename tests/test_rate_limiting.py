@@ -95,7 +95,8 @@ def test_short_window_admits_again_after_retry_after(app, admin_user):
     assert 1 <= retry_after <= 3  # 2 s plus at most one slice, rounded up
     time.sleep(retry_after)
     res = kc.get(WHOAMI)
-    assert res.status_code == 200 and _ratelimit(res)[:2] == ("2s", 1)
+    # Admitted; the second request's slice may still count (it leaves a few ms after the first).
+    assert res.status_code == 200 and _ratelimit(res)[0] == "2s" and _ratelimit(res)[1] in (0, 1)
 
 
 def test_rate_limiting_can_be_disabled(app, admin_user):
