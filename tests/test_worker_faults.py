@@ -122,7 +122,7 @@ def assert_every_event_arrived(receiver: Receiver, publisher: Publisher) -> None
 
 
 def assert_quiet_survivors(workers: list[Worker], pids: list[int]) -> None:
-    assert [w.pid for w in workers if w.alive()] == pids
+    assert [w.pid for w in workers if w.alive()] == pids, [w.proc.poll() for w in workers]
     for worker in workers:
         text = worker.log()
         assert "unhandled exception" not in text and "Traceback" not in text, text[-3000:]

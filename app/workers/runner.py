@@ -19,17 +19,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from multiprocessing.context import ForkProcess
 from typing import Any, cast
 
 import redis
 from flask import Flask
-from rq import SimpleWorker, worker_registration
+from rq import Queue, SimpleWorker, worker_registration
 from rq.exceptions import StopRequested
 from rq.job_lifecycle import call_exception_handlers
+from rq.scheduler import RQScheduler
 
 from app.logs.structured import request_id_bound
 from app.store.outage import WORKER_SURVIVES, describe
-from app.store.queues import QUEUE_NAMES, get_queue
+from app.store.queues import QUEUE_NAMES
 from app.store.redis import connect
 from app.workers import liveness
 
@@ -45,6 +47,26 @@ BackgroundStarter = Callable[[Flask], threading.Thread]
 
 class StoreLost(StopRequested):
     """Ends RQ's loop the quiet way (as a stop request); the runner then reconnects."""
+
+
+def _run_scheduler(scheduler: RQScheduler) -> None:
+    """The scheduler process: a store outage ends it with one line (its worker starts another)."""
+    try:
+        scheduler.work()
+    except WORKER_SURVIVES as exc:
+        scheduler.log.warning("scheduler stopped: %s", describe(exc))
+
+
+class Scheduler(RQScheduler):
+    """RQ's scheduler, in a process that does not print a traceback when Redis goes away."""
+
+    def start(self) -> ForkProcess:
+        self._status = self.Status.STARTED
+        self._connection = None  # a Redis client cannot cross the fork
+        process = ForkProcess(target=_run_scheduler, args=(self,), name="Scheduler")
+        process.start()
+        self._process = process  # type: ignore[assignment]  # RQ types it as its initial None
+        return process
 
 
 class Worker(SimpleWorker):
@@ -77,6 +99,27 @@ class Worker(SimpleWorker):
 
     def heartbeat(self, *args: Any, **kwargs: Any) -> None:
         self._guarded(super().heartbeat, *args, **kwargs)
+
+    def _start_scheduler(self, burst: bool = False, logging_level: Any = "INFO", *_: Any) -> None:
+        """RQ's own, with :class:`Scheduler` (RQ builds its class in the method)."""
+        self.scheduler = Scheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()
+        if not self.scheduler.acquired_locks:
+            return
+        if burst:
+            try:
+                self.scheduler.register_birth()
+                self.scheduler.enqueue_scheduled_jobs()
+            finally:
+                self.scheduler.release_locks()
+                self.scheduler.register_death()
+        else:
+            self.scheduler.start()
 
     def perform_job(self, job: Any, *args: Any, **kwargs: Any) -> bool:
         with request_id_bound(job.meta.get("request_id")):
@@ -211,24 +254,34 @@ def run_worker(
     with app.app_context():
         heart = Heart(app, name, background)
         heart.start()
+        # RQ's own client: RQ raises its socket timeout above its blocking dequeue's, which the
+        # app's shared pool (short timeouts for everything else) must not get.
+        rq_redis = redis.Redis.from_url(
+            app.config["REDIS_URL"], socket_connect_timeout=2, health_check_interval=30
+        )
         backoff = 1.0
         while True:
             started = time.monotonic()
-            worker = Worker([get_queue(q) for q in QUEUE_NAMES], connection=connect(app), name=name)
             try:
+                worker = Worker(
+                    [Queue(q, connection=rq_redis) for q in QUEUE_NAMES],
+                    connection=rq_redis,
+                    name=name,
+                )
                 if not claim_name(worker, stale_after):
                     _sleep_interruptible(heart.interval)
                     continue
                 heart.state = "working"
                 worker.work(burst=burst, with_scheduler=True, logging_level=app.config["LOG_LEVEL"])
+                if worker.lost is None:
+                    heart.forget()
+                    return
+                lost = worker.lost
             except WORKER_SURVIVES as exc:
-                worker.lost = exc
-            if worker.lost is None:
-                heart.forget()
-                return
+                lost = exc
             heart.state = "reconnecting"
             if time.monotonic() - started > STABLE_AFTER:
                 backoff = 1.0
-            log.warning("worker %s: %s; reconnecting in %g s", name, describe(worker.lost), backoff)
+            log.warning("worker %s: %s; reconnecting in %g s", name, describe(lost), backoff)
             _sleep_interruptible(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
