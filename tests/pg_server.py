@@ -1,6 +1,6 @@
 """A private PostgreSQL server for fault tests that stop and restart the database.
 
-``initdb`` and ``postgres`` run as a non-root user (PostgreSQL refuses root) in a temporary
+``initdb`` and ``postgres`` run as a non-root user (PostgreSQL refuses root), in a temporary
 directory, on a free port of 127.0.0.1, with trust authentication: the server belongs to one
 test alone. ``stop`` kills it like a crash; ``start`` again keeps the port and the data.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -35,11 +36,12 @@ def find_binaries() -> dict[str, str] | None:
     return found
 
 
-def _run_as() -> tuple[list[str], int | None]:
-    """The command prefix that runs a binary as a non-root user, and that user's uid."""
+def _run_as() -> tuple[int, int] | None:
+    """(uid, gid) of the non-root user to run the binaries as when we are root, else None."""
     if os.geteuid() != 0:
-        return [], None
-    return ["runuser", "-u", "postgres", "--"], pwd.getpwnam("postgres").pw_uid
+        return None
+    user = pwd.getpwnam("postgres")
+    return user.pw_uid, user.pw_gid
 
 
 class PostgresServer:
@@ -50,16 +52,28 @@ class PostgresServer:
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="switchboard-test-pg-"))
         self.data = self.root / "data"
-        self.prefix, uid = _run_as()
-        if uid is not None:
-            os.chown(self.root, uid, -1)
+        self.user = _run_as()
+        if self.user is not None:
+            os.chown(self.root, *self.user)
         subprocess.run(  # noqa: S603 - our own binaries and arguments
-            [*self.prefix, binaries["initdb"], "-D", str(self.data), "-U", "postgres"]
-            + ["-A", "trust", "--no-sync"],
+            [
+                binaries["initdb"],
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
             check=True,
             capture_output=True,
+            **self._as_user(),
         )
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _as_user(self) -> dict[str, int]:
+        return {} if self.user is None else {"user": self.user[0], "group": self.user[1]}
 
     def url(self, db: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
@@ -68,12 +82,13 @@ class PostgresServer:
         """Start the server and wait until it accepts connections."""
         log = (self.root / "postgres.log").open("ab")
         self.proc = subprocess.Popen(  # noqa: S603
-            [*self.prefix, self.binaries["postgres"], "-D", str(self.data)]
+            [self.binaries["postgres"], "-D", str(self.data)]
             + ["-p", str(self.port), "-k", str(self.root), "-c", "listen_addresses=127.0.0.1"]
             + ["-c", "fsync=off", "-c", "max_connections=200"],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            **self._as_user(),
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -89,10 +104,10 @@ class PostgresServer:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        """Kill the server (SIGKILL to its whole process group, like a crash) and wait."""
+        """Immediate shutdown (SIGQUIT: connections dropped, no checkpoint, like a crash)."""
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, 9)
-            self.proc.wait(10)
+            self.proc.send_signal(signal.SIGQUIT)
+            self.proc.wait(30)
         self.proc = None
 
     def create_database(self, name: str) -> None:
