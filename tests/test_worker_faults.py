@@ -122,7 +122,7 @@ def assert_every_event_arrived(receiver: Receiver, publisher: Publisher) -> None
 
 
 def assert_quiet_survivors(workers: list[Worker], pids: list[int]) -> None:
-    assert [w.pid for w in workers if w.alive()] == pids, [w.proc.poll() for w in workers]
+    assert sorted(w.pid for w in workers if w.alive()) == pids, [w.proc.poll() for w in workers]
     for worker in workers:
         text = worker.log()
         assert "unhandled exception" not in text and "Traceback" not in text, text[-3000:]
@@ -151,8 +151,11 @@ def test_workers_survive_a_redis_restart_under_load(
         assert api.post("/api/v1/webhooks", json=hook).status_code == 201
         env = worker_env(app, REDIS_URL=private.url())
         workers = [Worker(env, tmp_path / f"worker{i}.log") for i in range(3)]
-        pids = [w.pid for w in workers]
-        wait_until(lambda: api.get("/api/v1/ready").status_code == 200, what="workers live")
+        pids = sorted(w.pid for w in workers)
+        wait_until(
+            lambda: sorted(w["pid"] for w in api.get("/api/v1/ready").json["workers"]) == pids,
+            what="every worker live",
+        )
 
         def post(n: int) -> tuple[int, dict[str, Any], dict[str, str]]:
             res = api.post(
@@ -173,15 +176,14 @@ def test_workers_survive_a_redis_restart_under_load(
         assert 503 in publisher.statuses and 500 not in publisher.statuses
         assert publisher.duplicates == 0  # no 503 hid a committed publish
         assert_quiet_survivors(workers, pids)
-        live = wait_until(
-            lambda: [
-                w
-                for w in live_workers(redis.Redis.from_url(private.url()), 60)
-                if w["state"] == "working"
-            ],
-            what="workers registered again",
+        client = redis.Redis.from_url(private.url())
+        wait_until(
+            lambda: (
+                sorted(w["pid"] for w in live_workers(client, 60) if w["state"] == "working")
+                == pids
+            ),
+            what="the same workers registered again",
         )
-        assert sorted(w["pid"] for w in live) == sorted(pids)
     finally:
         for worker in workers:
             worker.stop()
@@ -229,10 +231,15 @@ def test_workers_and_api_survive_a_postgres_restart(
         hook["integration_id"] = res.json()["id"]
         assert session.post(f"{base}/webhooks", json=hook, timeout=10).status_code == 201
         workers = [Worker(env, tmp_path / f"worker{i}.log") for i in range(2)]
-        pids = [w.pid for w in workers]
+        pids = sorted(w.pid for w in workers)
         wait_until(
-            lambda: requests.get(f"{base}/ready", timeout=10).status_code == 200,
-            what="workers live",
+            lambda: (
+                sorted(
+                    w["pid"] for w in requests.get(f"{base}/ready", timeout=10).json()["workers"]
+                )
+                == pids
+            ),
+            what="every worker live",
         )
 
         def post(n: int) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -207,6 +207,14 @@ class Heart:
     def start(self) -> None:
         threading.Thread(target=self._loop, name="worker-heartbeat", daemon=True).start()
 
+    def set_state(self, state: str) -> None:
+        """Change the reported state and tell Redis now (best effort), not at the next beat."""
+        self.state = state
+        try:
+            liveness.beat(connect(self.app), self.name, {**self.info, "state": state})
+        except redis.RedisError:
+            pass  # the heartbeat thread logs the outage
+
     def beat_once(self) -> None:
         for starter, thread in list(self.threads.items()):
             if not thread.is_alive():
@@ -271,7 +279,7 @@ def run_worker(
                 if not claim_name(worker, stale_after):
                     _sleep_interruptible(heart.interval)
                     continue
-                heart.state = "working"
+                heart.set_state("working")
                 worker.work(burst=burst, with_scheduler=True, logging_level=app.config["LOG_LEVEL"])
                 if worker.lost is None:
                     heart.forget()
@@ -279,7 +287,7 @@ def run_worker(
                 lost = worker.lost
             except WORKER_SURVIVES as exc:
                 lost = exc
-            heart.state = "reconnecting"
+            heart.set_state("reconnecting")
             if time.monotonic() - started > STABLE_AFTER:
                 backoff = 1.0
             log.warning("worker %s: %s; reconnecting in %g s", name, describe(lost), backoff)
