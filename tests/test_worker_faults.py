@@ -305,7 +305,7 @@ def test_a_fixed_name_restarts_at_once_after_sigkill(app: Any, tmp_path: Path) -
 def test_ready_reports_workers_and_lag_and_fails_without_a_worker(
     app: Any, api: ApiClient, integration: dict[str, Any], receiver: Receiver, tmp_path: Path
 ) -> None:
-    strict = create_app({**app.config, "WORKER_STALE_AFTER": 2})
+    strict = create_app({**app.config, "WORKER_STALE_AFTER": 2, "READY_REQUIRES_WORKER": True})
     ready = strict.test_client()
     assert api.post("/api/v1/event-types", json={"name": "order.paid"}).status_code == 201
     hook = {"url": receiver.url, "events": ["order.paid"], "integration_id": integration["id"]}

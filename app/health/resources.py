@@ -12,7 +12,7 @@ from flask import current_app
 from app.store.db import database
 from app.store.models import Delivery, utcnow
 from app.store.redis import get_redis
-from app.web.api import Blueprint
+from app.web.api import PROBLEM_CONTENT_TYPE, Blueprint, ProblemSchema
 from app.web.problems import Problem
 from app.workers.liveness import live_workers
 
@@ -53,9 +53,20 @@ def health() -> dict[str, Any]:
     return {"status": "ok"}
 
 
+class NotReadySchema(ProblemSchema):
+    checks = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())
+    workers = ma.fields.List(ma.fields.Nested(WorkerSchema))
+    oldest_due_delivery_age = ma.fields.Float(allow_none=True)
+
+
 @blp.route("/ready", methods=["GET"])
 @blp.response(200, ReadySchema)
-@blp.problem(503, "The database or Redis is unreachable, or no worker is live")
+@blp.alt_response(
+    503,
+    schema=NotReadySchema,
+    content_type=PROBLEM_CONTENT_TYPE,
+    description="The database or Redis is unreachable, or no worker is live",
+)
 def ready() -> dict[str, Any]:
     """Readiness: the database and Redis answer and a worker heartbeated recently."""
     checks = {"database": "ok", "redis": "ok", "workers": "ok"}
