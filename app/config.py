@@ -515,6 +515,22 @@ SETTINGS: tuple[Setting, ...] = (
         "a number of seconds, at least 0.1",
         _number,
     ),
+    Setting(
+        "WORKER_STALE_AFTER",
+        "SWITCHBOARD_WORKER_STALE_AFTER",
+        "60",
+        _seconds(1),
+        "a number of seconds, at least 1",
+        _number,
+    ),
+    Setting(
+        "READY_REQUIRES_WORKER",
+        "SWITCHBOARD_READY_REQUIRES_WORKER",
+        "true",
+        _boolean,
+        "true or false",
+        lambda v: "true" if v else "false",
+    ),
 )
 
 

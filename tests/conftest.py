@@ -96,6 +96,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "DELIVERY_LEASE_SECONDS": 3,
         "CONNECTOR_TIMEOUT": 3,
         "RETURN_TO_ORIGINS": "http://app.test",
+        "READY_REQUIRES_WORKER": False,  # most tests run no worker; test_worker_faults sets it
     }
     application = create_app(config)
     application.instance_path = str(instance)

@@ -126,7 +126,11 @@ def test_dev_command_serves_the_api_and_stops_everything_on_ctrl_c(
     assert response.status_code == 200, response.text
     assert response.json()["owner"]["email"] == "admin@localhost"
     assert "admin" in response.json()["scopes"]
-    assert requests.get(f"{base}/ready", timeout=HTTP_TIMEOUT).status_code == 200
+    # ready once the worker has sent its first heartbeat
+    assert wait_until(
+        lambda: requests.get(f"{base}/ready", timeout=HTTP_TIMEOUT).status_code == 200,
+        START_TIMEOUT,
+    ), output.text()
 
     embedded = redis.Redis.from_url(redis_url)
     redis_pid = int(embedded.info("server")["process_id"])

@@ -23,6 +23,7 @@ from app.alerts.notify import alert_view, queue_notice, send_due
 from app.metrics import instruments as metrics
 from app.store.db import database
 from app.store.models import AlertFiring, AlertRule, utcnow
+from app.store.outage import WORKER_SURVIVES, describe
 from app.store.redis import get_redis
 from app.stream import kinds
 
@@ -132,6 +133,8 @@ def start_alert_evaluator(app: Flask) -> threading.Thread:
                 if get_redis().set(LOCK_KEY, owner, nx=True, px=max(1, int(interval * 800))):
                     with database.connection_context():
                         evaluate_alerts()
+            except WORKER_SURVIVES as exc:  # an outage is one line per pass, not a traceback
+                log.warning("alert evaluation failed: %s; next in %g s", describe(exc), interval)
             except Exception:  # noqa: BLE001 - the thread must outlive any failure
                 log.exception("alert evaluation failed; next pass in %g s", interval)
 

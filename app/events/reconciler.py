@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 
-import redis
 from flask import Flask
 
 from app.events.outbox import WAKE_FLAG, wake_dispatcher
 from app.store.db import database
 from app.store.models import Delivery, utcnow
+from app.store.outage import WORKER_SURVIVES, describe
 from app.store.redis import get_redis
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,9 @@ def start_reconciler(app: Flask) -> threading.Thread:
                         due = reconcile_once()
                         if due:
                             log.info("reconciler: %d due deliveries, dispatcher woken", due)
-                except (redis.RedisError, Exception) as exc:  # noqa: BLE001 - keep looping
+                except WORKER_SURVIVES as exc:
+                    log.warning("reconciler pass failed: %s", describe(exc))
+                except Exception as exc:  # noqa: BLE001 - keep looping
                     log.warning("reconciler pass failed: %s", exc)
 
     thread = threading.Thread(target=loop, name="outbox-reconciler", daemon=True)

@@ -134,12 +134,14 @@ def publish_event(data: dict[str, Any]) -> dict[str, Any]:
                     & (Event.created_at <= utcnow() - IDEMPOTENCY_WINDOW)
                 ).execute()
             event = emit_event(data["type"], data["data"], idempotency_key=key)
+            # Answered inside the transaction: once it commits, nothing can fail the request.
+            answer = _answer(event, duplicate=False)
     except peewee.IntegrityError:
         existing = _replay(key) if key else None
         if existing is None:
             raise
         return _answer(existing, duplicate=True)
-    return _answer(event, duplicate=False)
+    return answer
 
 
 @blp.route("/events", methods=["GET"])

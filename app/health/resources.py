@@ -1,4 +1,4 @@
-"""``/health`` (liveness) and ``/ready`` (database and Redis reachable)."""
+"""``/health`` (liveness) and ``/ready`` (database and Redis reachable, a worker live)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ from typing import Any
 
 import marshmallow as ma
 import redis
+from flask import current_app
 
 from app.store.db import database
+from app.store.models import Delivery, utcnow
 from app.store.redis import get_redis
-from app.web.api import Blueprint
+from app.web.api import PROBLEM_CONTENT_TYPE, Blueprint, ProblemSchema
 from app.web.problems import Problem
+from app.workers.liveness import live_workers
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,26 @@ class HealthSchema(ma.Schema):
     checks = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())
 
 
+class WorkerSchema(ma.Schema):
+    name = ma.fields.String()
+    pid = ma.fields.Integer()
+    host = ma.fields.String()
+    state = ma.fields.String(metadata={"description": "starting, working or reconnecting"})
+    started_at = ma.fields.String()
+    last_heartbeat_age = ma.fields.Float(metadata={"description": "seconds"})
+
+
+class ReadySchema(HealthSchema):
+    workers = ma.fields.List(
+        ma.fields.Nested(WorkerSchema),
+        metadata={"description": "Workers that heartbeated within WORKER_STALE_AFTER seconds"},
+    )
+    oldest_due_delivery_age = ma.fields.Float(
+        allow_none=True,
+        metadata={"description": "Seconds the oldest due, undelivered delivery has waited"},
+    )
+
+
 @blp.route("/health", methods=["GET"])
 @blp.response(200, HealthSchema)
 def health() -> dict[str, Any]:
@@ -30,24 +53,54 @@ def health() -> dict[str, Any]:
     return {"status": "ok"}
 
 
+class NotReadySchema(ProblemSchema):
+    checks = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())
+    workers = ma.fields.List(ma.fields.Nested(WorkerSchema))
+    oldest_due_delivery_age = ma.fields.Float(allow_none=True)
+
+
 @blp.route("/ready", methods=["GET"])
-@blp.response(200, HealthSchema)
-@blp.problem(503, "The database or Redis is unreachable")
+@blp.response(200, ReadySchema)
+@blp.alt_response(
+    503,
+    schema=NotReadySchema,
+    content_type=PROBLEM_CONTENT_TYPE,
+    description="The database or Redis is unreachable, or no worker is live",
+)
 def ready() -> dict[str, Any]:
-    """Readiness: the database and Redis both answer."""
-    checks = {"database": "ok", "redis": "ok"}
+    """Readiness: the database and Redis answer and a worker heartbeated recently."""
+    checks = {"database": "ok", "redis": "ok", "workers": "ok"}
+    report: dict[str, Any] = {"workers": [], "oldest_due_delivery_age": None}
     try:
         database.execute_sql("SELECT 1")
+        report["oldest_due_delivery_age"] = _oldest_due_age()
     except Exception as exc:  # noqa: BLE001 - any driver error means "not ready"
         log.warning("readiness: database check failed: %s", exc)
         checks["database"] = "unavailable"
     try:
-        get_redis().ping()
+        client = get_redis()
+        client.ping()
+        report["workers"] = live_workers(client, current_app.config["WORKER_STALE_AFTER"])
     except redis.RedisError as exc:
         log.warning("readiness: redis check failed: %s", exc)
-        checks["redis"] = "unavailable"
-    if any(v != "ok" for v in checks.values()):
-        raise Problem(
-            503, "Not ready: " + ", ".join(k for k, v in checks.items() if v != "ok"), checks=checks
-        )
-    return {"status": "ok", "checks": checks}
+        checks["redis"] = checks["workers"] = "unavailable"
+    if checks["redis"] == "ok" and not report["workers"]:
+        checks["workers"] = "none live"
+    failing = [k for k, v in checks.items() if v != "ok"]
+    if not current_app.config["READY_REQUIRES_WORKER"] and checks["workers"] == "none live":
+        failing.remove("workers")
+    if failing:
+        raise Problem(503, "Not ready: " + ", ".join(failing), checks=checks, **report)
+    return {"status": "ok", "checks": checks, **report}
+
+
+def _oldest_due_age() -> float | None:
+    """Seconds the oldest pending delivery has been due, or None when none is due."""
+    now = utcnow()
+    oldest = (
+        Delivery.select(Delivery.next_attempt_at)
+        .where((Delivery.status == "pending") & (Delivery.next_attempt_at <= now))
+        .order_by(Delivery.next_attempt_at)
+        .first()
+    )
+    return None if oldest is None else round((now - oldest.next_attempt_at).total_seconds(), 1)

@@ -19,6 +19,7 @@ from flask import Flask, Response, current_app, g
 from app.limits.limiter import RateLimitDecision, RateLimiter
 from app.limits.usage import UsageBuffer
 from app.metrics import instruments as metrics
+from app.store.outage import RETRY_AFTER
 from app.store.redis import connect
 from app.web.problems import Problem
 
@@ -72,7 +73,9 @@ def enforce(
             return None
         log.error("rate limiter unavailable, refusing %s (fail closed): %s", key_id, exc)
         raise Problem(
-            503, "The rate limiter is unavailable, so the request was not processed; retry later."
+            503,
+            "The rate limiter is unavailable, so the request was not processed; retry later.",
+            headers={"Retry-After": str(RETRY_AFTER)},
         ) from exc
     if not decision.counted:
         g.pop("usage", None)

@@ -16,6 +16,7 @@ from flask import Flask
 
 from app.oauth.tokens import REFRESH_MARGIN, refresh_due
 from app.store.db import database
+from app.store.outage import WORKER_SURVIVES, describe
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ def start_token_refresher(app: Flask) -> threading.Thread:
                 try:
                     with database.connection_context():
                         refresh_due(horizon)
+                except WORKER_SURVIVES as exc:
+                    log.warning("token refresh pass failed: %s", describe(exc))
                 except Exception as exc:  # noqa: BLE001 - keep refreshing on the next pass
                     log.warning("token refresh pass failed: %s", exc)
 

@@ -10,6 +10,8 @@ from flask import Flask, Response, g, has_request_context, json, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
+from app.store.outage import RETRY_AFTER, STORE_DOWN, describe, which_store
+
 log = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://switchboard.dev/problems/"
@@ -143,7 +145,25 @@ def handle_unexpected(exc: Exception) -> Response:
     return problem_response(500, InternalServerError.description)
 
 
+def handle_store_down(exc: Exception) -> Response:
+    """The database or Redis is unreachable: 503 with ``Retry-After``, one log line, no trace.
+
+    A publish builds its answer before it commits, so this means its transaction did not
+    commit (unless the connection broke during COMMIT itself: then the retry with the same
+    ``Idempotency-Key`` finds the event and answers ``duplicate: true``, which is the truth).
+    """
+    log.warning("%s %s answered 503: %s", request.method, request.path, describe(exc))
+    return problem_response(
+        503,
+        f"{'Redis' if which_store(exc) == 'Redis' else 'The database'} is unavailable, so the "
+        "request was not processed; retry later (with the same Idempotency-Key, if any).",
+        headers={"Retry-After": str(RETRY_AFTER)},
+    )
+
+
 def init_app(app: Flask) -> None:
     """Route every error through problem+json."""
     app.register_error_handler(HTTPException, handle_http_exception)
+    for store_error in STORE_DOWN:
+        app.register_error_handler(store_error, handle_store_down)
     app.register_error_handler(Exception, handle_unexpected)
