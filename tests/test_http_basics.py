@@ -132,3 +132,30 @@ def test_nul_in_path_and_deep_json_are_400(api):
     deep = "[" * 100_000 + "]" * 100_000
     res = api.post("/api/v1/event-types", data=deep, headers={"Content-Type": "application/json"})
     assert res.status_code == 400 and res.content_type == PROBLEM
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("/api/v1/integrations", '{"name": "a\\ud800", "type": "api", "provider": "rest"}'),
+        ("/api/v1/auth/login", '{"email": "a@example.com", "password": "\\udfff"}'),
+        ("/api/v1/event-types", '{"name": "order.paid", "description": "\\ud800x"}'),
+        ("/api/v1/event-types", '{"name": "order.paid", "n": 1' + "0" * 5000 + "}"),
+        ("/api/v1/integrations", '{"name": "x", "type": "api", "metadata": {"n": NaN}}'),
+        ("/api/v1/events", '{"type": "order.paid", "data": {"n": -Infinity}}'),
+        ("/api/v1/events", '{"type": "order.paid", "data": {"n": 1e400}}'),
+    ],
+)
+def test_json_that_only_python_accepts_is_a_400_problem(api, url, body):
+    res = api.post(url, data=body, headers={"Content-Type": "application/json"})
+    assert res.status_code == 400 and res.content_type == PROBLEM, res.text
+    assert res.json["detail"].startswith("The body is not valid JSON")
+
+
+def test_surrogate_pairs_still_work_and_output_is_strict_json(api, receiver):
+    res = api.post("/api/v1/event-types", json={"name": "order.paid", "description": "🎉 paid"})
+    assert res.status_code == 201 and res.json["description"] == "🎉 paid"
+    assert api.post("/api/v1/event-types", json={"name": "x.y", "n": 10**4000}).status_code == 422
+    # Nothing non-finite gets in, so lists and webhook bodies parse with a strict parser.
+    listed = api.get("/api/v1/event-types")
+    json.loads(listed.text, parse_constant=lambda name: pytest.fail(f"{name} in output"))

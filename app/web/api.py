@@ -19,10 +19,11 @@ from flask import current_app
 from flask_smorest import Api as _Api
 from flask_smorest import Blueprint as _Blueprint
 from flask_smorest.spec import prepare_response
-from webargs.flaskparser import FlaskParser
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
 
 from app.web import problems
-from app.web.hygiene import refuse_nul
+from app.web.hygiene import parse_json_body
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
@@ -74,13 +75,13 @@ class Api(_Api):
 
 
 class ArgumentsParser(FlaskParser):
-    """webargs' Flask parser, refusing NUL characters in JSON bodies (see ``app.web.hygiene``)."""
+    """webargs' Flask parser, parsing JSON bodies strictly (see ``app.web.hygiene``)."""
 
     def _raw_load_json(self, req: Any) -> Any:
-        try:
-            return refuse_nul(super()._raw_load_json(req))
-        except RecursionError as exc:
-            raise problems.Problem(400, "The JSON body is nested too deeply.") from exc
+        if not is_json_request(req):
+            return core.missing
+        body = req.get_data(cache=True)
+        return core.missing if body == b"" else parse_json_body(body)
 
 
 class Blueprint(_Blueprint):
@@ -101,7 +102,8 @@ class Blueprint(_Blueprint):
         """``Blueprint.arguments`` that also documents the 400 for unparsable input."""
         decorator = super().arguments(schema, location=location, **kwargs)
         why = {
-            "json": "The body is not valid JSON, or a string in it contains NUL",
+            "json": "The body is not strict JSON (RFC 8259: no NaN or Infinity, no lone "
+            "surrogates, numbers in range), or a string in it contains NUL",
             "query": "A query parameter contains NUL",
         }.get(location)
         if why is None:
