@@ -159,3 +159,26 @@ def test_surrogate_pairs_still_work_and_output_is_strict_json(api, receiver):
     # Nothing non-finite gets in, so lists and webhook bodies parse with a strict parser.
     listed = api.get("/api/v1/event-types")
     json.loads(listed.text, parse_constant=lambda name: pytest.fail(f"{name} in output"))
+
+
+def test_whole_number_floats_are_integers_as_json_schema_says(api):
+    key = api.post("/api/v1/api-keys", json={"name": "k", "permissions": ["logs:read"]}).json
+    rotate = f"/api/v1/api-keys/{key['id']}/rotate"
+    assert api.post(rotate, json={"grace_period_seconds": 779.0}).status_code == 200
+    for wrong in (779.5, "779", True):
+        res = api.post(rotate, json={"grace_period_seconds": wrong})
+        assert res.status_code == 422 and "grace_period_seconds" in res.json["errors"], wrong
+
+
+def test_the_spec_says_what_the_service_does(client, api, integration):
+    spec = client.get("/api/v1/openapi.json").json["paths"]
+    # No body is accepted (default grace period; nothing to change), and the spec says so.
+    rotate = spec["/api/v1/api-keys/{key_id}/rotate"]["post"]["requestBody"]
+    patch = spec["/api/v1/integrations/{integration_id}"]["patch"]["requestBody"]
+    assert rotate.get("required") is not True and patch.get("required") is not True
+    key = api.post("/api/v1/api-keys", json={"name": "k", "permissions": ["logs:read"]}).json
+    assert api.post(f"/api/v1/api-keys/{key['id']}/rotate").status_code == 200
+    assert api.patch(f"/api/v1/integrations/{integration['id']}").status_code == 200
+    # The gateway passes the upstream's answer through, whatever its content type.
+    gateway = spec["/api/v1/gateway/{integration_id}/{path}"]["get"]["responses"]
+    assert "*/*" in gateway["200"]["content"] and "*/*" in gateway["default"]["content"]

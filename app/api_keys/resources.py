@@ -136,7 +136,7 @@ class ApiKeysById(MethodView):
 
 @blp.route("/<key_id>/rotate", methods=["POST"])
 @blp.auth("keys:write")
-@blp.arguments(RotateSchema)
+@blp.arguments(RotateSchema, required=False)  # no body: the default grace period
 @blp.response(200, ApiKeyCreatedSchema)
 @blp.problem(404, "No such API key")
 @blp.problem(409, "The key is revoked")

@@ -87,7 +87,7 @@ class IntegrationsById(MethodView):
         return get_integration(integration_id)
 
     @blp.auth("integrations:write")
-    @blp.arguments(IntegrationSchema(partial=True))
+    @blp.arguments(IntegrationSchema(partial=True), required=False)  # no body: no change
     @blp.response(200, IntegrationSchema)
     @blp.problem(404, "No such integration")
     def patch(self, data: dict[str, Any], integration_id: str) -> Integration:

@@ -74,8 +74,46 @@ class Api(_Api):
         self.spec.components.response("DEFAULT_ERROR", default, lazy=True)
 
 
+#: Beyond 2**53 a float no longer holds every integer: such a "whole" float is not taken as one.
+_EXACT_FLOAT_INTEGERS = 2**53
+
+
+def _json_integers(schema: ma.Schema, data: Any) -> Any:
+    """``data`` with whole-number floats (``779.0``) as ints where ``schema`` wants an Integer.
+
+    JSON has one number type and JSON Schema's ``integer`` includes ``779.0``; marshmallow's
+    strict ``Integer`` would refuse it. Only fields declared Integer are touched: free-form
+    data (event payloads, metadata) passes through exactly as sent.
+    """
+    if not isinstance(data, dict):
+        return data
+    loaded = dict(data)
+    for name, field in schema.fields.items():
+        key = field.data_key or name
+        if key in loaded:
+            loaded[key] = _json_integer(field, loaded[key])
+    return loaded
+
+
+def _json_integer(field: ma.fields.Field, value: Any) -> Any:
+    if isinstance(field, ma.fields.Integer):
+        whole = isinstance(value, float) and value.is_integer()
+        return int(value) if whole and abs(value) <= _EXACT_FLOAT_INTEGERS else value
+    if isinstance(field, ma.fields.Nested) and isinstance(field.schema, ma.Schema):
+        if field.many and isinstance(value, list):
+            return [_json_integers(field.schema, item) for item in value]
+        return _json_integers(field.schema, value)
+    if isinstance(field, ma.fields.List) and isinstance(value, list):
+        return [_json_integer(field.inner, item) for item in value]
+    return value
+
+
 class ArgumentsParser(FlaskParser):
     """webargs' Flask parser, parsing JSON bodies strictly (see ``app.web.hygiene``)."""
+
+    def _load_location_data(self, *, schema: ma.Schema, req: Any, location: str) -> Any:
+        data = super()._load_location_data(schema=schema, req=req, location=location)
+        return _json_integers(schema, data) if location == "json" else data
 
     def _raw_load_json(self, req: Any) -> Any:
         if not is_json_request(req):
