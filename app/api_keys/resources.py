@@ -28,7 +28,7 @@ from app.limits.usage import STATUS_FIELDS, read
 from app.store.db import database
 from app.store.models import ApiKey, utcnow
 from app.store.redis import get_redis
-from app.web.api import Blueprint, paginate
+from app.web.api import Blueprint, created_links, paginate
 from app.web.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class ApiKeys(MethodView):
     @blp.auth("keys:write")
     @blp.arguments(ApiKeySchema)
     @blp.response(201, ApiKeyCreatedSchema)
+    @blp.doc(**created_links("/api/v1/api-keys/{key_id}", "key_id", ("get", "delete")))
     def post(self, data: dict[str, Any]) -> ApiKey:
         """Create an API key; the secret is in `key`, returned only this once."""
         principal = g.principal

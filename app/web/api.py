@@ -183,6 +183,23 @@ class Blueprint(_Blueprint):
         return decorator
 
 
+def created_links(item_path: str, parameter: str, methods: tuple[str, ...]) -> dict[str, Any]:
+    """OpenAPI ``links`` from a create operation's 201 to the operations on the new item.
+
+    They let clients (and schemathesis' stateful tests) follow ``id`` from the created object
+    into ``item_path``'s ``{parameter}``.
+    """
+    ref = "#/paths/" + item_path.replace("~", "~0").replace("/", "~1")
+    links = {
+        f"{method.capitalize()}Created": {
+            "operationRef": f"{ref}/{method}",
+            "parameters": {parameter: "$response.body#/id"},
+        }
+        for method in methods
+    }
+    return {"responses": {"201": {"links": links}}}
+
+
 class UTCDateTime(ma.fields.DateTime):
     """ISO-8601 datetime: dumps stored naive-UTC values with ``Z``; loads into naive UTC."""
 

@@ -26,7 +26,7 @@ from app.store.models import (
 )
 from app.store.secretbox import encrypt
 from app.stream import kinds
-from app.web.api import Blueprint, paginate
+from app.web.api import Blueprint, created_links, paginate
 from app.web.problems import Problem
 from app.webhooks.schemas import (
     DeliveryPageSchema,
@@ -109,6 +109,9 @@ class Webhooks(MethodView):
     @blp.auth("webhooks:write")
     @blp.arguments(WebhookSchema)
     @blp.response(201, WebhookCreatedSchema)
+    @blp.doc(
+        **created_links("/api/v1/webhooks/{webhook_id}", "webhook_id", ("get", "patch", "delete"))
+    )
     def post(self, data: dict[str, Any]) -> Webhook:
         """Create a webhook endpoint; its signing secret is returned only this once."""
         validate_target(data)
