@@ -182,3 +182,11 @@ def test_the_spec_says_what_the_service_does(client, api, integration):
     # The gateway passes the upstream's answer through, whatever its content type.
     gateway = spec["/api/v1/gateway/{integration_id}/{path}"]["get"]["responses"]
     assert "*/*" in gateway["200"]["content"] and "*/*" in gateway["default"]["content"]
+    # Refusals the views make themselves are described where they happen.
+    for path, word in [
+        ("/api/v1/integrations", "provider"),
+        ("/api/v1/api-keys", "expires_at"),
+        ("/api/v1/events", "event type"),
+    ]:
+        assert word in spec[path]["post"]["responses"]["422"]["description"], path
+    assert api.post("/api/v1/events", json={"type": "no.such", "data": {}}).status_code == 422

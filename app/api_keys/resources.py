@@ -92,6 +92,7 @@ class ApiKeys(MethodView):
     @blp.auth("keys:write")
     @blp.arguments(ApiKeySchema)
     @blp.response(201, ApiKeyCreatedSchema)
+    @blp.problem(422, "Invalid fields, or `expires_at` not in the future (see `errors`)")
     @blp.doc(**created_links("/api/v1/api-keys/{key_id}", "key_id", ("get", "delete")))
     def post(self, data: dict[str, Any]) -> ApiKey:
         """Create an API key; the secret is in `key`, returned only this once."""

@@ -67,6 +67,7 @@ class Integrations(MethodView):
     @blp.auth("integrations:write")
     @blp.arguments(IntegrationSchema)
     @blp.response(201, IntegrationSchema)
+    @blp.problem(422, "Invalid fields, an unknown provider, or a config its connector refuses")
     @blp.doc(
         **created_links(
             "/api/v1/integrations/{integration_id}", "integration_id", ("get", "patch", "delete")
