@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEV_KEY_FILE = "dev-admin-key"
 CTRL_C_GRACE_SECONDS = 10.0
 TERM_GRACE_SECONDS = 5.0
+#: gunicorn's own refusals (414, 431, 400) answered as problem+json; see the module.
+GUNICORN_CONFIG = "python:app.web.gunicorn_conf"
 
 
 @click.command("dev")
@@ -149,6 +151,7 @@ def _start_children(
             str(bin_dir / "gunicorn"),
             *("-w", str(workers), "-k", "gthread", "--threads", "4"),
             *("-b", f"{host}:{ports[0]}", "--log-level", level),
+            *("-c", GUNICORN_CONFIG),
             "app:create_app()",
         ],
         cwd=ROOT,
@@ -159,6 +162,7 @@ def _start_children(
             str(bin_dir / "gunicorn"),
             *("-w", "1", "-k", "gevent", "--worker-connections", "1000"),
             *("-b", f"{host}:{ports[1]}", "--log-level", level),
+            *("-c", GUNICORN_CONFIG),
             "app:create_app()",
         ],
         cwd=ROOT,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -27,6 +26,7 @@ from app.connectors import (
     TestResult,
 )
 from app.connectors.hookspecs import hookimpl
+from app.store import jsoncodec
 
 __all__ = ["GitHubConnector", "register_connectors"]
 
@@ -229,7 +229,7 @@ def _payload(request: InboundRequest) -> dict[str, Any]:
     if request.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
         fields = parse_qs(request.body.decode("utf-8", "replace"))
         try:
-            payload = json.loads(fields.get("payload", [""])[0])
+            payload = jsoncodec.loads(fields.get("payload", [""])[0])
         except ValueError:
             raise InboundRejected("form field 'payload' is not valid JSON", status=400) from None
     else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 import random
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +27,7 @@ from app.connectors import (
 )
 from app.connectors.hookspecs import hookimpl
 from app.gateway.transform import TRANSFORM_SCHEMA
+from app.store import jsoncodec
 
 __all__ = [
     "RestConnector",
@@ -206,7 +206,7 @@ def _read_body(response: requests.Response) -> tuple[Any, bool]:
     raw = raw[:MAX_BODY_BYTES]
     if not truncated and "json" in response.headers.get("Content-Type", ""):
         try:
-            return json.loads(raw), False
+            return jsoncodec.loads(raw), False
         except ValueError:
             pass
     return raw.decode(response.encoding or "utf-8", "replace"), truncated

@@ -2,7 +2,8 @@
 
 Every operation gets generated valid (positive) and invalid (negative) requests, sent with an
 admin key through the WSGI app: no response may be a 5xx, and every response must match the
-spec (status code, content type, headers, body schema); invalid input must be rejected with a
+spec (status code, content type, headers, body schema), every JSON answer must parse strictly
+(``app.store.jsoncodec``: no NaN, no lone surrogates); invalid input must be rejected with a
 4xx. Operations with path parameters run twice: with generated ids (the 404 paths) and with the
 ids of freshly created resources, so updates, tests, rotations and deletes run for real. The
 destructive key operations get a sacrificial key, never the fuzzer's own.
@@ -24,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from app.store import jsoncodec
 from tests.conftest import make_key, make_user
 
 FUZZ_SETTINGS = settings(
@@ -99,6 +101,12 @@ def status_code_listed(ctx: Any, response: Any, case: Any) -> None:
         )
 
 
+def strict_json(ctx: Any, response: Any, case: Any) -> None:
+    """Every JSON answer parses with a strict parser: no NaN/Infinity, no lone surrogates."""
+    if response.content and "json" in (response.headers.get("content-type") or [""])[0]:
+        jsoncodec.loads(response.content)
+
+
 def fuzz_operation(operation: Any, mode: Any, auth: dict[str, str], ids: dict[str, str]) -> None:
     """Run one operation's Hypothesis test; raises what schemathesis found."""
 
@@ -110,7 +118,7 @@ def fuzz_operation(operation: Any, mode: Any, auth: dict[str, str], ids: dict[st
         case.call_and_validate(
             headers=auth,
             excluded_checks=[schemathesis.checks.positive_data_acceptance],
-            additional_checks=[status_code_listed],
+            additional_checks=[status_code_listed, strict_json],
         )
 
     fuzz()
@@ -145,3 +153,38 @@ def test_every_operation_conforms_to_the_spec(
     assert tested >= 40
     if failures:
         pytest.fail(f"{len(failures)} operation(s) failed:\n\n" + "\n\n".join(failures))
+
+
+def test_stateful_create_then_use_links(app: Any, fuzz_key: str, peer: str) -> None:
+    """Follow the spec's links (create → get/patch/delete) with every check, stateful ones too.
+
+    ``positive_data_acceptance`` is excluded for the reason given in ``fuzz_operation``.
+    """
+    schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
+    auth = {"Authorization": f"Bearer {fuzz_key}"}
+
+    class Machine(schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"headers": auth}
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            case.validate_response(
+                response,
+                additional_checks=[status_code_listed, strict_json],
+                excluded_checks=[schemathesis.checks.positive_data_acceptance],
+                headers=auth,  # sent instead of generated auth: the auth checks must know
+                transport_kwargs=kwargs or None,
+                recorder=self.recorder,
+            )
+
+    Machine.run(
+        settings=settings(
+            max_examples=int(os.environ.get("FUZZ_STATEFUL_EXAMPLES", "15")),
+            stateful_step_count=6,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            print_blob=False,
+        )
+    )

@@ -133,3 +133,61 @@ def test_nul_in_path_and_deep_json_are_400(api):
     deep = "[" * 100_000 + "]" * 100_000
     res = api.post("/api/v1/event-types", data=deep, headers={"Content-Type": "application/json"})
     assert res.status_code == 400 and res.content_type == PROBLEM
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("/api/v1/integrations", '{"name": "a\\ud800", "type": "api", "provider": "rest"}'),
+        ("/api/v1/auth/login", '{"email": "a@example.com", "password": "\\udfff"}'),
+        ("/api/v1/event-types", '{"name": "order.paid", "description": "\\ud800x"}'),
+        ("/api/v1/event-types", '{"name": "order.paid", "n": 1' + "0" * 5000 + "}"),
+        ("/api/v1/integrations", '{"name": "x", "type": "api", "metadata": {"n": NaN}}'),
+        ("/api/v1/events", '{"type": "order.paid", "data": {"n": -Infinity}}'),
+        ("/api/v1/events", '{"type": "order.paid", "data": {"n": 1e400}}'),
+    ],
+)
+def test_json_that_only_python_accepts_is_a_400_problem(api, url, body):
+    res = api.post(url, data=body, headers={"Content-Type": "application/json"})
+    assert res.status_code == 400 and res.content_type == PROBLEM, res.text
+    assert res.json["detail"].startswith("The body is not valid JSON")
+
+
+def test_surrogate_pairs_still_work_and_output_is_strict_json(api, receiver):
+    res = api.post("/api/v1/event-types", json={"name": "order.paid", "description": "🎉 paid"})
+    assert res.status_code == 201 and res.json["description"] == "🎉 paid"
+    assert api.post("/api/v1/event-types", json={"name": "x.y", "n": 10**4000}).status_code == 422
+    # Nothing non-finite gets in, so lists and webhook bodies parse with a strict parser.
+    listed = api.get("/api/v1/event-types")
+    json.loads(listed.text, parse_constant=lambda name: pytest.fail(f"{name} in output"))
+
+
+def test_whole_number_floats_are_integers_as_json_schema_says(api):
+    key = api.post("/api/v1/api-keys", json={"name": "k", "permissions": ["logs:read"]}).json
+    rotate = f"/api/v1/api-keys/{key['id']}/rotate"
+    assert api.post(rotate, json={"grace_period_seconds": 779.0}).status_code == 200
+    for wrong in (779.5, "779", True):
+        res = api.post(rotate, json={"grace_period_seconds": wrong})
+        assert res.status_code == 422 and "grace_period_seconds" in res.json["errors"], wrong
+
+
+def test_the_spec_says_what_the_service_does(client, api, integration):
+    spec = client.get("/api/v1/openapi.json").json["paths"]
+    # No body is accepted (default grace period; nothing to change), and the spec says so.
+    rotate = spec["/api/v1/api-keys/{key_id}/rotate"]["post"]["requestBody"]
+    patch = spec["/api/v1/integrations/{integration_id}"]["patch"]["requestBody"]
+    assert rotate.get("required") is not True and patch.get("required") is not True
+    key = api.post("/api/v1/api-keys", json={"name": "k", "permissions": ["logs:read"]}).json
+    assert api.post(f"/api/v1/api-keys/{key['id']}/rotate").status_code == 200
+    assert api.patch(f"/api/v1/integrations/{integration['id']}").status_code == 200
+    # The gateway passes the upstream's answer through, whatever its content type.
+    gateway = spec["/api/v1/gateway/{integration_id}/{path}"]["get"]["responses"]
+    assert "*/*" in gateway["200"]["content"] and "*/*" in gateway["default"]["content"]
+    # Refusals the views make themselves are described where they happen.
+    for path, word in [
+        ("/api/v1/integrations", "provider"),
+        ("/api/v1/api-keys", "expires_at"),
+        ("/api/v1/events", "event type"),
+    ]:
+        assert word in spec[path]["post"]["responses"]["422"]["description"], path
+    assert api.post("/api/v1/events", json={"type": "no.such", "data": {}}).status_code == 422

@@ -29,7 +29,7 @@ from app.limits.usage import STATUS_FIELDS, read
 from app.store.db import database
 from app.store.models import ApiKey, utcnow
 from app.store.redis import get_redis
-from app.web.api import Blueprint, paginate
+from app.web.api import Blueprint, created_links, paginate
 from app.web.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ class ApiKeys(MethodView):
     @blp.auth("keys:write")
     @blp.arguments(ApiKeySchema)
     @blp.response(201, ApiKeyCreatedSchema)
+    @blp.problem(422, "Invalid fields, or `expires_at` not in the future (see `errors`)")
+    @blp.doc(**created_links("/api/v1/api-keys/{key_id}", "key_id", ("get", "delete")))
     def post(self, data: dict[str, Any]) -> ApiKey:
         """Create an API key; the secret is in `key`, returned only this once.
 
@@ -145,7 +147,7 @@ class ApiKeysById(MethodView):
 
 @blp.route("/<key_id>/rotate", methods=["POST"])
 @blp.auth("keys:write")
-@blp.arguments(RotateSchema)
+@blp.arguments(RotateSchema, required=False)  # no body: the default grace period
 @blp.response(200, ApiKeyCreatedSchema)
 @blp.problem(404, "No such API key")
 @blp.problem(409, "The key is revoked")

@@ -23,6 +23,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from requests.structures import CaseInsensitiveDict
 
 from app.outbound.guard import BlockedDestination
+from app.store import jsoncodec
 from app.webhooks.backoff import parse_retry_after as _parse_retry_after
 
 __all__ = [
@@ -156,7 +157,7 @@ class InboundRequest:
     def json(self) -> Any:
         """Return the body parsed as JSON, or raise ``InboundRejected`` (status 400)."""
         try:
-            return json.loads(self.body)
+            return jsoncodec.loads(self.body)
         except ValueError as exc:
             raise InboundRejected("request body is not valid JSON", status=400) from exc
 

@@ -99,6 +99,7 @@ def _answer(event: Event, duplicate: bool) -> dict[str, Any]:
 @blp.arguments(PublishSchema)
 @blp.response(202, PublishedSchema)
 @blp.problem(413, "The event payload is over 256 KiB")
+@blp.problem(422, "Invalid fields, or an unknown or non-custom event type (see `errors`)")
 @blp.doc(
     parameters=[
         {

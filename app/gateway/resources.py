@@ -119,7 +119,18 @@ def _log(row: Integration, status: str, data: dict[str, Any], error: str | None,
     "(weighted round robin, passive health checks, retries for idempotent methods, Kong-style "
     "request transformation, upstream credentials from the integration). The response is the "
     "upstream's, streamed; Switchboard errors are problem+json.",
-    responses={"200": {"description": "The upstream's response, streamed as received"}},
+    responses={
+        "200": {
+            "description": "The upstream's response, streamed as received: any content type "
+            "(JSON, text/html, binary), with the upstream's status code",
+            "content": {"*/*": {"schema": {}}},
+        },
+        "default": {
+            "description": "Any other status the upstream answered, passed through with its "
+            "own content type (an upstream's 404 or 500 is not problem+json)",
+            "content": {"*/*": {"schema": {}}},
+        },
+    },
 )
 @blp.problem(400, "The path climbs out of the upstream's base URL")
 @blp.problem(404, "No such rest integration")

@@ -28,7 +28,7 @@ from app.logs.schemas import LogPageSchema, LogQueryArgsSchema
 from app.store.db import database
 from app.store.models import Integration, IntegrationLog, utcnow
 from app.stream import kinds
-from app.web.api import Blueprint, paginate
+from app.web.api import Blueprint, created_links, paginate
 from app.web.problems import Problem
 
 blp = Blueprint(
@@ -67,6 +67,12 @@ class Integrations(MethodView):
     @blp.auth("integrations:write")
     @blp.arguments(IntegrationSchema)
     @blp.response(201, IntegrationSchema)
+    @blp.problem(422, "Invalid fields, an unknown provider, or a config its connector refuses")
+    @blp.doc(
+        **created_links(
+            "/api/v1/integrations/{integration_id}", "integration_id", ("get", "patch", "delete")
+        )
+    )
     def post(self, data: dict[str, Any]) -> Integration:
         """Create an integration."""
         fields = prepare_create(data)
@@ -87,7 +93,7 @@ class IntegrationsById(MethodView):
         return get_integration(integration_id)
 
     @blp.auth("integrations:write")
-    @blp.arguments(IntegrationSchema(partial=True))
+    @blp.arguments(IntegrationSchema(partial=True), required=False)  # no body: no change
     @blp.response(200, IntegrationSchema)
     @blp.problem(404, "No such integration")
     def patch(self, data: dict[str, Any], integration_id: str) -> Integration:

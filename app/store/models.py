@@ -11,6 +11,7 @@ from typing import Any
 import peewee
 from playhouse.shortcuts import model_to_dict
 
+from app.store import jsoncodec
 from app.store.db import database
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -30,7 +31,7 @@ class JSONField(peewee.TextField):
     """JSON stored as text: portable between SQLite and PostgreSQL."""
 
     def db_value(self, value: Any) -> str | None:
-        return None if value is None else json.dumps(value, separators=(",", ":"))
+        return None if value is None else jsoncodec.dumps(value, separators=(",", ":"))
 
     def python_value(self, value: str | None) -> Any:
         return None if value is None else json.loads(value)

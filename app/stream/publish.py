@@ -19,7 +19,6 @@ when it concerns one) and ``d`` (the JSON data).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -32,6 +31,7 @@ import redis
 from flask import Flask, current_app
 
 from app.metrics import instruments as metrics
+from app.store import jsoncodec
 from app.store.db import database
 from app.store.redis import connect
 
@@ -89,7 +89,7 @@ class Entry:
             "i": self.integration_id or "",
             "w": self.webhook_id or "",
             "e": self.event_type or "",
-            "d": json.dumps(self.data, default=str, separators=(",", ":")),
+            "d": jsoncodec.dumps(self.data, default=str, separators=(",", ":")),
         }
 
 

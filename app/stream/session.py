@@ -12,7 +12,6 @@ key that is no longer valid ends the stream with a ``stream.closed`` event.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from flask import Flask
 
 from app.auth.access import Principal
 from app.metrics import instruments as metrics
+from app.store import jsoncodec
 from app.store.db import database
 from app.store.models import utcnow
 from app.store.redis import connect
@@ -68,7 +68,7 @@ def message(entry: StreamEntry) -> str:
 
 
 def _control(kind: str, data: dict[str, object]) -> str:
-    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return f"event: {kind}\ndata: {jsoncodec.dumps(data, separators=(',', ':'))}\n\n"
 
 
 class StreamSession:

@@ -20,11 +20,12 @@ from flask_smorest import Api as _Api
 from flask_smorest import Blueprint as _Blueprint
 from flask_smorest.spec import prepare_response
 from flask_smorest.utils import resolve_schema_instance
-from webargs.flaskparser import FlaskParser
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
 
 from app.web import problems
 from app.web.dumping import accelerate
-from app.web.hygiene import refuse_nul
+from app.web.hygiene import parse_json_body
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
@@ -75,14 +76,52 @@ class Api(_Api):
         self.spec.components.response("DEFAULT_ERROR", default, lazy=True)
 
 
+#: Beyond 2**53 a float no longer holds every integer: such a "whole" float is not taken as one.
+_EXACT_FLOAT_INTEGERS = 2**53
+
+
+def _json_integers(schema: ma.Schema, data: Any) -> Any:
+    """``data`` with whole-number floats (``779.0``) as ints where ``schema`` wants an Integer.
+
+    JSON has one number type and JSON Schema's ``integer`` includes ``779.0``; marshmallow's
+    strict ``Integer`` would refuse it. Only fields declared Integer are touched: free-form
+    data (event payloads, metadata) passes through exactly as sent.
+    """
+    if not isinstance(data, dict):
+        return data
+    loaded = dict(data)
+    for name, field in schema.fields.items():
+        key = field.data_key or name
+        if key in loaded:
+            loaded[key] = _json_integer(field, loaded[key])
+    return loaded
+
+
+def _json_integer(field: ma.fields.Field, value: Any) -> Any:
+    if isinstance(field, ma.fields.Integer):
+        whole = isinstance(value, float) and value.is_integer()
+        return int(value) if whole and abs(value) <= _EXACT_FLOAT_INTEGERS else value
+    if isinstance(field, ma.fields.Nested) and isinstance(field.schema, ma.Schema):
+        if field.many and isinstance(value, list):
+            return [_json_integers(field.schema, item) for item in value]
+        return _json_integers(field.schema, value)
+    if isinstance(field, ma.fields.List) and isinstance(value, list):
+        return [_json_integer(field.inner, item) for item in value]
+    return value
+
+
 class ArgumentsParser(FlaskParser):
-    """webargs' Flask parser, refusing NUL characters in JSON bodies (see ``app.web.hygiene``)."""
+    """webargs' Flask parser, parsing JSON bodies strictly (see ``app.web.hygiene``)."""
+
+    def _load_location_data(self, *, schema: ma.Schema, req: Any, location: str) -> Any:
+        data = super()._load_location_data(schema=schema, req=req, location=location)
+        return _json_integers(schema, data) if location == "json" else data
 
     def _raw_load_json(self, req: Any) -> Any:
-        try:
-            return refuse_nul(super()._raw_load_json(req))
-        except RecursionError as exc:
-            raise problems.Problem(400, "The JSON body is nested too deeply.") from exc
+        if not is_json_request(req):
+            return core.missing
+        body = req.get_data(cache=True)
+        return core.missing if body == b"" else parse_json_body(body)
 
 
 class Blueprint(_Blueprint):
@@ -109,7 +148,8 @@ class Blueprint(_Blueprint):
         """``Blueprint.arguments`` that also documents the 400 for unparsable input."""
         decorator = super().arguments(schema, location=location, **kwargs)
         why = {
-            "json": "The body is not valid JSON, or a string in it contains NUL",
+            "json": "The body is not strict JSON (RFC 8259: no NaN or Infinity, no lone "
+            "surrogates, numbers in range), or a string in it contains NUL",
             "query": "A query parameter contains NUL",
         }.get(location)
         if why is None:
@@ -149,6 +189,23 @@ class Blueprint(_Blueprint):
             return documented
 
         return decorator
+
+
+def created_links(item_path: str, parameter: str, methods: tuple[str, ...]) -> dict[str, Any]:
+    """OpenAPI ``links`` from a create operation's 201 to the operations on the new item.
+
+    They let clients (and schemathesis' stateful tests) follow ``id`` from the created object
+    into ``item_path``'s ``{parameter}``.
+    """
+    ref = "#/paths/" + item_path.replace("~", "~0").replace("/", "~1")
+    links = {
+        f"{method.capitalize()}Created": {
+            "operationRef": f"{ref}/{method}",
+            "parameters": {parameter: "$response.body#/id"},
+        }
+        for method in methods
+    }
+    return {"responses": {"201": {"links": links}}}
 
 
 class UTCDateTime(ma.fields.DateTime):

@@ -25,9 +25,11 @@ _SLUGS = {
     405: "method-not-allowed",
     409: "conflict",
     413: "payload-too-large",
+    414: "uri-too-long",
     415: "unsupported-media-type",
     422: "validation-error",
     429: "quota-exceeded",
+    431: "header-fields-too-large",
     500: "internal-error",
     502: "bad-gateway",
     503: "service-unavailable",
@@ -56,6 +58,24 @@ class Problem(HTTPException):
         self.extra = extra
 
 
+def problem_document(
+    status: int,
+    detail: str | None = None,
+    *,
+    title: str | None = None,
+    type_slug: str | None = None,
+) -> dict[str, Any]:
+    """The ``type``, ``title``, ``status`` and ``detail`` members of a problem."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + (type_slug or _SLUGS.get(status, "error")),
+        "title": title or HTTP_STATUS_CODES.get(status, "Error"),
+        "status": status,
+    }
+    if detail:
+        body["detail"] = detail
+    return body
+
+
 def problem_response(
     status: int,
     detail: str | None = None,
@@ -67,13 +87,7 @@ def problem_response(
     **extra: Any,
 ) -> Response:
     """Build an ``application/problem+json`` response."""
-    body: dict[str, Any] = {
-        "type": PROBLEM_BASE + (type_slug or _SLUGS.get(status, "error")),
-        "title": title or HTTP_STATUS_CODES.get(status, "Error"),
-        "status": status,
-    }
-    if detail:
-        body["detail"] = detail
+    body = problem_document(status, detail, title=title, type_slug=type_slug)
     if errors:
         body["errors"] = errors
     if has_request_context():

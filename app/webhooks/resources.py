@@ -28,7 +28,7 @@ from app.store.models import (
 )
 from app.store.secretbox import encrypt
 from app.stream import kinds
-from app.web.api import Blueprint, paginate
+from app.web.api import Blueprint, created_links, paginate
 from app.web.keyset import paginate_keyset
 from app.web.problems import Problem
 from app.webhooks.schemas import (
@@ -116,6 +116,9 @@ class Webhooks(MethodView):
     @blp.auth("webhooks:write")
     @blp.arguments(WebhookSchema)
     @blp.response(201, WebhookCreatedSchema)
+    @blp.doc(
+        **created_links("/api/v1/webhooks/{webhook_id}", "webhook_id", ("get", "patch", "delete"))
+    )
     def post(self, data: dict[str, Any]) -> Webhook:
         """Create a webhook endpoint; its signing secret is returned only this once."""
         validate_target(data)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,6 +12,7 @@ import requests
 from app import __version__
 from app.outbound.guard import REFUSED, BlockedDestination
 from app.outbound.session import outbound_session
+from app.store import jsoncodec
 from app.store.models import Webhook, utcnow
 from app.store.secretbox import decrypt
 from app.webhooks.backoff import parse_retry_after
@@ -38,7 +38,7 @@ class SendResult:
 def event_body(event_type: str, created_at: datetime, data: dict[str, Any]) -> bytes:
     """The delivered JSON body; identical on every retry of the same event."""
     timestamp = created_at.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
-    return json.dumps(
+    return jsoncodec.dumps(
         {"type": event_type, "timestamp": timestamp, "data": data}, separators=(",", ":")
     ).encode()
 
