@@ -190,7 +190,7 @@ def test_delivery_time_ssrf_refusal(app, api, integration, publish, monkeypatch)
                 break
             time.sleep(0.1)
         assert failed is not None
-        assert "refused to connect to 127.0.0.1" in failed["attempt_history"][0]["error"]
+        assert "refused by the outbound guard" in failed["attempt_history"][0]["error"]
     finally:
         strict.stop()
 

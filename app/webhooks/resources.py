@@ -61,6 +61,8 @@ def get_webhook(webhook_id: str) -> Webhook:
 def unsafe_url_reason(exc: UnsafeURL) -> str:
     """What the caller learns about a refused URL: the reason, not how our DNS resolved it."""
     log.info("refused webhook URL: %s", exc)
+    if exc.unresolvable:
+        return "the URL's host does not resolve"
     reason = str(exc).rsplit(": ", 1)[-1]
     return f"the URL is not allowed ({reason}); SWITCHBOARD_ALLOWED_NETWORKS can open a range"
 

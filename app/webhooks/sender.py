@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import Any
 import requests
 
 from app import __version__
+from app.outbound.guard import BlockedDestination
 from app.outbound.session import outbound_session
 from app.store.models import Webhook, utcnow
 from app.store.secretbox import decrypt
@@ -19,6 +21,10 @@ from app.webhooks.signing import signature_header
 
 USER_AGENT = f"Switchboard-Webhooks/{__version__}"
 MAX_STORED_BODY = 4096
+# Stored in delivery history and logs that members read: how our DNS resolved a name stays out.
+GUARD_REFUSAL = "destination refused by the outbound guard"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,9 @@ def send_signed(
             return SendResult(False, status, elapsed, error, text, retry_after)
     except requests.Timeout:
         return _failure(started, f"timed out after {timeout_ms} ms")
+    except BlockedDestination as exc:
+        log.warning("webhook to %s refused by the outbound guard: %s", url, exc)
+        return _failure(started, GUARD_REFUSAL)
     except requests.RequestException as exc:
         return _failure(started, f"{type(exc).__name__}: {_short(exc)}")
 
