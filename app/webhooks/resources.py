@@ -42,7 +42,6 @@ from app.webhooks.schemas import (
 from app.webhooks.sender import event_body, send_signed, signing_secrets
 from app.webhooks.signing import generate_secret
 
-
 blp = Blueprint("webhooks", __name__, url_prefix="/api/v1", description="Webhook endpoints")
 
 ROTATION_OVERLAP = timedelta(hours=24)
