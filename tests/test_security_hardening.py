@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 from tests.conftest import ApiClient, make_key, make_user
-from tests.peers import WorkerProcess
+from tests.peers import ROOT, Receiver, WorkerProcess, worker_env
 
 
 def _wait(predicate, timeout=15.0):
@@ -29,7 +33,9 @@ def test_guard_refusal_does_not_reveal_name_resolution(app, api, client, integra
     )
     strict = WorkerProcess(app, SWITCHBOARD_ALLOWED_NETWORKS="")
     try:
-        assert api.post("/api/v1/events", json={"type": "order.paid", "data": {}}).status_code == 202
+        assert (
+            api.post("/api/v1/events", json={"type": "order.paid", "data": {}}).status_code == 202
+        )
         deliveries = _wait(
             lambda: [
                 d
@@ -43,3 +49,104 @@ def test_guard_refusal_does_not_reveal_name_resolution(app, api, client, integra
     seen = json.dumps(deliveries) + json.dumps(logs)
     assert "destination refused by the outbound guard" in seen
     assert "127.0.0.1" not in seen and "resolved from" not in seen
+
+
+def test_connector_destination_urls_are_checked_on_save(api):
+    """REST upstreams and Slack URLs pass the SSRF guard on save, like webhook URLs."""
+    rest = {"name": "r", "type": "api", "provider": "rest"}
+    res = api.post(
+        "/api/v1/integrations",
+        json={
+            **rest,
+            "config": {"upstreams": [{"url": "http://127.0.0.1:9"}, {"url": "http://10.0.0.1"}]},
+        },
+    )
+    assert res.status_code == 422, res.json
+    assert list(res.json["errors"]) == ["config.upstreams.1.url"]
+    assert "private address" in res.json["errors"]["config.upstreams.1.url"][0]
+    assert "10.0.0.1" not in json.dumps(res.json)
+
+    slack = {"name": "s", "type": "notification", "provider": "slack"}
+    res = api.post(
+        "/api/v1/integrations",
+        json={**slack, "config": {"webhook_url": "http://169.254.169.254/latest"}},
+    )
+    assert res.status_code == 422, res.json
+    assert "link-local address" in res.json["errors"]["config.webhook_url"][0]
+    bot = {"bot_token": "xoxb-1", "channel": "#x", "api_base_url": "http://192.168.1.1/api"}
+    res = api.post("/api/v1/integrations", json={**slack, "config": bot})
+    assert res.status_code == 422, res.json
+    assert "private address" in res.json["errors"]["config.api_base_url"][0]
+
+    ok = api.post(
+        "/api/v1/integrations",
+        json={**rest, "config": {"upstreams": [{"url": "http://127.0.0.1:9"}]}},
+    )
+    assert ok.status_code == 201, ok.json
+    res = api.patch(
+        f"/api/v1/integrations/{ok.json['id']}",
+        json={"config": {"upstreams": [{"url": "http://host.invalid"}]}},
+    )
+    assert res.status_code == 422, res.json
+    message = res.json["errors"]["config.upstreams.0.url"][0]
+    assert message == "the URL's host does not resolve"  # no "open a range" hint: it would not help
+
+
+def test_webhook_url_that_does_not_resolve_says_so(api, integration):
+    body = {"url": "http://host.invalid/x", "events": ["*"], "integration_id": integration["id"]}
+    res = api.post("/api/v1/webhooks", json=body)
+    assert res.status_code == 422
+    assert res.json["errors"]["url"] == ["the URL's host does not resolve"]
+
+
+def test_worker_logs_no_action_input(app, api, tmp_path):
+    """A real worker at DEBUG runs a `rest` action; neither its header nor its query is logged."""
+    secret, query_secret = "Bearer s3cr3t-header-value", "s3cr3t-query-value"
+    peer = Receiver(lambda req, n: (200, {"Content-Type": "application/json"}, b"{}"))
+    integration = api.post(
+        "/api/v1/integrations",
+        json={
+            "name": "r",
+            "type": "api",
+            "provider": "rest",
+            "status": "active",
+            "config": {"upstreams": [{"url": peer.url}]},
+        },
+    ).json
+    queued = api.post(
+        f"/api/v1/integrations/{integration['id']}/actions/request",
+        json={
+            "method": "GET",
+            "path": "/x",
+            "headers": {"Authorization": secret},
+            "query": {"key": query_secret},
+        },
+    )
+    assert queued.status_code == 202, queued.json
+    out, err = tmp_path / "out.log", tmp_path / "err.log"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        worker = subprocess.Popen(  # noqa: S603
+            [sys.executable, "worker.py"],
+            cwd=ROOT,
+            env=worker_env(app, SWITCHBOARD_LOG_LEVEL="DEBUG"),
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        try:
+            job = _wait(
+                lambda: (
+                    (j := api.get(f"/api/v1/jobs/{queued.json['job_id']}").json)["status"]
+                    in ("finished", "failed")
+                    and j
+                )
+            )
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(10)
+            peer.close()
+    assert job["status"] == "finished", job
+    assert peer.requests[0].headers["authorization"] == secret  # the action really ran
+    logged = out.read_text() + err.read_text()
+    assert "run_action" in logged or "connectors" in logged  # the worker did log at DEBUG
+    assert [line for line in logged.splitlines() if "s3cr3t" in line] == []

@@ -97,7 +97,7 @@ def send_signed(
     except requests.Timeout:
         return _failure(started, f"timed out after {timeout_ms} ms")
     except BlockedDestination as exc:
-        log.warning("webhook to %s refused by the outbound guard: %s", url, exc)
+        log.warning("webhook delivery refused by the outbound guard: %s", exc)  # host, no path
         return _failure(started, GUARD_REFUSAL)
     except requests.RequestException as exc:
         return _failure(started, f"{type(exc).__name__}: {_short(exc)}")
