@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -9,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import ApiClient, make_key, make_user
+from tests.conftest import ApiClient, create_github_integration, make_key, make_user
 from tests.peers import ROOT, Receiver, WorkerProcess, worker_env
 
 
@@ -150,3 +152,48 @@ def test_worker_logs_no_action_input(app, api, tmp_path):
     logged = out.read_text() + err.read_text()
     assert "run_action" in logged or "connectors" in logged  # the worker did log at DEBUG
     assert [line for line in logged.splitlines() if "s3cr3t" in line] == []
+
+
+def _github_post(client, integration_id, body, delivery, secret="s" * 24, event="push"):
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": signature,
+    }
+    return client.post(f"/api/v1/inbound/{integration_id}", data=body, headers=headers)
+
+
+def _push(pushed_at):
+    return json.dumps(
+        {
+            "ref": "refs/heads/main",
+            "after": "a" * 40,
+            "repository": {"full_name": "acme/shop", "pushed_at": pushed_at},
+            "sender": {"login": "octocat"},
+        }
+    ).encode()
+
+
+def test_captured_github_payload_cannot_be_replayed(api, client):
+    """GitHub does not sign X-GitHub-Delivery: a captured body under a fresh id is refused."""
+    gh = create_github_integration(api)
+    body = _push(int(time.time()))
+    first = _github_post(client, gh["id"], body, "d-1")
+    assert first.status_code == 200 and len(first.json["events"]) == 1, first.json
+    # GitHub's own redelivery keeps its id: answered as a duplicate, as before.
+    again = _github_post(client, gh["id"], body, "d-1")
+    assert again.status_code == 200 and again.json["duplicate"] is True
+    replay = _github_post(client, gh["id"], body, "d-2-fresh-id")
+    assert replay.status_code == 409, replay.json
+    # A payload whose own timestamp is older than the window is refused outright.
+    stale = _github_post(client, gh["id"], _push(int(time.time()) - 7200), "d-3")
+    assert stale.status_code == 401 and "replay window" in stale.json["detail"]
+    logs = api.get(f"/api/v1/logs?integration_id={gh['id']}").json["items"]
+    assert [log["status"] for log in logs] == ["error", "error", "success"]  # newest first
+    # Configurable: 0 turns both checks off.
+    config = {"webhook_secret": "s" * 24, "replay_window_seconds": 0}
+    assert api.patch(f"/api/v1/integrations/{gh['id']}", json={"config": config}).status_code == 200
+    assert _github_post(client, gh["id"], body, "d-4").status_code == 200
+    assert _github_post(client, gh["id"], _push(int(time.time()) - 7200), "d-5").status_code == 200

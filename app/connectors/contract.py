@@ -171,11 +171,18 @@ class Event:
 
 @dataclass
 class InboundResult:
-    """What an accepted inbound request produced; ``response`` is the JSON body to answer."""
+    """What an accepted inbound request produced; ``response`` is the JSON body to answer.
+
+    ``replay_key`` (e.g. the signed body) arriving again under another delivery id within
+    ``replay_window`` seconds is refused (409): for providers whose signature does not cover
+    the delivery id, so a captured request cannot be replayed with a fresh one.
+    """
 
     delivery_id: str | None
     events: list[Event] = field(default_factory=list)
     response: dict[str, Any] | None = None
+    replay_key: bytes | None = None
+    replay_window: int = 0
 
 
 class Connector:
