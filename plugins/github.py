@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -32,6 +34,18 @@ __all__ = ["GitHubConnector", "register_connectors"]
 
 #: Shortest webhook secret ``test`` accepts as strong enough.
 MIN_SECRET_LENGTH = 16
+#: GitHub's signature does not cover ``X-GitHub-Delivery``: how long a captured body is refused.
+DEFAULT_REPLAY_WINDOW = 3600
+#: Where an event's payload says when it happened (``pushed_at`` is epoch seconds, others ISO).
+_TIMESTAMPS: dict[str, tuple[tuple[str, str], ...]] = {
+    "push": (("repository", "pushed_at"),),
+    "pull_request": (("pull_request", "updated_at"),),
+    "issues": (("issue", "updated_at"),),
+    "issue_comment": (("comment", "updated_at"),),
+    "workflow_run": (("workflow_run", "updated_at"),),
+    "check_suite": (("check_suite", "updated_at"),),
+    "deployment_status": (("deployment_status", "updated_at"),),
+}
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -43,6 +57,14 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "description": "The secret set on the GitHub webhook (at least 16 random characters).",
             "minLength": 1,
             "writeOnly": True,
+        },
+        "replay_window_seconds": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 7 * 86400,
+            "default": DEFAULT_REPLAY_WINDOW,
+            "description": "Refuse payloads whose own timestamp is older than this, and the "
+            "same signed body again under another delivery id within it; 0 turns both off.",
         },
     },
     "required": ["webhook_secret"],
@@ -224,6 +246,30 @@ def verify_signature(body: bytes, signature: str | None, secret: str) -> None:
         raise InboundRejected("invalid X-Hub-Signature-256")
 
 
+def _embedded_time(event_name: str, payload: dict[str, Any]) -> float | None:
+    """When the payload says its event happened (epoch seconds), if this kind says so."""
+    for obj, key in _TIMESTAMPS.get(event_name, ()):
+        value = _object(payload.get(obj)).get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value).timestamp()
+            except ValueError:
+                return None
+    return None
+
+
+def check_fresh(event_name: str, payload: dict[str, Any], window: int) -> None:
+    """Raise ``InboundRejected`` if the payload's own timestamp is older than ``window`` s."""
+    happened = _embedded_time(event_name, payload)
+    if window > 0 and happened is not None and happened < time.time() - window:
+        raise InboundRejected(
+            f"payload is older than the replay window ({window} s); redeliver a fresh event "
+            "or raise replay_window_seconds"
+        )
+
+
 def _payload(request: InboundRequest) -> dict[str, Any]:
     """The JSON payload, whether the webhook sends JSON or a form with a ``payload`` field."""
     if request.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
@@ -281,13 +327,12 @@ class GitHubConnector(Connector):
         if event_name == "ping":
             response = {"ok": True, "zen": payload.get("zen"), "hook_id": payload.get("hook_id")}
             return InboundResult(delivery_id, [], response)
+        window = int(config.get("replay_window_seconds", DEFAULT_REPLAY_WINDOW))
+        check_fresh(event_name, payload, window)
         mapper = _MAPPERS.get(event_name)
-        if mapper is None:
-            return InboundResult(delivery_id)
-        event_type, data = mapper(payload)
-        if event_type not in self.event_types:
-            return InboundResult(delivery_id)
-        return InboundResult(delivery_id, [Event(event_type, data)])
+        event_type, data = mapper(payload) if mapper else ("", {})
+        events = [Event(event_type, data)] if event_type in self.event_types else []
+        return InboundResult(delivery_id, events, replay_key=request.body, replay_window=window)
 
 
 @hookimpl

@@ -86,6 +86,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         },
         "redirect_uri": {
             **_URL,
+            "x-destination": False,  # the browser's way back to us, never called by the service
             "description": "Default: SWITCHBOARD_PUBLIC_URL + /api/v1/oauth/callback; register "
             "it at the provider.",
         },

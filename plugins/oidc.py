@@ -88,6 +88,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "token_endpoint_auth_method": {"enum": ["client_secret_basic", "client_secret_post"]},
         "redirect_uri": {
             **_URL,
+            "x-destination": False,  # the browser's way back to us, never called by the service
             "description": "Default: SWITCHBOARD_PUBLIC_URL + /api/v1/auth/sso/callback.",
         },
         "timeout_ms": {"type": "integer", "minimum": 100, "maximum": 60000, "default": 10000},

@@ -162,7 +162,8 @@ def test_delivery_time_ssrf_refusal(app, api, integration, publish, monkeypatch)
     try:
         publish(1)
         [failed] = _wait_delivery(api, hook["id"], "failed")
-        assert failed["attempt_history"][0]["error"].startswith("refused by the SSRF guard")
+        error = failed["attempt_history"][0]["error"]
+        assert error.startswith("destination refused by the outbound guard")
     finally:
         strict.stop()
 

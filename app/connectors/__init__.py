@@ -27,6 +27,7 @@ from app.connectors.contract import (
     replace_secrets,
     secret_paths,
     timeout_seconds,
+    url_paths,
 )
 
 __all__ = [
@@ -51,4 +52,5 @@ __all__ = [
     "replace_secrets",
     "secret_paths",
     "timeout_seconds",
+    "url_paths",
 ]

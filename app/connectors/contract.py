@@ -172,11 +172,18 @@ class Event:
 
 @dataclass
 class InboundResult:
-    """What an accepted inbound request produced; ``response`` is the JSON body to answer."""
+    """What an accepted inbound request produced; ``response`` is the JSON body to answer.
+
+    ``replay_key`` (e.g. the signed body) arriving again under another delivery id within
+    ``replay_window`` seconds is refused (409): for providers whose signature does not cover
+    the delivery id, so a captured request cannot be replayed with a fresh one.
+    """
 
     delivery_id: str | None
     events: list[Event] = field(default_factory=list)
     response: dict[str, Any] | None = None
+    replay_key: bytes | None = None
+    replay_window: int = 0
 
 
 class Connector:
@@ -383,21 +390,41 @@ def secret_paths(schema: Mapping[str, Any]) -> list[tuple[str | int, ...]]:
     item of an array (``items``) or every value of a map (``additionalProperties``). Branches of
     ``oneOf``/``anyOf``/``allOf``/``if``-``then``-``else`` and local ``$ref``s are followed.
     """
-    found: list[tuple[str | int, ...]] = []
-    _walk_secrets(dict(schema), (), dict(schema), found, frozenset())
+    return _marked_paths(schema, lambda node: node.get("writeOnly") is True)
+
+
+def url_paths(schema: Mapping[str, Any]) -> list[tuple[str | int, ...]]:
+    """Return where ``"format": "uri"`` fields sit: destinations checked by the SSRF guard on save.
+
+    Paths are those of ``secret_paths``; a secret URL (Slack's ``webhook_url``) is one too. A
+    URL the service never calls (a browser redirect back to us) opts out with
+    ``"x-destination": false``.
+    """
+    return _marked_paths(
+        schema, lambda node: node.get("format") == "uri" and node.get("x-destination") is not False
+    )
+
+
+Path = tuple[str | int, ...]
+
+
+def _marked_paths(schema: Mapping[str, Any], mark: Callable[[dict[str, Any]], bool]) -> list[Path]:
+    found: list[Path] = []
+    _walk_marked(dict(schema), (), dict(schema), found, frozenset(), mark)
     return found
 
 
-def _walk_secrets(
+def _walk_marked(
     schema: Any,
-    path: tuple[str | int, ...],
+    path: Path,
     root: dict[str, Any],
-    found: list[tuple[str | int, ...]],
+    found: list[Path],
     refs: frozenset[str],
+    mark: Callable[[dict[str, Any]], bool],
 ) -> None:
     if not isinstance(schema, dict):
         return
-    if schema.get("writeOnly") is True:
+    if mark(schema):
         if path not in found:
             found.append(path)
         return
@@ -407,22 +434,22 @@ def _walk_secrets(
         for part in ref.lstrip("#").split("/")[1:]:
             part = part.replace("~1", "/").replace("~0", "~")
             target = target.get(part) if isinstance(target, dict) else None
-        _walk_secrets(target, path, root, found, refs | {ref})
+        _walk_marked(target, path, root, found, refs | {ref}, mark)
     for key, sub in (schema.get("properties") or {}).items():
-        _walk_secrets(sub, (*path, key), root, found, refs)
+        _walk_marked(sub, (*path, key), root, found, refs, mark)
     for sub in (schema.get("patternProperties") or {}).values():
-        _walk_secrets(sub, (*path, ANY), root, found, refs)
-    _walk_secrets(schema.get("additionalProperties"), (*path, ANY), root, found, refs)
-    _walk_secrets(schema.get("items"), (*path, ANY), root, found, refs)
+        _walk_marked(sub, (*path, ANY), root, found, refs, mark)
+    _walk_marked(schema.get("additionalProperties"), (*path, ANY), root, found, refs, mark)
+    _walk_marked(schema.get("items"), (*path, ANY), root, found, refs, mark)
     for index, sub in enumerate(schema.get("prefixItems") or ()):
-        _walk_secrets(sub, (*path, index), root, found, refs)
+        _walk_marked(sub, (*path, index), root, found, refs, mark)
     for keyword in ("allOf", "anyOf", "oneOf"):
         for sub in schema.get(keyword) or ():
-            _walk_secrets(sub, path, root, found, refs)
+            _walk_marked(sub, path, root, found, refs, mark)
     for keyword in ("then", "else"):
-        _walk_secrets(schema.get(keyword), path, root, found, refs)
+        _walk_marked(schema.get(keyword), path, root, found, refs, mark)
     for sub in (schema.get("dependentSchemas") or {}).values():
-        _walk_secrets(sub, path, root, found, refs)
+        _walk_marked(sub, path, root, found, refs, mark)
 
 
 def replace_secrets(schema: Mapping[str, Any], config: Any, replace: Callable[[Any], Any]) -> Any:
@@ -436,6 +463,21 @@ def replace_secrets(schema: Mapping[str, Any], config: Any, replace: Callable[[A
             return replace(result) if result is not None else None
         _replace_at(result, path, replace)
     return result
+
+
+def values_at(config: Any, path: Path, prefix: str = "") -> list[tuple[str, Any]]:
+    """The non-null values at ``path`` in ``config`` (``ANY`` expanded), with dotted paths."""
+    if not path:
+        return [] if config is None else [(prefix.rstrip("."), config)]
+    head, rest = path[0], path[1:]
+    if isinstance(config, dict):
+        keys: list[Any] = list(config) if head == ANY else [head] if head in config else []
+    elif isinstance(config, list):
+        indexes = range(len(config))
+        keys = list(indexes) if head == ANY else [head] if head in indexes else []
+    else:
+        return []
+    return [found for key in keys for found in values_at(config[key], rest, f"{prefix}{key}.")]
 
 
 def _replace_at(node: Any, path: tuple[str | int, ...], replace: Callable[[Any], Any]) -> None:

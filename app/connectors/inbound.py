@@ -13,16 +13,18 @@ import time
 from typing import Any
 
 import peewee
+import redis
 from flask import jsonify, request
 from flask.typing import ResponseReturnValue
 
 from app.auth.access import client_ip, ip_allowed
 from app.connectors.configs import decrypt_config
-from app.connectors.contract import InboundRejected, InboundRequest
+from app.connectors.contract import InboundRejected, InboundRequest, InboundResult
 from app.connectors.extension import connector_context, get_registry
 from app.events.catalog import emit_event
 from app.store.db import database
 from app.store.models import Event, Integration, IntegrationLog
+from app.store.redis import get_redis
 from app.stream import kinds
 from app.web.api import Blueprint
 from app.web.problems import Problem
@@ -36,6 +38,28 @@ def _dedupe_key(integration_id: str, delivery_id: str, index: int) -> str:
     # Hashed: a provider's delivery id is untrusted input of any length or content.
     digest = hashlib.sha256(delivery_id.encode()).hexdigest()[:40]
     return f"inbound:{integration_id}:{digest}#{index}"
+
+
+def _replayed(integration_id: str, result: InboundResult) -> bool:
+    """True if ``result.replay_key`` was seen under another delivery id within its window.
+
+    The first delivery id is remembered with the key, so the provider retrying that same
+    delivery (after a failure on our side) is not mistaken for a replay. Without Redis the
+    check is skipped (logged): the signature and timestamp checks still stand.
+    """
+    if not result.replay_key or result.replay_window <= 0:
+        return False
+    digest = hashlib.sha256(result.replay_key).hexdigest()[:40]
+    key, delivery = f"inbound-replay:{integration_id}:{digest}", result.delivery_id or ""
+    try:
+        client = get_redis()
+        if client.set(key, delivery, nx=True, ex=result.replay_window):
+            return False
+        seen = client.get(key)
+    except redis.RedisError as exc:
+        log.warning("replay check of integration %s skipped: %s", integration_id, exc)
+        return False
+    return seen is not None and seen not in (delivery, delivery.encode())
 
 
 def _log(
@@ -66,7 +90,7 @@ def _log(
 @blp.problem(401, "The signature did not verify")
 @blp.problem(403, "The sender's address is not allowed")
 @blp.problem(404, "No such integration, or it does not accept inbound requests")
-@blp.problem(409, "The integration is inactive")
+@blp.problem(409, "The integration is inactive, or the payload is a replay")
 def receive_inbound(integration_id: str) -> ResponseReturnValue:
     """Receive a signed webhook from a provider (no API key; the connector verifies it)."""
     started = time.perf_counter()
@@ -105,6 +129,9 @@ def receive_inbound(integration_id: str) -> ResponseReturnValue:
         Event.idempotency_key == _dedupe_key(integration.id, delivery, 0)
     ):
         return jsonify({"ok": True, "duplicate": True, "events": []})
+    if _replayed(integration.id, result):
+        _log(integration.id, "error", {"ip": client_ip()}, "replayed payload", started)
+        raise Problem(409, "This payload was already received under another delivery id.")
     emitted: list[str] = []
     try:
         with database.atomic():

@@ -33,6 +33,8 @@ def enqueue_action(integration_id: str, action: str, action_input: dict[str, Any
         job_timeout=ACTION_JOB_TIMEOUT,
         result_ttl=7 * 86400,
         failure_ttl=7 * 86400,
+        # RQ's default description repeats the arguments and is logged: no input in it.
+        description=f"run_action({integration_id!r}, {action!r})",
         meta=job_meta({"integration_id": integration_id, "action": action}),
     )
     kinds.job_state_changed(str(job.id), integration_id, action, "queued")

@@ -28,6 +28,7 @@ def wake_dispatcher() -> None:
         if pipe.execute()[1]:
             get_queue("webhooks").enqueue(
                 "app.events.dispatch.dispatch_due",
+                description="dispatch_due()",  # explicit: RQ's default would list arguments
                 job_timeout=300,
                 result_ttl=60,
                 failure_ttl=86400,
@@ -54,7 +55,12 @@ def schedule_wake(when: datetime) -> None:
         ttl = max(1, int(at.timestamp() - time.time()) + 1)
         client.set(SCHEDULED_KEY, str(at.timestamp()), ex=ttl)
         get_queue("webhooks").enqueue_at(
-            at, "app.events.outbox.scheduled_wake", job_timeout=60, result_ttl=60, failure_ttl=86400
+            at,
+            "app.events.outbox.scheduled_wake",
+            description="scheduled_wake()",
+            job_timeout=60,
+            result_ttl=60,
+            failure_ttl=86400,
         )
     except redis.RedisError as exc:
         log.warning("could not schedule the next dispatch (%s); the reconciler will", exc)

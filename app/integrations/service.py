@@ -11,9 +11,11 @@ from app.connectors.configs import (
     encrypt_config,
     keep_omitted_secrets,
 )
-from app.connectors.contract import Connector, config_errors
+from app.connectors.contract import Connector, config_errors, url_paths, values_at
 from app.connectors.extension import require_connector
 from app.events.catalog import event_catalog, is_valid_pattern
+from app.outbound.guard import UnsafeURL
+from app.outbound.session import check_outbound_url, unsafe_url_reason
 from app.store.models import Integration
 from app.web.problems import Problem
 
@@ -37,6 +39,19 @@ def _check_config(connector: Connector, config: dict[str, Any]) -> None:
             api_config_errors(errors),
             f"`config` does not match the {connector.name!r} connector's schema; see errors.",
         )
+
+
+def _check_urls(connector: Connector, config: dict[str, Any]) -> None:
+    """Every destination (``"format": "uri"`` field) passes the SSRF guard, as webhook URLs do."""
+    errors: dict[str, list[str]] = {}
+    for path in url_paths(connector.config_schema):
+        for where, url in values_at(config, path):
+            try:
+                check_outbound_url(str(url))
+            except UnsafeURL as exc:
+                errors[f"config.{where}"] = [unsafe_url_reason(exc)]
+    if errors:
+        raise _reject(errors, "`config` names a URL the service may not call; see errors.")
 
 
 def _check_subscriptions(connector: Connector, subscriptions: list[dict[str, Any]]) -> None:
@@ -127,6 +142,7 @@ def prepare_create(data: dict[str, Any]) -> dict[str, Any]:
     connector = require_connector(data["provider"])
     _check_type(connector, data["type"])
     _check_config(connector, data["config"])
+    _check_urls(connector, data["config"])
     _check_subscriptions(connector, data["subscriptions"])
     return {**data, "config": encrypt_config(connector, data["config"])}
 
@@ -147,6 +163,7 @@ def prepare_update(row: Integration, data: dict[str, Any]) -> dict[str, Any]:
         if data.get("provider", row.provider) == row.provider:
             config = _merge_kept_secrets(connector, config, decrypt_config(row.config))
         _check_config(connector, config)
+        _check_urls(connector, config)
         changes["config"] = encrypt_config(connector, config)
     if "subscriptions" in data or "provider" in data:
         _check_subscriptions(connector, data.get("subscriptions", row.subscriptions))

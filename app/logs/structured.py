@@ -95,7 +95,8 @@ def configure_logging(level: str, log_format: str, access_log: bool) -> None:
     """Install the one stderr handler on the root logger (replacing earlier ones of ours).
 
     The access logger (one line per request) logs at INFO whatever ``level`` says, like a web
-    server's access log, unless ``access_log`` is off.
+    server's access log, unless ``access_log`` is off. urllib3 never logs below INFO: its DEBUG
+    lines quote every outbound URL, query string (and any credential in it) included.
     """
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -107,3 +108,4 @@ def configure_logging(level: str, log_format: str, access_log: bool) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO if access_log else logging.CRITICAL)
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))

@@ -64,6 +64,10 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 class UnsafeURL(ValueError):
     """A URL that the service refuses to call (bad scheme, no host, or a blocked address)."""
 
+    def __init__(self, message: str, *, unresolvable: bool = False) -> None:
+        super().__init__(message)
+        self.unresolvable = unresolvable  # opening a network would not help
+
 
 class BlockedDestination(requests.exceptions.ConnectionError):
     """A connection refused by the SSRF guard; never retried."""
@@ -73,7 +77,7 @@ class BlockedDestination(requests.exceptions.ConnectionError):
 #: refusal is permanent until the URL or ``SWITCHBOARD_ALLOWED_NETWORKS`` changes, so callers
 #: record it as a final failure instead of retrying.
 REFUSED = (
-    "refused by the SSRF guard: the destination is not a public address and not in "
+    "destination refused by the outbound guard: not a public address and not in "
     "SWITCHBOARD_ALLOWED_NETWORKS (not retried)"
 )
 
@@ -171,9 +175,9 @@ def check_url(url: str, allowed_networks: NetworksLike = ()) -> None:
     try:
         addresses = resolve_host(host, parsed.port or (443 if parsed.scheme == "https" else 80))
     except (OSError, UnicodeError):
-        raise UnsafeURL(f"host {host!r} does not resolve") from None
+        raise UnsafeURL(f"host {host!r} does not resolve", unresolvable=True) from None
     if not addresses:
-        raise UnsafeURL(f"host {host!r} does not resolve")
+        raise UnsafeURL(f"host {host!r} does not resolve", unresolvable=True)
     for address in addresses:
         reason = blocked_reason(address, allowed)
         if reason:

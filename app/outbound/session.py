@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from flask import current_app
 
 from app import __version__
-from app.outbound.guard import GuardedSession, check_url, make_session
+from app.outbound.guard import GuardedSession, UnsafeURL, check_url, make_session
 
 USER_AGENT = f"Switchboard/{__version__}"
 _lock = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 def outbound_session() -> GuardedSession:
@@ -34,3 +36,12 @@ def allowed_networks() -> tuple:
 def check_outbound_url(url: str) -> None:
     """Raise ``UnsafeURL`` unless ``url`` is http(s) and resolves only to allowed addresses."""
     check_url(url, allowed_networks())
+
+
+def unsafe_url_reason(exc: UnsafeURL) -> str:
+    """What the caller learns about a refused URL: the reason, not how our DNS resolved it."""
+    log.info("refused outbound URL: %s", exc)
+    if exc.unresolvable:
+        return "the URL's host does not resolve"
+    reason = str(exc).rsplit(": ", 1)[-1]
+    return f"the URL is not allowed ({reason}); SWITCHBOARD_ALLOWED_NETWORKS can open a range"

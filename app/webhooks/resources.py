@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +14,7 @@ from app.events.dispatch import requeue_refused
 from app.events.held import hold_pending, recover_failed, release_held
 from app.events.outbox import wake_dispatcher
 from app.outbound.guard import UnsafeURL
-from app.outbound.session import check_outbound_url
+from app.outbound.session import check_outbound_url, unsafe_url_reason
 from app.store.db import database
 from app.store.models import (
     Delivery,
@@ -50,8 +49,6 @@ from app.webhooks.schemas import (
 from app.webhooks.sender import event_body, send_signed, signing_secrets
 from app.webhooks.signing import generate_secret
 
-log = logging.getLogger(__name__)
-
 blp = Blueprint("webhooks", __name__, url_prefix="/api/v1", description="Webhook endpoints")
 
 ROTATION_OVERLAP = timedelta(hours=24)
@@ -63,13 +60,6 @@ def get_webhook(webhook_id: str) -> Webhook:
     if row is None:
         raise Problem(404, f"No webhook {webhook_id!r}.")
     return row
-
-
-def unsafe_url_reason(exc: UnsafeURL) -> str:
-    """What the caller learns about a refused URL: the reason, not how our DNS resolved it."""
-    log.info("refused webhook URL: %s", exc)
-    reason = str(exc).rsplit(": ", 1)[-1]
-    return f"the URL is not allowed ({reason}); SWITCHBOARD_ALLOWED_NETWORKS can open a range"
 
 
 def _invalid(field: str, message: str) -> Problem:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,8 @@ from app.webhooks.signing import signature_header
 
 USER_AGENT = f"Switchboard-Webhooks/{__version__}"
 MAX_STORED_BODY = 4096
+# Stored in delivery history and logs that members read: how our DNS resolved a name stays out.
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,8 @@ def send_signed(
             return SendResult(False, status, elapsed, error, text, retry_after)
     except requests.Timeout:
         return _failure(started, f"timed out after {timeout_ms} ms")
-    except BlockedDestination:  # retrying cannot help until the URL or the setting changes
+    except BlockedDestination as exc:  # retrying cannot help until the URL or the setting changes
+        log.warning("webhook delivery refused by the outbound guard: %s", exc)  # host, no path
         elapsed = (time.perf_counter() - started) * 1000
         return SendResult(False, None, elapsed, REFUSED, final=True)
     except requests.RequestException as exc:
