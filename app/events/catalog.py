@@ -61,15 +61,20 @@ def event_catalog() -> dict[str, dict[str, str]]:
 def event_type_source(event_type: str) -> str | None:
     """Where ``event_type`` comes from (``builtin``, ``connector``, ``custom``), or None.
 
-    One indexed lookup at most, where ``event_catalog()`` reads every registered type: this runs
-    on every publish.
+    This runs on every publish, so it reads no catalog: built-in and connector types are in
+    memory, and a custom type, once seen in the database, is remembered by this process (custom
+    types are only ever added, never removed).
     """
     if event_type in BUILTIN_EVENT_TYPES:
         return "builtin"
     registry = current_app.extensions.get("plugins")
     if registry is not None and event_type in registry.event_types():
         return "connector"
+    known: set[str] = current_app.extensions.setdefault("custom_event_types", set())
+    if event_type in known:
+        return "custom"
     if EventType.select(EventType.name).where(EventType.name == event_type).exists():
+        known.add(event_type)
         return "custom"
     return None
 
@@ -140,4 +145,5 @@ def emit_event(
             row.setdefault("status", "pending")
         Delivery.insert_many(rows).execute()
         database.after_commit(wake_dispatcher)
+    event.delivery_count = len(rows)
     return event

@@ -193,6 +193,8 @@ class Event(BaseModel):
     # The API request that published it, so workers log deliveries with the same request id.
     request_id = peewee.CharField(max_length=64, null=True)
     created_at = peewee.DateTimeField(default=utcnow, index=True)
+    #: Not a column: how many deliveries ``emit_event`` queued for this instance (else None).
+    delivery_count: int | None = None
 
     class Meta:
         table_name = "events"
