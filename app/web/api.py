@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import marshmallow as ma
+from apispec import BasePlugin
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import current_app
 from flask_smorest import Api as _Api
@@ -52,6 +53,28 @@ def schema_name(schema: type[ma.Schema] | ma.Schema) -> str:
     return name
 
 
+class PathNulPlugin(BasePlugin):
+    """Documents the 400 of every operation with a path parameter: NUL in the path is refused
+    before routing (``app.web.hygiene``), whatever the operation takes."""
+
+    def path_helper(
+        self,
+        path: str | None = None,
+        operations: dict[str, Any] | None = None,
+        parameters: list[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not any(isinstance(p, dict) and p.get("in") == "path" for p in parameters or ()):
+            return
+        for operation in (operations or {}).values():
+            responses = operation.setdefault("responses", {})
+            if 400 not in responses and "400" not in responses:  # keys may be ints or strings
+                responses["400"] = {
+                    "description": "A path parameter contains NUL",
+                    "content": {PROBLEM_CONTENT_TYPE: {"schema": ProblemSchema}},
+                }
+
+
 class Api(_Api):
     """flask-smorest ``Api`` answering and documenting errors as problem+json."""
 
@@ -59,7 +82,9 @@ class Api(_Api):
 
     def __init__(self, app: Any = None) -> None:
         plugin = MarshmallowPlugin(schema_name_resolver=schema_name)
-        super().__init__(app, spec_kwargs={"marshmallow_plugin": plugin})
+        super().__init__(
+            app, spec_kwargs={"marshmallow_plugin": plugin, "extra_plugins": [PathNulPlugin()]}
+        )
 
     def handle_http_exception(self, error):
         return problems.handle_http_exception(error)
