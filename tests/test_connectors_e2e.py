@@ -11,13 +11,14 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import standardwebhooks
 
 from app import create_app
 from app.store.db import database
-from app.store.models import AuditLog, Event, Integration
+from app.store.models import AuditLog, Delivery, Event, Integration
 from tests.conftest import create_github_integration
 from tests.peers import Receiver
 
@@ -431,6 +432,80 @@ def test_third_party_package_end_to_end(app, admin_key, example_installed, worke
     assert job["status"] == "finished" and job["result"] == {"echo": "Hello, world"}
     logs = api.get(f"{INTS}/{integration['id']}/logs").json["items"]
     assert {entry["event_type"] for entry in logs} >= {"action.echo", "integration.test"}
+
+
+def test_a_broken_plugin_answers_503_and_its_subscribed_events_wait(
+    app, admin_key, example_installed
+):
+    """A connector whose plugin fails to load: direct calls answer 503 with the load error (not
+    a 422 blaming `provider`), and a subscribed event is retried until a worker with the plugin
+    working runs it."""
+    from importlib.metadata import EntryPoint
+
+    from tests.conftest import ApiClient
+    from tests.peers import WorkerProcess
+
+    # Entry points are read when the app starts; attempts enough to outlast the broken worker.
+    fresh = create_app({**app.config, "SUBSCRIPTION_MAX_ATTEMPTS": 50})
+    api = ApiClient(fresh.test_client(), admin_key)
+    assert api.post("/api/v1/event-types", json={"name": "order.shipped"}).status_code in (201, 422)
+    body = {
+        "name": "echo",
+        "type": "api",
+        "provider": "example",
+        "status": "active",
+        "config": {"greeting": "Hello"},
+        "subscriptions": [
+            {"events": ["order.shipped"], "action": "echo", "input": {"message": "shipped"}}
+        ],
+    }
+    created = api.post(INTS, json=body)
+    assert created.status_code == 201, created.json
+    iid = created.json["id"]
+
+    broken = create_app({**app.config})
+    registry = broken.extensions["plugins"]
+    registry.unregister("example")
+    registry.load_entry_points(
+        allow=None,
+        entry_points=[EntryPoint("example", "switchboard_example_gone", "switchboard.connectors")],
+    )
+    down = ApiClient(broken.test_client(), admin_key)
+    for res in (
+        down.post(f"{INTS}/{iid}/test"),
+        down.post(f"{INTS}/{iid}/actions/echo", json={"message": "x"}),
+        down.patch(f"{INTS}/{iid}", json={"description": "x"}),
+        down.post(INTS, json=body),
+    ):
+        assert res.status_code == 503, res.json
+        assert "connector 'example' failed to load" in res.json["detail"]
+        assert "switchboard_example_gone" in res.json["detail"]
+
+    def delivery() -> Any:
+        with fresh.app_context(), database.connection_context():
+            return Delivery.get(Delivery.integration == iid)
+
+    # A worker without the plugin: the event's delivery is retried, not failed.
+    retry_fast = {"SWITCHBOARD_WEBHOOK_RETRY_SCHEDULE": "0.5", "SWITCHBOARD_LOG_LEVEL": "WARNING"}
+    without = WorkerProcess(fresh, SWITCHBOARD_PLUGINS="github,rest,slack", **retry_fast)
+    try:
+        event = api.post("/api/v1/events", json={"type": "order.shipped", "data": {}})
+        assert event.status_code == 202
+        deadline = time.monotonic() + 60
+        while (row := delivery()).attempts < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert row.attempts >= 2 and row.status == "pending", (row.status, row.last_error)
+        assert "connector 'example' is not loaded" in (row.last_error or "")
+    finally:
+        without.stop()
+    fixed = WorkerProcess(fresh, **retry_fast)
+    try:
+        deadline = time.monotonic() + 60
+        while (row := delivery()).status != "succeeded" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert row.status == "succeeded", (row.status, row.last_error)
+    finally:
+        fixed.stop()
 
 
 def test_kept_secrets_never_follow_a_changed_url(app, api, receiver):

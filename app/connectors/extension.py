@@ -25,17 +25,32 @@ def get_registry() -> PluginRegistry:
     return registry
 
 
-def require_connector(provider: str) -> Connector:
-    """The loaded connector named ``provider``, or a 422 naming the field."""
+def unavailable(provider: str) -> str:
+    """Why no connector ``provider`` is loaded: its load error, or that it is not installed."""
+    failure = get_registry().failure(provider)
+    if failure is not None:
+        return f"connector {provider!r} failed to load: {failure}"
+    return f"connector {provider!r} is not loaded (is its plugin installed and allowed?)"
+
+
+def require_connector(provider: str, *, stored: bool = False) -> Connector:
+    """The loaded connector named ``provider``.
+
+    Otherwise a 503 when the connector is installed but failed to load, or when ``stored`` (an
+    existing integration's connector is gone): the server is at fault and fixing the plugin
+    makes the same call work. Else a 422 naming the ``provider`` field the caller sent.
+    """
     connector = get_registry().get(provider)
-    if connector is None:
-        available = ", ".join(sorted(get_registry().connectors())) or "none"
-        raise Problem(
-            422,
-            f"Unknown provider {provider!r}; installed connectors: {available}.",
-            errors={"provider": [f"no loaded connector named {provider!r}"]},
-        )
-    return connector
+    if connector is not None:
+        return connector
+    if stored or get_registry().failure(provider) is not None:
+        raise Problem(503, f"The {unavailable(provider)}; retry once it is fixed.")
+    available = ", ".join(sorted(get_registry().connectors())) or "none"
+    raise Problem(
+        422,
+        f"Unknown provider {provider!r}; installed connectors: {available}.",
+        errors={"provider": [f"no loaded connector named {provider!r}"]},
+    )
 
 
 def connector_context(integration_id: str | None) -> ConnectorContext:

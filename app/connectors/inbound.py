@@ -20,7 +20,7 @@ from flask.typing import ResponseReturnValue
 from app.auth.access import client_ip, ip_allowed
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import InboundRejected, InboundRequest, InboundResult
-from app.connectors.extension import connector_context, get_registry
+from app.connectors.extension import connector_context, get_registry, unavailable
 from app.events.catalog import emit_event
 from app.store.db import database
 from app.store.models import Event, Integration, IntegrationLog
@@ -91,11 +91,14 @@ def _log(
 @blp.problem(403, "The sender's address is not allowed")
 @blp.problem(404, "No such integration, or it does not accept inbound requests")
 @blp.problem(409, "The integration is inactive, or the payload is a replay")
+@blp.problem(503, "The integration's connector failed to load or is not installed")
 def receive_inbound(integration_id: str) -> ResponseReturnValue:
     """Receive a signed webhook from a provider (no API key; the connector verifies it)."""
     started = time.perf_counter()
     integration = Integration.get_or_none(Integration.id == integration_id)
     connector = get_registry().get(integration.provider) if integration else None
+    if integration is not None and connector is None:  # the provider retries a 503 later
+        raise Problem(503, f"The {unavailable(integration.provider)}; retry once it is fixed.")
     if integration is None or connector is None or not connector.accepts_inbound:
         raise Problem(404, f"No integration {integration_id!r} accepting inbound requests.")
     if integration.status == "inactive":  # switched off: nothing flows through it

@@ -256,6 +256,13 @@ class PluginRegistry:
         """Return the loaded connector called ``name``, or None."""
         return self.connectors().get(name)
 
+    def failure(self, name: str) -> str | None:
+        """Why the connector (or plugin) called ``name`` failed to load, or None."""
+        for status in self.statuses():
+            if status.status == "error" and name in (status.name, status.plugin):
+                return status.error or "unknown error"
+        return None
+
     def statuses(self) -> list[PluginStatus]:
         """Return one row per loaded connector, errored connector and errored plugin."""
         rows = list(self._failed)

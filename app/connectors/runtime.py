@@ -15,7 +15,7 @@ from typing import Any
 
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import ActionError, Connector, ConnectorContext, config_errors
-from app.connectors.extension import connector_context, get_registry
+from app.connectors.extension import connector_context, get_registry, unavailable
 from app.metrics import instruments as metrics
 from app.outbound.guard import REFUSED, refused_by_guard
 from app.store.models import Integration, IntegrationLog
@@ -67,8 +67,8 @@ def _run(
     integration: Integration, action_name: str, action_input: dict[str, Any], started: float
 ) -> ActionOutcome:
     connector = get_registry().get(integration.provider)
-    if connector is None:
-        return _ended(started, error=f"connector {integration.provider!r} is not loaded")
+    if connector is None:  # a broken or missing plugin: retried, fixing it lets the run through
+        return _ended(started, error=unavailable(integration.provider), retryable=True)
     return run_handler(
         connector,
         action_name,

@@ -136,12 +136,12 @@ def integration_logs(args: dict[str, Any], integration_id: str) -> dict[str, Any
 @blp.auth("integrations:write")
 @blp.response(200, TestResultSchema)
 @blp.problem(404, "No such integration")
-@blp.problem(422, "The integration's connector is not loaded")
+@blp.problem(503, "The integration's connector failed to load or is not installed")
 def test_integration(integration_id: str) -> dict[str, Any]:
     """Run the connector's test and log it; an active integration becomes `error` if it fails
     (and `active` again once it passes); an inactive one stays inactive."""
     row = get_integration(integration_id)
-    connector = require_connector(row.provider)
+    connector = require_connector(row.provider, stored=True)
     started = time.perf_counter()
     result = get_registry().run_test(
         connector, decrypt_config(row.config), connector_context(row.id)
@@ -174,7 +174,7 @@ def test_integration(integration_id: str) -> dict[str, Any]:
 @blp.response(202, JobAcceptedSchema)
 @blp.problem(404, "No such integration or action")
 @blp.problem(409, "The integration is inactive")
-@blp.problem(503, "The job queue is unavailable")
+@blp.problem(503, "The job queue is unavailable, or the connector failed to load")
 def run_integration_action(
     action_input: dict[str, Any], integration_id: str, action: str
 ) -> dict[str, Any]:
@@ -182,7 +182,7 @@ def run_integration_action(
     row = get_integration(integration_id)
     if row.status == "inactive":
         raise Problem(409, "This integration is inactive; set its status to active to run actions.")
-    connector = require_connector(row.provider)
+    connector = require_connector(row.provider, stored=True)
     spec = connector.actions.get(action)
     if spec is None:
         known = ", ".join(sorted(connector.actions)) or "none"

@@ -149,7 +149,8 @@ def prepare_create(data: dict[str, Any]) -> dict[str, Any]:
 
 def prepare_update(row: Integration, data: dict[str, Any]) -> dict[str, Any]:
     """Validate a partial update; omitted or ``********`` secrets keep their stored values."""
-    connector = require_connector(data.get("provider", row.provider))
+    provider = data.get("provider", row.provider)
+    connector = require_connector(provider, stored="provider" not in data)
     if "type" in data or "provider" in data:
         _check_type(connector, data.get("type", row.type))
     changes = dict(data)
