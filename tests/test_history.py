@@ -110,6 +110,24 @@ def test_events_and_audit_log_pages(app, api):
     assert [a["resource_id"] for a in audit] == [f"thing{n}.made" for n in reversed(range(7))]
 
 
+def test_events_list_shows_only_what_the_key_may_read(app, api, admin_user, integration):
+    """Like the live stream: someone else's keys, integrations and alerts stay hidden."""
+    from tests.conftest import ApiClient, make_key
+
+    assert api.post("/api/v1/api-keys", json={"name": "k", "permissions": []}).status_code == 201
+    seen = {e["type"].split(".")[0] for e in _page_through(api, "/api/v1/events", 50)}
+    assert {"api_key", "integration"} <= seen  # the admin sees them all
+    hooks_only = ApiClient(app.test_client(), make_key(app, admin_user, ["webhooks:read"]))
+    types = {e["type"] for e in _page_through(hooks_only, "/api/v1/events", 50)}
+    assert not any(t.startswith(("api_key.", "integration.", "alert.")) for t in types), types
+    both = ApiClient(
+        app.test_client(), make_key(app, admin_user, ["webhooks:read", "integrations:read"])
+    )
+    types = {e["type"] for e in _page_through(both, "/api/v1/events", 50)}
+    assert any(t.startswith("integration.") for t in types)
+    assert not any(t.startswith("api_key.") for t in types)
+
+
 def _cursor(*parts: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode().rstrip("=")
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import peewee
 import pytest
+import redis
 
 from app import create_app
 from app.cli import render_spec
@@ -50,6 +52,34 @@ def test_unexpected_errors_hide_the_trace(app):
     res = broken.test_client().get("/boom")
     assert res.status_code == 500 and res.content_type == PROBLEM
     assert "secret internals" not in res.text and "Traceback" not in res.text
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (lambda: peewee.OperationalError("could not connect to server: Connection refused"), 503),
+        (lambda: peewee.OperationalError("database is locked"), 503),
+        (
+            lambda: redis.exceptions.ReadOnlyError("You can't write against a read only replica"),
+            503,
+        ),
+        (lambda: peewee.OperationalError("no such column: t1.nope"), 500),  # a bug, not an outage
+    ],
+)
+def test_store_errors_are_503_only_when_the_store_is_away(app, error, status):
+    from flask import Blueprint
+
+    broken = create_app({**app.config})
+    bp = Blueprint("store", __name__)
+
+    @bp.route("/store")
+    def store():
+        raise error()
+
+    broken.register_blueprint(bp)
+    res = broken.test_client().get("/store")
+    assert res.status_code == status and res.content_type == PROBLEM
+    assert ("Retry-After" in res.headers) == (status == 503)
 
 
 def test_health_and_ready(client, app):

@@ -289,8 +289,11 @@ def requeue_refused(webhook_id: str) -> int:
     """Make the webhook's guard-refused deliveries due again (its URL changed); return count.
 
     Call inside the transaction that changes the URL: the dispatcher is woken after commit.
-    A refusal used no retry, so each gets at least one more attempt.
+    A refusal used no retry, so each gets at least one more attempt. A disabled webhook's
+    come back ``held``, to be sent when it is enabled.
     """
+    webhook = Webhook.get_or_none(Webhook.id == webhook_id)
+    status = "pending" if webhook is not None and webhook.status == "active" else "held"
     more = peewee.Case(
         None,
         [(Delivery.max_attempts > Delivery.attempts, Delivery.max_attempts)],
@@ -298,7 +301,7 @@ def requeue_refused(webhook_id: str) -> int:
     )
     now = utcnow()
     count = (
-        Delivery.update(status="pending", next_attempt_at=now, max_attempts=more, updated_at=now)
+        Delivery.update(status=status, next_attempt_at=now, max_attempts=more, updated_at=now)
         .where(
             (Delivery.webhook == webhook_id)
             & (Delivery.status == "failed")
@@ -306,7 +309,7 @@ def requeue_refused(webhook_id: str) -> int:
         )
         .execute()
     )
-    if count:
+    if count and status == "pending":
         database.after_commit(wake_dispatcher)
     return int(count)
 

@@ -22,6 +22,7 @@ from app.events.schemas import (
 )
 from app.store.db import database
 from app.store.models import Delivery, Event, EventType, utcnow
+from app.stream.kinds import hidden_event_families
 from app.web.api import Blueprint
 from app.web.keyset import paginate_keyset
 from app.web.problems import Problem
@@ -152,8 +153,14 @@ def publish_event(data: dict[str, Any]) -> dict[str, Any]:
 @blp.arguments(EventQueryArgsSchema, location="query")
 @blp.response(200, EventPageSchema)
 def list_events(args: dict[str, Any]) -> dict[str, Any]:
-    """List published events (the outbox), newest first."""
+    """List published events (the outbox), newest first.
+
+    As on the live stream, `integration.*` events need `integrations:read`, `alert.*` events
+    `alerts:read`, and `api_key.*` events (every user's keys) an admin key; others are left out.
+    """
     query = Event.select()
+    for family in hidden_event_families(g.principal.has):
+        query = query.where(~Event.type.startswith(f"{family}."))
     if args.get("type"):
         query = query.where(Event.type == args["type"])
     if args.get("since"):

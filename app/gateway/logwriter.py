@@ -13,11 +13,12 @@ Nothing is lost on the way:
 - a failed write (database restarting, locked) keeps the rows and retries at the next tick;
 - a graceful exit (gunicorn stopping a worker, ``SIGTERM``) flushes what is queued (``atexit``);
 - the queue is bounded (``max_pending``): past it, the request writes its own row inline, so a
-  stalled database slows proxying down instead of growing memory or dropping logs.
+  stalled database slows proxying down instead of growing memory.
 
-A ``SIGKILL`` loses at most one interval's rows of that process — the price of not waiting for
-the disk on every proxied request, stated in the README. ``log.created`` stream entries are
-announced after the rows commit.
+Two cases lose rows: a ``SIGKILL`` (at most one interval's rows of that process — the price of
+not waiting for the disk on every proxied request, stated in the README), and a database outage
+long enough to fill the queue (the inline write fails too; each lost row is logged at
+``ERROR``). ``log.created`` stream entries are announced after the rows commit.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class GatewayLogWriter:
                 self._pending.append(row)
                 due = len(self._pending) >= self.batch
         if full:
-            self._write([row])
+            if not self._write([row]):
+                log.error("gateway log queue full and the database unavailable: 1 row lost")
             return
         self._ensure_flusher()
         if due:

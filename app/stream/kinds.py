@@ -4,7 +4,8 @@ A key sees an entry when it holds the entry's scope (``admin`` holds all), exact
 read the same facts through the REST API:
 
 - ``event.published`` — an event entered the outbox. ``integration.*`` events need
-  ``integrations:read``, ``api_key.*`` ``keys:read``, ``alert.*`` ``alerts:read``, every other
+  ``integrations:read``, ``api_key.*`` ``admin`` (they name every user's keys, while
+  ``keys:read`` lists only its owner's), ``alert.*`` ``alerts:read``, every other
   event (the ones webhooks carry) ``webhooks:read``.
 - ``delivery.attempted`` — an attempt and its outcome (``succeeded``, ``retrying``, ``failed``,
   ``held``): ``webhooks:read`` for webhooks, ``integrations:read`` for subscribed actions.
@@ -16,6 +17,7 @@ read the same facts through the REST API:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +25,7 @@ from app.stream.publish import publish
 
 _EVENT_FAMILY_SCOPES = {
     "integration": "integrations:read",
-    "api_key": "keys:read",
+    "api_key": "admin",
     "alert": "alerts:read",
 }
 
@@ -35,6 +37,11 @@ def _iso(value: datetime | None) -> str | None:
 def event_scope(event_type: str) -> str:
     """The scope that sees an event of ``event_type``."""
     return _EVENT_FAMILY_SCOPES.get(event_type.split(".", 1)[0], "webhooks:read")
+
+
+def hidden_event_families(can_see: Callable[[str], bool]) -> list[str]:
+    """Event-type families (``api_key``…) whose scope ``can_see`` says the caller lacks."""
+    return [family for family, scope in _EVENT_FAMILY_SCOPES.items() if not can_see(scope)]
 
 
 def event_published(

@@ -10,7 +10,7 @@ from flask import Flask, Response, g, has_request_context, json, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
-from app.store.outage import RETRY_AFTER, STORE_DOWN, describe, which_store
+from app.store.outage import RETRY_AFTER, STORE_DOWN, describe, is_outage, which_store
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,11 @@ def handle_store_down(exc: Exception) -> Response:
     A publish builds its answer before it commits, so this means its transaction did not
     commit (unless the connection broke during COMMIT itself: then the retry with the same
     ``Idempotency-Key`` finds the event and answers ``duplicate: true``, which is the truth).
+    A busy SQLite (its write lock) and a broken statement reported as ``OperationalError`` go
+    to :func:`handle_unexpected` (503 "busy", and 500 with the trace).
     """
+    if _database_busy(exc) or not is_outage(exc):
+        return handle_unexpected(exc)
     log.warning("%s %s answered 503: %s", request.method, request.path, describe(exc))
     return problem_response(
         503,
