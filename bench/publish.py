@@ -42,15 +42,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg2
-from harness import bench_env, exit_status, flushed_redis, gunicorn, prepare_database
+from harness import bench_env, exit_status, flushed_redis, gunicorn
 from psycopg2 import sql
-from webhooks import ReceiverProcess, start_workers, wait_for_workers
+from webhooks import EVENT_TYPE, ReceiverProcess, setup_app, start_workers, wait_for_workers
 
 from app.store.db import database
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/switchboard_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/7"
-EVENT_TYPE = "bench.order"
 WEBHOOKS = 3
 TARGET_EVENTS_PER_SECOND = 500
 TARGET_P50_MS = 50.0
@@ -75,47 +74,6 @@ def fresh_database(url: str) -> None:
     with conn.cursor() as cur:
         cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
     conn.close()
-
-
-def setup(env: dict[str, str], receiver_url: str) -> str:
-    """Migrate; admin key, event type, integration and three webhooks; return the key."""
-    from app import create_app
-
-    os.environ.update(env)
-    app = create_app()
-    _, key = prepare_database(app)
-    client = app.test_client()
-    auth = {"Authorization": f"Bearer {key}"}
-
-    def post(url: str, body: dict[str, object]) -> dict[str, str]:
-        res = client.post(url, json=body, headers=auth)
-        if res.status_code not in (200, 201):
-            raise RuntimeError(f"POST {url} -> {res.status_code}: {res.get_data(as_text=True)}")
-        return res.get_json()
-
-    integration = post(
-        "/api/v1/integrations",
-        {
-            "name": "bench",
-            "type": "webhook",
-            "provider": "github",
-            "status": "active",
-            "config": {"webhook_secret": "x" * 24},
-        },
-    )
-    post("/api/v1/event-types", {"name": EVENT_TYPE, "description": "benchmark event"})
-    for n in range(WEBHOOKS):
-        post(
-            "/api/v1/webhooks",
-            {
-                "url": f"{receiver_url}/hook{n}",
-                "events": [EVENT_TYPE],
-                "integration_id": integration["id"],
-            },
-        )
-    with app.app_context():
-        database.close()
-    return key
 
 
 _WRK_REQUESTS = re.compile(r"(\d+) requests in")
@@ -227,7 +185,10 @@ def main() -> int:
     try:
         env = bench_env(tmp, redis_url, SWITCHBOARD_ALLOWED_NETWORKS="127.0.0.0/8")
         env["DATABASE_URL"] = database_url
-        key = setup(env, receiver.url)
+        os.environ.update(env)
+        app, key = setup_app(receiver.url, webhooks=WEBHOOKS)
+        with app.app_context():
+            database.close()
         workers = start_workers(args.workers, env, tmp)
         import redis
 

@@ -175,8 +175,9 @@ def wait_for_workers(client: redis.Redis, n: int, timeout: float = 30) -> None:
 # --- setup ----------------------------------------------------------------------------------
 
 
-def setup_app(receiver_url: str) -> tuple[Any, str]:
-    """Migrate, create admin key (huge rate limit), integration, event type and webhook."""
+def setup_app(receiver_url: str, webhooks: int = 1) -> tuple[Any, str]:
+    """Migrate, create admin key (huge rate limit), integration, event type and ``webhooks``
+    webhooks (``/hook0``, ``/hook1``… on the receiver)."""
     from app import create_app
 
     app = create_app()
@@ -200,14 +201,15 @@ def setup_app(receiver_url: str) -> tuple[Any, str]:
         },
     )
     post("/api/v1/event-types", {"name": EVENT_TYPE, "description": "benchmark event"})
-    post(
-        "/api/v1/webhooks",
-        {
-            "url": receiver_url + "/hook",
-            "events": [EVENT_TYPE],
-            "integration_id": integration["id"],
-        },
-    )
+    for n in range(webhooks):
+        post(
+            "/api/v1/webhooks",
+            {
+                "url": f"{receiver_url}/hook{n}",
+                "events": [EVENT_TYPE],
+                "integration_id": integration["id"],
+            },
+        )
     return app, key
 
 
