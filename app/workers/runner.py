@@ -85,6 +85,11 @@ class Worker(SimpleWorker):
             self.lost = exc
             raise StoreLost from exc
 
+    @property
+    def stop_requested(self) -> bool:
+        """A SIGINT/SIGTERM asked this worker to stop (RQ's own flag)."""
+        return bool(self._stop_requested)
+
     def check_for_suspension(self, burst: bool) -> None:
         self._guarded(super().check_for_suspension, burst)
 
@@ -281,7 +286,7 @@ def run_worker(
                     continue
                 heart.set_state("working")
                 worker.work(burst=burst, with_scheduler=True, logging_level=app.config["LOG_LEVEL"])
-                if worker.lost is None:
+                if worker.lost is None or worker.stop_requested:  # asked to stop: no reconnecting
                     heart.forget()
                     return
                 lost = worker.lost
