@@ -87,7 +87,7 @@ def _step(schema: ma.Schema, name: str, field: ma.fields.Field) -> Step:
         # first, then an attribute.
         if type(obj) is dict and attribute in obj:
             value = obj[attribute]
-        elif hasattr(type(obj), "__getitem__"):
+        elif hasattr(obj, "__getitem__"):  # the instance's, not a metaclass's (peewee models)
             value = get_value(obj, attribute)
         else:
             value = getattr(obj, attribute, _MISSING)
