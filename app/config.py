@@ -352,6 +352,14 @@ SETTINGS: tuple[Setting, ...] = (
         "an integer from 1 to 86400 (seconds)",
     ),
     Setting(
+        "GATEWAY_HEALTH_CACHE_SECONDS",
+        "SWITCHBOARD_GATEWAY_HEALTH_CACHE_SECONDS",
+        "0.1",
+        _seconds(0),
+        "a number of seconds, at least 0",
+        _number,
+    ),
+    Setting(
         "GATEWAY_LOG_FLUSH_INTERVAL",
         "SWITCHBOARD_GATEWAY_LOG_FLUSH_INTERVAL",
         "0.2",

@@ -254,6 +254,31 @@ def test_pick_says_when_a_success_has_state_to_clear(r: redis.Redis) -> None:
     assert balancer.pick("int_tr", [A]) == Pick(A, tracked=False)
 
 
+def test_a_clean_single_upstream_is_picked_locally_for_a_bounded_time(
+    r: redis.Redis, r2: redis.Redis
+) -> None:
+    here = UpstreamBalancer(r, failure_threshold=1, cooldown_seconds=30, clean_cache_seconds=0.5)
+    there = UpstreamBalancer(r2, failure_threshold=1, cooldown_seconds=30)
+    assert here.pick("int_one", [A]) == Pick(A, tracked=False)  # asks Redis: clean
+    assert there.report_failure("int_one", A) is True  # another process ejects it
+    assert _pick(there, "int_one", [A]) is None
+    # Within the bound this process still picks it without asking Redis ...
+    assert here.pick("int_one", [A]) == Pick(A, tracked=False)
+    # ... but not for a pool of two (a shared schedule), nor once the bound has passed.
+    assert _pick(here, "int_one", [A, B]) == B
+    time.sleep(0.6)
+    assert _pick(here, "int_one", [A]) is None
+
+    # A failure reported by this process ends the local picking at once.
+    assert here.pick("int_mine", [A]) == Pick(A, tracked=False)
+    assert here.report_failure("int_mine", A) is True
+    assert _pick(here, "int_mine", [A]) is None
+    # Without the option (the default) every pick asks Redis.
+    assert there.pick("int_plain", [B]) == Pick(B, tracked=False)
+    here.report_failure("int_plain", B)
+    assert _pick(there, "int_plain", [B]) is None
+
+
 def test_all_ejected_returns_none(r: redis.Redis) -> None:
     balancer = UpstreamBalancer(r, failure_threshold=1, cooldown_seconds=30)
     balancer.report_failure("int_none", A)

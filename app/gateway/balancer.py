@@ -19,6 +19,11 @@ Passive health (per pool and upstream URL, one Redis hash each):
 - Reports that arrive while an upstream is inside its cooldown are ignored: they come from
   requests sent before the ejection and must neither shorten nor extend it.
 
+A pool of one upstream has no schedule to share, only health. Once a pick finds its upstream
+clean (no failures, not ejected, not on trial), this process picks it locally for
+``clean_cache_seconds`` without asking Redis; a failure reported here ends that at once, and an
+ejection decided by another process is seen here within that bound.
+
 Every decision runs atomically in one Lua script (one round trip) on the Redis server's clock
 (``TIME``), so processes with drifting clocks agree. Every key carries a TTL: state untouched
 for ``state_ttl_seconds`` (plus any cooldown still running) disappears, so nothing grows
@@ -28,6 +33,7 @@ Cluster slot. Redis errors propagate as ``redis.exceptions.RedisError``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -175,6 +181,8 @@ class UpstreamBalancer:
         trial_timeout_seconds: how long a half-open trial may stay unreported before
             another one is allowed.
         state_ttl_seconds: idle time after which a pool's state is forgotten.
+        clean_cache_seconds: how long a one-upstream pool found clean is picked without Redis
+            (0 = always ask).
     """
 
     def __init__(
@@ -186,6 +194,7 @@ class UpstreamBalancer:
         cooldown_seconds: float = 30,
         trial_timeout_seconds: float = 10,
         state_ttl_seconds: float = 3600,
+        clean_cache_seconds: float = 0,
     ) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be >= 1")
@@ -202,6 +211,9 @@ class UpstreamBalancer:
         self.cooldown_seconds = cooldown_seconds
         self.trial_timeout_seconds = trial_timeout_seconds
         self.state_ttl_seconds = state_ttl_seconds
+        self.clean_cache_seconds = clean_cache_seconds
+        # (pool, url) of one-upstream pools -> monotonic time until which it is picked locally
+        self._clean_until: dict[tuple[str, str], float] = {}
         self._pick = redis.register_script(_PICK_LUA)
         self._failure = redis.register_script(_FAILURE_LUA)
         self._success = redis.register_script(_SUCCESS_LUA)
@@ -238,6 +250,9 @@ class UpstreamBalancer:
             raise ValueError("upstream URLs in a pool must be unique")
         if not upstreams:
             return None
+        only = upstreams[0] if len(upstreams) == 1 and not exclude else None
+        if only is not None and self._clean_until.get((pool_id, only.url), 0) > time.monotonic():
+            return Pick(only, False)
         keys = [self._key(pool_id, "wrr")]
         keys += [self.health_key(pool_id, u.url) for u in upstreams]
         keys += [self.trial_key(pool_id, u.url) for u in upstreams]
@@ -245,7 +260,11 @@ class UpstreamBalancer:
         for upstream in upstreams:
             args += [upstream.url, upstream.weight, 1 if upstream.url in exclude else 0]
         index, tracked = self._pick(keys=keys, args=args)
-        return Pick(upstreams[int(index)], bool(int(tracked))) if int(index) >= 0 else None
+        if int(index) < 0:
+            return None
+        if only is not None and not int(tracked) and self.clean_cache_seconds > 0:
+            self._clean_until[(pool_id, only.url)] = time.monotonic() + self.clean_cache_seconds
+        return Pick(upstreams[int(index)], bool(int(tracked)))
 
     def report_success(self, pool_id: str, upstream: Upstream) -> None:
         """Record a successful request: reset failures and close a half-open upstream."""
@@ -255,6 +274,7 @@ class UpstreamBalancer:
 
     def report_failure(self, pool_id: str, upstream: Upstream) -> bool:
         """Record a failed request; return True if this failure ejected the upstream."""
+        self._clean_until.pop((pool_id, upstream.url), None)
         ejected = self._failure(
             keys=[self.health_key(pool_id, upstream.url), self.trial_key(pool_id, upstream.url)],
             args=[

@@ -14,13 +14,24 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
+from urllib.parse import urlencode
 
-import requests
 from flask import Request
+from requests.utils import requote_uri
+from urllib3 import Timeout
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.response import BaseHTTPResponse
 
 from app.gateway.balancer import Upstream, UpstreamBalancer
 from app.gateway.transform import apply_request_transform
-from app.outbound.guard import BlockedDestination
+from app.outbound.guard import BlockedDestination, GuardedSession
+from app.outbound.session import USER_AGENT
 
 CHUNK = 64 * 1024
 LOGGED_BODY_BYTES = 4096
@@ -66,7 +77,7 @@ class CountingStream:
     """Wraps the client's body stream: counts bytes and keeps a bounded prefix for logs."""
 
     raw: IO[bytes]
-    len: int | None = None  # read by requests: a known length is sent as Content-Length
+    len: int | None = None  # a known length is sent as Content-Length, else chunked
     keep: int = 0
     sent: int = 0
     head: bytearray = field(default_factory=bytearray)
@@ -123,8 +134,9 @@ def outgoing_headers(
     return headers, query
 
 
-def _merge(headers: list[tuple[str, str]]) -> dict[str, str]:
-    """requests takes one value per name: repeated headers are joined with ", " (RFC 9110)."""
+def _merge(headers: list[tuple[str, str]], body: CountingStream | None) -> dict[str, str]:
+    """One value per name (repeated headers joined with ", ", RFC 9110), a default
+    ``User-Agent``, and the body's framing: ``Content-Length`` when known, else chunked."""
     merged: dict[str, str] = {}
     spelled: dict[str, str] = {}
     for name, value in headers:
@@ -134,17 +146,22 @@ def _merge(headers: list[tuple[str, str]]) -> dict[str, str]:
         else:
             merged[key] = value
             spelled[key] = name
-    return {spelled[k]: v for k, v in merged.items()}
+    result = {spelled[k]: v for k, v in merged.items()}
+    if "user-agent" not in merged:
+        result["User-Agent"] = USER_AGENT
+    if body is not None and body.len is not None:
+        result["Content-Length"] = str(body.len)
+    return result
 
 
-def response_headers(response: requests.Response) -> list[tuple[str, str]]:
+def response_headers(response: BaseHTTPResponse) -> list[tuple[str, str]]:
     """Upstream response headers minus hop-by-hop ones."""
     listed = {
         t.strip().lower() for t in response.headers.get("Connection", "").split(",") if t.strip()
     }
     return [
         (name, value)
-        for name, value in response.raw.headers.items()
+        for name, value in response.headers.items()
         if name.lower() not in HOP_BY_HOP | listed
     ]
 
@@ -153,14 +170,22 @@ def response_headers(response: requests.Response) -> list[tuple[str, str]]:
 class ProxyAttempt:
     """The upstream response to stream back, and which upstream gave it."""
 
-    response: requests.Response
+    response: BaseHTTPResponse
     upstream: Upstream
     attempts: int
 
 
+def upstream_url(base: str, path: str, query: list[tuple[str, str]]) -> str:
+    """``base`` + ``path`` + ``query``, percent-encoded as ``requests`` would send them."""
+    url = base.rstrip("/") + "/" + path.lstrip("/")
+    if query:
+        url += "?" + urlencode(query)
+    return requote_uri(url)
+
+
 def send_with_retries(
     *,
-    session: requests.Session,
+    session: GuardedSession,
     balancer: UpstreamBalancer,
     pool_id: str,
     upstreams: list[Upstream],
@@ -171,9 +196,14 @@ def send_with_retries(
     body: CountingStream | None,
     timeout: float,
 ) -> ProxyAttempt:
-    """Send to upstreams picked by the balancer until one answers (or retrying must stop)."""
+    """Send to upstreams picked by the balancer until one answers (or retrying must stop).
+
+    The request goes straight through the session's guarded urllib3 pool (keep-alive, the
+    SSRF guard on every new connection), without ``requests``' per-call overhead.
+    """
     tried: set[str] = set()
-    merged = _merge(headers)
+    merged = _merge(headers, body)
+    limits = Timeout(connect=min(timeout, 5.0), read=timeout)
     last_error: UpstreamFailed | None = None
     while True:
         picked = balancer.pick(pool_id, upstreams, exclude=tried)
@@ -183,25 +213,23 @@ def send_with_retries(
             raise AllUpstreamsDown("every upstream is ejected after failing; retry shortly")
         upstream = picked.upstream
         tried.add(upstream.url)
-        url = upstream.url.rstrip("/") + "/" + path.lstrip("/")
         may_retry = method in IDEMPOTENT
         try:
-            response = session.request(
+            response = session.urlopen(
                 method,
-                url,
+                upstream_url(upstream.url, path, query),
                 headers=merged,
-                params=query,
-                data=body if body is not None else None,
-                stream=True,
-                allow_redirects=False,
-                timeout=(min(timeout, 5.0), timeout),
+                body=body,
+                preload_content=False,
+                decode_content=False,
+                timeout=limits,
             )
         except BlockedDestination as exc:
             reason = str(exc).rsplit(": ", 1)[-1]  # not the resolved address: that stays in logs
             raise UpstreamFailed(
                 f"upstream refused by the SSRF guard ({reason})", 502, upstream.url
             ) from exc
-        except requests.ConnectionError as exc:
+        except (NewConnectionError, ConnectTimeoutError, ProtocolError) as exc:
             balancer.report_failure(pool_id, upstream)
             last_error = UpstreamFailed(
                 f"could not connect to the upstream: {type(exc).__name__}", 502, upstream.url
@@ -209,22 +237,22 @@ def send_with_retries(
             if may_retry and (body is None or body.sent == 0):
                 continue
             raise last_error from exc
-        except requests.Timeout as exc:
+        except ReadTimeoutError as exc:
             balancer.report_failure(pool_id, upstream)
             raise UpstreamFailed(
                 f"the upstream did not answer within {timeout:g} s", 504, upstream.url
             ) from exc
-        except requests.RequestException as exc:  # e.g. a header the config made invalid
+        except (HTTPError, ValueError) as exc:  # e.g. a header the config made invalid
             raise UpstreamFailed(
                 f"the request could not be sent upstream: {type(exc).__name__}", 502, upstream.url
             ) from exc
-        if response.status_code >= 500:
+        if response.status >= 500:
             balancer.report_failure(pool_id, upstream)
-            retryable = response.status_code in RETRY_STATUSES and may_retry
+            retryable = response.status in RETRY_STATUSES and may_retry
             if retryable and (body is None or body.sent == 0) and len(tried) < len(upstreams):
                 response.close()
                 last_error = UpstreamFailed(
-                    f"upstream answered {response.status_code}", response.status_code, upstream.url
+                    f"upstream answered {response.status}", response.status, upstream.url
                 )
                 continue
         elif picked.tracked:  # a clean upstream has nothing to reset: skip the round trip
@@ -239,10 +267,14 @@ def safe_path(path: str) -> str:
     return path
 
 
-def stream_body(response: requests.Response, on_chunk: Any) -> Iterator[bytes]:
-    """Yield the upstream body as it arrives (undecoded), reporting each chunk's size."""
+def stream_body(response: BaseHTTPResponse, on_chunk: Any) -> Iterator[bytes]:
+    """Yield the upstream body as it arrives (undecoded), reporting each chunk's size.
+
+    A body read to its end hands the connection back to the pool (keep-alive); closing one
+    cut short closes the connection instead.
+    """
     try:
-        for chunk in response.raw.stream(CHUNK, decode_content=False):
+        for chunk in response.stream(CHUNK, decode_content=False):
             on_chunk(chunk)
             yield chunk
     finally:

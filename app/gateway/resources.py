@@ -51,6 +51,7 @@ def _balancer() -> UpstreamBalancer:
             get_redis(),
             failure_threshold=app.config["GATEWAY_FAILURE_THRESHOLD"],
             cooldown_seconds=app.config["GATEWAY_COOLDOWN_SECONDS"],
+            clean_cache_seconds=app.config["GATEWAY_HEALTH_CACHE_SECONDS"],
         )
         app.extensions["balancer"] = balancer
     return balancer
@@ -185,7 +186,7 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
 
     try:
         attempt = send(headers)
-        if attempt.response.status_code == 401 and oauth_integration_id(config) and body is None:
+        if attempt.response.status == 401 and oauth_integration_id(config) and body is None:
             # The provider revoked or expired the token early: refresh once (forced) and retry.
             attempt.response.close()
             rejected = credentials["Authorization"].removeprefix("Bearer ")
@@ -207,11 +208,11 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
 
     upstream_response = attempt.response
     metrics.gateway_request(
-        row.id, attempt.upstream.url, upstream_response.status_code, time.perf_counter() - sent
+        row.id, attempt.upstream.url, upstream_response.status, time.perf_counter() - sent
     )
     record.update(
         upstream=attempt.upstream.url,
-        status_code=upstream_response.status_code,
+        status_code=upstream_response.status,
         attempts=attempt.attempts,
         bytes_in=0,
         bytes_out=0,
@@ -235,18 +236,18 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
                 )
                 record["response_body"] = redact_text(kept.decode("utf-8", "replace"))
             usage_buffer().add_bytes(key_id, record["bytes_out"])
-            ok = upstream_response.status_code < 500
+            ok = upstream_response.status < 500
             _log(
                 row,
                 "success" if ok else "error",
                 record,
-                None if ok else f"upstream answered {upstream_response.status_code}",
+                None if ok else f"upstream answered {upstream_response.status}",
                 elapsed_ms(started),
             )
 
     response = Response(
         stream_with_context(body_then_log()),
-        status=upstream_response.status_code,
+        status=upstream_response.status,
         headers=response_headers(upstream_response),
         direct_passthrough=True,
     )

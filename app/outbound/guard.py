@@ -27,6 +27,7 @@ from urllib3.exceptions import (
     NewConnectionError,
 )
 from urllib3.poolmanager import PoolManager
+from urllib3.response import BaseHTTPResponse
 from urllib3.util import connection as urllib3_connection
 from urllib3.util import parse_url
 
@@ -317,7 +318,9 @@ class GuardedSession(requests.Session):
         self.trust_env = False  # no *_PROXY, netrc or CA-bundle variables from the environment
         self.default_timeout = default_timeout
         self.allowed_networks = parse_networks(allowed_networks)
-        adapter = GuardedAdapter(self.allowed_networks, pool_maxsize=pool_maxsize)
+        adapter = self.guarded_adapter = GuardedAdapter(
+            self.allowed_networks, pool_maxsize=pool_maxsize
+        )
         self.mount("http://", adapter)
         self.mount("https://", adapter)
 
@@ -325,6 +328,20 @@ class GuardedSession(requests.Session):
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.default_timeout
         return super().send(request, **kwargs)
+
+    def urlopen(self, method: str, url: str, **kwargs: Any) -> BaseHTTPResponse:
+        """One request straight through the session's guarded urllib3 pools.
+
+        For a hot path that needs none of ``requests``' per-call work (merging settings,
+        cookies, hooks, a ``Response`` wrapper): the same pooled connections and the same
+        guard, but no redirects, no retries and no default headers. ``kwargs`` go to urllib3's
+        ``PoolManager.urlopen``; a refused destination raises ``BlockedDestination``.
+        """
+        manager = self.guarded_adapter.poolmanager
+        try:
+            return manager.urlopen(method, url, redirect=False, retries=False, **kwargs)
+        except _RefusedConnection as exc:
+            raise BlockedDestination(str(exc)) from None
 
 
 def make_session(
