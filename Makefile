@@ -32,5 +32,6 @@ bench: install
 	$(BIN)/python bench/auth.py
 	$(BIN)/python bench/webhooks.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/breakdown.py
 	$(BIN)/python bench/limiter.py
 	$(BIN)/python bench/publish.py
