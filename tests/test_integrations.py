@@ -42,7 +42,12 @@ def test_filters_search_and_pagination(api):
     page = api.get(f"{INTS}?limit=10&offset=0").json
     assert page["total"] == 26 and len(page["items"]) == 10
     page3 = api.get(f"{INTS}?limit=10&offset=20").json
-    assert len(page3["items"]) == 6
+    assert len(page3["items"]) == 6 and page3["total"] == 26
+    past = api.get(f"{INTS}?limit=10&offset=40&type=api").json  # no row to carry the total
+    assert past["items"] == [] and past["total"] == 12
+    filtered = api.get(f"{INTS}?limit=5&offset=10&type=api").json
+    assert len(filtered["items"]) == 2 and filtered["total"] == 12
+    assert "_page_total" not in filtered["items"][0]
     ids = {i["id"] for i in page["items"]} | {i["id"] for i in page3["items"]}
     assert len(ids) == 16
     assert api.get(f"{INTS}?type=api").json["total"] == 12

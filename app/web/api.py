@@ -21,6 +21,7 @@ from flask_smorest import Api as _Api
 from flask_smorest import Blueprint as _Blueprint
 from flask_smorest.spec import prepare_response
 from flask_smorest.utils import resolve_schema_instance
+from peewee import SQL, fn
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
@@ -281,12 +282,22 @@ def page_schema(item_schema: type[ma.Schema], name: str) -> type[ma.Schema]:
     )
 
 
+_PAGE_TOTAL = "_page_total"
+
+
 def paginate(query: Any, args: dict[str, Any]) -> dict[str, Any]:
-    """Return one page of ``query`` (LIMIT/OFFSET in SQL) with the total count."""
+    """Return one page of ``query`` (LIMIT/OFFSET in SQL) with the total count.
+
+    One statement: the total is a scalar subquery on each row (the database runs it once), so
+    a page costs one round trip; only a page past the end, with no row to carry it, needs a
+    second ``COUNT``. ``query`` selects one model, without GROUP BY or DISTINCT.
+    """
     limit, offset = args["limit"], args["offset"]
+    total = query.order_by().select(fn.COUNT(SQL("*")))
+    items = list(query.select_extend(total.alias(_PAGE_TOTAL)).limit(limit).offset(offset))
     return {
-        "items": list(query.limit(limit).offset(offset)),
-        "total": query.order_by().count(),
+        "items": items,
+        "total": getattr(items[0], _PAGE_TOTAL) if items else query.order_by().count(),
         "limit": limit,
         "offset": offset,
     }
