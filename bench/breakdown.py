@@ -15,9 +15,10 @@ under gunicorn; this script says *why not*, without a profiler's distortion:
    requests, through Flask's test client, so no HTTP server is involved) of ``/health``,
    ``/auth/whoami``, ``/integrations?limit=20`` and a proxied ``GET``;
 3. each stage of a list page and of a proxied request timed on its own (best of 5 ``timeit``
-   runs): SQL building, the ``COUNT``, fetching and converting the rows, hydrating models,
-   dumping, JSON; the integration lookup, the balancer's script and the upstream exchange
-   itself; and the rate-limit script every authenticated request runs;
+   runs): building the SQL (the page and its ``COUNT`` subquery), running it and converting
+   the rows, hydrating models, dumping, JSON; the integration lookup, the balancer's script
+   and the upstream exchange itself; and the rate-limit script every authenticated request
+   runs.
 
 In-process figures carry no HTTP parsing, so their ratios are lower than gunicorn's (which adds
 the same fixed cost to every request): compare stages with each other, not with bench/auth.py.
@@ -86,6 +87,8 @@ def main() -> int:
 def measure(
     key: str, upstream_url: str, requests: int, rounds: int
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    from peewee import SQL, fn
+
     from app import create_app
     from app.gateway import resources as gateway
     from app.gateway.balancer import Upstream, UpstreamBalancer
@@ -95,6 +98,7 @@ def measure(
     from app.store.db import database
     from app.store.models import Integration
     from app.store.redis import get_redis
+    from app.web.api import paginate
     from app.web.dumping import accelerate
 
     app = create_app()
@@ -131,22 +135,22 @@ def measure(
 
     with app.test_request_context("/api/v1/gateway/x/ping"):
         database.connect(reuse_if_open=True)
-        query = Integration.select().order_by(Integration.created_at.desc(), Integration.id)
-        rows = list(query.limit(20))
-        page = {"items": rows, "total": len(rows), "limit": 20, "offset": 0}
+        ordered = Integration.select().order_by(Integration.created_at.desc(), Integration.id)
+        total = ordered.order_by().select(fn.COUNT(SQL("*"))).alias("_page_total")
+        query = ordered.select_extend(total).limit(20).offset(0)  # what paginate() runs
+        page = paginate(ordered, {"limit": 20, "offset": 0})
         schema = accelerate(IntegrationPageSchema())
         dumped = schema.dump(page)
-        build = stage_ms(lambda: query.limit(20).offset(0).sql())
-        tuples = stage_ms(lambda: list(query.limit(20).offset(0).tuples()))
-        models = stage_ms(lambda: list(query.limit(20).offset(0)))
+        build = stage_ms(lambda: query.sql())
+        tuples = stage_ms(lambda: list(query.clone().tuples()))
+        models = stage_ms(lambda: list(query.clone()))
         arguments = IntegrationQueryArgsSchema()
         list_stages = {
             "parse the query arguments (webargs schema)": stage_ms(
                 lambda: arguments.load({"limit": "20"})
             ),
-            "build the page's SQL (peewee)": build,
-            "COUNT for the total (build + run)": stage_ms(lambda: query.order_by().count()),
-            "fetch 20 rows, convert JSON and dates": tuples - build,
+            "build the SQL: page + COUNT subquery (peewee)": build,
+            "run it, fetch 20 rows, convert JSON and dates": tuples - build,
             "hydrate 20 models": models - tuples,
             "dump the page (accelerated schema)": stage_ms(lambda: schema.dump(page)),
             "encode JSON": stage_ms(lambda: app.json.dumps(dumped)),
