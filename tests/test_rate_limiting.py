@@ -107,6 +107,31 @@ def test_rate_limiting_can_be_disabled(app, admin_user):
     assert all("RateLimit" not in r.headers for r in responses)
 
 
+def test_with_rate_limiting_off_a_key_is_still_cached_and_still_revocable(
+    app, admin_user, monkeypatch
+):
+    """Off, the limiter no longer reads the auth epoch: one GET does, so the verified key is
+    reused without a query per request, and a revocation elsewhere still cuts it off."""
+    import app.auth.access as access
+
+    off = create_app({**app.config, "RATELIMIT_ENABLED": False})
+    key = make_key(app, admin_user, ["admin"])
+    client = ApiClient(off.test_client(), key)
+    lookups = []
+    real = access.find_key_row
+    monkeypatch.setattr(
+        access, "find_key_row", lambda prefix: lookups.append(prefix) or real(prefix)
+    )
+    assert [client.get(WHOAMI).status_code for _ in range(5)] == [200] * 5
+    assert len(lookups) == 1
+    key_id = client.get(WHOAMI).json["id"]
+    revoked = ApiClient(app.test_client(), key).delete(f"/api/v1/api-keys/{key_id}")
+    assert revoked.status_code == 204  # by another app: only the auth epoch tells this one
+    before = len(lookups)
+    assert client.get(WHOAMI).status_code == 401
+    assert len(lookups) == before + 1  # the moved epoch made it look the key up again
+
+
 # --- Redis down -----------------------------------------------------------------------------
 
 

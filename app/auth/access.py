@@ -139,11 +139,16 @@ def _new_epoch() -> None:
     get_redis().set(AUTH_EPOCH, os.urandom(8).hex())
 
 
-def _read_epoch() -> str | None:
-    """The current auth epoch, created if Redis lost it (so no old snapshot can match it)."""
+def _read_epoch(create: bool = True) -> str | None:
+    """The current auth epoch, or None if Redis is unreachable.
+
+    With ``create``, an epoch Redis lost is created (so no old snapshot can match it); without,
+    a lost one reads as None, which matches no snapshot either.
+    """
     try:
         client = get_redis()
-        client.set(AUTH_EPOCH, os.urandom(8).hex(), nx=True)
+        if create:
+            client.set(AUTH_EPOCH, os.urandom(8).hex(), nx=True)
         value = client.get(AUTH_EPOCH)
     except redis.RedisError:
         return None
@@ -249,7 +254,8 @@ def authenticate() -> Principal:
     """Authenticate and rate-limit this request once and return the principal.
 
     The hot path costs one Redis round trip and no database query: a key verified earlier in
-    this process is reused while the auth epoch (read by the rate-limit script) is unchanged.
+    this process is reused while the auth epoch (read by the rate-limit script, or on its own
+    when rate limiting is off) is unchanged.
     Raises 401/403 problems for bad keys, 429 over the key's rate limit, 503 when the rate
     limiter is down and configured to fail closed.
     """
@@ -274,8 +280,11 @@ def authenticate() -> Principal:
             snapshot.row.id, snapshot.row.rate_limit, watch=AUTH_EPOCH, expect=snapshot.epoch
         )
         counted = decision is None or decision.counted
-        if decision is None or not decision.counted:
-            snapshot = None  # the epoch moved (or is unknown): reload from the database
+        if decision is None:  # not rate limited (disabled, or failing open): read the epoch
+            if _read_epoch(create=False) != snapshot.epoch:
+                snapshot = None
+        elif not decision.counted:
+            snapshot = None  # the epoch moved: reload from the database
     if snapshot is None:
         snapshot = load_key(raw)
         check_key(snapshot, raw)
