@@ -143,6 +143,36 @@ def test_all_upstreams_down_is_503_problem(app, admin_key):
     assert again.status_code == 503 and again.content_type == "application/problem+json"
 
 
+def test_a_slow_upstream_is_a_504_and_counts_as_a_failure(app, admin_key):
+    fast = create_app({**app.config, "GATEWAY_FAILURE_THRESHOLD": 1})
+    api = ApiClient(fast.test_client(), admin_key)
+    slow = Receiver(lambda req, n: (time.sleep(1.0), (200, {}, b"late"))[1])
+    try:
+        gw = _rest(api, [(slow.url, 1)], timeout_ms=200)
+        res = api.get(f"/api/v1/gateway/{gw['id']}/slow")
+        assert res.status_code == 504 and res.content_type == "application/problem+json"
+        assert "did not answer within 0.2 s" in res.json["detail"]
+        # The timeout ejected the only upstream (threshold 1): no second wait on it.
+        assert api.get(f"/api/v1/gateway/{gw['id']}/slow").status_code == 503
+        assert len(slow.requests) == 1
+    finally:
+        slow.close()
+
+
+def test_upstream_sees_the_clients_encoding_choice(api, receiver):
+    gw = _rest(api, [(receiver.url, 1)])
+    assert api.get(f"/api/v1/gateway/{gw['id']}/plain").status_code == 200
+    # A client that asked for no compression gets none: nothing asks the upstream for gzip.
+    assert receiver.requests[-1].headers["accept-encoding"] == "identity"
+    res = api.get(
+        f"/api/v1/gateway/{gw['id']}/mine",
+        headers={"Accept-Encoding": "gzip", "User-Agent": "client/1.0"},
+    )
+    assert res.status_code == 200
+    mine = receiver.requests[-1].headers
+    assert mine["accept-encoding"] == "gzip" and mine["user-agent"] == "client/1.0"
+
+
 def test_transform_auth_and_header_hygiene(api, admin_key, receiver):
     gw = _rest(
         api,

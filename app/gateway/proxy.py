@@ -25,6 +25,7 @@ from urllib3.exceptions import (
     NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
+    SSLError,
 )
 from urllib3.response import BaseHTTPResponse
 
@@ -229,7 +230,7 @@ def send_with_retries(
             raise UpstreamFailed(
                 f"upstream refused by the SSRF guard ({reason})", 502, upstream.url
             ) from exc
-        except (NewConnectionError, ConnectTimeoutError, ProtocolError) as exc:
+        except (NewConnectionError, ConnectTimeoutError, ProtocolError, SSLError) as exc:
             balancer.report_failure(pool_id, upstream)
             last_error = UpstreamFailed(
                 f"could not connect to the upstream: {type(exc).__name__}", 502, upstream.url
