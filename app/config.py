@@ -67,10 +67,10 @@ def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _seconds(low: float) -> Callable[[str], float]:
+def _seconds(low: float, high: float = math.inf) -> Callable[[str], float]:
     def parse(raw: str) -> float:
         value = float(raw.strip())
-        if not math.isfinite(value) or value < low:
+        if not math.isfinite(value) or not low <= value <= high:
             raise ValueError(raw)
         return value
 
@@ -355,8 +355,8 @@ SETTINGS: tuple[Setting, ...] = (
         "GATEWAY_HEALTH_CACHE_SECONDS",
         "SWITCHBOARD_GATEWAY_HEALTH_CACHE_SECONDS",
         "0.1",
-        _seconds(0),
-        "a number of seconds, at least 0",
+        _seconds(0, 5),
+        "a number of seconds from 0 to 5",
         _number,
     ),
     Setting(
@@ -389,6 +389,14 @@ SETTINGS: tuple[Setting, ...] = (
         "3600",
         _integer(1, 31 * 86400),
         "an integer of seconds from 1 to 2678400",
+    ),
+    Setting(
+        "RATELIMIT_LEASE_SECONDS",
+        "SWITCHBOARD_RATELIMIT_LEASE_SECONDS",
+        "0",
+        _seconds(0, 5),
+        "a number of seconds from 0 to 5",
+        _number,
     ),
     Setting(
         "PUBLIC_URL",

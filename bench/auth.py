@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python bench/auth.py                     # defaults below
     .venv/bin/python bench/auth.py --worker-class sync --duration 10 --connections 32
+    .venv/bin/python bench/auth.py --lease-seconds 0.1   # rate-limit leases switched on
     REDIS_URL=redis://127.0.0.1:6379/8 .venv/bin/python bench/auth.py
 
 What it does, all in one run so the ratios compare like with like:
@@ -151,12 +152,18 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="seconds per endpoint")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median used)")
     parser.add_argument("--python-client", action="store_true", help="ignore wrk even if installed")
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=0.0,
+        help="SWITCHBOARD_RATELIMIT_LEASE_SECONDS for the server (default 0: no leases)",
+    )
     args = parser.parse_args()
 
     redis_url, _ = flushed_redis(DEFAULT_REDIS_URL)  # flushes only the chosen database
     use_wrk = shutil.which("wrk") is not None and not args.python_client
     tmp = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    env = bench_env(tmp, redis_url)
+    env = bench_env(tmp, redis_url, SWITCHBOARD_RATELIMIT_LEASE_SECONDS=str(args.lease_seconds))
     os.environ.update({k: env[k] for k in ("SWITCHBOARD_INSTANCE_PATH", "SWITCHBOARD_LOG_LEVEL")})
     os.environ.pop("SWITCHBOARD_BCRYPT_ROUNDS", None)  # the default cost (12) is what we time
     try:
@@ -195,7 +202,8 @@ def main() -> int:
         f"{args.duration:g}s"
     )
     workers = "gthread, 4 threads each" if args.worker_class == "gthread" else "sync"
-    print(f"\ngunicorn -w 2 ({workers}), rate limiting on, SQLite, {redis_url}")
+    leases = f"leases of {args.lease_seconds:g} s" if args.lease_seconds else "no leases"
+    print(f"\ngunicorn -w 2 ({workers}), rate limiting on ({leases}), SQLite, {redis_url}")
     print(
         f"load: {generator}, {args.rounds} interleaved rounds (median), warm-up {args.warmup:g}s\n"
     )

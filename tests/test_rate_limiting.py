@@ -132,6 +132,20 @@ def test_with_rate_limiting_off_a_key_is_still_cached_and_still_revocable(
     assert len(lookups) == before + 1  # the moved epoch made it look the key up again
 
 
+def test_with_leases_a_revocation_is_immediate_here_and_bounded_elsewhere(app, admin_user):
+    config = {**app.config, "RATELIMIT_LEASE_SECONDS": 0.5}
+    key = make_key(app, admin_user, ["admin"], rate_limit=1_000_000)
+    here = ApiClient(create_app(config).test_client(), key)
+    there = ApiClient(create_app(config).test_client(), key)  # another process, in effect
+    for _ in range(10):  # both lease requests ahead now
+        assert here.get(WHOAMI).status_code == there.get(WHOAMI).status_code == 200
+    key_id = here.get(WHOAMI).json["id"]
+    assert here.delete(f"/api/v1/api-keys/{key_id}").status_code == 204
+    assert here.get(WHOAMI).status_code == 401  # the process that revoked drops its leases
+    time.sleep(0.6)  # the other one learns of it once its lease has ended
+    assert there.get(WHOAMI).status_code == 401
+
+
 # --- Redis down -----------------------------------------------------------------------------
 
 

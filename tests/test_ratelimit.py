@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from app.limits import usage
-from app.limits.limiter import BUCKETS, RateLimitDecision, RateLimiter
+from app.limits.limiter import BUCKETS, MAX_LEASE, RateLimitDecision, RateLimiter
 from tests.conftest import session_redis_url
 
 REDIS_URL = session_redis_url()
@@ -142,6 +142,90 @@ def test_state_is_bounded_whatever_the_rate(r: redis.Redis) -> None:
     assert len(state) <= BUCKETS + 1
     assert sum(state.values()) < hits  # slices older than the window were dropped
     assert r.memory_usage(limiter.key("key_busy")) < 2048
+
+
+# --- leases (RATELIMIT_LEASE_SECONDS) ------------------------------------------------------
+
+
+def _round_trips(limiter: RateLimiter) -> list[int]:
+    """Count the limiter's script calls from now on (one per round trip to Redis)."""
+    calls: list[int] = []
+    script = limiter._script
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return script(*args, **kwargs)
+
+    limiter._script = counted  # type: ignore[assignment]
+    return calls
+
+
+def test_a_busy_key_leases_requests_and_skips_most_round_trips(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, lease_seconds=5)
+    trips = _round_trips(limiter)
+    decisions = [limiter.hit("key_lease", 1_000_000) for _ in range(500)]
+    assert all(d.allowed for d in decisions)
+    # Leases of 1, 2, 4, ... 64 requests: 127 after seven round trips, then 64 at a time.
+    assert len(trips) == 7 + -(-(500 - 127) // MAX_LEASE)
+    counted = sum(_counted(r, limiter.key("key_lease")).values())
+    assert 500 <= counted < 500 + MAX_LEASE  # counted ahead: at most one lease's remainder
+    # What a lease admits carries the headers of its grant (remaining as counted then).
+    assert decisions[-1].remaining == 1_000_000 - counted
+
+
+def test_a_quiet_key_asks_for_one_request_at_a_time(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, lease_seconds=0.05)
+    trips = _round_trips(limiter)
+    for _ in range(4):
+        assert limiter.hit("key_quiet", 1_000_000).allowed
+        time.sleep(0.08)  # each lease ends before the next request
+    assert len(trips) == 4
+    assert sum(_counted(r, limiter.key("key_quiet")).values()) == 4  # nothing counted unused
+
+
+def _lease_hammer(url: str, key_id: str, limit: int) -> int:
+    """Hit until denied twice in a row (every lease of this process used up); return admitted."""
+    client = redis.Redis.from_url(url)
+    try:
+        limiter = RateLimiter(client, lease_seconds=30)
+        admitted = denied = 0
+        while denied < 2:
+            if limiter.hit(key_id, limit).allowed:
+                admitted, denied = admitted + 1, 0
+            else:
+                denied += 1
+        return admitted
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("limit", [50, 5_000])
+def test_leases_admit_exactly_the_limit_across_processes(r: redis.Redis, limit: int) -> None:
+    """Four processes leasing from one key: together they admit the limit, never more, and
+    Redis counts exactly what was admitted (every leased request was used)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        admitted = pool.starmap(_lease_hammer, [(REDIS_URL, f"key_l{limit}", limit)] * 4)
+    assert sum(admitted) == limit
+    assert sum(_counted(r, RateLimiter(r).key(f"key_l{limit}")).values()) == limit
+
+
+def test_a_lease_is_bound_to_the_watched_value_and_can_be_dropped(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, lease_seconds=30)
+    trips = _round_trips(limiter)
+    r.set("epoch", "one")
+    for _ in range(3):  # leases of 1 then 2: the third request is admitted locally
+        decision = limiter.hit("key_e", 1_000_000, watch="epoch", expect="one")
+        assert decision.counted and decision.watched == "one"
+    assert len(trips) == 2
+    # A request expecting another value goes to Redis, which does not count it.
+    stale = limiter.hit("key_e", 1_000_000, watch="epoch", expect="two")
+    assert not stale.counted and stale.watched == "one" and len(trips) == 3
+    limiter.forget_leases()
+    assert limiter.hit("key_e", 1_000_000, watch="epoch", expect="one").counted
+    assert len(trips) == 4
+    with pytest.raises(ValueError):
+        RateLimiter(r, lease_seconds=-1)
 
 
 def test_headers() -> None:

@@ -137,6 +137,9 @@ def bump_auth_epoch(required: bool = False) -> None:
 
 def _new_epoch() -> None:
     get_redis().set(AUTH_EPOCH, os.urandom(8).hex())
+    limiter = current_app.extensions.get("ratelimiter")
+    if limiter is not None:  # this process's leases were granted under the old epoch
+        limiter.forget_leases()
 
 
 def _read_epoch(create: bool = True) -> str | None:

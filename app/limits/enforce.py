@@ -47,7 +47,12 @@ def get_limiter(app: Flask | None = None) -> RateLimiter:
     limiter: RateLimiter | None = app.extensions.get("ratelimiter")
     if limiter is None:
         window = int(app.config["RATELIMIT_WINDOW"])
-        limiter = RateLimiter(connect(app), window_seconds=window, policy=policy_name(window))
+        limiter = RateLimiter(
+            connect(app),
+            window_seconds=window,
+            policy=policy_name(window),
+            lease_seconds=app.config["RATELIMIT_LEASE_SECONDS"],
+        )
         app.extensions["ratelimiter"] = limiter
     return limiter
 

@@ -25,6 +25,8 @@ open or closed.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 from redis import Redis
@@ -35,6 +37,11 @@ _MICROS = 1_000_000
 
 #: Slices per window: quota frees at most ``window / BUCKETS`` late; state is bounded by it.
 BUCKETS = 60
+#: A lease takes at most this fraction (1/LEASE_SHARE) of the quota still free, so near the
+#: limit every request goes to Redis and the count stays exact.
+LEASE_SHARE = 64
+#: The most requests one lease covers.
+MAX_LEASE = 64
 
 # KEYS[1]  hash: slice number -> requests admitted in that slice
 # KEYS[2]  a key read along (the caller's cache epoch, see ``hit(watch=…)``); may not exist
@@ -42,8 +49,10 @@ BUCKETS = 60
 # ARGV[2]  window in microseconds
 # ARGV[3]  slice length in microseconds (window / BUCKETS, rounded up)
 # ARGV[4]  the value KEYS[2] must hold for the request to be counted ('' = count regardless)
+# ARGV[5]  requests wanted (>= 1): this one plus a lease for later ones; fewer are granted when
+#          little quota is left (at most 1/LEASE_SHARE of it, and always at least this request)
 # Returns {allowed (0|1; -1 = not counted: KEYS[2] differs from ARGV[4]), count in window after
-#          this call, microseconds until more quota frees, value of KEYS[2] or false}
+#          this call, microseconds until more quota frees, value of KEYS[2] or false, granted}
 _SLIDING_WINDOW_LUA = """
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
@@ -51,7 +60,7 @@ local window = tonumber(ARGV[2])
 local slice = tonumber(ARGV[3])
 local watched = redis.call('GET', KEYS[2])
 if ARGV[4] ~= '' and watched ~= ARGV[4] then
-    return {-1, 0, 0, watched}
+    return {-1, 0, 0, watched, 0}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -73,12 +82,13 @@ for i = 1, #fields, 2 do
     end
 end
 
-local allowed = 0
+local allowed, granted = 0, 0
 if count < limit then
-    redis.call('HINCRBY', key, current, 1)
+    granted = math.max(1, math.min(tonumber(ARGV[5]), math.floor((limit - count) / LEASE_SHARE)))
+    redis.call('HINCRBY', key, current, granted)
     redis.call('PEXPIRE', key, math.ceil((window + slice) / 1000))
-    slices[#slices + 1] = {current, 1}
-    count = count + 1
+    slices[#slices + 1] = {current, granted}
+    count = count + granted
     allowed = 1
 end
 
@@ -101,8 +111,8 @@ if count > 0 then
         end
     end
 end
-return {allowed, count, wait, watched}
-"""
+return {allowed, count, wait, watched, granted}
+""".replace("LEASE_SHARE", str(LEASE_SHARE))
 
 
 def _sf_string(value: str) -> str:
@@ -149,12 +159,34 @@ class RateLimitDecision:
         return headers
 
 
+@dataclass
+class _Lease:
+    """Requests of one key already counted in Redis, admitted here without asking again."""
+
+    limit: int
+    epoch: str | None  # the watched value when it was granted
+    granted: int  # requests the grant covered, the one that asked included
+    left: int  # still to admit
+    expires: float  # time.monotonic()
+    decision: RateLimitDecision  # what the requests it admits answer (headers as of the grant)
+
+
 class RateLimiter:
     """Bucketed sliding-window limiter over Redis; safe to share between threads and processes.
 
     ``limit`` must be >= 1: API keys always carry a positive ``rate_limit``, and "unlimited"
     is expressed by not calling the limiter, so a non-positive limit is a programming error
     and raises ``ValueError`` rather than silently allowing or denying everything.
+
+    With ``lease_seconds`` > 0 a busy key's requests mostly skip Redis: the script admits the
+    request that asks and counts up to ``MAX_LEASE - 1`` more at once, which this process
+    then admits locally for ``lease_seconds``. The size follows the key's traffic here (double
+    after a lease used up early, else what the last one used), and a lease never takes more
+    than ``1/LEASE_SHARE`` of the quota still free. So the limit still holds across processes
+    (a leased request is counted before it is admitted); near the limit every request asks
+    Redis, exactly as without leases; a key that goes quiet wastes at most what its last lease
+    had left; and what a lease admits carries the headers and the ``watch`` value of its
+    grant, at most ``lease_seconds`` old.
     """
 
     def __init__(
@@ -164,20 +196,31 @@ class RateLimiter:
         window_seconds: int = 3600,
         prefix: str = "sb:rl:",
         policy: str = "hour",
+        lease_seconds: float = 0,
     ) -> None:
         if window_seconds < 1:
             raise ValueError("window_seconds must be >= 1")
+        if lease_seconds < 0:
+            raise ValueError("lease_seconds must be >= 0")
         _sf_string(policy)  # fail at construction, not on the first request
         self.redis = redis
         self.window_seconds = window_seconds
         self.prefix = prefix
         self.policy = policy
+        self.lease_seconds = lease_seconds
         self._slice_us = -(-window_seconds * _MICROS // BUCKETS)
         self._script = redis.register_script(_SLIDING_WINDOW_LUA)
+        self._leases: dict[str, _Lease] = {}
+        self._lock = threading.Lock()
 
     def key(self, key_id: str) -> str:
         """Redis key holding the per-slice counts of ``key_id``."""
         return f"{self.prefix}{key_id}"
+
+    def forget_leases(self) -> None:
+        """Drop every lease: the next request of each key asks Redis (and reads ``watch``)."""
+        with self._lock:
+            self._leases.clear()
 
     def hit(
         self, key_id: str, limit: int, *, watch: str | None = None, expect: str | None = None
@@ -194,12 +237,17 @@ class RateLimiter:
         """
         if limit < 1:
             raise ValueError("limit must be >= 1")
-        allowed, count, wait_us, watched = self._script(
+        wanted = 1
+        if self.lease_seconds:
+            leased, wanted = self._from_lease(key_id, limit, expect)
+            if leased is not None:
+                return leased
+        allowed, count, wait_us, watched, granted = self._script(
             keys=[self.key(key_id), watch or f"{self.prefix}-unwatched"],
-            args=[limit, self.window_seconds * _MICROS, self._slice_us, expect or ""],
+            args=[limit, self.window_seconds * _MICROS, self._slice_us, expect or "", wanted],
         )
         wait_seconds = -(-int(wait_us) // _MICROS)  # round up: never promise too early
-        return RateLimitDecision(
+        decision = RateLimitDecision(
             allowed=bool(allowed),
             limit=limit,
             remaining=max(0, limit - int(count)),
@@ -210,3 +258,36 @@ class RateLimiter:
             watched=watched.decode() if isinstance(watched, bytes) else (watched or None),
             counted=int(allowed) >= 0,
         )
+        if self.lease_seconds and int(allowed) == 1:
+            with self._lock:
+                self._leases[key_id] = _Lease(
+                    limit=limit,
+                    epoch=decision.watched,
+                    granted=int(granted),
+                    left=int(granted) - 1,
+                    expires=time.monotonic() + self.lease_seconds,
+                    decision=decision,
+                )
+        return decision
+
+    def _from_lease(
+        self, key_id: str, limit: int, expect: str | None
+    ) -> tuple[RateLimitDecision | None, int]:
+        """A decision from this key's lease, or None and how many requests to ask Redis for."""
+        now = time.monotonic()
+        with self._lock:
+            lease = self._leases.get(key_id)
+            if lease is None:
+                return None, 1
+            fresh = now < lease.expires
+            if (
+                fresh
+                and lease.left > 0
+                and lease.limit == limit
+                and (expect is None or expect == lease.epoch)
+            ):
+                lease.left -= 1
+                return lease.decision, 0
+            if fresh and lease.left == 0:  # used up early: the key is busier than its lease
+                return None, min(MAX_LEASE, 2 * lease.granted)
+            return None, max(1, lease.granted - lease.left)
