@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python bench/gateway.py                       # both worker classes, ~1.5 minutes
     .venv/bin/python bench/gateway.py --worker-class gthread --duration 10 --connections 32
     .venv/bin/python bench/gateway.py --python-client       # ignore wrk even if installed
+    .venv/bin/python bench/gateway.py --lease-seconds 0.1   # rate-limit leases switched on
     PYTHONPATH=/tmp/exp .venv/bin/python bench/gateway.py --app "mod:create()"  # experiments
     REDIS_URL=redis://127.0.0.1:6379/8 .venv/bin/python bench/gateway.py
 
@@ -187,6 +188,12 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     parser.add_argument(
         "--app", default="app:create_app()", help="WSGI app for gunicorn (for experiments)"
     )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=0.0,
+        help="SWITCHBOARD_RATELIMIT_LEASE_SECONDS for the server (default 0: no leases)",
+    )
     parser.add_argument("--serve-upstream", metavar="PORT_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
@@ -197,7 +204,12 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     use_wrk = shutil.which("wrk") is not None and not args.python_client
     redis_url, redis_client = flushed_redis(DEFAULT_REDIS_URL)  # only the benchmark's db
     tmp = Path(tempfile.mkdtemp(prefix="switchboard-bench-gateway-"))
-    env = bench_env(tmp, redis_url, SWITCHBOARD_ALLOWED_NETWORKS="127.0.0.0/8")
+    env = bench_env(
+        tmp,
+        redis_url,
+        SWITCHBOARD_ALLOWED_NETWORKS="127.0.0.0/8",
+        SWITCHBOARD_RATELIMIT_LEASE_SECONDS=str(args.lease_seconds),
+    )
     os.environ.clear()
     os.environ.update(env)  # the in-process setup uses the same settings as gunicorn
 
@@ -258,7 +270,8 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         f"connections, {args.duration:g}s; slower than wrk: compare only its ratios)"
     )
     print(
-        f"\ngateway: gunicorn -w 2 {args.app!r}, rate limiting ON (key limit 1e8/h), "
+        f"\ngateway: gunicorn -w 2 {args.app!r}, rate limiting ON (key limit 1e8/h, "
+        f"{f'leases of {args.lease_seconds:g} s' if args.lease_seconds else 'no leases'}), "
         f"SQLite, {redis_url}"
     )
     print(f"load generator: {generator}, {args.rounds} interleaved rounds (median)")
