@@ -40,6 +40,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -200,6 +201,50 @@ class CpuMeter:
         )
 
 
+def start_profilers(
+    folder: Path | None,
+    api_master: int,
+    workers: list[subprocess.Popen[bytes]],
+    receiver: ReceiverProcess,
+    seconds: float,
+) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` (raw collapsed stacks of the thread holding the GIL: Python's CPU) on
+    each process for
+    ``seconds`` plus a few for the deliveries to drain; nothing when ``folder`` is None."""
+    if folder is None:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).parent / "py-spy"
+    api = [
+        int(p) for p in Path(f"/proc/{api_master}/task/{api_master}/children").read_text().split()
+    ]
+    targets = [(f"api-{pid}", pid) for pid in api]
+    targets += [(f"worker-{proc.pid}", proc.pid) for proc in workers]
+    targets += [("receiver", receiver.proc.pid)]
+    return [
+        subprocess.Popen(
+            [
+                str(py_spy),
+                "record",
+                "--gil",
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--duration",
+                str(int(seconds) + 3),
+                "--pid",
+                str(pid),
+                "-o",
+                str(folder / f"{name}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in targets
+    ]
+
+
 def wait_requests(receiver: ReceiverProcess, n: int, timeout: float) -> float | None:
     """Wall time when the receiver had ``n`` requests, or None after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -239,6 +284,13 @@ def main() -> int:
     parser.add_argument("--latency-events", type=int, default=200)
     parser.add_argument("--latency-rate", type=float, default=20.0, help="events per second")
     parser.add_argument("--python-client", action="store_true", help="ignore wrk")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy record every API worker, worker.py and the receiver during the saturation "
+        "phase into DIR (collapsed stacks, one file per process; needs py-spy and ptrace rights)",
+    )
     args = parser.parse_args()
 
     database_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
@@ -261,12 +313,15 @@ def main() -> int:
         with gunicorn(env, "gthread", tmp / "gunicorn.log") as (base, master):
             meter = CpuMeter(master.pid, [p.pid for p in workers], receiver.proc.pid, database_url)
             use_wrk = shutil.which("wrk") is not None and not args.python_client
-            # Warm-up: connections open, code paths hot, workers awake.
-            saturate_python(base, key, 2, 4)
+            # Warm-up: connections open, code paths hot, workers awake, and the key verified
+            # in both API processes (with as many connections as the measurement, so neither
+            # process meets the key first — and runs bcrypt — while being measured).
+            saturate_python(base, key, 2, args.connections)
             receiver.wait_distinct(1, 30)
             time.sleep(2)
             receiver.reset()
             meter.start()
+            profilers = start_profilers(args.profile, master.pid, workers, receiver, args.duration)
             begin = time.time()
             if use_wrk:
                 accepted = saturate_wrk(base, key, tmp, args.duration, args.connections)
@@ -275,6 +330,8 @@ def main() -> int:
             published = time.time()
             done = wait_requests(receiver, accepted * WEBHOOKS, timeout=600)
             meter.stop()
+            for profiler in profilers:
+                profiler.wait(60)
             delivered = receiver.stats()["requests"]
             receiver.reset()
             latencies = latency(base, key, receiver, args.latency_events, args.latency_rate)
