@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import peewee
 from flask import current_app
 
 from app.events.outbox import wake_dispatcher
+from app.events.routes import event_targets, pattern_matches
 from app.logs.structured import current_request_id
 from app.store.db import database
-from app.store.models import Delivery, Event, EventType, Integration, Webhook, new_id, utcnow
+from app.store.models import Delivery, Event, EventType, new_id, utcnow
 from app.stream import kinds
 
 BUILTIN_EVENT_TYPES: dict[str, str] = {
@@ -79,15 +79,6 @@ def event_type_source(event_type: str) -> str | None:
     return None
 
 
-def pattern_matches(pattern: str, event_type: str) -> bool:
-    """``*`` matches everything, ``prefix.*`` a whole family, anything else exactly."""
-    if pattern == "*":
-        return True
-    if pattern.endswith(".*"):
-        return event_type.startswith(pattern[:-1])
-    return pattern == event_type
-
-
 def is_valid_pattern(pattern: str, catalog: dict[str, Any]) -> bool:
     """A subscription pattern is a known type, ``*``, or a ``prefix.*`` some type falls under."""
     if pattern == "*" or pattern in catalog:
@@ -108,37 +99,16 @@ def emit_event(
     )
     kinds.event_published(event.id, event_type, event.created_at, data)
     now = utcnow()
-    rows: list[dict[str, Any]] = []
-    # A disabled webhook's deliveries are held, not dropped: re-enabling it sends them.
-    webhooks = Webhook.select(Webhook.id, Webhook.events, Webhook.retry_count, Webhook.status)
-    for webhook in webhooks:
-        if any(pattern_matches(p, event_type) for p in webhook.events):
-            rows.append(
-                {
-                    "event": event.id,
-                    "webhook": webhook.id,
-                    "max_attempts": webhook.retry_count + 1,
-                    "status": "pending" if webhook.status == "active" else "held",
-                }
-            )
-    integrations = Integration.select(Integration.id, Integration.subscriptions).where(
-        Integration.subscriptions != peewee.Value("[]", converter=False),
-        Integration.status != "inactive",
-    )
-    for integration in integrations:
-        for index, subscription in enumerate(integration.subscriptions or ()):
-            if any(pattern_matches(p, event_type) for p in subscription.get("events", ())):
-                rows.append(
-                    {
-                        "event": event.id,
-                        "integration": integration.id,
-                        "subscription_index": index,
-                        "max_attempts": current_app.config["SUBSCRIPTION_MAX_ATTEMPTS"],
-                    }
-                )
+    rows = [dict(target) for target in event_targets(event_type)]
     if rows:
         for row in rows:  # insert_many takes its columns from the first row: give all the same
-            row.update(id=new_id("dlv"), next_attempt_at=now, created_at=now, updated_at=now)
+            row.update(
+                id=new_id("dlv"),
+                event=event.id,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
             row.setdefault("webhook", None)
             row.setdefault("integration", None)
             row.setdefault("subscription_index", None)
