@@ -55,6 +55,7 @@ from harness import (
     gunicorn,
     postgres_backend_pids,
     server_cpu_seconds,
+    stop_process_group,
     tree_cpu_seconds,
 )
 from psycopg2 import sql
@@ -337,9 +338,8 @@ def main() -> int:
             latencies = latency(base, key, receiver, args.latency_events, args.latency_rate)
         log_text = "".join(p.read_text() for p in tmp.glob("*.log"))
     finally:
-        for proc in workers:
-            proc.kill()
-        receiver.proc.kill()
+        for proc in [*workers, receiver.proc]:  # their groups: RQ's scheduler is a child
+            stop_process_group(proc)
 
     generator = "wrk" if use_wrk else "Python client"
     print(

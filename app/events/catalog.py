@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import peewee
 from flask import current_app
 
 from app.events.outbox import wake_dispatcher
 from app.events.routes import event_targets, pattern_matches
 from app.logs.structured import current_request_id
+from app.store.bulk import CHUNK, insert_rows, insert_sql
 from app.store.db import database
 from app.store.models import Delivery, Event, EventType, new_id, utcnow
 from app.stream import kinds
@@ -91,29 +93,34 @@ def emit_event(
 ) -> Event:
     """Write an event and its deliveries in this transaction; wake the dispatcher on commit."""
     assert database.in_transaction(), "emit_event must run inside database.atomic()"
-    event = Event.create(
+    event = Event(
         type=event_type,
         payload=data,
         idempotency_key=idempotency_key,
         request_id=current_request_id(),
     )
-    kinds.event_published(event.id, event_type, event.created_at, data)
     now = utcnow()
     rows = [dict(target) for target in event_targets(event_type)]
+    for row in rows:  # one INSERT for all: give every row the same columns
+        row.update(
+            id=new_id("dlv"), event=event.id, next_attempt_at=now, created_at=now, updated_at=now
+        )
+        row.setdefault("webhook", None)
+        row.setdefault("integration", None)
+        row.setdefault("subscription_index", None)
+        row.setdefault("status", "pending")
+    event_sql, event_params = insert_sql(Event, [event.__data__])
+    if rows and len(rows) <= CHUNK and isinstance(database.obj, peewee.PostgresqlDatabase):
+        # One round trip: the event and its deliveries in one statement.
+        deliveries_sql, deliveries_params = insert_sql(Delivery, rows)
+        database.execute_sql(
+            f"WITH event AS ({event_sql}) {deliveries_sql}", event_params + deliveries_params
+        )
+    else:
+        database.execute_sql(event_sql, event_params)
+        insert_rows(Delivery, rows)
+    kinds.event_published(event.id, event_type, event.created_at, data)
     if rows:
-        for row in rows:  # insert_many takes its columns from the first row: give all the same
-            row.update(
-                id=new_id("dlv"),
-                event=event.id,
-                next_attempt_at=now,
-                created_at=now,
-                updated_at=now,
-            )
-            row.setdefault("webhook", None)
-            row.setdefault("integration", None)
-            row.setdefault("subscription_index", None)
-            row.setdefault("status", "pending")
-        Delivery.insert_many(rows).execute()
         database.after_commit(wake_dispatcher)
     event.delivery_count = len(rows)
     return event

@@ -33,6 +33,7 @@ from app.events import observe
 from app.events.held import hold_pending
 from app.events.outbox import ANNOUNCED, WAKE_FLAG, schedule_wake, wake_dispatcher
 from app.outbound.guard import REFUSED
+from app.store.bulk import insert_rows
 from app.store.db import database
 from app.store.models import (
     Delivery,
@@ -493,10 +494,8 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
             for d in Delivery.select(Delivery.id).where(Delivery.id.in_(chunk))
         )
         attempts = [row for row in writes.attempts if row["delivery"] in alive]
-        for rows in peewee.chunked(attempts, 100):
-            DeliveryAttempt.insert_many(rows).execute()
-        for rows in peewee.chunked(writes.logs, 100):
-            IntegrationLog.insert_many(rows).execute()
+        insert_rows(DeliveryAttempt, attempts)
+        insert_rows(IntegrationLog, writes.logs)
         observe.logs_written(writes.logs)
         from app.events.catalog import emit_event
 
