@@ -19,20 +19,13 @@ WAKE_FLAG = "sb:outbox:wake-queued"
 ANNOUNCED = "sb:outbox:announced"
 
 
-# KEYS[1] ANNOUNCED, KEYS[2] WAKE_FLAG: announce, and claim the right to enqueue a job. One
-# script call, not a pipeline of two commands: this runs after every publish, and redis-py's
-# pipeline machinery cost more CPU than the round trip (measured with bench/publish.py).
-_WAKE_LUA = """
-redis.call('INCR', KEYS[1])
-return redis.call('SET', KEYS[2], '1', 'NX', 'EX', 30)
-"""
-
-
 def wake_dispatcher() -> None:
     """Enqueue one ``dispatch_due`` job unless one is already waiting (coalesces bursts)."""
     try:
-        client = get_redis()
-        if client.register_script(_WAKE_LUA)(keys=[ANNOUNCED, WAKE_FLAG]):
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.incr(ANNOUNCED)
+        pipe.set(WAKE_FLAG, "1", nx=True, ex=30)
+        if pipe.execute()[1]:
             get_queue("webhooks").enqueue(
                 "app.events.dispatch.dispatch_due",
                 description="dispatch_due()",  # explicit: RQ's default would list arguments
