@@ -2,7 +2,8 @@
 
 ``emit_event`` must run inside the caller's database transaction: the event row and one
 delivery per matching target are committed together with the change that caused them, and
-the dispatcher is woken only after that commit.
+the dispatcher is woken only after that commit. ``emit_event_alone`` is the same for an event
+that is its own change (``POST /events``): on PostgreSQL one statement, committed by itself.
 """
 
 from __future__ import annotations
@@ -93,6 +94,39 @@ def emit_event(
 ) -> Event:
     """Write an event and its deliveries in this transaction; wake the dispatcher on commit."""
     assert database.in_transaction(), "emit_event must run inside database.atomic()"
+    event, rows = _outbox_rows(event_type, data, idempotency_key)
+    _insert(event, rows)
+    kinds.event_published(event.id, event_type, event.created_at, data)
+    if rows:
+        database.after_commit(wake_dispatcher)
+    return event
+
+
+def emit_event_alone(event_type: str, data: dict[str, Any]) -> Event:
+    """``emit_event`` in a transaction of its own (a custom event published through the API).
+
+    On PostgreSQL the event and its deliveries are one ``INSERT``, which is a transaction by
+    itself: no ``BEGIN`` and ``COMMIT`` round trips (or, on the rare publish that needs more
+    than one statement, an ordinary transaction).
+    """
+    if not isinstance(database.obj, peewee.PostgresqlDatabase) or database.in_transaction():
+        with database.atomic():
+            return emit_event(event_type, data)
+    event, rows = _outbox_rows(event_type, data, None)
+    if len(rows) > CHUNK:
+        with database.atomic():
+            return emit_event(event_type, data)
+    _insert(event, rows)  # committed when it returns
+    kinds.event_published(event.id, event_type, event.created_at, data)
+    if rows:
+        wake_dispatcher()
+    return event
+
+
+def _outbox_rows(
+    event_type: str, data: dict[str, Any], idempotency_key: str | None
+) -> tuple[Event, list[dict[str, Any]]]:
+    """The event (not yet saved) and its delivery rows, one per matching target."""
     event = Event(
         type=event_type,
         payload=data,
@@ -109,6 +143,11 @@ def emit_event(
         row.setdefault("integration", None)
         row.setdefault("subscription_index", None)
         row.setdefault("status", "pending")
+    event.delivery_count = len(rows)
+    return event, rows
+
+
+def _insert(event: Event, rows: list[dict[str, Any]]) -> None:
     event_sql, event_params = insert_sql(Event, [event.__data__])
     if rows and len(rows) <= CHUNK and isinstance(database.obj, peewee.PostgresqlDatabase):
         # One round trip: the event and its deliveries in one statement.
@@ -119,8 +158,3 @@ def emit_event(
     else:
         database.execute_sql(event_sql, event_params)
         insert_rows(Delivery, rows)
-    kinds.event_published(event.id, event_type, event.created_at, data)
-    if rows:
-        database.after_commit(wake_dispatcher)
-    event.delivery_count = len(rows)
-    return event
