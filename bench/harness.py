@@ -13,6 +13,8 @@ What is here:
   helper servers (fast local upstreams/receivers);
 - load generators: ``run_wrk``, the multi-process Python fallback ``run_python_load``,
   ``run_load`` (either), ``request_loop`` (one keep-alive connection);
+- CPU accounting from Linux ``/proc``: ``server_cpu_seconds`` (a gunicorn master's workers),
+  ``tree_cpu_seconds`` (processes and all their descendants), ``postgres_backend_pids``;
 - ``exit_status``: 1 if a log has a traceback.
 """
 
@@ -29,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -115,6 +117,77 @@ def exit_status(log_text: str, heading: str) -> int:
         print(f"\n{heading}:\n" + log_text[-4000:])
         return 1
     return 0
+
+
+# --- CPU accounting (Linux /proc) -------------------------------------------------------------
+# CPU seconds per request (or per event) barely move when other processes compete for the
+# CPUs, unlike requests per second: on a shared machine they are the figures to compare.
+
+
+def _process_table() -> dict[int, tuple[int, int]] | None:
+    """pid -> (ppid, utime + stime in clock ticks) for every live process, or None off Linux."""
+    table: dict[int, tuple[int, int]] = {}
+    try:
+        stats = list(Path("/proc").glob("[0-9]*/stat"))
+    except OSError:
+        return None
+    for stat in stats:
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        table[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return table or None
+
+
+def _ticks_per_second() -> int:
+    return os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def server_cpu_seconds(master_pid: int) -> float | None:
+    """User + system CPU seconds used so far by the children of ``master_pid`` (gunicorn's
+    workers, not the master itself), or None when ``/proc`` cannot tell."""
+    table = _process_table()
+    if table is None:
+        return None
+    total = sum(ticks for ppid, ticks in table.values() if ppid == master_pid)
+    return total / _ticks_per_second() if total else None
+
+
+def tree_cpu_seconds(pids: Iterable[int]) -> float | None:
+    """User + system CPU seconds used so far by ``pids`` and all their live descendants, or
+    None when ``/proc`` cannot tell. (A descendant that already exited is not counted.)"""
+    table = _process_table()
+    if table is None:
+        return None
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    seen: set[int] = set()
+    todo = [pid for pid in pids if pid in table]
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo += children.get(pid, [])
+    return sum(table[pid][1] for pid in seen) / _ticks_per_second()
+
+
+def postgres_backend_pids(database_url: str) -> list[int]:
+    """Process ids of the PostgreSQL backends connected to ``database_url``'s database (on this
+    machine: their CPU is in ``/proc`` too)."""
+    import psycopg2
+
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+            )
+            return [row[0] for row in cur.fetchall()]
+    finally:
+        conn.close()
 
 
 # --- child processes ------------------------------------------------------------------------

@@ -20,7 +20,12 @@ What it does:
 4. **latency**: publishes one event at a time at ``--latency-rate`` per second for
    ``--latency-events`` events; latency = first arrival of the event at the receiver minus the
    start of its publish call;
-5. prints events/s (target >= 500) and p50 publish->receipt (target <= 50 ms) with PASS/MISS.
+5. prints events/s (target >= 500) and p50 publish->receipt (target <= 50 ms) with PASS/MISS,
+   and the CPU each component used per event during the saturation phase (from Linux
+   ``/proc``: the gunicorn workers, the ``worker.py`` processes with their children, the
+   receiver, and this database's PostgreSQL backends), with the cores that many milliseconds
+   would take at the target rate. CPU per event barely moves when other jobs share the
+   machine, unlike events/s: it is the figure that says whether the target fits two cores.
 
 Timings are measurements, never test assertions. Every child process is killed on exit.
 """
@@ -35,6 +40,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -42,7 +48,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg2
-from harness import bench_env, exit_status, flushed_redis, gunicorn
+from harness import (
+    bench_env,
+    exit_status,
+    flushed_redis,
+    gunicorn,
+    postgres_backend_pids,
+    server_cpu_seconds,
+    stop_process_group,
+    tree_cpu_seconds,
+)
 from psycopg2 import sql
 from webhooks import EVENT_TYPE, ReceiverProcess, setup_app, start_workers, wait_for_workers
 
@@ -135,6 +150,102 @@ def saturate_python(base: str, key: str, seconds: float, connections: int) -> in
     return sum(accepted)
 
 
+class CpuMeter:
+    """CPU seconds each component of the pipeline used between ``start`` and ``stop``."""
+
+    def __init__(self, api_master: int, workers: list[int], receiver: int, database_url: str):
+        self.api_master, self.workers, self.receiver = api_master, workers, receiver
+        self.database_url = database_url
+        self.used: dict[str, float | None] = {}
+
+    def _read(self) -> dict[str, float | None]:
+        postgres = tree_cpu_seconds(postgres_backend_pids(self.database_url))
+        return {
+            "API (gunicorn workers)": server_cpu_seconds(self.api_master),
+            "workers (worker.py)": tree_cpu_seconds(self.workers),
+            "receiver": tree_cpu_seconds([self.receiver]),
+            "PostgreSQL backends": postgres,
+        }
+
+    def start(self) -> None:
+        self._before = self._read()
+
+    def stop(self) -> None:
+        after = self._read()
+        self.used = {
+            name: (after[name] - before if (before := self._before[name]) is not None else None)
+            if after[name] is not None
+            else None
+            for name in after
+        }
+
+    def report(self, events: int, target_rate: float) -> None:
+        """Print CPU ms per event per component and the cores that would take at the target."""
+        if not events or not self.used:
+            return
+        print(f"CPU per event (saturation phase, {events} events; Linux /proc):")
+        total = 0.0
+        for name, seconds in self.used.items():
+            if seconds is None:
+                print(f"  {name:26s}      -")
+                continue
+            ms = seconds * 1000 / events
+            total += ms
+            print(
+                f"  {name:26s} {ms:6.2f} ms  x {target_rate:g} ev/s = "
+                f"{ms * target_rate / 1000:4.2f} cores"
+            )
+        print(
+            f"  {'total':26s} {total:6.2f} ms  x {target_rate:g} ev/s = "
+            f"{total * target_rate / 1000:4.2f} cores (this machine has {os.cpu_count()}; "
+            f"the load generator and Redis come on top)"
+        )
+
+
+def start_profilers(
+    folder: Path | None,
+    api_master: int,
+    workers: list[subprocess.Popen[bytes]],
+    receiver: ReceiverProcess,
+    seconds: float,
+) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` (raw collapsed stacks of the thread holding the GIL: Python's CPU) on
+    each process for
+    ``seconds`` plus a few for the deliveries to drain; nothing when ``folder`` is None."""
+    if folder is None:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).parent / "py-spy"
+    api = [
+        int(p) for p in Path(f"/proc/{api_master}/task/{api_master}/children").read_text().split()
+    ]
+    targets = [(f"api-{pid}", pid) for pid in api]
+    targets += [(f"worker-{proc.pid}", proc.pid) for proc in workers]
+    targets += [("receiver", receiver.proc.pid)]
+    return [
+        subprocess.Popen(
+            [
+                str(py_spy),
+                "record",
+                "--gil",
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--duration",
+                str(int(seconds) + 3),
+                "--pid",
+                str(pid),
+                "-o",
+                str(folder / f"{name}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in targets
+    ]
+
+
 def wait_requests(receiver: ReceiverProcess, n: int, timeout: float) -> float | None:
     """Wall time when the receiver had ``n`` requests, or None after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -174,6 +285,13 @@ def main() -> int:
     parser.add_argument("--latency-events", type=int, default=200)
     parser.add_argument("--latency-rate", type=float, default=20.0, help="events per second")
     parser.add_argument("--python-client", action="store_true", help="ignore wrk")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy record every API worker, worker.py and the receiver during the saturation "
+        "phase into DIR (collapsed stacks, one file per process; needs py-spy and ptrace rights)",
+    )
     args = parser.parse_args()
 
     database_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
@@ -193,13 +311,18 @@ def main() -> int:
         import redis
 
         wait_for_workers(redis.Redis.from_url(redis_url), args.workers)
-        with gunicorn(env, "gthread", tmp / "gunicorn.log") as (base, _):
+        with gunicorn(env, "gthread", tmp / "gunicorn.log") as (base, master):
+            meter = CpuMeter(master.pid, [p.pid for p in workers], receiver.proc.pid, database_url)
             use_wrk = shutil.which("wrk") is not None and not args.python_client
-            # Warm-up: connections open, code paths hot, workers awake.
-            saturate_python(base, key, 2, 4)
+            # Warm-up: connections open, code paths hot, workers awake, and the key verified
+            # in both API processes (with as many connections as the measurement, so neither
+            # process meets the key first — and runs bcrypt — while being measured).
+            saturate_python(base, key, 2, args.connections)
             receiver.wait_distinct(1, 30)
             time.sleep(2)
             receiver.reset()
+            meter.start()
+            profilers = start_profilers(args.profile, master.pid, workers, receiver, args.duration)
             begin = time.time()
             if use_wrk:
                 accepted = saturate_wrk(base, key, tmp, args.duration, args.connections)
@@ -207,14 +330,16 @@ def main() -> int:
                 accepted = saturate_python(base, key, args.duration, args.connections)
             published = time.time()
             done = wait_requests(receiver, accepted * WEBHOOKS, timeout=600)
+            meter.stop()
+            for profiler in profilers:
+                profiler.wait(60)
             delivered = receiver.stats()["requests"]
             receiver.reset()
             latencies = latency(base, key, receiver, args.latency_events, args.latency_rate)
         log_text = "".join(p.read_text() for p in tmp.glob("*.log"))
     finally:
-        for proc in workers:
-            proc.kill()
-        receiver.proc.kill()
+        for proc in [*workers, receiver.proc]:  # their groups: RQ's scheduler is a child
+            stop_process_group(proc)
 
     generator = "wrk" if use_wrk else "Python client"
     print(
@@ -242,6 +367,7 @@ def main() -> int:
     )
     verdict = "PASS" if p50 <= TARGET_P50_MS else "MISS"
     print(f"p50 publish -> receipt = {p50:.1f} ms   target <= {TARGET_P50_MS:g} ms   {verdict}")
+    meter.report(accepted, TARGET_EVENTS_PER_SECOND)
     return exit_status(log_text, "tracebacks in the logs")
 
 

@@ -2,7 +2,8 @@
 
 ``emit_event`` must run inside the caller's database transaction: the event row and one
 delivery per matching target are committed together with the change that caused them, and
-the dispatcher is woken only after that commit.
+the dispatcher is woken only after that commit. ``emit_event_alone`` is the same for an event
+that is its own change (``POST /events``): on PostgreSQL one statement, committed by itself.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import peewee
 from flask import current_app
 
 from app.events.outbox import wake_dispatcher
+from app.events.routes import event_targets, pattern_matches
 from app.logs.structured import current_request_id
+from app.store.bulk import CHUNK, insert_rows, insert_sql
 from app.store.db import database
-from app.store.models import Delivery, Event, EventType, Integration, Webhook, new_id, utcnow
+from app.store.models import Delivery, Event, EventType, new_id, utcnow
 from app.stream import kinds
 
 BUILTIN_EVENT_TYPES: dict[str, str] = {
@@ -79,15 +82,6 @@ def event_type_source(event_type: str) -> str | None:
     return None
 
 
-def pattern_matches(pattern: str, event_type: str) -> bool:
-    """``*`` matches everything, ``prefix.*`` a whole family, anything else exactly."""
-    if pattern == "*":
-        return True
-    if pattern.endswith(".*"):
-        return event_type.startswith(pattern[:-1])
-    return pattern == event_type
-
-
 def is_valid_pattern(pattern: str, catalog: dict[str, Any]) -> bool:
     """A subscription pattern is a known type, ``*``, or a ``prefix.*`` some type falls under."""
     if pattern == "*" or pattern in catalog:
@@ -100,50 +94,67 @@ def emit_event(
 ) -> Event:
     """Write an event and its deliveries in this transaction; wake the dispatcher on commit."""
     assert database.in_transaction(), "emit_event must run inside database.atomic()"
-    event = Event.create(
+    event, rows = _outbox_rows(event_type, data, idempotency_key)
+    _insert(event, rows)
+    kinds.event_published(event.id, event_type, event.created_at, data)
+    if rows:
+        database.after_commit(wake_dispatcher)
+    return event
+
+
+def emit_event_alone(event_type: str, data: dict[str, Any]) -> Event:
+    """``emit_event`` in a transaction of its own (a custom event published through the API).
+
+    On PostgreSQL the event and its deliveries are one ``INSERT``, which is a transaction by
+    itself: no ``BEGIN`` and ``COMMIT`` round trips (or, on the rare publish that needs more
+    than one statement, an ordinary transaction).
+    """
+    if not isinstance(database.obj, peewee.PostgresqlDatabase) or database.in_transaction():
+        with database.atomic():
+            return emit_event(event_type, data)
+    event, rows = _outbox_rows(event_type, data, None)
+    if len(rows) > CHUNK:
+        with database.atomic():
+            return emit_event(event_type, data)
+    _insert(event, rows)  # committed when it returns
+    kinds.event_published(event.id, event_type, event.created_at, data)
+    if rows:
+        wake_dispatcher()
+    return event
+
+
+def _outbox_rows(
+    event_type: str, data: dict[str, Any], idempotency_key: str | None
+) -> tuple[Event, list[dict[str, Any]]]:
+    """The event (not yet saved) and its delivery rows, one per matching target."""
+    event = Event(
         type=event_type,
         payload=data,
         idempotency_key=idempotency_key,
         request_id=current_request_id(),
     )
-    kinds.event_published(event.id, event_type, event.created_at, data)
     now = utcnow()
-    rows: list[dict[str, Any]] = []
-    # A disabled webhook's deliveries are held, not dropped: re-enabling it sends them.
-    webhooks = Webhook.select(Webhook.id, Webhook.events, Webhook.retry_count, Webhook.status)
-    for webhook in webhooks:
-        if any(pattern_matches(p, event_type) for p in webhook.events):
-            rows.append(
-                {
-                    "event": event.id,
-                    "webhook": webhook.id,
-                    "max_attempts": webhook.retry_count + 1,
-                    "status": "pending" if webhook.status == "active" else "held",
-                }
-            )
-    integrations = Integration.select(Integration.id, Integration.subscriptions).where(
-        Integration.subscriptions != peewee.Value("[]", converter=False),
-        Integration.status != "inactive",
-    )
-    for integration in integrations:
-        for index, subscription in enumerate(integration.subscriptions or ()):
-            if any(pattern_matches(p, event_type) for p in subscription.get("events", ())):
-                rows.append(
-                    {
-                        "event": event.id,
-                        "integration": integration.id,
-                        "subscription_index": index,
-                        "max_attempts": current_app.config["SUBSCRIPTION_MAX_ATTEMPTS"],
-                    }
-                )
-    if rows:
-        for row in rows:  # insert_many takes its columns from the first row: give all the same
-            row.update(id=new_id("dlv"), next_attempt_at=now, created_at=now, updated_at=now)
-            row.setdefault("webhook", None)
-            row.setdefault("integration", None)
-            row.setdefault("subscription_index", None)
-            row.setdefault("status", "pending")
-        Delivery.insert_many(rows).execute()
-        database.after_commit(wake_dispatcher)
+    rows = [dict(target) for target in event_targets(event_type)]
+    for row in rows:  # one INSERT for all: give every row the same columns
+        row.update(
+            id=new_id("dlv"), event=event.id, next_attempt_at=now, created_at=now, updated_at=now
+        )
+        row.setdefault("webhook", None)
+        row.setdefault("integration", None)
+        row.setdefault("subscription_index", None)
+        row.setdefault("status", "pending")
     event.delivery_count = len(rows)
-    return event
+    return event, rows
+
+
+def _insert(event: Event, rows: list[dict[str, Any]]) -> None:
+    event_sql, event_params = insert_sql(Event, [event.__data__])
+    if rows and len(rows) <= CHUNK and isinstance(database.obj, peewee.PostgresqlDatabase):
+        # One round trip: the event and its deliveries in one statement.
+        deliveries_sql, deliveries_params = insert_sql(Delivery, rows)
+        database.execute_sql(
+            f"WITH event AS ({event_sql}) {deliveries_sql}", event_params + deliveries_params
+        )
+    else:
+        database.execute_sql(event_sql, event_params)
+        insert_rows(Delivery, rows)

@@ -33,6 +33,7 @@ from app.events import observe
 from app.events.held import hold_pending
 from app.events.outbox import ANNOUNCED, WAKE_FLAG, schedule_wake, wake_dispatcher
 from app.outbound.guard import REFUSED
+from app.store.bulk import insert_rows
 from app.store.db import database
 from app.store.models import (
     Delivery,
@@ -263,15 +264,25 @@ def claim_due(
         wanted &= Delivery.webhook.is_null() | Delivery.webhook.not_in(busy)
         wanted &= Delivery.integration.is_null() | Delivery.integration.not_in(busy)
     due = Delivery.select(Delivery.id).where(wanted).order_by(Delivery.next_attempt_at).limit(limit)
-    if not isinstance(database.obj, peewee.SqliteDatabase):
-        due = due.for_update(skip_locked=True)
-    lease_until = now + timedelta(seconds=float(current_app.config["DELIVERY_LEASE_SECONDS"]))
-    with database.atomic():
-        claimed = (
-            Delivery.update(lease_token=token, lease_until=lease_until)
-            .where(Delivery.id.in_(due) & (Delivery.status == "pending") & free)
-            .execute()
+    sqlite = isinstance(database.obj, peewee.SqliteDatabase)
+    if sqlite:
+        chosen = Delivery.id.in_(due)
+    else:
+        # ARRAY(...) runs the locking subquery once. As `id IN (subquery)` PostgreSQL may
+        # rescan it for every row it updates, and each rescan skips the rows this very
+        # statement already updated and locks the next ones: a claim of 4 leased everything due.
+        chosen = Delivery.id == peewee.fn.ANY(
+            peewee.NodeList((peewee.SQL("ARRAY"), due.for_update(skip_locked=True)))
         )
+    lease_until = now + timedelta(seconds=float(current_app.config["DELIVERY_LEASE_SECONDS"]))
+    claim = Delivery.update(lease_token=token, lease_until=lease_until).where(
+        chosen & (Delivery.status == "pending") & free
+    )
+    if sqlite:
+        with database.atomic():  # BEGIN IMMEDIATE: the write lock before the read
+            claimed = claim.execute()
+    else:  # one statement is its own transaction: no BEGIN and COMMIT round trips
+        claimed = claim.execute()
     if not claimed:
         return []
     rows = (
@@ -444,7 +455,9 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
             Webhook.id.in_(list(hook_ids)) & (Webhook.status != "active")
         )
         writes.disabled = {row.id for row in inactive}
+    alive: set[str] = set()
     with database.atomic():
+        _reset_streaks_of_clean_webhooks(batch, results, writes)
         for item, result in zip(batch, results, strict=True):
             events_to_emit += _record_one(item, result, schedule, disable_after, now, writes)
         for (status, attempt, next_at, code, error, token), ids in writes.outcomes.items():
@@ -460,25 +473,29 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
             if next_at is not None:  # else the due time stays as it was
                 changes[Delivery.next_attempt_at] = next_at
             for chunk in peewee.chunked(ids, 500):
-                Delivery.update(changes).where(
-                    Delivery.id.in_(chunk) & (Delivery.lease_token == token)
-                ).execute()
+                updated = (
+                    Delivery.update(changes)
+                    .where(Delivery.id.in_(chunk) & (Delivery.lease_token == token))
+                    .returning(Delivery.id)
+                    .execute()
+                )
+                alive.update(row.id for row in updated)
         _save_failures(writes)
         for webhook_id in writes.newly_disabled:  # retries recorded above are held too
             hold_pending(webhook_id)
         # A delivery deleted mid-flight (its webhook or integration was deleted) has no row
-        # left to hang its attempt on; everything else in the batch is still recorded.
+        # left to hang its attempt on; everything else in the batch is still recorded. Those
+        # updated above exist; only the rest (lease lost, or deleted) need looking up.
         sent = [row["delivery"] for row in writes.attempts]
-        alive = {
+        unknown = [delivery_id for delivery_id in sent if delivery_id not in alive]
+        alive.update(
             d.id
-            for chunk in peewee.chunked(sent, 500)
+            for chunk in peewee.chunked(unknown, 500)
             for d in Delivery.select(Delivery.id).where(Delivery.id.in_(chunk))
-        }
+        )
         attempts = [row for row in writes.attempts if row["delivery"] in alive]
-        for rows in peewee.chunked(attempts, 100):
-            DeliveryAttempt.insert_many(rows).execute()
-        for rows in peewee.chunked(writes.logs, 100):
-            IntegrationLog.insert_many(rows).execute()
+        insert_rows(DeliveryAttempt, attempts)
+        insert_rows(IntegrationLog, writes.logs)
         observe.logs_written(writes.logs)
         from app.events.catalog import emit_event
 
@@ -553,6 +570,27 @@ def _record_one(
         }
     )
     return emitted
+
+
+def _reset_streaks_of_clean_webhooks(
+    batch: list[Claimed], results: list[SendResult], writes: _Writes
+) -> None:
+    """End the failure streak of every webhook whose outcomes in this batch all succeeded, in
+    one statement (the common case: per webhook, it cost a round trip each batch). Webhooks
+    with a failure in the batch are handled in order by ``_update_webhook_health``."""
+    outcomes: dict[str, bool] = {}
+    for item, result in zip(batch, results, strict=True):
+        webhook = item.webhook
+        if webhook is not None and webhook.status == "active":
+            outcomes[webhook.id] = outcomes.get(webhook.id, True) and result.success
+    clean = [webhook_id for webhook_id, success in outcomes.items() if success]
+    if not clean:
+        return
+    streak = (Webhook.consecutive_failures != 0) | Webhook.failing_since.is_null(False)
+    Webhook.update(consecutive_failures=0, failing_since=None).where(
+        Webhook.id.in_(clean) & streak
+    ).execute()
+    writes.reset.update(clean)
 
 
 def _update_webhook_health(

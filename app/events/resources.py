@@ -11,7 +11,13 @@ from flask import g, request
 
 from app.audit import record_audit
 from app.connectors.extension import get_registry
-from app.events.catalog import BUILTIN_EVENT_TYPES, emit_event, event_catalog, event_type_source
+from app.events.catalog import (
+    BUILTIN_EVENT_TYPES,
+    emit_event,
+    emit_event_alone,
+    event_catalog,
+    event_type_source,
+)
 from app.events.schemas import (
     EventPageSchema,
     EventQueryArgsSchema,
@@ -126,22 +132,22 @@ def publish_event(data: dict[str, Any]) -> dict[str, Any]:
             errors={"Idempotency-Key": ["longer than 200 characters"]},
         )
     key = f"{g.principal.key.id}:{header}" if header else None
-    if key:
-        existing = _replay(key)
-        if existing is not None:
-            return _answer(existing, duplicate=True)
+    if key is None:
+        return _answer(emit_event_alone(data["type"], data["data"]), duplicate=False)
+    existing = _replay(key)
+    if existing is not None:
+        return _answer(existing, duplicate=True)
     try:
         with database.atomic():
-            if key:  # an expired use of the same key frees it
-                Event.update(idempotency_key=None).where(
-                    (Event.idempotency_key == key)
-                    & (Event.created_at <= utcnow() - IDEMPOTENCY_WINDOW)
-                ).execute()
+            # An expired use of the same key frees it.
+            Event.update(idempotency_key=None).where(
+                (Event.idempotency_key == key) & (Event.created_at <= utcnow() - IDEMPOTENCY_WINDOW)
+            ).execute()
             event = emit_event(data["type"], data["data"], idempotency_key=key)
             # Answered inside the transaction: once it commits, nothing can fail the request.
             answer = _answer(event, duplicate=False)
     except peewee.IntegrityError:
-        existing = _replay(key) if key else None
+        existing = _replay(key)
         if existing is None:
             raise
         return _answer(existing, duplicate=True)

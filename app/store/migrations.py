@@ -71,6 +71,72 @@ def _0007_i9_history_indexes() -> None:
         database.execute_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})")
 
 
+# What decides which targets an event goes to: a change to any of it bumps the routes version
+# (in the changing transaction), so a process's cached copy of the routes is checked with one
+# single-row read per publish (app/events/routes.py). Triggers, not application code, so that
+# every writer (API, workers, a shell, a cascade) is covered. {table: watched columns}.
+ROUTE_COLUMNS = {
+    "webhooks": ("events", "status", "retry_count"),
+    "integrations": ("status", "subscriptions"),
+}
+
+
+def _0008_i14_event_routes_version() -> None:
+    """event_routes_version: one row whose value changes with every change to the routing of
+    events (webhooks' patterns and status, integrations' subscriptions and status)."""
+    database.execute_sql(
+        "CREATE TABLE IF NOT EXISTS event_routes_version"
+        " (id INTEGER PRIMARY KEY, version BIGINT NOT NULL)"
+    )
+    database.execute_sql(
+        "INSERT INTO event_routes_version (id, version) SELECT 1, 1"
+        " WHERE NOT EXISTS (SELECT 1 FROM event_routes_version)"
+    )
+    # A new value, never the old one plus one: a process may cache routes it read inside a
+    # transaction that changed them and then rolled back; the next committed change must not
+    # reuse the version that cache carries. (A sequence ignores rollbacks; SQLite's random() is
+    # 64 bits.)
+    postgres = isinstance(database.obj, peewee.PostgresqlDatabase)
+    if postgres:
+        database.execute_sql("CREATE SEQUENCE IF NOT EXISTS event_routes_version_seq START 2")
+        bump = "UPDATE event_routes_version SET version = nextval('event_routes_version_seq')"
+    else:
+        bump = "UPDATE event_routes_version SET version = random()"
+    if postgres:
+        database.execute_sql(
+            "CREATE OR REPLACE FUNCTION bump_event_routes_version() RETURNS trigger"
+            f" LANGUAGE plpgsql AS $$ BEGIN {bump}; RETURN NULL; END $$"
+        )
+    for table, columns in ROUTE_COLUMNS.items():
+        changed = " OR ".join(
+            f"OLD.{c} IS DISTINCT FROM NEW.{c}" if postgres else f"OLD.{c} IS NOT NEW.{c}"
+            for c in columns
+        )
+        triggers = {
+            f"{table}_routes_insert": ("AFTER INSERT", ""),
+            f"{table}_routes_delete": ("AFTER DELETE", ""),
+            f"{table}_routes_update": (
+                f"AFTER UPDATE OF {', '.join(columns)}",
+                f"WHEN ({changed})",
+            ),
+        }
+        if postgres:  # TRUNCATE fires no row trigger
+            triggers[f"{table}_routes_truncate"] = ("AFTER TRUNCATE", "")
+        for name, (timing, when) in triggers.items():
+            if postgres:
+                level = "STATEMENT" if "TRUNCATE" in timing else "ROW"
+                database.execute_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+                database.execute_sql(
+                    f"CREATE TRIGGER {name} {timing} ON {table} FOR EACH {level} {when}"
+                    " EXECUTE FUNCTION bump_event_routes_version()"
+                )
+            else:
+                database.execute_sql(
+                    f"CREATE TRIGGER IF NOT EXISTS {name} {timing} ON {table} FOR EACH ROW"
+                    f" {when} BEGIN {bump}; END"
+                )
+
+
 MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0001_foundation", _0001_foundation),
     ("0002_events_and_webhooks", _0002_events_and_webhooks),
@@ -79,6 +145,7 @@ MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0005_i13_alerts", _0005_i13_alerts),
     ("0006_i9_webhook_failing_since", _0006_i9_webhook_failing_since),
     ("0007_i9_history_indexes", _0007_i9_history_indexes),
+    ("0008_i14_event_routes_version", _0008_i14_event_routes_version),
 ]
 
 
