@@ -53,6 +53,7 @@ from harness import (
     gunicorn,
     prepare_database,
     run_load,
+    server_cpu_seconds,
 )
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
@@ -94,26 +95,6 @@ def prepare(database_url: str, redis_url: str, secret_key: str) -> str:
             ]
         ).execute()
     return key
-
-
-def server_cpu_seconds(master_pid: int) -> float | None:
-    """User + system CPU seconds used so far by gunicorn's workers (Linux ``/proc``), or None.
-
-    Unlike req/s, CPU per request barely moves when other processes compete for the CPUs.
-    """
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0
-    try:
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:  # the process ended while we looked
-                continue
-            if int(fields[1]) == master_pid:  # ppid
-                total += int(fields[11]) + int(fields[12])  # utime + stime
-    except OSError:
-        return None
-    return total / ticks if total else None
 
 
 # --- key verification timing ----------------------------------------------------------------
