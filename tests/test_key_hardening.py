@@ -122,3 +122,39 @@ def test_hammering_an_account_does_not_lock_out_its_owner(app, client):
     assert client.post(login, json=other).status_code == 429
     guesses = [client.post(login, json={**wrong, "device_token": device}) for _ in range(11)]
     assert [res.status_code for res in guesses] == [401] * 10 + [429]
+
+
+def test_one_bcrypt_check_for_a_cold_key_presented_by_many_threads_at_once(monkeypatch):
+    """Thirty-two connections arriving with the same not-yet-verified key wait for one check."""
+    import threading
+    import time
+
+    from app.auth import keys
+
+    hashed = keys.hash_secret("sb_live_" + "a" * 40, rounds=4)
+    calls: list[int] = []
+    real = keys.check_secret
+
+    def slow_check(secret: str, stored: str) -> bool:
+        calls.append(1)
+        time.sleep(0.2)  # bcrypt at cost 12 takes about this long
+        return real(secret, stored)
+
+    monkeypatch.setattr(keys, "check_secret", slow_check)
+    cache = keys.VerifiedKeyCache(ttl=60)
+    barrier, results = threading.Barrier(32), []
+
+    def present(secret: str) -> None:
+        barrier.wait()
+        results.append(cache.verify(secret, hashed))
+
+    threads = [threading.Thread(target=present, args=("sb_live_" + "a" * 40,)) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [True] * 32 and len(calls) == 1
+    # A wrong secret is checked (and refused) every time: nothing is remembered for it.
+    assert not cache.verify("sb_live_" + "b" * 40, hashed)
+    assert not cache.verify("sb_live_" + "b" * 40, hashed)
+    assert len(calls) == 3 and cache._flights == {}

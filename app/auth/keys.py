@@ -80,6 +80,7 @@ class VerifiedKeyCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[bytes, tuple[str, float, KeySnapshot | None]] = OrderedDict()
         self._lock = threading.Lock()
+        self._flights: dict[bytes, threading.Lock] = {}  # a bcrypt check under way, per key
 
     @staticmethod
     def _digest(key: str) -> bytes:
@@ -121,13 +122,29 @@ class VerifiedKeyCache:
                 self._entries.popitem(last=False)
 
     def verify(self, key: str, hashed: str) -> bool:
-        """True when ``key`` matches ``hashed``; bcrypt runs only on a cache miss."""
+        """True when ``key`` matches ``hashed``; bcrypt runs only on a cache miss.
+
+        Threads that present the same uncached key at once wait for one bcrypt check instead
+        of each running their own (a cold key under load would otherwise cost a check per
+        connection, ~250 ms of CPU each).
+        """
         if self.verified(key, hashed):
             return True
-        if not check_secret(key, hashed):
-            return False
-        self.accept(key, hashed)
-        return True
+        digest = self._digest(key)
+        with self._lock:
+            flight = self._flights.setdefault(digest, threading.Lock())
+        try:
+            with flight:
+                if self.verified(key, hashed):  # checked by the thread we waited for
+                    return True
+                if not check_secret(key, hashed):
+                    return False
+                self.accept(key, hashed)
+                return True
+        finally:
+            with self._lock:
+                if self._flights.get(digest) is flight:
+                    del self._flights[digest]
 
     def clear(self) -> None:
         with self._lock:
