@@ -25,6 +25,14 @@ def r() -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture
+def r2() -> Iterator[redis.Redis]:
+    """A second client, standing in for another process."""
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
 def _counted(r: redis.Redis, key: str) -> dict[int, int]:
     """The limiter's state: slice number -> requests admitted in it."""
     return {int(k): int(v) for k, v in r.hgetall(key).items()}
@@ -226,6 +234,51 @@ def test_a_lease_is_bound_to_the_watched_value_and_can_be_dropped(r: redis.Redis
     assert len(trips) == 4
     with pytest.raises(ValueError):
         RateLimiter(r, lease_seconds=-1)
+
+
+def test_a_lease_ends_with_its_slice_so_no_window_admits_more(
+    r: redis.Redis, r2: redis.Redis
+) -> None:
+    """A 2 s window has 33 ms slices: a lease of 5 s must still end with its slice, or the
+    requests it admits later would leave the window early and make room for more."""
+    leasing = RateLimiter(r, window_seconds=2, policy="2s", lease_seconds=5)
+    other = RateLimiter(r2, window_seconds=2, policy="2s")
+    limit = 64 * 100
+    while not leasing._leases.get("key_edge") or leasing._leases["key_edge"].left < 8:
+        assert leasing.hit("key_edge", limit).allowed  # until it holds a lease worth using
+    time.sleep(2.1)  # everything counted so far has left the window
+    admitted = 0
+    while other.hit("key_edge", limit).allowed:
+        admitted += 1
+    while leasing.hit("key_edge", limit).allowed:
+        admitted += 1
+    assert admitted <= limit
+
+
+def test_what_a_lease_did_not_admit_is_given_back(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, lease_seconds=0.05)
+    admitted = 0
+    for _ in range(3):  # bursts shorter than what their leases counted, then a pause
+        for _ in range(40):
+            admitted += limiter.hit("key_back", 1_000_000).allowed
+        time.sleep(0.08)
+    admitted += limiter.hit("key_back", 1_000_000).allowed
+    counted = sum(_counted(r, limiter.key("key_back")).values())
+    assert counted == admitted + limiter._leases["key_back"].left  # only the live lease ahead
+
+
+def test_a_grant_that_crossed_forget_leases_is_not_kept(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, lease_seconds=30)
+    script = limiter._script
+
+    def revoked_meanwhile(*args: object, **kwargs: object) -> object:
+        reply = script(*args, **kwargs)
+        limiter.forget_leases()  # an epoch bump in this process while the grant was in flight
+        return reply
+
+    limiter._script = revoked_meanwhile  # type: ignore[assignment]
+    assert limiter.hit("key_race", 1_000_000).allowed
+    assert limiter._leases == {}
 
 
 def test_headers() -> None:

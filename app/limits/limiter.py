@@ -51,16 +51,28 @@ MAX_LEASE = 64
 # ARGV[4]  the value KEYS[2] must hold for the request to be counted ('' = count regardless)
 # ARGV[5]  requests wanted (>= 1): this one plus a lease for later ones; fewer are granted when
 #          little quota is left (at most 1/LEASE_SHARE of it, and always at least this request)
+# ARGV[6]  requests of an earlier lease that were never admitted, given back ...
+# ARGV[7]  ... to the slice they were counted in
 # Returns {allowed (0|1; -1 = not counted: KEYS[2] differs from ARGV[4]), count in window after
-#          this call, microseconds until more quota frees, value of KEYS[2] or false, granted}
+#          this call, microseconds until more quota frees, value of KEYS[2] or false, granted,
+#          the current slice's number, microseconds until it ends}
 _SLIDING_WINDOW_LUA = """
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local slice = tonumber(ARGV[3])
+local back = tonumber(ARGV[6])
+if back > 0 then
+    local n = tonumber(redis.call('HGET', key, ARGV[7]))
+    if n and n > back then
+        redis.call('HINCRBY', key, ARGV[7], -back)
+    elseif n then
+        redis.call('HDEL', key, ARGV[7])
+    end
+end
 local watched = redis.call('GET', KEYS[2])
 if ARGV[4] ~= '' and watched ~= ARGV[4] then
-    return {-1, 0, 0, watched, 0}
+    return {-1, 0, 0, watched, 0, 0, 0}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -111,7 +123,7 @@ if count > 0 then
         end
     end
 end
-return {allowed, count, wait, watched, granted}
+return {allowed, count, wait, watched, granted, current, (current + 1) * slice - now}
 """.replace("LEASE_SHARE", str(LEASE_SHARE))
 
 
@@ -167,7 +179,8 @@ class _Lease:
     epoch: str | None  # the watched value when it was granted
     granted: int  # requests the grant covered, the one that asked included
     left: int  # still to admit
-    expires: float  # time.monotonic()
+    slice: int  # the slice they are counted in
+    expires: float  # time.monotonic(); never after that slice ends
     decision: RateLimitDecision  # what the requests it admits answer (headers as of the grant)
 
 
@@ -187,6 +200,10 @@ class RateLimiter:
     Redis, exactly as without leases; a key that goes quiet wastes at most what its last lease
     had left; and what a lease admits carries the headers and the ``watch`` value of its
     grant, at most ``lease_seconds`` old.
+
+    A lease also ends with the slice its requests were counted in: a request admitted later
+    would leave the window earlier than one window after its admission. What a lease did not
+    admit is given back to that slice by the key's next round trip.
     """
 
     def __init__(
@@ -212,6 +229,7 @@ class RateLimiter:
         self._script = redis.register_script(_SLIDING_WINDOW_LUA)
         self._leases: dict[str, _Lease] = {}
         self._lock = threading.Lock()
+        self._generation = 0  # moved by forget_leases: a grant from before it is not kept
 
     def key(self, key_id: str) -> str:
         """Redis key holding the per-slice counts of ``key_id``."""
@@ -221,6 +239,7 @@ class RateLimiter:
         """Drop every lease: the next request of each key asks Redis (and reads ``watch``)."""
         with self._lock:
             self._leases.clear()
+            self._generation += 1
 
     def hit(
         self, key_id: str, limit: int, *, watch: str | None = None, expect: str | None = None
@@ -237,14 +256,23 @@ class RateLimiter:
         """
         if limit < 1:
             raise ValueError("limit must be >= 1")
-        wanted = 1
+        wanted, back, back_slice, generation = 1, 0, 0, 0
         if self.lease_seconds:
-            leased, wanted = self._from_lease(key_id, limit, expect)
+            leased, wanted, back, back_slice, generation = self._from_lease(key_id, limit, expect)
             if leased is not None:
                 return leased
-        allowed, count, wait_us, watched, granted = self._script(
+        asked = time.monotonic()
+        allowed, count, wait_us, watched, granted, current, slice_left_us = self._script(
             keys=[self.key(key_id), watch or f"{self.prefix}-unwatched"],
-            args=[limit, self.window_seconds * _MICROS, self._slice_us, expect or "", wanted],
+            args=[
+                limit,
+                self.window_seconds * _MICROS,
+                self._slice_us,
+                expect or "",
+                wanted,
+                back,
+                back_slice,
+            ],
         )
         wait_seconds = -(-int(wait_us) // _MICROS)  # round up: never promise too early
         decision = RateLimitDecision(
@@ -259,26 +287,44 @@ class RateLimiter:
             counted=int(allowed) >= 0,
         )
         if self.lease_seconds and int(allowed) == 1:
+            lease = _Lease(
+                limit=limit,
+                epoch=decision.watched,
+                granted=int(granted),
+                left=int(granted) - 1,
+                slice=int(current),
+                expires=asked + min(self.lease_seconds, int(slice_left_us) / _MICROS),
+                decision=decision,
+            )
             with self._lock:
-                self._leases[key_id] = _Lease(
-                    limit=limit,
-                    epoch=decision.watched,
-                    granted=int(granted),
-                    left=int(granted) - 1,
-                    expires=time.monotonic() + self.lease_seconds,
-                    decision=decision,
-                )
+                if self._generation == generation:  # no forget_leases() since we asked
+                    self._keep(key_id, lease)
         return decision
+
+    def _keep(self, key_id: str, lease: _Lease) -> None:
+        """Store ``lease`` (lock held), adding what a concurrent grant of the same slice had
+        left: those requests are counted too and would otherwise go unused."""
+        other = self._leases.get(key_id)
+        if (
+            other is not None
+            and other.left > 0
+            and (other.slice, other.limit, other.epoch) == (lease.slice, lease.limit, lease.epoch)
+        ):
+            lease.left += other.left
+            lease.expires = min(lease.expires, other.expires)
+        self._leases[key_id] = lease
 
     def _from_lease(
         self, key_id: str, limit: int, expect: str | None
-    ) -> tuple[RateLimitDecision | None, int]:
-        """A decision from this key's lease, or None and how many requests to ask Redis for."""
+    ) -> tuple[RateLimitDecision | None, int, int, int, int]:
+        """A decision from this key's lease; or None, how many requests to ask Redis for, the
+        unused requests of the old lease to give back and their slice, and the generation."""
         now = time.monotonic()
         with self._lock:
+            generation = self._generation
             lease = self._leases.get(key_id)
             if lease is None:
-                return None, 1
+                return None, 1, 0, 0, generation
             fresh = now < lease.expires
             if (
                 fresh
@@ -287,7 +333,8 @@ class RateLimiter:
                 and (expect is None or expect == lease.epoch)
             ):
                 lease.left -= 1
-                return lease.decision, 0
+                return lease.decision, 0, 0, 0, generation
             if fresh and lease.left == 0:  # used up early: the key is busier than its lease
-                return None, min(MAX_LEASE, 2 * lease.granted)
-            return None, max(1, lease.granted - lease.left)
+                return None, min(MAX_LEASE, 2 * lease.granted), 0, 0, generation
+            back, lease.left = lease.left, 0  # given back by this caller alone
+            return None, max(1, lease.granted - back), back, lease.slice, generation
