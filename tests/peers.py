@@ -68,11 +68,12 @@ class Receiver:
                         self.send_header(name, value)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-            do_POST = do_GET = do_PUT = do_PATCH = do_DELETE = _handle
+            do_POST = do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
             def log_message(self, *args: Any) -> None:
                 pass

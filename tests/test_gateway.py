@@ -173,6 +173,25 @@ def test_upstream_sees_the_clients_encoding_choice(api, receiver):
     assert mine["accept-encoding"] == "gzip" and mine["user-agent"] == "client/1.0"
 
 
+def test_head_and_no_content_answers_are_logged_and_keep_the_connection(api, receiver):
+    """The server never iterates these bodies: the log row and the connection's return to the
+    pool must not depend on it."""
+    receiver.respond = lambda req, n: (
+        (204, {}, b"") if req.path.endswith("/empty") else (200, {"X-Kind": "t"}, b"hello")
+    )
+    gw = _rest(api, [(receiver.url, 1)])
+    base = f"/api/v1/gateway/{gw['id']}"
+    for _ in range(3):
+        head = api._open("HEAD", f"{base}/thing", None)
+        assert head.status_code == 200 and head.data == b"" and head.headers["X-Kind"] == "t"
+        head.close()
+        assert api.get(f"{base}/empty").status_code == 204
+        assert api.get(f"{base}/thing").data == b"hello"
+    logs = _gateway_logs(api, gw["id"], 9)
+    assert sorted(entry["event_data"]["method"] for entry in logs) == ["GET"] * 6 + ["HEAD"] * 3
+    assert len(receiver.connections) == 1  # one kept-alive connection for all nine
+
+
 def test_transform_auth_and_header_hygiene(api, admin_key, receiver):
     gw = _rest(
         api,
@@ -367,6 +386,22 @@ def test_dot_segments_cannot_climb_out_of_the_base_path(api, receiver):
     assert receiver.requests == []
     assert api.get(f"/api/v1/gateway/{gw['id']}/items").status_code == 200
     assert receiver.requests[-1].path == "/public/v1/items"
+    # Encoded once more, dots are just text: sent as the client wrote them, never collapsed.
+    assert api.get(f"/api/v1/gateway/{gw['id']}/%252e%252e/admin").status_code == 200
+    assert receiver.requests[-1].path == "/public/v1/%252e%252e/admin"
+
+
+def test_the_path_is_sent_as_the_client_meant_it(api, receiver):
+    """ "#", "?", "%" and spaces in a path segment stay in it; the query stays the query."""
+    gw = _rest(api, [(receiver.url + "/base", 1)], transform={"add": {"querystring": {"k": "v"}}})
+    cases = {
+        "a%23b?x=1": "/base/a%23b?x=1&k=v",
+        "a%3Fb?x=1": "/base/a%3Fb?x=1&k=v",
+        "100%25/a%20b/%C3%A9?q=a%20b": "/base/100%25/a%20b/%C3%A9?q=a+b&k=v",
+    }
+    for sent, received in cases.items():
+        assert api.get(f"/api/v1/gateway/{gw['id']}/{sent}").status_code == 200
+        assert receiver.requests[-1].path == received
 
 
 def test_logs_are_batched_off_the_request_path_and_flushed_on_graceful_exit(

@@ -14,10 +14,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from flask import Request
-from requests.utils import requote_uri
 from urllib3 import Timeout
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -176,12 +175,18 @@ class ProxyAttempt:
     attempts: int
 
 
+# RFC 3986 pchar besides unreserved characters, and "/" between segments: everything else in
+# the (decoded) path is percent-encoded, "%", "?" and "#" included, so the upstream gets the path
+# the client meant — never one that decodes into dot segments or a query of its own.
+_PATH_SAFE = "/!$&'()*+,;=:@"
+
+
 def upstream_url(base: str, path: str, query: list[tuple[str, str]]) -> str:
-    """``base`` + ``path`` + ``query``, percent-encoded as ``requests`` would send them."""
-    url = base.rstrip("/") + "/" + path.lstrip("/")
+    """``base`` + the percent-encoded ``path`` + the encoded ``query``."""
+    url = base.rstrip("/") + "/" + quote(path.lstrip("/"), safe=_PATH_SAFE)
     if query:
         url += "?" + urlencode(query)
-    return requote_uri(url)
+    return url
 
 
 def send_with_retries(

@@ -225,18 +225,30 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
         if log_bodies and len(kept) < LOGGED_BODY_BYTES:
             kept.extend(chunk[: LOGGED_BODY_BYTES - len(kept)])
 
-    def body_then_log() -> Any:
-        try:
-            yield from stream_body(upstream_response, on_chunk)
-        finally:
-            record["bytes_in"] = body.sent if body else 0
-            if log_bodies:
-                record["request_body"] = (
-                    redact_text(bytes(body.head).decode("utf-8", "replace")) if body else ""
-                )
-                record["response_body"] = redact_text(kept.decode("utf-8", "replace"))
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    streamed, finished = False, False
+
+    def finish() -> None:
+        """Log the request and settle the upstream connection, once, however the answer ended."""
+        nonlocal finished
+        if finished:
+            return
+        finished = True
+        if not streamed:  # the server sent no body: HEAD, 204, 304, or a client gone early
+            if request_method == "HEAD" or upstream_response.status in (204, 304):
+                upstream_response.drain_conn()  # nothing to read: keep the connection
+                upstream_response.release_conn()
+            else:
+                upstream_response.close()
+        record["bytes_in"] = body.sent if body else 0
+        if log_bodies:
+            record["request_body"] = (
+                redact_text(bytes(body.head).decode("utf-8", "replace")) if body else ""
+            )
+            record["response_body"] = redact_text(kept.decode("utf-8", "replace"))
+        ok = upstream_response.status < 500
+        with app.app_context():
             usage_buffer().add_bytes(key_id, record["bytes_out"])
-            ok = upstream_response.status < 500
             _log(
                 row,
                 "success" if ok else "error",
@@ -245,11 +257,21 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
                 elapsed_ms(started),
             )
 
+    def body_then_log() -> Any:
+        nonlocal streamed
+        streamed = True
+        try:
+            yield from stream_body(upstream_response, on_chunk)
+        finally:
+            finish()
+
+    request_method = request.method
     response = Response(
         stream_with_context(body_then_log()),
         status=upstream_response.status,
         headers=response_headers(upstream_response),
         direct_passthrough=True,
     )
+    response.call_on_close(finish)  # also when the body is never iterated
     response.headers["X-Request-Id"] = g.request_id
     return response
