@@ -20,6 +20,8 @@ under gunicorn; this script says *why not*, without a profiler's distortion:
    and the upstream exchange itself; and the rate-limit script every authenticated request
    runs.
 
+``thread_time`` counts the requesting thread only: work handed to background threads (the
+gateway's batched log writer, the usage flusher) is not in these figures.
 In-process figures carry no HTTP parsing, so their ratios are lower than gunicorn's (which adds
 the same fixed cost to every request): compare stages with each other, not with bench/auth.py.
 Timings are measurements, never test assertions.

@@ -283,8 +283,10 @@ def authenticate() -> Principal:
             snapshot.row.id, snapshot.row.rate_limit, watch=AUTH_EPOCH, expect=snapshot.epoch
         )
         counted = decision is None or decision.counted
-        if decision is None:  # not rate limited (disabled, or failing open): read the epoch
-            if _read_epoch(create=False) != snapshot.epoch:
+        if decision is None:
+            # Rate limiting off: read the epoch alone. (Failing open, Redis is down: reload.)
+            limiting = current_app.config["RATELIMIT_ENABLED"]
+            if limiting or _read_epoch(create=False) != snapshot.epoch:
                 snapshot = None
         elif not decision.counted:
             snapshot = None  # the epoch moved: reload from the database

@@ -33,6 +33,7 @@ Cluster slot. Redis errors propagate as ``redis.exceptions.RedisError``.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
@@ -214,6 +215,9 @@ class UpstreamBalancer:
         self.clean_cache_seconds = clean_cache_seconds
         # (pool, url) of one-upstream pools -> monotonic time until which it is picked locally
         self._clean_until: dict[tuple[str, str], float] = {}
+        # (pool, url) -> monotonic time of the last failure reported here
+        self._failed_at: dict[tuple[str, str], float] = {}
+        self._local = threading.Lock()  # guards both dicts
         self._pick = redis.register_script(_PICK_LUA)
         self._failure = redis.register_script(_FAILURE_LUA)
         self._success = redis.register_script(_SUCCESS_LUA)
@@ -251,7 +255,8 @@ class UpstreamBalancer:
         if not upstreams:
             return None
         only = upstreams[0] if len(upstreams) == 1 and not exclude else None
-        if only is not None and self._clean_until.get((pool_id, only.url), 0) > time.monotonic():
+        asked = time.monotonic()
+        if only is not None and self._clean_until.get((pool_id, only.url), 0) > asked:
             return Pick(only, False)
         keys = [self._key(pool_id, "wrr")]
         keys += [self.health_key(pool_id, u.url) for u in upstreams]
@@ -262,8 +267,12 @@ class UpstreamBalancer:
         index, tracked = self._pick(keys=keys, args=args)
         if int(index) < 0:
             return None
+        slot = (pool_id, upstreams[int(index)].url)
+        # Clean when asked, and no failure reported here since (another thread's would win).
         if only is not None and not int(tracked) and self.clean_cache_seconds > 0:
-            self._clean_until[(pool_id, only.url)] = time.monotonic() + self.clean_cache_seconds
+            with self._local:
+                if self._failed_at.get(slot, -1.0) < asked:
+                    self._clean_until[slot] = asked + self.clean_cache_seconds
         return Pick(upstreams[int(index)], bool(int(tracked)))
 
     def report_success(self, pool_id: str, upstream: Upstream) -> None:
@@ -274,7 +283,10 @@ class UpstreamBalancer:
 
     def report_failure(self, pool_id: str, upstream: Upstream) -> bool:
         """Record a failed request; return True if this failure ejected the upstream."""
-        self._clean_until.pop((pool_id, upstream.url), None)
+        slot = (pool_id, upstream.url)
+        with self._local:
+            self._failed_at[slot] = time.monotonic()
+            self._clean_until.pop(slot, None)
         ejected = self._failure(
             keys=[self.health_key(pool_id, upstream.url), self.trial_key(pool_id, upstream.url)],
             args=[

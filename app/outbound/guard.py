@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+import certifi
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -255,6 +256,10 @@ class _GuardedPoolManager(PoolManager):
     """Pool manager that only builds guarded pools, all bound to one allow-list."""
 
     def __init__(self, allowed_networks: tuple[IPNetwork, ...], **kwargs: Any) -> None:
+        # The CA bundle requests verifies against (certifi), also for GuardedSession.urlopen,
+        # which does not go through requests.
+        kwargs.setdefault("cert_reqs", "CERT_REQUIRED")
+        kwargs.setdefault("ca_certs", certifi.where())
         super().__init__(**kwargs)
         self.allowed_networks = allowed_networks
         self.pool_classes_by_scheme = {

@@ -290,9 +290,16 @@ def paginate(query: Any, args: dict[str, Any]) -> dict[str, Any]:
 
     One statement: the total is a scalar subquery on each row (the database runs it once), so
     a page costs one round trip; only a page past the end, with no row to carry it, needs a
-    second ``COUNT``. ``query`` selects one model, without GROUP BY or DISTINCT.
+    second ``COUNT``. A grouped or DISTINCT query is counted on its own, as peewee counts it.
     """
     limit, offset = args["limit"], args["offset"]
+    if query._group_by or query._distinct:
+        return {
+            "items": list(query.limit(limit).offset(offset)),
+            "total": query.order_by().count(),
+            "limit": limit,
+            "offset": offset,
+        }
     total = query.order_by().select(fn.COUNT(SQL("*")))
     items = list(query.select_extend(total.alias(_PAGE_TOTAL)).limit(limit).offset(offset))
     return {
