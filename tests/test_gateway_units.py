@@ -279,6 +279,21 @@ def test_a_clean_single_upstream_is_picked_locally_for_a_bounded_time(
     assert _pick(there, "int_plain", [B]) is None
 
 
+def test_a_failure_reported_during_a_pick_keeps_it_from_being_cached(r: redis.Redis) -> None:
+    balancer = UpstreamBalancer(r, failure_threshold=1, clean_cache_seconds=30)
+    script = balancer._pick
+
+    def failure_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        reply = script(*args, **kwargs)  # clean, as Redis saw it
+        assert balancer.report_failure("int_race", A) is True  # another thread's request
+        return reply
+
+    balancer._pick = failure_meanwhile  # type: ignore[method-assign]
+    assert balancer.pick("int_race", [A]) == Pick(A, tracked=False)
+    balancer._pick = script  # type: ignore[method-assign]
+    assert _pick(balancer, "int_race", [A]) is None  # asked Redis again: ejected
+
+
 def test_all_ejected_returns_none(r: redis.Redis) -> None:
     balancer = UpstreamBalancer(r, failure_threshold=1, cooldown_seconds=30)
     balancer.report_failure("int_none", A)
