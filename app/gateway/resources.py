@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 import weakref
+from contextlib import nullcontext
 from typing import Any
 
 import peewee
 import redis
-from flask import Response, current_app, g, request, stream_with_context
+from flask import Response, current_app, g, has_app_context, request, stream_with_context
 from flask.typing import ResponseReturnValue
 
 from app.connectors.configs import decrypt_config
@@ -247,7 +248,8 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
             )
             record["response_body"] = redact_text(kept.decode("utf-8", "replace"))
         ok = upstream_response.status < 500
-        with app.app_context():
+        # Streamed, this runs in the request's context; on close, after it is gone.
+        with nullcontext() if has_app_context() else app.app_context():
             usage_buffer().add_bytes(key_id, record["bytes_out"])
             _log(
                 row,
