@@ -106,20 +106,7 @@ def measure(
     app = create_app()
     client = app.test_client()
     headers = {"Authorization": f"Bearer {key}"}
-    created = client.post(
-        "/api/v1/integrations",
-        json={
-            "name": "bench upstream",
-            "type": "api",
-            "provider": "rest",
-            "status": "active",
-            "config": {"upstreams": [{"url": upstream_url}], "timeout_ms": 5000},
-        },
-        headers=headers,
-    )
-    if created.status_code != 201:
-        raise RuntimeError(f"creating the rest integration: {created.status_code}")
-    integration_id = created.get_json()["id"]
+    integration_id = gateway_bench.create_rest_integration(client, key, upstream_url)
     paths = {
         "health": ("/api/v1/health", {}),
         "whoami": ("/api/v1/auth/whoami", headers),

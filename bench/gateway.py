@@ -49,6 +49,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 from harness import (
@@ -104,7 +105,12 @@ def prepare(upstream: str) -> tuple[str, str]:
 
     app = create_app()
     _, key = prepare_database(app)
-    res = app.test_client().post(
+    return key, create_rest_integration(app.test_client(), key, upstream)
+
+
+def create_rest_integration(client: Any, key: str, upstream: str) -> str:
+    """Create the active ``rest`` integration in front of ``upstream`` through the API; its id."""
+    res = client.post(
         "/api/v1/integrations",
         json={
             "name": "bench upstream",
@@ -117,7 +123,8 @@ def prepare(upstream: str) -> tuple[str, str]:
     )
     if res.status_code != 201:
         raise RuntimeError(f"creating the integration: {res.status_code} {res.get_data()!r}")
-    return key, res.get_json()["id"]
+    integration_id: str = res.get_json()["id"]
+    return integration_id
 
 
 # --- measurements --------------------------------------------------------------------------
