@@ -14,7 +14,7 @@ import peewee
 from flask import current_app
 
 from app.events.outbox import wake_dispatcher
-from app.events.routes import event_targets, pattern_matches
+from app.events.routes import event_targets
 from app.logs.structured import current_request_id
 from app.store.bulk import CHUNK, insert_rows, insert_sql
 from app.store.db import database
@@ -86,7 +86,7 @@ def is_valid_pattern(pattern: str, catalog: dict[str, Any]) -> bool:
     """A subscription pattern is a known type, ``*``, or a ``prefix.*`` some type falls under."""
     if pattern == "*" or pattern in catalog:
         return True
-    return pattern.endswith(".*") and any(pattern_matches(pattern, name) for name in catalog)
+    return pattern.endswith(".*") and any(kinds.pattern_matches(pattern, name) for name in catalog)
 
 
 def emit_event(

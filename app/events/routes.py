@@ -23,17 +23,9 @@ from flask import current_app
 
 from app.store.db import database
 from app.store.models import Integration, Webhook
+from app.stream.kinds import pattern_matches
 
 EXTENSION = "event_routes"
-
-
-def pattern_matches(pattern: str, event_type: str) -> bool:
-    """``*`` matches everything, ``prefix.*`` a whole family, anything else exactly."""
-    if pattern == "*":
-        return True
-    if pattern.endswith(".*"):
-        return event_type.startswith(pattern[:-1])
-    return pattern == event_type
 
 
 @dataclass

@@ -30,6 +30,16 @@ _EVENT_FAMILY_SCOPES = {
 }
 
 
+def pattern_matches(pattern: str, name: str) -> bool:
+    """The one wildcard grammar of event types and stream kinds: ``*`` matches everything,
+    ``prefix.*`` a whole family, anything else exactly."""
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return name.startswith(pattern[:-1])
+    return pattern == name
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() + "Z" if value is not None else None
 

@@ -26,6 +26,7 @@ from app.store.models import utcnow
 from app.store.redis import connect
 from app.stream.access import principal_for_key
 from app.stream.hub import Hub, StreamEntry, Subscriber, entry_id_key, parse_entry
+from app.stream.kinds import pattern_matches
 from app.stream.publish import STREAM_KEY, TRIMMED_KEY
 from app.web.problems import Problem
 
@@ -43,23 +44,15 @@ class Filters:
     webhook_id: str | None = None
 
     def admit(self, entry: StreamEntry) -> bool:
-        if self.types and not any(_matches(p, entry.kind) for p in self.types):
+        if self.types and not any(pattern_matches(p, entry.kind) for p in self.types):
             return False
         if self.event_types and not (
-            entry.event_type and any(_matches(p, entry.event_type) for p in self.event_types)
+            entry.event_type and any(pattern_matches(p, entry.event_type) for p in self.event_types)
         ):
             return False
         if self.integration_id and entry.integration_id != self.integration_id:
             return False
         return not (self.webhook_id and entry.webhook_id != self.webhook_id)
-
-
-def _matches(pattern: str, value: str) -> bool:
-    if pattern == "*":
-        return True
-    if pattern.endswith(".*"):
-        return value.startswith(pattern[:-1])
-    return pattern == value
 
 
 def message(entry: StreamEntry) -> str:
