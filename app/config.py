@@ -324,6 +324,22 @@ SETTINGS: tuple[Setting, ...] = (
         "an integer from 1 to 3600 (seconds)",
     ),
     Setting(
+        "DISPATCH_JOB_SECONDS",
+        "SWITCHBOARD_DISPATCH_JOB_SECONDS",
+        "60",
+        _seconds(1, 3600),
+        "a number of seconds from 1 to 3600",
+        _number,
+    ),
+    Setting(
+        "DISPATCH_STALL_AFTER",
+        "SWITCHBOARD_DISPATCH_STALL_AFTER",
+        "60",
+        _seconds(1, 86400),
+        "a number of seconds from 1 to 86400",
+        _number,
+    ),
+    Setting(
         "WEBHOOK_MAX_IN_FLIGHT",
         "SWITCHBOARD_WEBHOOK_MAX_IN_FLIGHT",
         "16",
@@ -350,6 +366,14 @@ SETTINGS: tuple[Setting, ...] = (
         "30",
         _integer(1, 86400),
         "an integer from 1 to 86400 (seconds)",
+    ),
+    Setting(
+        "GATEWAY_PROBE_INTERVAL",
+        "SWITCHBOARD_GATEWAY_PROBE_INTERVAL",
+        "1",
+        _seconds(0, 3600),
+        "a number of seconds from 0 (never probe) to 3600",
+        _number,
     ),
     Setting(
         "GATEWAY_HEALTH_CACHE_SECONDS",

@@ -86,9 +86,30 @@ def bench_env(tmp: Path, redis_url: str, **extra: str) -> dict[str, str]:
         SWITCHBOARD_SECRET_KEYS=Fernet.generate_key().decode(),
         SWITCHBOARD_LOG_LEVEL="WARNING",
         SWITCHBOARD_INSTANCE_PATH=str(tmp / "instance"),
-        **extra,
     )
+    env.update(extra)
     return env
+
+
+def fresh_database(url: str) -> None:
+    """Create the PostgreSQL database ``url`` names if missing and empty its public schema."""
+    import psycopg2
+    from psycopg2 import sql
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin = psycopg2.connect(url.replace(parts.path, "/postgres"))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if cur.fetchone() is None:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    admin.close()
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    conn.close()
 
 
 def prepare_database(app: Flask) -> tuple[User, str]:

@@ -47,18 +47,17 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import psycopg2
 from harness import (
     bench_env,
     exit_status,
     flushed_redis,
+    fresh_database,
     gunicorn,
     postgres_backend_pids,
     server_cpu_seconds,
     stop_process_group,
     tree_cpu_seconds,
 )
-from psycopg2 import sql
 from webhooks import EVENT_TYPE, ReceiverProcess, setup_app, start_workers, wait_for_workers
 
 from app.store.db import database
@@ -71,24 +70,6 @@ TARGET_P50_MS = 50.0
 BODY = json.dumps(
     {"type": EVENT_TYPE, "data": {"order_id": "ord_000000000001", "amount": 4200, "note": "x" * 64}}
 )
-
-
-def fresh_database(url: str) -> None:
-    """Create the database if missing and empty its public schema."""
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin = psycopg2.connect(url.replace(parts.path, "/postgres"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-        if cur.fetchone() is None:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    admin.close()
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-    conn.close()
 
 
 _WRK_REQUESTS = re.compile(r"(\d+) requests in")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
+from app.events.dispatch import WORKER_LOST
 from app.outbound.guard import REFUSED
 from tests.peers import Receiver, WorkerProcess
 
@@ -122,9 +123,15 @@ def test_a_sigkilled_worker_s_in_flight_delivery_is_resent_by_another(
             lambda: [d for d in _deliveries(api, stuck["id"]) if d["status"] == "succeeded"],
             what="the resent delivery recorded",
         )
-        # The killed worker never recorded its attempt: one attempt, the survivor's.
-        assert delivery["attempts"] == 1
-        assert [a["status_code"] for a in delivery["attempt_history"]] == [200]
+        # The killed worker's attempt is recorded as lost (with its lease), then the survivor's.
+        assert delivery["attempts"] == 2
+        lost, sent = delivery["attempt_history"]
+        assert lost["status_code"] is None and lost["error"].startswith(WORKER_LOST)
+        assert "lease lease_" in lost["error"]
+        assert sent["status_code"] == 200 and sent["error"] is None
+        logs = api.get(f"/api/v1/integrations/{integration['id']}/logs").json["items"]
+        lost_logs = [e for e in logs if (e["error_message"] or "").startswith(WORKER_LOST)]
+        assert [e["event_data"]["delivery_id"] for e in lost_logs] == [delivery["id"]], logs
         # The healthy delivery, recorded before the crash, was not sent again.
         time.sleep(1)
         assert [r.headers["webhook-id"] for r in receiver.requests] == [event_id]

@@ -97,6 +97,38 @@ def test_dead_upstream_is_ejected_and_comes_back(app, admin_key, upstreams):
         flaky.close()
 
 
+def test_a_recovered_upstream_is_back_long_before_its_cooldown_ends(app, admin_key):
+    """Every upstream ejected: a probe a second still goes through (to the one ejected longest
+    ago), so a short outage is not stretched to the whole cooldown (120 s here)."""
+    state = {"down": True}
+    flaky = Receiver(lambda req, n: (503, {}, b"down") if state["down"] else (200, {}, b"up"))
+    patient = create_app(
+        {**app.config, "GATEWAY_COOLDOWN_SECONDS": 120, "GATEWAY_PROBE_INTERVAL": 1}
+    )
+    api = ApiClient(patient.test_client(), admin_key)
+    try:
+        gw = _rest(api, [(flaky.url, 1)])
+        url = f"/api/v1/gateway/{gw['id']}/x"
+        assert [api.get(url).status_code for _ in range(3)] == [503] * 3  # the upstream's own
+        refused = api.get(url)
+        assert refused.status_code == 503 and refused.content_type == "application/problem+json"
+        # Still down for a while: only a trickle of probes reaches it, each failing again.
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            assert api.get(url).status_code in (503, 502)
+            time.sleep(0.05)
+        assert 3 <= len(flaky.requests) <= 3 + 4
+        state["down"] = False
+        deadline = time.monotonic() + 30  # far below the cooldown
+        while (res := api.get(url)).status_code != 200:
+            assert time.monotonic() < deadline, "the recovered upstream was not probed"
+            time.sleep(0.05)
+        assert res.text == "up"
+        assert all(api.get(url).text == "up" for _ in range(5))  # healthy again, not a trickle
+    finally:
+        flaky.close()
+
+
 def test_connect_errors_retry_idempotent_only(api, upstreams):
     a, _ = upstreams
     dead = _closed_port_url()

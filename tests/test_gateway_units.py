@@ -301,6 +301,46 @@ def test_all_ejected_returns_none(r: redis.Redis) -> None:
     assert _pick(balancer, "int_none", [A, B]) is None
 
 
+def test_an_all_ejected_pool_lets_one_probe_through_per_interval(
+    r: redis.Redis, r2: redis.Redis
+) -> None:
+    options: dict[str, Any] = {
+        "failure_threshold": 1,
+        "cooldown_seconds": 30,
+        "probe_interval_seconds": 0.3,
+    }
+    balancer, other = UpstreamBalancer(r, **options), UpstreamBalancer(r2, **options)
+    assert balancer.report_failure("int_p", A) is True
+    time.sleep(0.01)
+    assert balancer.report_failure("int_p", B) is True  # A was ejected longest ago
+    assert _pick(balancer, "int_p", [A, B]) is None  # an interval after the last ejection
+    time.sleep(0.35)
+    assert balancer.pick("int_p", [A, B]) == Pick(A, True, probe=True)
+    assert _pick(other, "int_p", [A, B]) is None  # one per interval, whichever process asks
+    # A late success of a request sent before the ejection changes nothing ...
+    other.report_success("int_p", B)
+    assert balancer.state("int_p", [A, B])[1]["healthy"] is False
+    # ... a failed probe ejects again (B is now the one ejected longest ago) ...
+    assert balancer.report_failure("int_p", A, probe=True) is True
+    time.sleep(0.35)
+    assert balancer.pick("int_p", [A, B]) == Pick(B, True, probe=True)
+    # ... and a successful probe makes its upstream healthy at once.
+    balancer.report_success("int_p", B, probe=True)
+    assert balancer.state("int_p", [A, B])[1]["healthy"] is True
+    assert {_pick(balancer, "int_p", [A, B]) for _ in range(5)} == {B}
+
+
+def test_a_probe_in_flight_blocks_another_to_the_same_upstream(r: redis.Redis) -> None:
+    balancer = UpstreamBalancer(
+        r, failure_threshold=1, cooldown_seconds=30, probe_interval_seconds=0.2
+    )
+    balancer.report_failure("int_q", A)
+    time.sleep(0.25)
+    assert balancer.pick("int_q", [A]) == Pick(A, True, probe=True)  # never reported
+    time.sleep(0.25)
+    assert _pick(balancer, "int_q", [A]) is None  # its trial lock holds until the timeout
+
+
 def _eject_and_wait(balancer: UpstreamBalancer, pool_id: str, upstream: Upstream) -> None:
     for _ in range(balancer.failure_threshold):
         balancer.report_failure(pool_id, upstream)

@@ -13,7 +13,7 @@ import requests
 
 from app.store.models import User
 from app.stream.hub import Hub
-from app.stream.publish import STREAM_KEY, TRIMMED_KEY, Entry, Publisher
+from app.stream.publish import ORIGIN_KEY, STREAM_KEY, TRIMMED_KEY, Entry, Publisher
 from tests.conftest import ApiClient, make_key, session_redis_url
 from tests.peers import GunicornServer
 from tests.sse import Message, SSEClient
@@ -206,7 +206,12 @@ def test_resuming_past_retention_reports_the_gap(stream_base: str, admin_key: st
     got = stale.collect(lambda got: len(got) == 101)
     stale.close()
     assert got[0].event == "stream.gap"
-    assert got[0].json() == {"last_event_id": "1-0", "trimmed_through": trimmed}
+    origin = client.get(ORIGIN_KEY).decode()  # "1-0" is older than the stream itself, too
+    assert got[0].json() == {
+        "last_event_id": "1-0",
+        "trimmed_through": trimmed,
+        "stream_started": origin,
+    }
     assert [m.json()["n"] for m in got[1:]] == list(range(50, 150))
 
     recent = SSEClient(url, _auth(admin_key), types="test.*", last_event_id=ids[89])
@@ -214,6 +219,39 @@ def test_resuming_past_retention_reports_the_gap(stream_base: str, admin_key: st
     time.sleep(0.5)
     recent.close()
     assert [m.json()["n"] for m in got + _drain(recent)] == list(range(140, 150))
+
+
+def test_resuming_after_redis_came_back_empty_reports_the_gap(
+    stream_base: str, admin_key: str
+) -> None:
+    """Entries lost with Redis (flushed here: the data a restart without persistence leaves)
+    are announced as a gap, though nothing was trimmed and the resumed id is recent."""
+    client = redis.Redis.from_url(session_redis_url())
+    publisher = Publisher(client, retention=3600, max_entries=1000)
+
+    def write(numbers: range) -> None:
+        for n in numbers:
+            publisher._queue.append(Entry("test.entry", "logs:read", {"n": n}))
+        publisher.flush()
+
+    write(range(5))
+    seen = client.xrange(STREAM_KEY)[2][0].decode()  # the client had read up to n=2
+    client.flushdb()  # n=3 and n=4 are lost with it
+    write(range(5, 8))
+    url = f"{stream_base}/api/v1/stream"
+    resumed = SSEClient(url, {**_auth(admin_key), "Last-Event-ID": seen}, types="test.*")
+    got = resumed.collect(lambda got: len(got) == 4)
+    resumed.close()
+    assert got[0].event == "stream.gap"
+    origin = client.get(ORIGIN_KEY).decode()
+    assert got[0].json() == {"last_event_id": seen, "stream_started": origin}
+    assert [m.json()["n"] for m in got[1:]] == [5, 6, 7]
+    # Resuming from an entry written since: nothing is missing, no gap.
+    since = client.xrange(STREAM_KEY)[0][0].decode()
+    again = SSEClient(url, {**_auth(admin_key), "Last-Event-ID": since}, types="test.*")
+    got = again.collect(lambda got: len(got) == 2)
+    again.close()
+    assert [(m.event, m.json()["n"]) for m in got] == [("test.entry", 6), ("test.entry", 7)]
 
 
 def test_a_client_that_stops_reading_is_dropped_not_buffered() -> None:

@@ -68,34 +68,26 @@ class Outage:
 
 
 def test_outage_longer_than_retry_budget_loses_nothing(app, api, integration):
-    """Failed deliveries come back with `recover`; held ones with re-enabling: every event."""
+    """One `enable` brings the endpoint back whole: the deliveries held while it was disabled
+    and those whose retries ran out while it was failing."""
     outage = Outage()
-    worker = WorkerProcess(app, SWITCHBOARD_WEBHOOK_DISABLE_AFTER="1s")
+    worker = WorkerProcess(app)
     try:
-        started = datetime.now(UTC) - timedelta(seconds=1)
-        hook = _hook(api, integration, outage.peer.url, retry_count=2)
+        hook = _hook(api, integration, outage.peer.url, retry_count=1)
         published = _publish(api, 20)
-        # Retries spent, then failing for 1 s disables the webhook: nothing is dropped.
-        _until(
-            lambda: api.get(f"/api/v1/webhooks/{hook['id']}").json["status"] == "disabled",
-            what="auto-disable",
-        )
+        _until(lambda: _counts(api, hook["id"])["failed"] == 20, what="retries spent")
+        res = api.patch(f"/api/v1/webhooks/{hook['id']}", json={"status": "disabled"})
+        assert res.status_code == 200 and res.json["failing_since"] is not None
         published += _publish(api, 20, phase="while disabled")
-        counts = _until(
-            lambda: (c := _counts(api, hook["id"]))["pending"] == 0 and c, what="no pending"
-        )
-        assert counts["failed"] + counts["held"] == 40 and counts["held"] >= 20
-        assert counts["succeeded"] == counts["discarded"] == 0
+        counts = _until(lambda: (c := _counts(api, hook["id"]))["held"] == 20 and c)
+        assert counts == {"pending": 0, "held": 20, "succeeded": 0, "failed": 20, "discarded": 0}
 
         outage.down.clear()
         enabled = api.post(f"/api/v1/webhooks/{hook['id']}/enable", json={})
         assert enabled.status_code == 200, enabled.json
-        assert enabled.json["sent"] == counts["held"] and enabled.json["discarded"] == 0
+        assert enabled.json["sent"] == 20 and enabled.json["discarded"] == 0
+        assert enabled.json["recovered"] == 20
         assert enabled.json["webhook"]["status"] == "active"
-        since = started.isoformat().replace("+00:00", "Z")
-        recovered = api.post(f"/api/v1/webhooks/{hook['id']}/recover", json={"since": since})
-        assert recovered.status_code == 202, recovered.json
-        assert recovered.json["requeued"] == counts["failed"]
 
         _until(lambda: outage.accepted >= set(published), what="every event delivered")
         assert outage.accepted == set(published)
@@ -139,6 +131,40 @@ def test_disabling_holds_and_enabling_sends_or_discards(app, api, integration, w
         _until(lambda: _counts(api, keep["id"])["succeeded"] == 5, what="held ones sent")
         assert len(outage.peer.requests) == 5  # the discarded ones never went out
     finally:
+        outage.peer.close()
+
+
+def test_enable_recovers_failures_since_a_given_time_or_none_when_discarding(
+    app, api, integration
+):
+    outage = Outage()
+    worker = WorkerProcess(app, SWITCHBOARD_WEBHOOK_DISABLE_AFTER="600s")
+    try:
+        hooks = [_hook(api, integration, outage.peer.url, retry_count=0) for _ in range(3)]
+        started = datetime.now(UTC) - timedelta(seconds=1)
+        _publish(api, 4)
+        for hook in hooks:
+            _until(lambda h=hook: _counts(api, h["id"])["failed"] == 4, what="all failed")
+            res = api.patch(f"/api/v1/webhooks/{hook['id']}", json={"status": "disabled"})
+            assert res.status_code == 200
+        outage.down.clear()
+        base = "/api/v1/webhooks/{}/enable"
+        future = {"since": "2999-01-01T00:00:00Z"}
+        assert api.post(base.format(hooks[0]["id"]), json=future).status_code == 422
+        # Discarding the backlog recovers nothing unless asked with `since`.
+        res = api.post(base.format(hooks[0]["id"]), json={"held": "discard"})
+        assert (res.json["discarded"], res.json["recovered"]) == (0, 0)
+        since = started.isoformat().replace("+00:00", "Z")
+        res = api.post(base.format(hooks[1]["id"]), json={"held": "discard", "since": since})
+        assert res.json["recovered"] == 4
+        # `since` later than every delivery's creation: nothing to recover.
+        later = (datetime.now(UTC) + timedelta(seconds=-0.001)).isoformat()
+        res = api.post(base.format(hooks[2]["id"]), json={"since": later.replace("+00:00", "Z")})
+        assert res.status_code == 200 and res.json["recovered"] == 0
+        _until(lambda: _counts(api, hooks[1]["id"])["succeeded"] == 4, what="recovered sent")
+        assert _counts(api, hooks[0]["id"])["failed"] == 4
+    finally:
+        worker.stop()
         outage.peer.close()
 
 

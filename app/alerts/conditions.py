@@ -20,6 +20,7 @@ from typing import Any
 
 import peewee
 
+from app.events.progress import dispatch_progress
 from app.limits.usage import rate_limited_keys
 from app.store.db import database
 from app.store.models import ApiKey, Delivery, Event, Integration, IntegrationLog, Webhook
@@ -244,6 +245,26 @@ def oauth_refresh_failed(condition: dict[str, Any], now: datetime) -> dict[str, 
     return found
 
 
+def dispatch_stalled(condition: dict[str, Any], now: datetime) -> dict[str, Holding]:
+    """Due deliveries wait unclaimed for ``stall_seconds`` while no dispatcher looks for work."""
+    after = float(condition.get("stall_seconds", 60))
+    seen = dispatch_progress()
+    if not seen.stalled(after):
+        return {}
+    waited = round(seen.oldest_unclaimed_age or 0.0, 1)
+    return {
+        "dispatch": Holding(
+            f"Due deliveries have waited {waited:g} s unclaimed and no dispatcher is claiming",
+            {
+                "oldest_unclaimed_age": waited,
+                "last_claim_age": None
+                if seen.last_claim_age is None
+                else round(seen.last_claim_age, 1),
+            },
+        )
+    }
+
+
 def json_text_contains(field: Any, needle: str) -> Any:
     """SQL: the JSON text stored in ``field`` contains ``needle`` exactly (no LIKE wildcards)."""
     find = peewee.fn.instr if isinstance(database.obj, peewee.SqliteDatabase) else peewee.fn.strpos
@@ -325,6 +346,13 @@ CONDITIONS: dict[str, ConditionType] = {
         "An API key was refused by its rate limit at least `threshold` times in the window.",
         _schema({"key_id": _ID, "threshold": _THRESHOLD, "window_seconds": _WINDOW}),
         rate_limited,
+    ),
+    "dispatch_stalled": ConditionType(
+        "Due deliveries waited `stall_seconds` unclaimed while no dispatcher looked for work "
+        "(workers wedged or every sending thread busy). Notify through an `action` target: a "
+        "`webhook` target is delivered by the very dispatchers that stalled.",
+        _schema({"stall_seconds": {**_THRESHOLD, "minimum": 10, "maximum": 86400, "default": 60}}),
+        dispatch_stalled,
     ),
     "oauth_refresh_failed": ConditionType(
         "An OAuth2 token refresh failed (an `oauth.refresh_failed` event) in the window.",

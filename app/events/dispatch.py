@@ -7,13 +7,22 @@ running. A slow or failing endpoint so delays only its own deliveries: at most
 ``WEBHOOK_MAX_IN_FLIGHT`` sends of one webhook (or of one integration's subscribed actions) are
 in flight in a worker, and everything else keeps flowing past them.
 
-A worker that dies stops renewing: its leases lapse within ``DELIVERY_LEASE_SECONDS``, and a
-dispatcher (woken by the reconciler, or one already running) claims them again, so only what
-was in flight is resent — at least once, nothing lost.
+A job moves through three phases (:class:`Phase`): it *claims* for
+``SWITCHBOARD_DISPATCH_JOB_SECONDS``, or until nothing is due and nothing is in flight; then,
+if its time ran out, it *drains* — hands the work it never started back, wakes a fresh job and
+only finishes the sends it has in flight, each bounded by its timeout — and is *done*. RQ's
+own time limit for the job (:func:`app.events.outbox.dispatch_job_timeout`) is derived from
+these bounds, so it is never what ends a job.
+
+A worker that dies stops renewing: its leases lapse within ``DELIVERY_LEASE_SECONDS``. The
+next dispatcher that looks for work records each such delivery's lost attempt (``worker
+lost``) and makes it due again, so only what was in flight is resent — at least once, nothing
+lost, and the history says so.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import queue
@@ -29,9 +38,9 @@ import peewee
 import redis
 from flask import current_app
 
-from app.events import observe
+from app.events import observe, progress
 from app.events.held import hold_pending
-from app.events.outbox import ANNOUNCED, WAKE_FLAG, schedule_wake, wake_dispatcher
+from app.events.outbox import ANNOUNCED, SEND_GRACE, WAKE_FLAG, schedule_wake, wake_dispatcher
 from app.outbound.guard import REFUSED
 from app.store.bulk import insert_rows
 from app.store.db import database
@@ -53,14 +62,11 @@ log = logging.getLogger(__name__)
 # Threads wait on sockets, not the CPU: enough that two endpoints hanging at their in-flight
 # cap still leave a third of them to everyone else.
 SEND_THREADS = 48
-MAX_JOB_SECONDS = 60
 MAX_RETRY_DELAY = 24 * 3600  # a hostile Retry-After must not overflow datetime arithmetic
-# A send may run this long past its own timeout (which bounds each socket read, not the whole
-# answer: a peer dripping bytes could hold it for ever) before it counts as failed.
-SEND_GRACE = 1.0
 COALESCE_SECONDS = 0.005  # how long to wait for the next send ending before recording
 POLL_SECONDS = 0.02  # how often a job with sends in flight checks for announced work
 RECHECK_SECONDS = 1.0  # ... and looks for due work anyway (retries, lapsed leases)
+WORKER_LOST = "worker lost: its lease lapsed while the attempt was in flight"
 
 
 @dataclass
@@ -76,10 +82,11 @@ class Claimed:
 
 
 def dispatch_due() -> int:
-    """RQ job: perform due deliveries until none are left (or a minute passed); return count."""
+    """RQ job: perform due deliveries until none are left (or its time is up); return count."""
     get_redis().delete(WAKE_FLAG)  # publishes from now on wake another job
+    seconds = float(current_app.config["DISPATCH_JOB_SECONDS"])
     with database.connection_context():
-        done = Dispatcher().run(time.monotonic() + MAX_JOB_SECONDS)
+        done = Dispatcher().run(time.monotonic() + seconds)
         _schedule_next_wake()
     return done
 
@@ -88,6 +95,14 @@ def dispatch_due() -> int:
 class _Send:
     item: Claimed
     deadline: float  # time.monotonic() after which the send counts as failed
+
+
+class Phase(enum.Enum):
+    """Where a dispatcher job is in its life; :meth:`Dispatcher.run` moves it forward only."""
+
+    CLAIMING = "claiming"  # claims due work for free threads, sends and records it
+    DRAINING = "draining"  # its time is up: claims nothing, finishes the sends in flight
+    DONE = "done"
 
 
 class Dispatcher:
@@ -107,38 +122,65 @@ class Dispatcher:
         self.waiting: dict[str, deque[Claimed]] = {}
         self.capped = False  # the last claim skipped or held back deliveries over the cap
         self.done = 0
+        self.phase = Phase.CLAIMING
+        self.look = True  # more may be due right away: claim on the next turn
+        self.looked = 0.0  # time.monotonic() of the last claim
+        self.announced = 0  # wake-ups announced as of the last check
 
     def run(self, until: float) -> int:
-        """Claim, send and record until nothing is due and nothing in flight, or ``until``."""
-        announced = self._announced()
-        look, looked, claiming = True, time.monotonic(), True
-        while True:
-            now = time.monotonic()
-            if claiming and now >= until:
-                # Time's up, maybe with work left: another job continues while this one only
-                # finishes what it has in flight.
-                claiming, look = False, False
-                self._release_waiting()
-                wake_dispatcher()
-            if claiming and (look or now - looked >= RECHECK_SECONDS):
-                look, looked = self._fill(), now
-            if not self.in_flight and not look:
-                break
-            ended = self._collect()
-            self._record(ended)
-            if claiming:
-                self._start_waiting()
-            look = look or (bool(ended) and self.capped)  # a capped target may have more due
-            self._renew()
-            if claiming and not look and (latest := self._announced()) != announced:
-                announced, look = latest, True
+        """Claim, send and record until nothing is due and nothing in flight, or ``until``;
+        then finish what is in flight. Returns how many attempts were recorded."""
+        self.announced = self._announced()
+        try:
+            while self.phase is not Phase.DONE:
+                if self.phase is Phase.CLAIMING:
+                    self._claiming_turn(until)
+                else:
+                    self._draining_turn()
+        finally:
+            self._release_waiting()  # normally empty already; never left leased to a past job
         return self.done
+
+    def _claiming_turn(self, until: float) -> None:
+        now = time.monotonic()
+        if now >= until:
+            self._hand_over()
+            return
+        if self.look or now - self.looked >= RECHECK_SECONDS:
+            self.look, self.looked = self._fill(), now
+        if not self.in_flight and not self.look:
+            self.phase = Phase.DONE  # nothing due, nothing in flight
+            return
+        ended = self._collect()
+        self._record(ended)
+        self._start_waiting()
+        if ended and self.capped:
+            self.look = True  # a capped target whose send ended may have more due
+        self._renew()
+        if not self.look and (latest := self._announced()) != self.announced:
+            self.announced, self.look = latest, True
+
+    def _hand_over(self) -> None:
+        """Time's up, maybe with work left: a fresh job claims while this one only drains."""
+        self._release_waiting()
+        wake_dispatcher()
+        self.phase = Phase.DRAINING
+
+    def _draining_turn(self) -> None:
+        if not self.in_flight:
+            self.phase = Phase.DONE
+            return
+        self._record(self._collect())
+        self._renew()
 
     def _fill(self) -> bool:
         """Claim and start sends for free threads; True if more may be due right away."""
         free = SEND_THREADS - _pool_busy()
         if free <= 0:
             return True  # look again once threads are free
+        if time.monotonic() - self.looked >= RECHECK_SECONDS:
+            release_lapsed()
+        progress.claim_pass()
         load = self._load()
         busy = {target for target, n in load.items() if n >= self.cap} | self.waiting.keys()
         batch = claim_due(free, token=self.token, busy=busy)
@@ -258,7 +300,9 @@ def claim_due(
     """
     now = utcnow()
     token = token or new_id("lease", 16)
-    free = Delivery.lease_until.is_null() | (Delivery.lease_until < now)
+    # Never leased or handed back. A lapsed lease is taken only after ``release_lapsed`` has
+    # recorded the attempt its dead worker lost.
+    free = Delivery.lease_token.is_null()
     wanted = (Delivery.status == "pending") & (Delivery.next_attempt_at <= now) & free
     if busy:
         wanted &= Delivery.webhook.is_null() | Delivery.webhook.not_in(busy)
@@ -294,6 +338,89 @@ def claim_due(
         .order_by(Delivery.next_attempt_at)
     )
     return [Claimed(row, row.event, row.webhook if row.webhook_id else None) for row in rows]
+
+
+def release_lapsed(limit: int = 500) -> int:
+    """Record the lost attempt of each delivery whose lease lapsed and make it due again.
+
+    A lease lapses only when its worker stopped renewing it mid-send (killed, or cut off from
+    the database): the receiver may have got the request, so the attempt counts — in the
+    delivery's ``attempts``, as an attempt row and a log entry with error :data:`WORKER_LOST`
+    and the lease — and a delivery whose budget it used up fails (a payload that kills its
+    worker every time must not be retried for ever). Each row is released with a
+    compare-and-swap on its lease token, so two dispatchers never record the same loss twice.
+    Returns how many were released.
+    """
+    now = utcnow()
+    lapsed = list(
+        Delivery.select(Delivery, Webhook.id, Webhook.integration)
+        .join(Webhook, peewee.JOIN.LEFT_OUTER)
+        .where(
+            (Delivery.status == "pending")
+            & Delivery.lease_token.is_null(False)
+            & (Delivery.lease_until < now)
+        )
+        .limit(limit)
+    )
+    if not lapsed:
+        return 0
+    attempts: list[dict[str, Any]] = []
+    logs: list[dict[str, Any]] = []
+    with database.atomic():
+        for row in lapsed:
+            attempt = row.attempts + 1
+            until = row.lease_until.isoformat() + "Z" if row.lease_until else "?"
+            error = f"{WORKER_LOST} (lease {row.lease_token} until {until})"
+            released = (
+                Delivery.update(
+                    status="pending" if attempt < row.max_attempts else "failed",
+                    attempts=attempt,
+                    lease_token=None,
+                    lease_until=None,
+                    last_status_code=None,
+                    last_error=error,
+                    next_attempt_at=now,
+                    updated_at=now,
+                )
+                .where((Delivery.id == row.id) & (Delivery.lease_token == row.lease_token))
+                .execute()
+            )
+            if not released:
+                continue
+            attempts.append(
+                {
+                    "delivery": row.id,
+                    "attempt": attempt,
+                    "status_code": None,
+                    "response_time_ms": None,
+                    "error": error,
+                    "response_body": None,
+                    "next_attempt_at": now if attempt < row.max_attempts else None,
+                }
+            )
+            if row.webhook_id and row.webhook is not None:
+                logs.append(
+                    {
+                        "integration_id": row.webhook.integration_id,
+                        "event_type": "webhook.delivery",
+                        "event_data": {
+                            "delivery_id": row.id,
+                            "event_id": row.event_id,
+                            "webhook_id": row.webhook_id,
+                            "attempt": attempt,
+                            "status_code": None,
+                        },
+                        "status": "error",
+                        "error_message": error,
+                        "response_time_ms": None,
+                    }
+                )
+        insert_rows(DeliveryAttempt, attempts)
+        insert_rows(IntegrationLog, logs)
+    if attempts:
+        log.warning("%d deliveries lost with their worker; attempts recorded", len(attempts))
+        observe.logs_written(logs)
+    return len(attempts)
 
 
 def requeue_refused(webhook_id: str) -> int:

@@ -1,7 +1,9 @@
 """Deliveries of a disabled webhook: held (never failed, never dropped), then sent or discarded.
 
 Disabling a webhook, by hand or automatically, holds its pending deliveries and every new one;
-enabling it sends them (or discards them, if asked). ``recover`` re-queues failed deliveries.
+enabling it sends them (or discards them, if asked) and re-queues the deliveries that failed
+while it was failing, so one call brings an endpoint back whole. ``recover`` re-queues failed
+deliveries created since a time.
 """
 
 from __future__ import annotations
@@ -57,3 +59,9 @@ def release_held(webhook: Webhook, held: str) -> dict[str, int]:
 def recover_failed(webhook: Webhook, since: datetime) -> int:
     """Re-queue every failed delivery created since ``since`` (held if the webhook is disabled)."""
     return _requeue(webhook, "failed", Delivery.created_at >= since)
+
+
+def recover_outage(webhook: Webhook, failing_since: datetime) -> int:
+    """Re-queue every delivery that failed for good at or after ``failing_since`` (when the
+    endpoint's failure streak began), whenever it was created."""
+    return _requeue(webhook, "failed", Delivery.updated_at >= failing_since)

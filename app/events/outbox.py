@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
+from flask import current_app
 
 from app.store.queues import get_queue
 from app.store.redis import get_redis
+from app.webhooks.sender import MAX_TIMEOUT_MS
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +22,22 @@ WAKE_FLAG = "sb:outbox:wake-queued"
 # Counts every wake-up: a dispatcher busy with slow sends polls it to pick up new work itself
 # instead of leaving it to a job queued behind its own.
 ANNOUNCED = "sb:outbox:announced"
+# A send may run this long past its own timeout (which bounds each socket read, not the whole
+# answer: a peer dripping bytes could hold it for ever) before it counts as failed.
+SEND_GRACE = 1.0
+# Time a dispatcher job may spend recording its last outcomes after its sends ended.
+RECORD_MARGIN = 30
+
+
+def dispatch_job_timeout(config: Mapping[str, Any]) -> int:
+    """RQ's hard limit for one dispatcher job, derived so that it is never reached.
+
+    A job claims for ``DISPATCH_JOB_SECONDS``, then finishes the sends it has in flight, each
+    bounded by the longest timeout a target may have (a webhook's ``timeout_ms`` or the
+    connector timeout) plus ``SEND_GRACE``, then records them.
+    """
+    longest_send = max(MAX_TIMEOUT_MS / 1000, float(config["CONNECTOR_TIMEOUT"])) + SEND_GRACE
+    return math.ceil(float(config["DISPATCH_JOB_SECONDS"]) + longest_send + RECORD_MARGIN)
 
 
 def wake_dispatcher() -> None:
@@ -29,7 +50,7 @@ def wake_dispatcher() -> None:
             get_queue("webhooks").enqueue(
                 "app.events.dispatch.dispatch_due",
                 description="dispatch_due()",  # explicit: RQ's default would list arguments
-                job_timeout=300,
+                job_timeout=dispatch_job_timeout(current_app.config),
                 result_ttl=60,
                 failure_ttl=86400,
             )

@@ -14,6 +14,7 @@ import threading
 from flask import Flask
 
 from app.events.outbox import WAKE_FLAG, wake_dispatcher
+from app.events.progress import unclaimed_filter
 from app.store.db import database
 from app.store.models import Delivery, utcnow
 from app.store.outage import WORKER_SURVIVES, describe
@@ -26,17 +27,8 @@ LOCK_KEY = "sb:outbox:reconcile-lock"
 
 def reconcile_once() -> int:
     """Wake the dispatcher if due, unleased deliveries exist; return how many are due."""
-    now = utcnow()
     with database.connection_context():
-        due = (
-            Delivery.select()
-            .where(
-                (Delivery.status == "pending")
-                & (Delivery.next_attempt_at <= now)
-                & (Delivery.lease_until.is_null() | (Delivery.lease_until < now))
-            )
-            .count()
-        )
+        due = Delivery.select().where(unclaimed_filter(utcnow())).count()
     if due:
         # A stale flag from a job lost with Redis must not block the wake-up.
         get_redis().delete(WAKE_FLAG)

@@ -18,6 +18,13 @@ Passive health (per pool and upstream URL, one Redis hash each):
 - ``report_success`` resets the consecutive-failure count.
 - Reports that arrive while an upstream is inside its cooldown are ignored: they come from
   requests sent before the ejection and must neither shorten nor extend it.
+- When *every* upstream that could take a request is cooling down, the pool would refuse all
+  traffic for a whole cooldown although one may have recovered at once. With
+  ``probe_interval_seconds`` set, a trickle still goes through (Envoy's panic threshold, one
+  request at a time): at most one *probe* per interval, and one in flight, to the upstream
+  ejected longest ago. A probe that succeeds makes that upstream healthy at once; one that
+  fails ejects it again (so probes rotate through the pool). The first probe comes an
+  interval after the last ejection.
 
 A pool of one upstream has no schedule to share, only health. Once a pick finds its upstream
 clean (no failures, not ejected, not on trial), this process picks it locally for
@@ -48,12 +55,15 @@ __all__ = ["Pick", "Upstream", "UpstreamBalancer"]
 # KEYS[1]          hash: upstream URL -> smooth-WRR current weight
 # KEYS[1 + i]      health hash of upstream i: failures, until (ejected until, ms)
 # KEYS[1 + n + i]  trial lock of upstream i (held while its half-open trial is in flight)
+# KEYS[2 + 2n]     the pool's probe gate (set while the next probe must wait)
 # ARGV[1]          TTL of the weights hash (ms);  ARGV[2] TTL of a trial lock (ms)
 # ARGV[3 + 3(i-1) .. 5 + 3(i-1)]  URL, weight, excluded (0|1) of upstream i
+# ARGV[3 + 3n]     probe interval (ms; 0: no probes)
 # Returns {0-based index of the chosen upstream, or -1 when none can take the request;
-#          1 if the chosen one has health state (failures, ejection, trial) to clear, else 0}.
+#          1 if the chosen one has health state (failures, ejection, trial) to clear, else 0;
+#          1 if it is a probe of an upstream still cooling down, else 0}.
 _PICK_LUA = """
-local n = (#KEYS - 1) / 2
+local n = (#KEYS - 2) / 2
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -88,7 +98,26 @@ for i = 1, n do
         end
     end
 end
-if best == nil then return {-1, 0} end
+if best == nil then
+    -- Every upstream that could take it is cooling down: probe the one ejected longest ago,
+    -- one at a time and at most once per interval.
+    local interval = tonumber(ARGV[3 * n + 3])
+    local oldest, oldest_until = nil, nil
+    for i = 1, n do
+        if interval > 0 and weights[i] > 0 and not excluded[i] then
+            local ejected_until = tonumber(redis.call('HGET', KEYS[1 + i], 'until'))
+            if ejected_until and redis.call('EXISTS', KEYS[1 + n + i]) == 0
+                    and (oldest == nil or ejected_until < oldest_until) then
+                oldest, oldest_until = i, ejected_until
+            end
+        end
+    end
+    if oldest == nil or not redis.call('SET', KEYS[2 + 2 * n], '1', 'PX', interval, 'NX') then
+        return {-1, 0, 0}
+    end
+    redis.call('SET', KEYS[1 + n + oldest], '1', 'PX', ARGV[2], 'NX')
+    return {oldest - 1, 1, 1}
+end
 
 current[best] = current[best] - total
 if best_trial then
@@ -103,38 +132,43 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return {best - 1, redis.call('EXISTS', KEYS[1 + best])}
+return {best - 1, redis.call('EXISTS', KEYS[1 + best]), 0}
 """
 
-# KEYS[1] health hash, KEYS[2] trial lock
-# ARGV[1] failure threshold, ARGV[2] cooldown (ms), ARGV[3] TTL of idle state (ms)
+# KEYS[1] health hash, KEYS[2] trial lock, KEYS[3] the pool's probe gate
+# ARGV[1] failure threshold, ARGV[2] cooldown (ms), ARGV[3] TTL of idle state (ms),
+# ARGV[4] 1 if the failed request was a probe, ARGV[5] probe interval (ms; 0: no probes)
 # Returns 1 when this failure ejected the upstream, else 0.
 _FAILURE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cooldown, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 local ejected_until = tonumber(redis.call('HGET', KEYS[1], 'until'))
-if ejected_until and ejected_until > now then
+if ejected_until and ejected_until > now and ARGV[4] ~= '1' then
     return 0  -- from a request sent before the ejection
 end
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 if ejected_until or failures >= tonumber(ARGV[1]) then
-    -- Threshold reached, or the half-open trial failed: (re-)eject.
+    -- Threshold reached, or the half-open trial (or a probe) failed: (re-)eject.
     redis.call('HSET', KEYS[1], 'until', now + cooldown)
     redis.call('DEL', KEYS[2])
     redis.call('PEXPIRE', KEYS[1], cooldown + ttl)
+    if tonumber(ARGV[5]) > 0 then
+        redis.call('SET', KEYS[3], '1', 'PX', ARGV[5])  -- the next probe waits an interval
+    end
     return 1
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 return 0
 """
 
-# KEYS[1] health hash, KEYS[2] trial lock.  Returns 1 when the state was cleared, else 0.
+# KEYS[1] health hash, KEYS[2] trial lock; ARGV[1] 1 if the request was a probe.
+# Returns 1 when the state was cleared, else 0.
 _SUCCESS_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ejected_until = tonumber(redis.call('HGET', KEYS[1], 'until'))
-if ejected_until and ejected_until > now then
+if ejected_until and ejected_until > now and ARGV[1] ~= '1' then
     return 0  -- from a request sent before the ejection
 end
 return redis.call('DEL', KEYS[1], KEYS[2]) > 0 and 1 or 0
@@ -146,11 +180,12 @@ class Pick(NamedTuple):
 
     ``tracked`` is False when the upstream had no health state at pick time (no failures, not
     ejected, not on trial): a success then has nothing to reset, so the caller skips that
-    round trip. A failure is always reported.
+    round trip. A failure is always reported. Pass ``probe`` back with either report.
     """
 
     upstream: Upstream
     tracked: bool
+    probe: bool = False  # a probe of an upstream still cooling down: report it as such
 
 
 @dataclass(frozen=True)
@@ -184,6 +219,8 @@ class UpstreamBalancer:
         state_ttl_seconds: idle time after which a pool's state is forgotten.
         clean_cache_seconds: how long a one-upstream pool found clean is picked without Redis
             (0 = always ask).
+        probe_interval_seconds: with every upstream cooling down, how often one probe may go
+            through (0 = never: the pool refuses traffic for the whole cooldown).
     """
 
     def __init__(
@@ -196,6 +233,7 @@ class UpstreamBalancer:
         trial_timeout_seconds: float = 10,
         state_ttl_seconds: float = 3600,
         clean_cache_seconds: float = 0,
+        probe_interval_seconds: float = 0,
     ) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be >= 1")
@@ -213,6 +251,7 @@ class UpstreamBalancer:
         self.trial_timeout_seconds = trial_timeout_seconds
         self.state_ttl_seconds = state_ttl_seconds
         self.clean_cache_seconds = clean_cache_seconds
+        self.probe_interval_seconds = probe_interval_seconds
         # (pool, url) of one-upstream pools -> monotonic time until which it is picked locally
         self._clean_until: dict[tuple[str, str], float] = {}
         # (pool, url) -> monotonic time of the last failure reported here
@@ -234,6 +273,9 @@ class UpstreamBalancer:
     def trial_key(self, pool_id: str, url: str) -> str:
         """Redis key held while the half-open trial request of ``url`` is in flight."""
         return self._key(pool_id, "trial", url)
+
+    def _probe_ms(self) -> int:
+        return round(self.probe_interval_seconds * 1000) if self.probe_interval_seconds > 0 else 0
 
     def pick(
         self,
@@ -261,12 +303,16 @@ class UpstreamBalancer:
         keys = [self._key(pool_id, "wrr")]
         keys += [self.health_key(pool_id, u.url) for u in upstreams]
         keys += [self.trial_key(pool_id, u.url) for u in upstreams]
+        keys.append(self._key(pool_id, "probe"))
         args: list[Any] = [_ms(self.state_ttl_seconds), _ms(self.trial_timeout_seconds)]
         for upstream in upstreams:
             args += [upstream.url, upstream.weight, 1 if upstream.url in exclude else 0]
-        index, tracked = self._pick(keys=keys, args=args)
+        args.append(self._probe_ms())
+        index, tracked, probe = self._pick(keys=keys, args=args)
         if int(index) < 0:
             return None
+        if int(probe):
+            return Pick(upstreams[int(index)], True, probe=True)
         slot = (pool_id, upstreams[int(index)].url)
         # Clean when asked, and no failure reported here since (another thread's would win).
         if only is not None and not int(tracked) and self.clean_cache_seconds > 0:
@@ -275,24 +321,32 @@ class UpstreamBalancer:
                     self._clean_until[slot] = asked + self.clean_cache_seconds
         return Pick(upstreams[int(index)], bool(int(tracked)))
 
-    def report_success(self, pool_id: str, upstream: Upstream) -> None:
-        """Record a successful request: reset failures and close a half-open upstream."""
+    def report_success(self, pool_id: str, upstream: Upstream, *, probe: bool = False) -> None:
+        """Record a successful request: reset failures and close a half-open (or probed)
+        upstream."""
         self._success(
-            keys=[self.health_key(pool_id, upstream.url), self.trial_key(pool_id, upstream.url)]
+            keys=[self.health_key(pool_id, upstream.url), self.trial_key(pool_id, upstream.url)],
+            args=[1 if probe else 0],
         )
 
-    def report_failure(self, pool_id: str, upstream: Upstream) -> bool:
+    def report_failure(self, pool_id: str, upstream: Upstream, *, probe: bool = False) -> bool:
         """Record a failed request; return True if this failure ejected the upstream."""
         slot = (pool_id, upstream.url)
         with self._local:
             self._failed_at[slot] = time.monotonic()
             self._clean_until.pop(slot, None)
         ejected = self._failure(
-            keys=[self.health_key(pool_id, upstream.url), self.trial_key(pool_id, upstream.url)],
+            keys=[
+                self.health_key(pool_id, upstream.url),
+                self.trial_key(pool_id, upstream.url),
+                self._key(pool_id, "probe"),
+            ],
             args=[
                 self.failure_threshold,
                 _ms(self.cooldown_seconds),
                 _ms(self.state_ttl_seconds),
+                1 if probe else 0,
+                self._probe_ms(),
             ],
         )
         if int(ejected):

@@ -236,7 +236,7 @@ def send_with_retries(
                 f"upstream refused by the SSRF guard ({reason})", 502, upstream.url
             ) from exc
         except (NewConnectionError, ConnectTimeoutError, ProtocolError, SSLError) as exc:
-            balancer.report_failure(pool_id, upstream)
+            balancer.report_failure(pool_id, upstream, probe=picked.probe)
             last_error = UpstreamFailed(
                 f"could not connect to the upstream: {type(exc).__name__}", 502, upstream.url
             )
@@ -244,7 +244,7 @@ def send_with_retries(
                 continue
             raise last_error from exc
         except ReadTimeoutError as exc:
-            balancer.report_failure(pool_id, upstream)
+            balancer.report_failure(pool_id, upstream, probe=picked.probe)
             raise UpstreamFailed(
                 f"the upstream did not answer within {timeout:g} s", 504, upstream.url
             ) from exc
@@ -253,7 +253,7 @@ def send_with_retries(
                 f"the request could not be sent upstream: {type(exc).__name__}", 502, upstream.url
             ) from exc
         if response.status >= 500:
-            balancer.report_failure(pool_id, upstream)
+            balancer.report_failure(pool_id, upstream, probe=picked.probe)
             retryable = response.status in RETRY_STATUSES and may_retry
             if retryable and (body is None or body.sent == 0) and len(tried) < len(upstreams):
                 response.close()
@@ -262,7 +262,7 @@ def send_with_retries(
                 )
                 continue
         elif picked.tracked:  # a clean upstream has nothing to reset: skip the round trip
-            balancer.report_success(pool_id, upstream)
+            balancer.report_success(pool_id, upstream, probe=picked.probe)
         return ProxyAttempt(response, upstream, len(tried))
 
 

@@ -53,6 +53,7 @@ def _balancer() -> UpstreamBalancer:
             failure_threshold=app.config["GATEWAY_FAILURE_THRESHOLD"],
             cooldown_seconds=app.config["GATEWAY_COOLDOWN_SECONDS"],
             clean_cache_seconds=app.config["GATEWAY_HEALTH_CACHE_SECONDS"],
+            probe_interval_seconds=app.config["GATEWAY_PROBE_INTERVAL"],
         )
         app.extensions["balancer"] = balancer
     return balancer

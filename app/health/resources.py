@@ -9,6 +9,7 @@ import marshmallow as ma
 import redis
 from flask import current_app
 
+from app.events.progress import dispatch_progress
 from app.store.db import database
 from app.store.models import Delivery, utcnow
 from app.store.redis import get_redis
@@ -44,6 +45,18 @@ class ReadySchema(HealthSchema):
         allow_none=True,
         metadata={"description": "Seconds the oldest due, undelivered delivery has waited"},
     )
+    dispatch = ma.fields.Nested(lambda: DispatchSchema())
+
+
+class DispatchSchema(ma.Schema):
+    last_claim_age = ma.fields.Float(
+        allow_none=True,
+        metadata={"description": "Seconds since a dispatcher last looked for due deliveries"},
+    )
+    oldest_unclaimed_age = ma.fields.Float(
+        allow_none=True,
+        metadata={"description": "Seconds the oldest due delivery that no worker holds has waited"},
+    )
 
 
 @blp.route("/health", methods=["GET"])
@@ -57,6 +70,7 @@ class NotReadySchema(ProblemSchema):
     checks = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())
     workers = ma.fields.List(ma.fields.Nested(WorkerSchema))
     oldest_due_delivery_age = ma.fields.Float(allow_none=True)
+    dispatch = ma.fields.Nested(DispatchSchema)
 
 
 @blp.route("/ready", methods=["GET"])
@@ -65,11 +79,12 @@ class NotReadySchema(ProblemSchema):
     503,
     schema=NotReadySchema,
     content_type=PROBLEM_CONTENT_TYPE,
-    description="The database or Redis is unreachable, or no worker is live",
+    description="The database or Redis is unreachable, no worker is live, or due deliveries "
+    "are not being claimed although workers are live (`checks.dispatch: stalled`)",
 )
 def ready() -> dict[str, Any]:
-    """Readiness: the database and Redis answer and a worker heartbeated recently."""
-    checks = {"database": "ok", "redis": "ok", "workers": "ok"}
+    """Readiness: the stores answer, a worker heartbeated recently, and due work is claimed."""
+    checks = {"database": "ok", "redis": "ok", "workers": "ok", "dispatch": "ok"}
     report: dict[str, Any] = {"workers": [], "oldest_due_delivery_age": None}
     try:
         database.execute_sql("SELECT 1")
@@ -86,12 +101,35 @@ def ready() -> dict[str, Any]:
         checks["redis"] = checks["workers"] = "unavailable"
     if checks["redis"] == "ok" and not report["workers"]:
         checks["workers"] = "none live"
-    failing = [k for k, v in checks.items() if v != "ok"]
+    checks["dispatch"] = _dispatch_check(checks, report)
+    failing = [k for k, v in checks.items() if v not in ("ok", "unknown")]
     if not current_app.config["READY_REQUIRES_WORKER"] and checks["workers"] == "none live":
         failing.remove("workers")
     if failing:
         raise Problem(503, "Not ready: " + ", ".join(failing), checks=checks, **report)
     return {"status": "ok", "checks": checks, **report}
+
+
+def _dispatch_check(checks: dict[str, str], report: dict[str, Any]) -> str:
+    """``stalled`` when live workers leave due deliveries unclaimed (see app.events.progress)."""
+    if checks["database"] != "ok" or checks["redis"] != "ok":
+        return "unknown"
+    try:
+        seen = dispatch_progress()
+    except Exception as exc:  # noqa: BLE001 - a store failing now is reported by its own check
+        log.warning("readiness: dispatch check failed: %s", exc)
+        return "unknown"
+    report["dispatch"] = {
+        "last_claim_age": _rounded(seen.last_claim_age),
+        "oldest_unclaimed_age": _rounded(seen.oldest_unclaimed_age),
+    }
+    if report["workers"] and seen.stalled(current_app.config["DISPATCH_STALL_AFTER"]):
+        return "stalled"
+    return "ok"
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
 
 
 def _oldest_due_age() -> float | None:

@@ -8,7 +8,7 @@ same and no process has to keep them up to date.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import peewee
 import redis
@@ -69,12 +69,14 @@ class SharedStateCollector(Collector):
         )
 
 
-def render(multiprocess_dir: str | None) -> tuple[bytes, str]:
-    """The Prometheus text exposition and its content type."""
+def render(multiprocess_dir: str | None, extra: Iterable[Collector] = ()) -> tuple[bytes, str]:
+    """The Prometheus text exposition (with the ``extra`` collectors) and its content type."""
     registry = CollectorRegistry()
     if multiprocess_dir:
         MultiProcessCollector(registry, path=multiprocess_dir)
     else:
         registry.register(_ThisProcess())
     registry.register(SharedStateCollector())
+    for collector in extra:
+        registry.register(collector)
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Response, current_app
 
 from app.auth.access import authenticate, client_ip, ip_allowed
+from app.events.progress import DispatchProgressCollector
 from app.metrics.exposition import render
 from app.web.api import SECURITY, Blueprint
 
@@ -31,5 +32,7 @@ def metrics() -> Response:
     allowed = current_app.config["METRICS_ALLOWED_NETWORKS"]
     if not (allowed and ip_allowed(client_ip(), [str(net) for net in allowed])):
         authenticate().require("metrics:read")
-    body, content_type = render(current_app.config["METRICS_MULTIPROC_DIR"])
+    body, content_type = render(
+        current_app.config["METRICS_MULTIPROC_DIR"], [DispatchProgressCollector()]
+    )
     return Response(body, content_type=content_type)

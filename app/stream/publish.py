@@ -10,7 +10,10 @@ commits — a rolled-back change is never announced. The stream is a live view, 
 Retention: entries older than ``SWITCHBOARD_STREAM_RETENTION`` seconds, and any beyond
 ``SWITCHBOARD_STREAM_MAX_ENTRIES``, are trimmed about once a second; the id of the newest entry
 trimming removed is kept in :data:`TRIMMED_KEY`, so a client resuming from an older id learns
-that it missed entries (see :mod:`app.stream.reader`).
+that it missed entries (see :mod:`app.stream.session`). A Redis that restarts empty loses the
+stream without trimming it: :data:`ORIGIN_KEY` holds an id (by the Redis clock) no later than
+the first entry written since the stream was last created, so a client resuming from an older
+id learns that the entries in between may be lost.
 
 Each entry has the fields ``k`` (kind: ``delivery.attempted``…), ``s`` (the scope a key needs to
 see it), ``i``/``w`` (integration and webhook id, for filters), ``e`` (the domain event type,
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 
 STREAM_KEY = "sb:stream"
 TRIMMED_KEY = "sb:stream:trimmed"
+ORIGIN_KEY = "sb:stream:origin"
 QUEUE_LIMIT = 20_000  # entries waiting for Redis in one process; the oldest are dropped beyond
 BATCH = 500
 TRIM_EVERY = 1.0  # seconds
@@ -68,6 +72,16 @@ if removed then
     redis.call('SET', KEYS[2], removed)
 end
 return removed
+"""
+
+
+# KEYS[1] origin marker. Sets it, unless set, to the Redis clock's "<ms>-0": no later than any
+# entry added after it (stream ids are never below the server's time).
+_ORIGIN_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', KEYS[1], (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) .. '-0')
+end
 """
 
 
@@ -104,6 +118,7 @@ class Publisher:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._trim = client.register_script(_TRIM_LUA)
+        self._origin = client.register_script(_ORIGIN_LUA)
         self._last_trim = 0.0
         self._owner: int | None = None
         self._closed = threading.Event()
@@ -149,6 +164,8 @@ class Publisher:
                 return
             try:
                 pipe = self.client.pipeline(transaction=False)
+                if batch:
+                    self._origin(keys=[ORIGIN_KEY], client=pipe)
                 for entry in batch:
                     pipe.xadd(STREAM_KEY, entry.fields())  # type: ignore[arg-type]
                 if trim:

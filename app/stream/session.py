@@ -3,7 +3,8 @@
 Resuming: entries after the client's last id are read from Redis (``XRANGE``, in pages) up to
 the point where the hub's live entries take over, and live entries not newer than what was
 already sent are skipped — so a reconnect sees no gap and no duplicate. When the last id is
-older than what retention kept, a ``stream.gap`` event says so before the rest.
+older than what retention kept, or than the stream itself (Redis restarted empty since), a
+``stream.gap`` event says so before the rest.
 
 Every entry is checked against the key's scopes and the client's filters before it is sent.
 When the auth epoch moves (a key was revoked, rotated, changed), the key is loaded again: a
@@ -27,7 +28,7 @@ from app.store.redis import connect
 from app.stream.access import principal_for_key
 from app.stream.hub import Hub, StreamEntry, Subscriber, entry_id_key, parse_entry
 from app.stream.kinds import pattern_matches
-from app.stream.publish import STREAM_KEY, TRIMMED_KEY
+from app.stream.publish import ORIGIN_KEY, STREAM_KEY, TRIMMED_KEY
 from app.web.problems import Problem
 
 CATCH_UP_PAGE = 200
@@ -62,6 +63,32 @@ def message(entry: StreamEntry) -> str:
 
 def _control(kind: str, data: dict[str, object]) -> str:
     return f"event: {kind}\ndata: {jsoncodec.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _gap(client: redis.Redis, last_event_id: str) -> dict[str, str | None]:
+    """Why entries after ``last_event_id`` may be missing; empty when none are.
+
+    ``trimmed_through``: retention removed entries up to that id. ``stream_started``: the
+    stream was created anew at that id (null: nothing was written since), so entries from
+    before it were lost with Redis.
+    """
+    try:
+        trimmed, origin = client.mget([TRIMMED_KEY, ORIGIN_KEY])
+    except redis.RedisError:
+        return {}
+    resumed = entry_id_key(last_event_id)
+    gap: dict[str, str | None] = {}
+    if trimmed is not None and resumed < entry_id_key(_text(trimmed)):
+        gap["trimmed_through"] = _text(trimmed)
+    if origin is None:
+        gap["stream_started"] = None
+    elif resumed < entry_id_key(_text(origin)):
+        gap["stream_started"] = _text(origin)
+    return gap
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class StreamSession:
@@ -123,17 +150,9 @@ class StreamSession:
 
     def _catch_up(self, last_event_id: str, until: str) -> Iterator[str]:
         client = connect(self.app)
-        try:
-            trimmed = client.get(TRIMMED_KEY)
-        except redis.RedisError:
-            trimmed = None
-        if trimmed is not None:
-            trimmed_id = trimmed.decode() if isinstance(trimmed, bytes) else str(trimmed)
-            if entry_id_key(last_event_id) < entry_id_key(trimmed_id):
-                yield _control(
-                    "stream.gap",
-                    {"last_event_id": last_event_id, "trimmed_through": trimmed_id},
-                )
+        gap = _gap(client, last_event_id)
+        if gap:
+            yield _control("stream.gap", {"last_event_id": last_event_id, **gap})
         cursor = last_event_id
         while entry_id_key(cursor) < entry_id_key(until):
             page = client.xrange(STREAM_KEY, min=f"({cursor}", max=until, count=CATCH_UP_PAGE)

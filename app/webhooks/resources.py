@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
@@ -11,7 +11,7 @@ from flask.views import MethodView
 from app.audit import record_audit, record_change, record_update
 from app.events.catalog import emit_event, event_catalog, is_valid_pattern
 from app.events.dispatch import requeue_refused
-from app.events.held import hold_pending, recover_failed, release_held
+from app.events.held import hold_pending, recover_failed, recover_outage, release_held
 from app.events.outbox import wake_dispatcher
 from app.outbound.guard import UnsafeURL
 from app.outbound.session import check_outbound_url, unsafe_url_reason
@@ -159,12 +159,17 @@ class WebhooksById(MethodView):
             record_change("webhook", "deleted", row.id, {"url": row.url}, view)
 
 
-def _change(row: Webhook, data: dict[str, Any], held: str) -> dict[str, int]:
-    """Apply ``data`` to the webhook; disabling holds its deliveries, enabling releases them."""
+def _change(
+    row: Webhook, data: dict[str, Any], held: str, since: datetime | None = None
+) -> dict[str, int]:
+    """Apply ``data`` to the webhook; disabling holds its deliveries, enabling releases them
+    and re-queues failed ones: created since ``since``, or by default those that failed while
+    the endpoint was failing (none if it was disabled while healthy, or ``held`` discards)."""
     before = webhook_view(row)
+    failing_since = row.failing_since
     for field, value in data.items():
         setattr(row, field, value)
-    released = {"sent": 0, "discarded": 0}
+    released = {"sent": 0, "discarded": 0, "recovered": 0}
     if data.get("status") == "active":
         row.consecutive_failures = 0
         row.failing_since = None
@@ -176,7 +181,11 @@ def _change(row: Webhook, data: dict[str, Any], held: str) -> dict[str, int]:
     if data.get("status") == "disabled":
         hold_pending(row.id)
     elif data.get("status") == "active":
-        released = release_held(row, held)
+        released = {**release_held(row, held), "recovered": 0}
+        if since is not None:
+            released["recovered"] = recover_failed(row, since)
+        elif failing_since is not None and held == "send":
+            released["recovered"] = recover_outage(row, failing_since)
     if data.get("url", before["url"]) != before["url"]:
         requeue_refused(row.id)  # the SSRF guard may let the new URL through
     record_update("webhook", row.id, before, webhook_view(row), data)
@@ -189,10 +198,13 @@ def _change(row: Webhook, data: dict[str, Any], held: str) -> dict[str, int]:
 @blp.response(200, WebhookEnabledSchema)
 @blp.problem(404, "No such webhook")
 def enable_webhook(data: dict[str, Any], webhook_id: str) -> dict[str, Any]:
-    """Enable a webhook and send (or discard) the deliveries held while it was disabled."""
+    """Enable a webhook: send (or discard) what was held, re-queue what failed meanwhile."""
+    since = data.get("since")
+    if since is not None and since > utcnow():
+        raise _invalid("since", "is in the future")
     with database.atomic():
         row = get_webhook(webhook_id)
-        released = _change(row, {"status": "active"}, data["held"])
+        released = _change(row, {"status": "active"}, data["held"], since)
     return {"webhook": row, **released}
 
 

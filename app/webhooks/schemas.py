@@ -8,6 +8,7 @@ import marshmallow as ma
 
 from app.web.api import PageArgsSchema, UTCDateTime, page_schema
 from app.web.keyset import KeysetArgsSchema, keyset_page_schema
+from app.webhooks.sender import MAX_TIMEOUT_MS
 from app.webhooks.signing import secret_key
 
 WEBHOOK_STATUSES = ("active", "disabled")
@@ -54,7 +55,7 @@ class WebhookSchema(ma.Schema):
     timeout_ms = ma.fields.Integer(
         strict=True,
         load_default=30000,
-        validate=ma.validate.Range(min=100, max=60000),
+        validate=ma.validate.Range(min=100, max=MAX_TIMEOUT_MS),
         metadata={"description": "Per-attempt timeout in milliseconds (100–60000)"},
     )
     rate_limit_per_second = ma.fields.Integer(
@@ -111,7 +112,9 @@ class WebhookUpdateSchema(ma.Schema):
         metadata={"description": "With `status: active`: `send` (default) or `discard` held ones"},
     )
     retry_count = ma.fields.Integer(strict=True, validate=ma.validate.Range(min=0, max=20))
-    timeout_ms = ma.fields.Integer(strict=True, validate=ma.validate.Range(min=100, max=60000))
+    timeout_ms = ma.fields.Integer(
+        strict=True, validate=ma.validate.Range(min=100, max=MAX_TIMEOUT_MS)
+    )
     rate_limit_per_second = ma.fields.Integer(
         strict=True, allow_none=True, validate=ma.validate.Range(min=1, max=10000)
     )
@@ -124,12 +127,20 @@ class WebhookEnableSchema(ma.Schema):
         validate=ma.validate.OneOf(HELD_CHOICES),
         metadata={"description": "`send` (default) or `discard` the deliveries held meanwhile"},
     )
+    since = UTCDateTime(
+        metadata={
+            "description": "RFC 3339 time: also re-queue failed deliveries created since, as "
+            "`recover` does. Default: the deliveries that failed for good while the endpoint "
+            "was failing (since its `failing_since`), unless `held` is `discard`"
+        },
+    )
 
 
 class WebhookEnabledSchema(ma.Schema):
     webhook = ma.fields.Nested(WebhookSchema)
     sent = ma.fields.Integer(metadata={"description": "Held deliveries queued for sending"})
     discarded = ma.fields.Integer(metadata={"description": "Held deliveries dropped"})
+    recovered = ma.fields.Integer(metadata={"description": "Failed deliveries queued again"})
 
 
 class RecoverSchema(ma.Schema):

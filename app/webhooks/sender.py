@@ -21,6 +21,9 @@ from app.webhooks.signing import signature_header
 
 USER_AGENT = f"Switchboard-Webhooks/{__version__}"
 MAX_STORED_BODY = 4096
+#: The longest per-attempt timeout a webhook may set (``timeout_ms``); the dispatcher's job
+#: time limit is derived from it.
+MAX_TIMEOUT_MS = 60_000
 # Stored in delivery history and logs that members read: how our DNS resolved a name stays out.
 log = logging.getLogger(__name__)
 
