@@ -20,10 +20,17 @@ from app.events.reconciler import start_reconciler
 from app.oauth.refresher import start_token_refresher
 from app.store.redis import RedisUnreachable, require_redis
 from app.store.retention import start_retention
+from app.tenants.erasure import start_erasure_finisher
 from app.workers.runner import run_worker
 
 #: Threads every worker runs beside RQ's loop (started again if one ever ends).
-BACKGROUND = (start_reconciler, start_retention, start_token_refresher, start_alert_evaluator)
+BACKGROUND = (
+    start_reconciler,
+    start_retention,
+    start_token_refresher,
+    start_alert_evaluator,
+    start_erasure_finisher,
+)
 
 
 def main() -> None:

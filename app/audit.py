@@ -32,16 +32,22 @@ def record_audit(
     resource_id: str | None,
     changes: dict[str, Any] | None = None,
     *,
+    tenant_id: str | None = None,
     actor_key_id: str | None = None,
     actor_user_id: str | None = None,
 ) -> AuditLog:
     """Write one audit entry for the current request (call inside the write's transaction).
 
-    The actor is the request's API key and its owner; requests without one (an OAuth callback,
-    an SSO login) name the actor with ``actor_key_id``/``actor_user_id``.
+    The actor is the request's API key and its owner, and the entry belongs to the tenant the
+    request acts in; requests without a key (an OAuth callback, an SSO login) name the tenant
+    with ``tenant_id`` and the actor with ``actor_key_id``/``actor_user_id``.
     """
     principal = g.get("principal") if has_request_context() else None
+    tenant = tenant_id or (principal.tenant_id if principal else None)
+    if tenant is None:
+        raise ValueError("an audit entry needs the tenant it belongs to")
     return AuditLog.create(
+        tenant_id=tenant,
         actor_key_id=principal.key.id if principal else actor_key_id,
         actor_user_id=principal.user.id if principal and principal.user else actor_user_id,
         action=action,
@@ -56,9 +62,10 @@ def record_audit(
 def record_change(
     resource: str, verb: str, resource_id: str, audit: dict[str, Any], event: dict[str, Any]
 ) -> None:
-    """Audit ``<resource>.<verb>`` and emit the event of the same name, in this transaction."""
-    record_audit(f"{resource}.{verb}", resource, resource_id, audit)
-    emit_event(f"{resource}.{verb}", event)
+    """Audit ``<resource>.<verb>`` and emit the event of the same name in the request's
+    tenant, in this transaction."""
+    entry = record_audit(f"{resource}.{verb}", resource, resource_id, audit)
+    emit_event(f"{resource}.{verb}", event, tenant_id=entry.tenant_id)
 
 
 def record_update(

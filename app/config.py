@@ -347,6 +347,13 @@ SETTINGS: tuple[Setting, ...] = (
         "an integer from 1 to 48 (sends per webhook per worker)",
     ),
     Setting(
+        "TENANT_MAX_IN_FLIGHT",
+        "SWITCHBOARD_TENANT_MAX_IN_FLIGHT",
+        "32",
+        _integer(1, 48),
+        "an integer from 1 to 48 (sends of one tenant per worker)",
+    ),
+    Setting(
         "GATEWAY_MAX_BODY_BYTES",
         "SWITCHBOARD_GATEWAY_MAX_BODY_BYTES",
         str(1024**3),

@@ -42,6 +42,7 @@ def _resource_modules() -> tuple[Any, ...]:
     from app.metrics import resources as metrics
     from app.oauth import resources as oauth
     from app.stream import resources as stream
+    from app.tenants import resources as tenants
     from app.webhooks import resources as webhooks
 
     return (
@@ -59,6 +60,7 @@ def _resource_modules() -> tuple[Any, ...]:
         metrics,
         stream,
         alerts,
+        tenants,
     )
 
 

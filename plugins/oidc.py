@@ -1,8 +1,9 @@
 """OpenID Connect SSO: Switchboard's own users sign in with their organisation's identity provider.
 
-An ``sso`` integration names the issuer (discovered through
-``/.well-known/openid-configuration``), the client, the email domains allowed in, how claims
-map to roles, and whether unknown users are created. Users sign in at
+An ``sso`` integration belongs to one tenant and names the issuer (discovered through
+``/.well-known/openid-configuration``), the client, the email domains it claims (no other
+tenant can claim them; ``/api/v1/auth/sso/discover?email=`` finds the integration by them), how
+claims map to roles in its tenant, and whether unknown users are created. Users sign in at
 ``GET /api/v1/auth/sso/{integration_id}/login``; see ``app.oauth.sso`` for the checks made.
 Microsoft Entra ID is one issuer: ``https://login.microsoftonline.com/{tenant-id}/v2.0`` with
 ``tenant_id`` set, so the ID token's ``tid`` claim is checked too.
@@ -61,14 +62,23 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "auto_provision": {
             "type": "boolean",
             "default": False,
-            "description": "Create users who have no Switchboard account yet.",
+            "description": "Create users who have no Switchboard account yet (members of this "
+            "integration's tenant).",
+        },
+        "link_existing_by_email": {
+            "type": "boolean",
+            "default": False,
+            "description": "Sign in an existing account with the same email the first time, "
+            "when the provider asserts email_verified: true. Never an account with a password or "
+            "an admin role: those must be linked explicitly.",
         },
         "default_role": {"enum": ROLES, "default": "member"},
         "role_mapping": {
             "type": "array",
             "maxItems": 100,
             "description": "A claim value → role; the highest matching role wins, none matching "
-            "gives default_role. With a mapping, every login sets the user's role.",
+            "gives default_role. With a mapping, every login sets the role in this tenant of "
+            "users this integration provisioned or linked (no other user's).",
             "items": {
                 "type": "object",
                 "properties": {

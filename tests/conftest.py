@@ -24,7 +24,7 @@ from app.auth.keys import hash_secret
 from app.factory import release_app
 from app.store import migrations
 from app.store.db import database
-from app.store.models import User
+from app.store.models import DEFAULT_TENANT_ID, Membership, Tenant, User
 from tests.redis_server import RedisServer
 
 _private_redis: RedisServer | None = None
@@ -114,6 +114,7 @@ def _all_models() -> list[Any]:
     from app.store import models
 
     return [
+        *models.TENANT_MODELS,
         *models.FOUNDATION_MODELS,
         *models.EVENT_MODELS,
         *models.OAUTH_MODELS,
@@ -133,6 +134,7 @@ def _clean_state(app: Any) -> Iterator[None]:
         else:
             for table in tables:
                 database.execute_sql(f"DELETE FROM {table}")  # noqa: S608 - table names are ours
+        Tenant.insert(id=DEFAULT_TENANT_ID, name="default", external_id="default").execute()
     yield
 
 
@@ -238,15 +240,41 @@ class ApiClient:
         return self._open("DELETE", url, headers, **kw)
 
 
-def make_user(app: Any, email: str, role: str = "member", password: str = "correct horse") -> User:
+def make_tenant(app: Any, external_id: str, **fields: Any) -> Tenant:
+    """A tenant made directly in the database (the API way is ``POST /api/v1/tenants``)."""
     with app.app_context(), database.connection_context():
-        return User.create(email=email, password_hash=hash_secret(password, 4), role=role)
+        return Tenant.create(
+            name=fields.pop("name", external_id), external_id=external_id, **fields
+        )
+
+
+def make_user(
+    app: Any,
+    email: str,
+    role: str = "member",
+    password: str = "correct horse",
+    *,
+    tenant_id: str = DEFAULT_TENANT_ID,
+    platform_admin: bool = False,
+) -> User:
+    """A user with ``role`` in ``tenant_id`` (the default tenant unless named)."""
+    with app.app_context(), database.connection_context():
+        user = User.create(
+            email=email, password_hash=hash_secret(password, 4), platform_admin=platform_admin
+        )
+        Membership.create(user=user, tenant_id=tenant_id, role=role)
+        return user
 
 
 def make_key(app: Any, user: User | None, permissions: list[str], **kw: Any) -> str:
+    """A key of ``tenant_id`` (default: the default tenant); ``platform=True`` for operators."""
     with app.app_context(), database.connection_context():
         _, secret = issue_key(
-            name=kw.pop("name", "test key"), owner=user, permissions=permissions, **kw
+            name=kw.pop("name", "test key"),
+            owner=user,
+            permissions=permissions,
+            tenant_id=kw.pop("tenant_id", DEFAULT_TENANT_ID),
+            **kw,
         )
         return secret
 
@@ -263,5 +291,22 @@ def admin_key(app: Any, admin_user: User) -> str:
 
 @pytest.fixture()
 def api(client: Any, admin_key: str) -> ApiClient:
-    """An ApiClient holding an admin key."""
+    """An ApiClient holding an admin key of the default tenant."""
     return ApiClient(client, admin_key)
+
+
+@pytest.fixture()
+def operator_user(app: Any) -> User:
+    """A platform admin (an operator)."""
+    return make_user(app, "operator@example.com", role="admin", platform_admin=True)
+
+
+@pytest.fixture()
+def platform_key(app: Any, operator_user: User) -> str:
+    return make_key(app, operator_user, ["admin"], platform=True)
+
+
+@pytest.fixture()
+def platform(client: Any, platform_key: str) -> ApiClient:
+    """An ApiClient holding an operator's platform key (at home in the default tenant)."""
+    return ApiClient(client, platform_key)

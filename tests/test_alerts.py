@@ -14,6 +14,7 @@ from app.config import SETTINGS
 from app.limits.enforce import usage_buffer
 from app.store.db import database
 from app.store.models import (
+    DEFAULT_TENANT_ID,
     AlertFiring,
     AlertNotification,
     Delivery,
@@ -170,6 +171,7 @@ def _logs(app: Any, integration_id: str, rows: list[tuple[str, str, dict[str, An
     with app.app_context(), database.connection_context():
         for event_type, status, data in rows:
             IntegrationLog.create(
+                tenant_id=DEFAULT_TENANT_ID,
                 integration_id=integration_id,
                 event_type=event_type,
                 status=status,
@@ -249,13 +251,28 @@ def test_exhausted_deliveries_and_oauth_refresh_failures(
     exhausted = make_rule(api, {"type": "delivery_exhausted"}, WEBHOOK)
     oauth = make_rule(api, {"type": "oauth_refresh_failed"}, WEBHOOK)
     with app.app_context(), database.connection_context(), database.atomic():
-        hook = Webhook.create(url="http://127.0.0.1:9/x", integration=integration["id"], secret="x")
-        event = Event.create(type="order.paid", payload={})
-        Delivery.create(event=event.id, webhook=hook.id, status="failed", attempts=4)
+        hook = Webhook.create(
+            tenant_id=DEFAULT_TENANT_ID,
+            url="http://127.0.0.1:9/x",
+            integration=integration["id"],
+            secret="x",
+        )
+        event = Event.create(tenant_id=DEFAULT_TENANT_ID, type="order.paid", payload={})
+        Delivery.create(
+            tenant_id=DEFAULT_TENANT_ID,
+            event=event.id,
+            webhook=hook.id,
+            status="failed",
+            attempts=4,
+        )
         # What the OAuth2 connections' refresher emits when a provider refuses a refresh.
         from app.events.catalog import emit_event
 
-        emit_event("oauth.refresh_failed", {"integration_id": integration["id"], "error": "x"})
+        emit_event(
+            "oauth.refresh_failed",
+            {"integration_id": integration["id"], "error": "x"},
+            tenant_id=DEFAULT_TENANT_ID,
+        )
     evaluate(app)
     assert firings(api, exhausted)[0]["subject"] == f"webhook:{hook.id}"
     assert firings(api, oauth)[0]["subject"] == f"integration:{integration['id']}"

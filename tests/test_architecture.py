@@ -128,3 +128,69 @@ def test_the_plugin_api_names_in_the_docs_are_exported() -> None:
         assert name in app.connectors.__all__, name
         assert getattr(app.connectors, name) is getattr(app.connectors.contract, name)
     assert app.hookimpl is app.connectors.hookspecs.hookimpl
+
+
+#: Modules that may query tenant-owned tables across tenants, and why. Everything else goes
+#: through ``TenantOwned.of`` / ``get_of`` / ``update_of`` / ``delete_of``, which require one.
+OPERATOR_WIDE = {
+    "app.store.retention": "prunes the history of every tenant",
+    "app.events.dispatch": "claims every tenant's due deliveries, fairly across tenants",
+    "app.events.reconciler": "wakes dispatch for any tenant's due deliveries",
+    "app.events.routes": "loads every tenant's routes once, kept apart by tenant",
+    "app.events.progress": "the operator's readiness signal covers every tenant",
+    "app.health.resources": "readiness is the operator's, not a tenant's",
+    "app.metrics.exposition": "metrics are the operator's: no tenant label, every tenant",
+    "app.tenants.directory": "a user's memberships span the tenants they belong to",
+    "app.alerts.evaluate": "one pass evaluates every tenant's rules, each on its own data",
+    "app.alerts.notify": "one pass sends every tenant's due notices",
+    "app.oauth.tokens": "the workers refresh every tenant's expiring tokens",
+    "app.auth.access": "a presented key (found by its prefix) is what names the tenant",
+    "app.connectors.inbound": "the integration id in the URL is what names the tenant",
+    "app.oauth.sso": "the SSO integration, by id or claimed domain, names the tenant",
+    "app.integrations.service": "an email domain may be claimed by one tenant only",
+    "app.gateway.resources": "runs the SQL of a scoped query, built once (Model.raw)",
+}
+#: Calls that read, change or delete rows without naming a tenant.
+_UNSCOPED = {"select", "update", "delete", "get", "get_or_none", "get_by_id", "raw", "delete_by_id"}
+
+
+def _tenant_owned_names() -> set[str]:
+    from app.store.models import TENANT_OWNED
+
+    return {model.__name__ for model in TENANT_OWNED}
+
+
+def test_tenant_owned_tables_are_queried_through_the_scoped_path() -> None:
+    owned = _tenant_owned_names()
+    offenders = []
+    for path in [*APP.rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]:
+        module = _module_name(path)
+        if module in OPERATOR_WIDE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id in owned
+                and node.func.attr in _UNSCOPED
+            ):
+                offenders.append(f"{module}:{node.lineno} {node.func.value.id}.{node.func.attr}")
+    assert offenders == [], "query tenant-owned tables with Model.of(tenant_id) & co."
+
+
+def test_every_operator_wide_module_exists_and_still_needs_it() -> None:
+    owned = _tenant_owned_names()
+    modules = {_module_name(path): path for path in APP.rglob("*.py")}
+    for module in OPERATOR_WIDE:
+        assert module in modules, module
+        calls = [
+            node
+            for node in ast.walk(ast.parse(modules[module].read_text()))
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id in owned
+            and node.func.attr in _UNSCOPED
+        ]
+        assert calls, f"{module} no longer queries across tenants: drop it from OPERATOR_WIDE"

@@ -18,7 +18,7 @@ import standardwebhooks
 
 from app import create_app
 from app.store.db import database
-from app.store.models import AuditLog, Delivery, Event, Integration
+from app.store.models import DEFAULT_TENANT_ID, AuditLog, Delivery, Event, Integration
 from tests.conftest import create_github_integration
 from tests.peers import Receiver
 
@@ -649,7 +649,9 @@ def test_work_queued_before_an_integration_was_switched_off_does_not_run(app, ap
         with app.app_context(), database.connection_context(), database.atomic():
             from app.events.catalog import emit_event
 
-            event = emit_event(RUN_COMPLETED, {"conclusion": "failure"})
+            event = emit_event(
+                RUN_COMPLETED, {"conclusion": "failure"}, tenant_id=DEFAULT_TENANT_ID
+            )
         api.patch(f"{INTS}/{slack['id']}", json={"status": "inactive"})
         with app.app_context(), database.connection_context():
             delivery = Delivery.get(Delivery.integration == slack["id"])

@@ -110,7 +110,9 @@ def test_ready_reports_a_stall_when_due_work_is_not_claimed(app, api, integratio
     [stuck] = _setup(api, integration, hanging.url, timeout_ms=60000)
     [healthy] = _setup(api, integration, receiver.url)
     app.config.update(DISPATCH_STALL_AFTER=2, READY_REQUIRES_WORKER=True)
-    worker = WorkerProcess(app, SWITCHBOARD_WEBHOOK_MAX_IN_FLIGHT="48")
+    worker = WorkerProcess(
+        app, SWITCHBOARD_WEBHOOK_MAX_IN_FLIGHT="48", SWITCHBOARD_TENANT_MAX_IN_FLIGHT="48"
+    )
     try:
         for n in range(48):
             _publish(api, n=n)

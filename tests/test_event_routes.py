@@ -15,7 +15,7 @@ from typing import Any
 import app.events.routes as routes
 from app.events.catalog import emit_event
 from app.store.db import database
-from app.store.models import Delivery, Webhook
+from app.store.models import DEFAULT_TENANT_ID, Delivery, Webhook
 
 
 def _hook(api: Any, integration: dict[str, Any], events: list[str]) -> str:
@@ -38,6 +38,7 @@ def _publish(api: Any) -> dict[str, str]:
 
 _SCRIPT = """
 import sys
+from app.store.models import DEFAULT_TENANT_ID
 url, statement = sys.argv[1], sys.argv[2]
 if url.startswith("sqlite"):
     import sqlite3
@@ -143,7 +144,7 @@ def test_routes_read_inside_a_rolled_back_change_are_not_reused(
         assert _publish(api) == {hook: "pending"}
         with database.atomic() as transaction:
             Webhook.update(events=["nothing.*"]).where(Webhook.id == hook).execute()
-            assert emit_event("order.paid", {}).delivery_count == 0
+            assert emit_event("order.paid", {}, tenant_id=DEFAULT_TENANT_ID).delivery_count == 0
             transaction.rollback()
         _in_another_process(app, f"UPDATE webhooks SET retry_count = 5 WHERE id = '{hook}'")
         assert _publish(api) == {hook: "pending"}

@@ -6,7 +6,7 @@ from typing import Any
 
 from app.gateway.logwriter import GatewayLogWriter
 from app.store.db import database
-from app.store.models import IntegrationLog
+from app.store.models import DEFAULT_TENANT_ID, IntegrationLog
 
 
 def _paths(app: Any, integration_id: str) -> list[str]:
@@ -17,6 +17,7 @@ def _paths(app: Any, integration_id: str) -> list[str]:
 
 def _add(writer: GatewayLogWriter, integration_id: str, n: int) -> None:
     writer.add(
+        tenant_id=DEFAULT_TENANT_ID,
         integration_id=integration_id,
         event_type="gateway.request",
         event_data={"path": f"/{n}"},

@@ -16,6 +16,7 @@ import pytest
 
 from app.store.db import database
 from app.store.models import (
+    DEFAULT_TENANT_ID,
     AuditLog,
     Delivery,
     DeliveryAttempt,
@@ -54,7 +55,13 @@ def _page_through(api: Any, url: str, limit: int, between: Any = None) -> list[d
 def _logs(app: Any, count: int, **fields: Any) -> list[int]:
     with app.app_context(), database.connection_context():
         return [
-            IntegrationLog.create(event_type="test", status="success", event_data={}, **fields).id
+            IntegrationLog.create(
+                tenant_id=DEFAULT_TENANT_ID,
+                event_type="test",
+                status="success",
+                event_data={},
+                **fields,
+            ).id
             for _ in range(count)
         ]
 
@@ -174,20 +181,24 @@ def test_bad_delivery_cursor_is_a_problem(api, integration, receiver, cursor):
 def _old_history(app: Any, integration_id: str, webhook_id: str, days: int) -> dict[str, Any]:
     """Rows of every kind created ``days`` ago, plus the deliveries retention must keep."""
     then = utcnow() - timedelta(days=days)
+    ours = {"tenant_id": DEFAULT_TENANT_ID}
     with app.app_context(), database.connection_context():
-        done = [Event.create(type="order.paid", created_at=then) for _ in range(5)]
+        done = [Event.create(type="order.paid", created_at=then, **ours) for _ in range(5)]
         delivered = [
             Delivery.create(
-                event=event, webhook=webhook_id, status=status, attempts=1, created_at=then
+                event=event, webhook=webhook_id, status=status, attempts=1, created_at=then, **ours
             )
             for event, status in zip(done, ["succeeded", "failed"] * 2 + ["failed"], strict=True)
         ]
         for delivery in delivered:
-            DeliveryAttempt.create(delivery=delivery, attempt=1, status_code=500)
-        waiting = Event.create(type="order.paid", created_at=then)
-        pending = Delivery.create(event=waiting, webhook=webhook_id, created_at=then)
-        held = Delivery.create(event=waiting, webhook=webhook_id, status="held", created_at=then)
+            DeliveryAttempt.create(delivery=delivery, attempt=1, status_code=500, **ours)
+        waiting = Event.create(type="order.paid", created_at=then, **ours)
+        pending = Delivery.create(event=waiting, webhook=webhook_id, created_at=then, **ours)
+        held = Delivery.create(
+            event=waiting, webhook=webhook_id, status="held", created_at=then, **ours
+        )
         leased = Delivery.create(
+            **ours,
             event=waiting,
             webhook=webhook_id,
             status="failed",
@@ -196,9 +207,13 @@ def _old_history(app: Any, integration_id: str, webhook_id: str, days: int) -> d
         )
         for _ in range(5):
             IntegrationLog.create(
-                integration_id=integration_id, event_type="t", status="success", created_at=then
+                integration_id=integration_id,
+                event_type="t",
+                status="success",
+                created_at=then,
+                **ours,
             )
-            AuditLog.create(action="x.y", resource_type="x", created_at=then)
+            AuditLog.create(action="x.y", resource_type="x", created_at=then, **ours)
     return {"waiting": waiting.id, "kept": {pending.id, held.id, leased.id}}
 
 

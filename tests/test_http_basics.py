@@ -86,7 +86,12 @@ def test_health_and_ready(client, app):
     assert client.get("/api/v1/health").json == {"status": "ok"}
     ready = client.get("/api/v1/ready")  # no worker, not required here (test_worker_faults)
     assert ready.status_code == 200 and ready.json["workers"] == []
-    assert ready.json["checks"] == {"database": "ok", "redis": "ok", "workers": "none live"}
+    assert ready.json["checks"] == {
+        "database": "ok",
+        "redis": "ok",
+        "workers": "none live",
+        "dispatch": "ok",
+    }
     down = create_app({**app.config, "REDIS_URL": "redis://127.0.0.1:1/0"})
     res = down.test_client().get("/api/v1/ready")
     assert res.status_code == 503 and res.content_type == PROBLEM

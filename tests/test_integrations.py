@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.store.db import database
-from app.store.models import IntegrationLog
+from app.store.models import DEFAULT_TENANT_ID, IntegrationLog
 
 INTS = "/api/v1/integrations"
 
@@ -75,12 +75,18 @@ def test_logs_endpoints(app, api):
     with app.app_context(), database.connection_context():
         for i in range(3):
             IntegrationLog.create(
+                tenant_id=DEFAULT_TENANT_ID,
                 integration_id=created["id"],
                 event_type="test",
                 status="success",
                 event_data={"i": i},
             )
-        IntegrationLog.create(integration_id=other["id"], event_type="test", status="error")
+        IntegrationLog.create(
+            tenant_id=DEFAULT_TENANT_ID,
+            integration_id=other["id"],
+            event_type="test",
+            status="error",
+        )
     logs = api.get(f"/api/v1/logs?integration_id={created['id']}&limit=2&count=true").json
     assert logs["total"] == 3 and len(logs["items"]) == 2
     assert logs["items"][0]["event_data"] == {"i": 2}  # newest first

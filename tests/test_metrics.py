@@ -112,16 +112,23 @@ def test_counts_add_up_across_gunicorn_and_rq_workers(
         server.stop()
 
 
-def test_metrics_need_an_allowed_network_or_the_scope(
-    client: Any, app: Any, admin_user: Any, monkeypatch: pytest.MonkeyPatch
+def test_metrics_need_an_allowed_network_or_an_operator_s_scope(
+    client: Any,
+    app: Any,
+    admin_user: Any,
+    operator_user: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert client.get("/metrics").status_code == 200  # the test client is 127.0.0.1
     monkeypatch.setitem(app.config, "METRICS_ALLOWED_NETWORKS", ())
     res = client.get("/metrics")
     assert res.status_code == 401 and res.mimetype == "application/problem+json"
-    other = ApiClient(client, make_key(app, admin_user, ["logs:read"]))
+    other = ApiClient(client, make_key(app, operator_user, ["logs:read"], platform=True))
     assert other.get("/metrics").status_code == 403
-    scraper = ApiClient(client, make_key(app, admin_user, ["metrics:read"]))
+    # A tenant's own key never reads them: they cover every tenant.
+    tenant_admin = ApiClient(client, make_key(app, admin_user, ["metrics:read"]))
+    assert tenant_admin.get("/metrics").status_code == 403
+    scraper = ApiClient(client, make_key(app, operator_user, ["metrics:read"], platform=True))
     res = scraper.get("/metrics")
     assert res.status_code == 200 and b"switchboard_http_requests_total" in res.data
 

@@ -17,7 +17,15 @@ from app.gateway.logwriter import gateway_log_writer
 from app.oauth import tokens
 from app.oauth.pkce import code_challenge
 from app.store.db import database
-from app.store.models import AuditLog, Event, Integration, IntegrationLog, OAuthToken, utcnow
+from app.store.models import (
+    DEFAULT_TENANT_ID,
+    AuditLog,
+    Event,
+    Integration,
+    IntegrationLog,
+    OAuthToken,
+    utcnow,
+)
 from app.store.redis import get_redis
 from tests.oauth_peers import AuthorizationServerPeer, follow_authorization
 
@@ -67,7 +75,7 @@ def connect(api: Any, provider: Any, integration_id: str, return_to: str | None 
 
 def stored(app: Any, integration_id: str) -> tokens.TokenSet:
     with app.app_context():
-        found = tokens.load(integration_id)
+        found = tokens.load(DEFAULT_TENANT_ID, integration_id)
     assert found is not None
     return found
 
@@ -214,7 +222,7 @@ def test_concurrent_refresh_makes_one_token_request(app: Any, api: Any, provider
         try:
             with app.app_context():
                 barrier.wait()
-                results.append(tokens.access_token(conn["id"]))
+                results.append(tokens.access_token(DEFAULT_TENANT_ID, conn["id"]))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:
@@ -238,7 +246,7 @@ def test_rotated_refresh_token_persisted(app: Any, api: Any, provider: Any) -> N
     first = stored(app, conn["id"])
     expire(app, conn["id"])
     with app.app_context():
-        fresh = tokens.access_token(conn["id"])
+        fresh = tokens.access_token(DEFAULT_TENANT_ID, conn["id"])
     second = stored(app, conn["id"])
     assert fresh == second.access_token != first.access_token
     assert second.refresh_token != first.refresh_token
@@ -247,7 +255,7 @@ def test_rotated_refresh_token_persisted(app: Any, api: Any, provider: Any) -> N
     assert second.version == first.version + 1
     expire(app, conn["id"])  # the persisted rotated token works for the next refresh
     with app.app_context():
-        tokens.access_token(conn["id"])
+        tokens.access_token(DEFAULT_TENANT_ID, conn["id"])
     assert provider.grant_types().count("refresh_token") == 2
     with app.app_context():
         logs = IntegrationLog.select().where(IntegrationLog.event_type == "oauth.refresh")
@@ -261,14 +269,14 @@ def test_missing_refresh_token_keeps_the_old_one(app: Any, api: Any, provider: A
     first = stored(app, conn["id"])
     expire(app, conn["id"])
     with app.app_context():
-        tokens.access_token(conn["id"])
+        tokens.access_token(DEFAULT_TENANT_ID, conn["id"])
     second = stored(app, conn["id"])
     assert second.access_token != first.access_token
     assert second.refresh_token == first.refresh_token
     assert len(provider.refresh) == 1  # the provider never issued another one
     expire(app, conn["id"])
     with app.app_context():
-        tokens.access_token(conn["id"])  # the kept refresh token still refreshes
+        tokens.access_token(DEFAULT_TENANT_ID, conn["id"])  # the kept refresh token still refreshes
     assert provider.grant_types() == ["authorization_code", "refresh_token", "refresh_token"]
 
 
@@ -279,7 +287,7 @@ def test_invalid_grant_sets_error_and_emits_event(app: Any, api: Any, provider: 
     expire(app, conn["id"])
     with app.app_context():
         with pytest.raises(tokens.TokenUnavailable) as caught:
-            tokens.access_token(conn["id"])
+            tokens.access_token(DEFAULT_TENANT_ID, conn["id"])
     assert "invalid_grant" in caught.value.message and caught.value.retryable is False
     assert provider.grant_types() == ["authorization_code", "refresh_token"]  # not retried
     with app.app_context():
@@ -299,14 +307,17 @@ def test_transient_refresh_failure_is_retried(app: Any, api: Any, provider: Any)
     provider.token_outage = True
     with app.app_context():
         with pytest.raises(tokens.TokenUnavailable) as caught:
-            tokens.access_token(conn["id"])
+            tokens.access_token(DEFAULT_TENANT_ID, conn["id"])
         assert caught.value.retryable is True and "HTTP 503" in caught.value.message
         assert Integration.get_by_id(conn["id"]).status == "active"  # not the admin's problem yet
         assert Event.select().where(Event.type == "oauth.refresh_failed").count() == 0
     assert provider.grant_types().count("refresh_token") == 1 + len(tokens.RETRY_PAUSES)
     provider.token_outage = False
     with app.app_context():
-        assert tokens.access_token(conn["id"]) == stored(app, conn["id"]).access_token
+        assert (
+            tokens.access_token(DEFAULT_TENANT_ID, conn["id"])
+            == stored(app, conn["id"]).access_token
+        )
 
 
 def test_scheduled_refresh_renews_expiring_tokens(app: Any, api: Any, provider: Any) -> None:

@@ -185,8 +185,6 @@ def test_domain_tenant_and_provisioning_rules(app: Any, api: Any, idp: Any) -> N
     idp.claims["tid"] = TENANT
     res = sign_in(api.client, sso["id"])
     assert res.status_code == 403 and "no Switchboard account" in res.json["detail"]
-    make_user(app, "ann@example.com")
-    assert sign_in(api.client, sso["id"]).status_code == 200  # an existing user is linked
     idp.claims["tid"] = "00000000-0000-0000-0000-000000000000"
     res = sign_in(api.client, sso["id"])
     assert res.status_code == 403 and "another Entra ID tenant" in res.json["detail"]
@@ -196,6 +194,126 @@ def test_domain_tenant_and_provisioning_rules(app: Any, api: Any, idp: Any) -> N
     idp.claims.update(email="cy@example.com", email_verified=False)
     res = sign_in(api.client, sso["id"])
     assert res.status_code == 403 and "not verified" in res.json["detail"]
+    # One `@` and a well-formed domain, checked before the domain: this is no example.com
+    # address (it was provisioned as one).
+    for address in ("eve@evil.com@example.com", "eve@exa mple.com", "@example.com", "x@-a.com"):
+        idp.claims.update(email=address, email_verified=True, sub=f"sub-{address}")
+        res = sign_in(api.client, sso["id"])
+        assert res.status_code == 403 and "malformed" in res.json["detail"], address
+
+
+def test_a_new_identity_never_takes_over_an_account_with_a_password_or_admin_role(
+    app: Any, api: Any, idp: Any, admin_user: Any
+) -> None:
+    """An ID token with a new subject and an existing account's email: no key for that account
+    (the admin of ``create-admin`` and any user with a password), whatever the provider says."""
+    sso = create_sso(api, idp, link_existing_by_email=True, auto_provision=True)
+    make_user(app, "pat@example.com")  # a local account with a password
+    for email in ("admin@example.com", "pat@example.com"):
+        for verified in (None, True):  # Entra ID sends no email_verified at all
+            idp.claims.pop("email_verified", None)
+            if verified is not None:
+                idp.claims["email_verified"] = verified
+            idp.claims.update(email=email, sub=f"attacker-{email}-{verified}")
+            res = sign_in(api.client, sso["id"])
+            assert res.status_code == 403, (email, verified, res.json)
+            assert "already exists" in res.json["detail"] and "key" not in res.json
+    with app.app_context():
+        refusals = AuditLog.select().where(AuditLog.action == "auth.sso_login_failed")
+        assert {e.changes["error"] for e in refusals} == {"account_exists"}
+        assert SsoIdentity.select().count() == 0  # nothing was linked
+        assert [u.email for u in User.select().where(User.platform_admin == True)] == []  # noqa: E712
+
+
+def test_an_existing_account_is_linked_by_email_only_when_safe_and_opted_in(
+    app: Any, api: Any, idp: Any
+) -> None:
+    from app.auth.keys import hash_secret
+    from app.store.db import database
+
+    with app.app_context(), database.connection_context():
+        invited = User.create(email="ann@example.com", password_hash="")  # no password yet
+    off = create_sso(api, idp, auto_provision=False)
+    idp.claims["email_verified"] = True
+    res = sign_in(api.client, off["id"])  # the integration does not opt in
+    assert res.status_code == 403 and "does not link existing accounts" in res.json["detail"]
+    assert api.delete(f"/api/v1/integrations/{off['id']}").status_code == 204
+    on = create_sso(api, idp, auto_provision=False, link_existing_by_email=True)
+    idp.claims.pop("email_verified")
+    res = sign_in(api.client, on["id"])  # verification not asserted: refused
+    assert res.status_code == 403 and "verified" in res.json["detail"]
+    idp.claims["email_verified"] = True
+    res = sign_in(api.client, on["id"])
+    assert res.status_code == 200 and res.json["linked"] is True
+    assert res.json["user"]["id"] == invited.id and res.json["provisioned"] is False
+    with app.app_context(), database.connection_context():
+        User.update(password_hash=hash_secret("now with one", 4)).execute()
+    again = sign_in(api.client, on["id"])  # the identity is linked now: it signs in
+    assert again.status_code == 200 and again.json["linked"] is False
+
+
+def test_role_mapping_never_changes_a_user_it_did_not_bring_in(
+    app: Any, api: Any, idp: Any, admin_user: Any
+) -> None:
+    """A colliding login must not demote the local admin; mapping applies to this
+    integration's own users only."""
+    mapping = [{"claim": "groups", "value": "sb-admins", "role": "admin"}]
+    sso = create_sso(api, idp, role_mapping=mapping, default_role="readonly")
+    idp.claims.update(email="admin@example.com", sub="collider")
+    assert sign_in(api.client, sso["id"]).status_code == 403
+    with app.app_context():
+        from app.store.models import Membership
+
+        roles = [m.role for m in Membership.select().where(Membership.user == admin_user.id)]
+    assert roles == ["admin"]
+    assert api.get("/api/v1/audit-log").status_code == 200  # the admin's key still is one
+
+
+def test_sso_belongs_to_a_tenant_claims_its_domains_and_is_discovered_by_them(
+    app: Any, api: Any, client: Any, idp: Any, platform: Any
+) -> None:
+    acme = platform.post("/api/v1/tenants", json={"name": "Acme", "external_id": "acme"}).json
+    in_acme = {"Switchboard-Tenant": "acme"}
+    body = {
+        "name": "acme login",
+        "type": "sso",
+        "provider": "oidc",
+        "status": "active",
+        "config": {
+            "issuer": idp.issuer,
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "allowed_domains": ["example.com"],
+            "auto_provision": True,
+            "timeout_ms": 3000,
+        },
+    }
+    sso = platform.post("/api/v1/integrations", json=body, headers=in_acme)
+    assert sso.status_code == 201, sso.json
+    # The domain is acme's: no other tenant's SSO integration may claim it.
+    taken = api.post("/api/v1/integrations", json=body)
+    assert taken.status_code == 409 and "config.allowed_domains" in taken.json["errors"]
+    found = client.get("/api/v1/auth/sso/discover", query_string={"email": "ann@Example.com"})
+    assert found.status_code == 200, found.json
+    assert found.json["integration_id"] == sso.json["id"]
+    assert found.json["tenant"]["external_id"] == "acme"
+    assert found.json["login_url"].endswith(f"/api/v1/auth/sso/{sso.json['id']}/login")
+    for email in ("ann@elsewhere.org", "eve@evil.com@example.com", "nobody"):
+        missing = client.get("/api/v1/auth/sso/discover", query_string={"email": email})
+        assert missing.status_code in (404, 422), email
+    # Provisioned users become members of acme, and of acme only.
+    res = sign_in(client, sso.json["id"])
+    assert res.status_code == 200, res.json
+    assert res.json["tenant_id"] == acme["id"]
+    who = ApiClient(client, res.json["key"]).get("/api/v1/auth/whoami").json
+    assert who["tenant"]["external_id"] == "acme" and who["owner"]["role"] == "member"
+    login = client.post(
+        "/api/v1/auth/login", json={"email": "ann@example.com", "password": "irrelevant"}
+    )
+    assert login.status_code == 401  # no password: SSO only
+    # Deleting the integration frees the domain.
+    platform.delete(f"/api/v1/integrations/{sso.json['id']}", headers=in_acme)
+    assert api.post("/api/v1/integrations", json=body).status_code == 201
 
 
 def test_disabled_user_is_refused(app: Any, api: Any, idp: Any) -> None:

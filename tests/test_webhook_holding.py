@@ -134,9 +134,7 @@ def test_disabling_holds_and_enabling_sends_or_discards(app, api, integration, w
         outage.peer.close()
 
 
-def test_enable_recovers_failures_since_a_given_time_or_none_when_discarding(
-    app, api, integration
-):
+def test_enable_recovers_failures_since_a_given_time_or_none_when_discarding(app, api, integration):
     outage = Outage()
     worker = WorkerProcess(app, SWITCHBOARD_WEBHOOK_DISABLE_AFTER="600s")
     try:

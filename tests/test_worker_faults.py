@@ -314,7 +314,12 @@ def test_ready_reports_workers_and_lag_and_fails_without_a_worker(
 
     res = ready.get("/api/v1/ready")
     assert res.status_code == 503 and res.content_type == "application/problem+json"
-    assert res.json["checks"] == {"database": "ok", "redis": "ok", "workers": "none live"}
+    assert res.json["checks"] == {
+        "database": "ok",
+        "redis": "ok",
+        "workers": "none live",
+        "dispatch": "ok",
+    }
     assert res.json["workers"] == [] and res.json["oldest_due_delivery_age"] >= 0
 
     worker = Worker(worker_env(app, SWITCHBOARD_WORKER_STALE_AFTER="2"), tmp_path / "w.log")

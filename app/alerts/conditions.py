@@ -7,7 +7,8 @@ that dropped out. Windowed conditions ("N times in M minutes", an error rate) ho
 window still contains enough bad outcomes, so they resolve by themselves once it does not.
 
 Sources are durable (the database) or, for rate limits, Redis' per-minute counters; nothing is
-read from a process's memory, so any worker evaluates the same.
+read from a process's memory, so any worker evaluates the same. A rule belongs to a tenant and
+sees only that tenant's subjects: every condition is evaluated for one ``tenant_id``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Holding:
     details: dict[str, Any]
 
 
-Evaluate = Callable[[dict[str, Any], datetime], dict[str, Holding]]
+Evaluate = Callable[[dict[str, Any], datetime, str], dict[str, Holding]]
 
 _ID = {"type": "string", "maxLength": 40}
 _WINDOW = {"type": "integer", "minimum": 60, "maximum": MAX_WINDOW, "default": 300}
@@ -58,9 +59,11 @@ def _window_start(condition: dict[str, Any], now: datetime) -> datetime:
     return now - timedelta(seconds=int(condition.get("window_seconds", 300)))
 
 
-def webhook_disabled(condition: dict[str, Any], now: datetime) -> dict[str, Holding]:
+def webhook_disabled(
+    condition: dict[str, Any], now: datetime, tenant_id: str
+) -> dict[str, Holding]:
     """Webhooks disabled automatically (410 Gone, or failing), until they are enabled again."""
-    query = Webhook.select().where(
+    query = Webhook.of(tenant_id).where(
         (Webhook.status == "disabled")
         & Webhook.disabled_reason.is_null(False)
         & (Webhook.disabled_reason != MANUAL_DISABLE_REASON)
@@ -83,19 +86,23 @@ def webhook_disabled(condition: dict[str, Any], now: datetime) -> dict[str, Hold
     }
 
 
-def delivery_exhausted(condition: dict[str, Any], now: datetime) -> dict[str, Holding]:
+def delivery_exhausted(
+    condition: dict[str, Any], now: datetime, tenant_id: str
+) -> dict[str, Holding]:
     """Deliveries that failed for good (retries used up, or refused) within the window."""
     since = _window_start(condition, now)
     threshold = int(condition.get("threshold", 1))
     query = (
-        Delivery.select(Delivery.webhook, Delivery.integration, peewee.fn.COUNT(Delivery.id))
+        Delivery.of(tenant_id, Delivery.webhook, Delivery.integration, peewee.fn.COUNT(Delivery.id))
         .where((Delivery.status == "failed") & (Delivery.updated_at >= since))
         .group_by(Delivery.webhook, Delivery.integration)
     )
     if condition.get("webhook_id"):
         query = query.where(Delivery.webhook == condition["webhook_id"])
     if condition.get("integration_id"):
-        owned = Webhook.select(Webhook.id).where(Webhook.integration == condition["integration_id"])
+        owned = Webhook.of(tenant_id, Webhook.id).where(
+            Webhook.integration == condition["integration_id"]
+        )
         query = query.where(
             Delivery.webhook.in_(owned) | (Delivery.integration == condition["integration_id"])
         )
@@ -111,9 +118,11 @@ def delivery_exhausted(condition: dict[str, Any], now: datetime) -> dict[str, Ho
     return found
 
 
-def integration_test_failed(condition: dict[str, Any], now: datetime) -> dict[str, Holding]:
+def integration_test_failed(
+    condition: dict[str, Any], now: datetime, tenant_id: str
+) -> dict[str, Holding]:
     """Integrations whose last test failed (status ``error``), until a test passes."""
-    query = Integration.select().where(Integration.status == "error")
+    query = Integration.of(tenant_id).where(Integration.status == "error")
     if condition.get("integration_id"):
         query = query.where(Integration.id == condition["integration_id"])
     return {
@@ -125,12 +134,15 @@ def integration_test_failed(condition: dict[str, Any], now: datetime) -> dict[st
     }
 
 
-def connector_job_failed(condition: dict[str, Any], now: datetime) -> dict[str, Holding]:
+def connector_job_failed(
+    condition: dict[str, Any], now: datetime, tenant_id: str
+) -> dict[str, Holding]:
     """Connector action runs that failed for good, at least ``threshold`` in the window."""
     since = _window_start(condition, now)
     threshold = int(condition.get("threshold", 3))
     query = (
-        IntegrationLog.select(
+        IntegrationLog.of(
+            tenant_id,
             IntegrationLog.integration_id,
             IntegrationLog.event_type,
             peewee.fn.COUNT(IntegrationLog.id),
@@ -159,11 +171,12 @@ def connector_job_failed(condition: dict[str, Any], now: datetime) -> dict[str, 
     return found
 
 
-def error_rate(condition: dict[str, Any], now: datetime) -> dict[str, Holding]:
+def error_rate(condition: dict[str, Any], now: datetime, tenant_id: str) -> dict[str, Holding]:
     """An integration's (or one gateway upstream's) share of failed calls above the threshold."""
     since = _window_start(condition, now)
     integration_id = condition["integration_id"]
-    query = IntegrationLog.select(IntegrationLog.status, peewee.fn.COUNT(IntegrationLog.id)).where(
+    counted = (IntegrationLog.status, peewee.fn.COUNT(IntegrationLog.id))
+    query = IntegrationLog.of(tenant_id, *counted).where(
         (IntegrationLog.integration_id == integration_id)
         & (IntegrationLog.created_at >= since)
         & (IntegrationLog.status != "pending")
@@ -201,8 +214,9 @@ def error_rate(condition: dict[str, Any], now: datetime) -> dict[str, Holding]:
     }
 
 
-def rate_limited(condition: dict[str, Any], now: datetime) -> dict[str, Holding]:
-    """API keys refused by their rate limit at least ``threshold`` times in the window."""
+def rate_limited(condition: dict[str, Any], now: datetime, tenant_id: str) -> dict[str, Holding]:
+    """The tenant's API keys refused by their rate limit at least ``threshold`` times in the
+    window."""
     counts = rate_limited_keys(
         get_redis(), int(condition.get("window_seconds", 300)), now=_unix(now)
     )
@@ -211,10 +225,11 @@ def rate_limited(condition: dict[str, Any], now: datetime) -> dict[str, Holding]
         counts = {k: n for k, n in counts.items() if k == condition["key_id"]}
     hot = {k: n for k, n in counts.items() if n >= threshold}
     names: dict[str, str] = (
-        dict(_tuples(ApiKey.select(ApiKey.id, ApiKey.name).where(ApiKey.id.in_(list(hot)))))
+        dict(_tuples(ApiKey.of(tenant_id, ApiKey.id, ApiKey.name).where(ApiKey.id.in_(list(hot)))))
         if hot
         else {}
     )
+    hot = {k: n for k, n in hot.items() if k in names}  # other tenants' keys are not its subjects
     return {
         f"key:{key_id}": Holding(
             f"API key {names.get(key_id, key_id)!r} hit its rate limit {n} times in the last "
@@ -225,11 +240,13 @@ def rate_limited(condition: dict[str, Any], now: datetime) -> dict[str, Holding]
     }
 
 
-def oauth_refresh_failed(condition: dict[str, Any], now: datetime) -> dict[str, Holding]:
+def oauth_refresh_failed(
+    condition: dict[str, Any], now: datetime, tenant_id: str
+) -> dict[str, Holding]:
     """``oauth.refresh_failed`` events within the window, by integration."""
     since = _window_start(condition, now)
     found: dict[str, Holding] = {}
-    events = Event.select(Event.payload).where(
+    events = Event.of(tenant_id, Event.payload).where(
         (Event.type == "oauth.refresh_failed") & (Event.created_at >= since)
     )
     for (payload,) in _tuples(events):
@@ -245,10 +262,13 @@ def oauth_refresh_failed(condition: dict[str, Any], now: datetime) -> dict[str, 
     return found
 
 
-def dispatch_stalled(condition: dict[str, Any], now: datetime) -> dict[str, Holding]:
-    """Due deliveries wait unclaimed for ``stall_seconds`` while no dispatcher looks for work."""
+def dispatch_stalled(
+    condition: dict[str, Any], now: datetime, tenant_id: str
+) -> dict[str, Holding]:
+    """The tenant's due deliveries wait unclaimed for ``stall_seconds`` while no dispatcher
+    looks for work."""
     after = float(condition.get("stall_seconds", 60))
-    seen = dispatch_progress()
+    seen = dispatch_progress(tenant_id)
     if not seen.stalled(after):
         return {}
     waited = round(seen.oldest_unclaimed_age or 0.0, 1)

@@ -33,7 +33,11 @@ LOCK_KEY = "sb:alerts:lock"
 
 
 def evaluate_alerts() -> None:
-    """One pass: evaluate every enabled rule, then send the notices that are due."""
+    """One pass: evaluate every enabled rule, then send the notices that are due.
+
+    Operator-wide on purpose: one pass serves every tenant; each rule is evaluated on its own
+    tenant's data only, and what it fires belongs to that tenant.
+    """
     now = utcnow()
     for rule in AlertRule.select():
         if not rule.enabled:
@@ -41,7 +45,7 @@ def evaluate_alerts() -> None:
             continue
         try:
             condition = with_defaults(rule.condition)
-            holding = CONDITIONS[condition["type"]].evaluate(condition, now)
+            holding = CONDITIONS[condition["type"]].evaluate(condition, now, rule.tenant_id)
         except (KeyError, ValueError, TypeError) as exc:  # a rule stored before a change
             log.warning("alert rule %s cannot be evaluated: %s", rule.id, exc)
             continue
@@ -50,7 +54,7 @@ def evaluate_alerts() -> None:
 
 
 def _open_firings(rule: AlertRule) -> dict[str, AlertFiring]:
-    rows = AlertFiring.select().where(
+    rows = AlertFiring.of(rule.tenant_id).where(
         (AlertFiring.rule == rule.id) & (AlertFiring.status == "firing")
     )
     return {row.subject: row for row in rows}
@@ -69,7 +73,7 @@ def _apply(rule: AlertRule, holding: dict[str, Holding], now: datetime) -> None:
 def _cooling_down(rule: AlertRule, subject: str, now: datetime) -> bool:
     cutoff = now - timedelta(seconds=rule.cooldown_seconds)
     return (
-        AlertFiring.select(AlertFiring.id)
+        AlertFiring.of(rule.tenant_id, AlertFiring.id)
         .where(
             (AlertFiring.rule == rule.id)
             & (AlertFiring.subject == subject)
@@ -84,6 +88,7 @@ def _fire(rule: AlertRule, subject: str, found: Holding, now: datetime) -> None:
         try:
             with database.atomic():  # a savepoint: PostgreSQL's transaction survives the conflict
                 firing = AlertFiring.create(
+                    tenant_id=rule.tenant_id,
                     rule=rule.id,
                     subject=subject,
                     open_key=f"{rule.id}|{subject}",
@@ -94,7 +99,7 @@ def _fire(rule: AlertRule, subject: str, found: Holding, now: datetime) -> None:
         except peewee.IntegrityError:
             return  # another worker fired it a moment ago
         queue_notice(rule, firing, "fired")
-        kinds.alert_changed("fired", alert_view(rule, firing))
+        kinds.alert_changed(rule.tenant_id, "fired", alert_view(rule, firing))
     metrics.alert(rule.condition.get("type", "unknown"), "fired")
     log.warning("alert %s fired for %s: %s", rule.name, subject, found.summary)
 
@@ -102,7 +107,7 @@ def _fire(rule: AlertRule, subject: str, found: Holding, now: datetime) -> None:
 def _resolve(rule: AlertRule, firing: AlertFiring, now: datetime, *, notify: bool) -> None:
     with database.atomic():
         changed = (
-            AlertFiring.update(status="resolved", resolved_at=now, open_key=None)
+            AlertFiring.update_of(rule.tenant_id, status="resolved", resolved_at=now, open_key=None)
             .where((AlertFiring.id == firing.id) & (AlertFiring.status == "firing"))
             .execute()
         )
@@ -111,7 +116,7 @@ def _resolve(rule: AlertRule, firing: AlertFiring, now: datetime, *, notify: boo
         firing.status, firing.resolved_at = "resolved", now
         if notify:
             queue_notice(rule, firing, "resolved")
-        kinds.alert_changed("resolved", alert_view(rule, firing))
+        kinds.alert_changed(rule.tenant_id, "resolved", alert_view(rule, firing))
     metrics.alert(rule.condition.get("type", "unknown"), "resolved")
     log.info("alert %s resolved for %s", rule.name, firing.subject)
 

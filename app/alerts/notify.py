@@ -54,8 +54,9 @@ def queue_notice(rule: AlertRule, firing: AlertFiring, phase: str) -> None:
     """Record (and for webhook targets, emit) the notice; call inside the firing's transaction."""
     target_type = rule.target.get("type", "webhook")
     if target_type == "webhook":
-        event = emit_event(f"alert.{phase}", alert_view(rule, firing))
+        event = emit_event(f"alert.{phase}", alert_view(rule, firing), tenant_id=rule.tenant_id)
         AlertNotification.create(
+            tenant_id=rule.tenant_id,
             firing=firing.id,
             phase=phase,
             target_type=target_type,
@@ -66,11 +67,17 @@ def queue_notice(rule: AlertRule, firing: AlertFiring, phase: str) -> None:
         )
         metrics.alert_notification(target_type, "sent")
         return
-    AlertNotification.create(firing=firing.id, phase=phase, target_type=target_type)
+    AlertNotification.create(
+        tenant_id=rule.tenant_id, firing=firing.id, phase=phase, target_type=target_type
+    )
 
 
 def send_due() -> int:
-    """Send every action notice that is due and not leased elsewhere; return how many ran."""
+    """Send every action notice that is due and not leased elsewhere; return how many ran.
+
+    Operator-wide on purpose (every tenant's notices, one pass); each is sent through its
+    own tenant's integration.
+    """
     now = utcnow()
     free = AlertNotification.lease_until.is_null() | (AlertNotification.lease_until < now)
     due = (
@@ -108,7 +115,7 @@ def _send(notice: AlertNotification) -> None:
     target = rule.target
     max_attempts = int(current_app.config["SUBSCRIPTION_MAX_ATTEMPTS"])
     attempt = notice.attempts + 1
-    integration = Integration.get_or_none(Integration.id == target.get("integration_id"))
+    integration = Integration.get_of(rule.tenant_id, Integration.id == target.get("integration_id"))
     if integration is None or integration.status == "inactive":
         _finish(notice, attempt, "failed", "the target integration is missing or inactive")
         return
@@ -150,7 +157,9 @@ def _finish(
     if next_at is not None:
         changes[AlertNotification.next_attempt_at] = next_at
     with database.atomic():
-        AlertNotification.update(changes).where(AlertNotification.id == notice.id).execute()
+        AlertNotification.update_of(notice.tenant_id, changes).where(
+            AlertNotification.id == notice.id
+        ).execute()
     metrics.alert_notification("action", "retrying" if status == "pending" else status)
     if status == "failed":
         log.warning("alert notice %s failed for good: %s", notice.id, error)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g
 from flask.views import MethodView
 
 from app.alerts.conditions import CONDITIONS, json_text_contains, with_defaults
@@ -17,6 +16,7 @@ from app.alerts.schemas import (
     FiringQueryArgsSchema,
 )
 from app.audit import record_audit
+from app.auth.access import current_principal, current_tenant_id
 from app.connectors.contract import config_errors
 from app.connectors.extension import get_registry
 from app.connectors.runtime import render_template
@@ -56,7 +56,11 @@ def _check_condition(condition: dict[str, Any]) -> dict[str, Any]:
     if errors:
         raise _invalid("condition", errors)
     integration_id = condition.get("integration_id")
-    if integration_id and not Integration.select().where(Integration.id == integration_id).exists():
+    tenant_id = current_tenant_id()
+    if (
+        integration_id
+        and not Integration.of(tenant_id).where(Integration.id == integration_id).exists()
+    ):
         raise _invalid("condition", {"integration_id": [f"no integration {integration_id!r}"]})
     return with_defaults(condition)
 
@@ -72,7 +76,9 @@ def _check_target(target: dict[str, Any]) -> dict[str, Any]:
     unknown = set(target) - {"type", "integration_id", "action", "input"}
     if unknown:
         raise _invalid("target", {name: ["unknown field"] for name in sorted(unknown)})
-    row = Integration.get_or_none(Integration.id == str(target.get("integration_id")))
+    row = Integration.get_of(
+        current_tenant_id(), Integration.id == str(target.get("integration_id"))
+    )
     if row is None:
         raise _invalid("target", {"integration_id": ["no such integration"]})
     connector = get_registry().get(row.provider)
@@ -90,8 +96,8 @@ def _check_target(target: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_rule(rule_id: str) -> AlertRule:
-    """The rule or a 404 problem."""
-    row = AlertRule.get_or_none(AlertRule.id == rule_id)
+    """The tenant's rule or a 404 problem."""
+    row = AlertRule.get_of(current_tenant_id(), AlertRule.id == rule_id)
     if row is None:
         raise Problem(404, f"No alert rule {rule_id!r}.")
     return row
@@ -104,7 +110,7 @@ class AlertRules(MethodView):
     @blp.response(200, AlertRulePageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """List alert rules."""
-        query = AlertRule.select()
+        query = AlertRule.of(current_tenant_id())
         if "enabled" in args:
             query = query.where(AlertRule.enabled == args["enabled"])
         if "condition_type" in args:
@@ -120,8 +126,9 @@ class AlertRules(MethodView):
         """Create an alert rule: a condition the workers watch and a target to notify."""
         data["condition"] = _check_condition(data["condition"])
         data["target"] = _check_target(data["target"])
+        principal = current_principal()
         with database.atomic():
-            row = AlertRule.create(created_by=g.principal.user, **data)
+            row = AlertRule.create(tenant_id=principal.tenant_id, created_by=principal.user, **data)
             record_audit("alert_rule.created", "alert_rule", row.id, data)
         return row
 
@@ -173,15 +180,15 @@ class AlertRulesById(MethodView):
 @blp.problem(404, "No such alert rule")
 def list_firings(args: dict[str, Any], rule_id: str) -> dict[str, Any]:
     """A rule's firings, newest first, each with its notifications."""
-    get_rule(rule_id)
-    query = AlertFiring.select().where(AlertFiring.rule == rule_id)
+    tenant_id = get_rule(rule_id).tenant_id
+    query = AlertFiring.of(tenant_id).where(AlertFiring.rule == rule_id)
     if "status" in args:
         query = query.where(AlertFiring.status == args["status"])
     page = paginate(query.order_by(AlertFiring.fired_at.desc(), AlertFiring.id), args)
     ids = [firing.id for firing in page["items"]]
     notices: dict[str, list[AlertNotification]] = {i: [] for i in ids}
     for notice in (
-        AlertNotification.select()
+        AlertNotification.of(tenant_id)
         .where(AlertNotification.firing.in_(ids))
         .order_by(AlertNotification.created_at)
     ):

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
-from flask import g, request
+from flask import request
 from flask.views import MethodView
 
 from app.api_keys.bounds import bound_child
@@ -22,12 +22,13 @@ from app.api_keys.schemas import (
     UsageArgsSchema,
 )
 from app.audit import record_change
-from app.auth.access import bump_auth_epoch
+from app.auth.access import bump_auth_epoch, current_principal
 from app.auth.issuing import issue_key, new_secret, rotate_key
 from app.limits.enforce import usage_buffer
+from app.limits.quotas import check_room
 from app.limits.usage import STATUS_FIELDS, read
 from app.store.db import database
-from app.store.models import ApiKey, utcnow
+from app.store.models import DEFAULT_TENANT_ID, ApiKey, utcnow
 from app.store.redis import get_redis
 from app.web.api import Blueprint, created_links, paginate
 from app.web.problems import Problem
@@ -38,9 +39,12 @@ blp = Blueprint("api_keys", __name__, url_prefix="/api/v1/api-keys", description
 
 
 def _visible_keys() -> Any:
-    """Admins see every key; others only keys owned by their user."""
-    query = ApiKey.select()
-    principal = g.principal
+    """The tenant's keys: admins see every one, others only those owned by their user; only
+    operators (platform keys) see platform keys."""
+    principal = current_principal()
+    query = ApiKey.of(principal.tenant_id)
+    if not principal.platform:
+        query = query.where(ApiKey.platform == False)  # noqa: E712 - SQL, not Python
     if principal.is_admin:
         return query
     if principal.key.created_by_id is None:  # an ownerless key sees only itself
@@ -62,7 +66,7 @@ def get_manageable_key(key_id: str) -> ApiKey:
     Otherwise a narrow key could rotate a broader sibling and take over its new secret.
     """
     row = get_visible_key(key_id)
-    principal = g.principal
+    principal = current_principal()
     beyond = sorted(set(row.permissions or ()) - principal.scopes)
     if beyond and not principal.is_admin:
         raise Problem(
@@ -102,7 +106,7 @@ class ApiKeys(MethodView):
         its `expires_at` is no later (non-admins: its `rate_limit` is no higher), else 422;
         left unset, these take the caller's values.
         """
-        principal = g.principal
+        principal = current_principal()
         missing = sorted(set(data["permissions"]) - principal.scopes)
         if missing and not principal.is_admin:
             raise Problem(
@@ -110,11 +114,27 @@ class ApiKeys(MethodView):
                 "A key cannot grant scopes its creator lacks: " + ", ".join(missing) + ".",
                 missing_scopes=missing,
             )
+        if data["platform"] and not principal.platform:
+            raise Problem(
+                403,
+                "Only a platform key may create a platform key: a tenant's key creates keys of "
+                "its own tenant.",
+            )
         explicit = set(request.get_json(silent=True) or ())
         data = bound_child(data, principal.key, explicit, admin=principal.is_admin)
         prepared = new_secret()  # bcrypt before the transaction: SQLite's write lock stays short
+        # A platform key lives in the default tenant (the operator's), never in a customer's,
+        # whichever tenant the request acts in: erasing a tenant must not take it along.
+        tenant_id = DEFAULT_TENANT_ID if data["platform"] else principal.tenant_id
         with database.atomic():
-            row, secret = issue_key(owner=principal.user, prepared=prepared, **data)
+            if not data["platform"]:
+                active = ApiKey.of(tenant_id).where(
+                    ApiKey.revoked_at.is_null() & (ApiKey.platform == False)  # noqa: E712
+                )
+                check_room(tenant_id, "max_keys", active)
+            row, secret = issue_key(
+                owner=principal.user, prepared=prepared, tenant_id=tenant_id, **data
+            )
             view = key_event_data(row)
             record_change("api_key", "created", row.id, view, view)
         row.key = secret

@@ -50,6 +50,16 @@ class ApiKeySchema(ma.Schema):
     revoked_at = UTCDateTime(dump_only=True, allow_none=True)
     created_at = UTCDateTime(dump_only=True)
     created_by = ma.fields.String(attribute="created_by_id", dump_only=True, allow_none=True)
+    tenant_id = ma.fields.String(
+        dump_only=True, metadata={"description": "The tenant the key belongs to (acts in)"}
+    )
+    platform = ma.fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "A platform (operator) key: may manage tenants and act on any of them "
+            "with the `Switchboard-Tenant` header. Only a platform key may create one"
+        },
+    )
     previous_valid_until = UTCDateTime(
         dump_only=True,
         allow_none=True,

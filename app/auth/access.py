@@ -5,9 +5,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import peewee
 import redis
@@ -18,8 +20,10 @@ from app.auth.keys import KeySnapshot, VerifiedKeyCache, key_prefix
 from app.auth.throttle import record_failure, retry_after, too_many
 from app.config import ALL_SCOPES
 from app.limits.enforce import enforce as enforce_rate_limit
+from app.limits.limiter import SharedLimit
+from app.limits.quotas import requests_limit
 from app.store.db import database
-from app.store.models import ApiKey, User, utcnow
+from app.store.models import ApiKey, Membership, Tenant, User, utcnow
 from app.store.redis import get_redis
 from app.web.problems import Problem
 
@@ -37,13 +41,29 @@ ROLE_SCOPES = {
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
+#: Platform keys name the tenant a request acts on with this header (Stripe's
+#: ``Stripe-Account``): a tenant's id or its ``external_id``.
+TENANT_HEADER = "Switchboard-Tenant"
+
+
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated caller of this request."""
+    """The authenticated caller of this request and the tenant it acts in."""
 
     key: ApiKey
     user: User | None
     scopes: frozenset[str]
+    tenant: Tenant
+    role: str | None = None  # the owner's role in the key's tenant (platform admins: admin)
+
+    @property
+    def tenant_id(self) -> str:
+        return str(self.tenant.id)
+
+    @property
+    def platform(self) -> bool:
+        """A platform (operator) key: may manage tenants and act on any of them."""
+        return bool(self.key.platform)
 
     @property
     def is_admin(self) -> bool:
@@ -55,14 +75,40 @@ class Principal:
     def require(self, scope: str | None) -> Principal:
         """Raise 403 unless this principal holds ``scope``."""
         if scope and not self.has(scope):
-            if self.user is not None and scope in (self.key.permissions or ()):
+            if self.role is not None and scope in (self.key.permissions or ()):
                 raise Problem(
                     403,
-                    f"The `{self.user.role}` role does not allow `{scope}`.",
+                    f"The `{self.role}` role does not allow `{scope}`.",
                     required_scope=scope,
                 )
             raise Problem(403, f"This API key lacks the `{scope}` scope.", required_scope=scope)
         return self
+
+    def require_platform(self) -> Principal:
+        """Raise 403 unless this is a platform key with the ``admin`` scope (an operator)."""
+        if not (self.platform and self.is_admin):
+            raise Problem(403, "Only an operator's platform key with `admin` may do this.")
+        return self
+
+
+def current_principal() -> Principal:
+    """The principal of this request (``Blueprint.auth`` authenticated it)."""
+    principal: Principal = g.principal
+    return principal
+
+
+def current_tenant_id() -> str:
+    """The id of the tenant this request acts in: every tenant-owned query is scoped by it."""
+    return current_principal().tenant_id
+
+
+def role_of(user: User | None, membership: Membership | None) -> str | None:
+    """A user's role in a tenant: admin for platform admins, else their membership's."""
+    if user is None:
+        return None
+    if user.platform_admin:
+        return "admin"
+    return membership.role if membership is not None else None
 
 
 def _unauthorized(detail: str) -> Problem:
@@ -158,13 +204,42 @@ def _read_epoch(create: bool = True) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def find_key_row(prefix: str) -> ApiKey | None:
-    """The key whose current or previous prefix is ``prefix``, owner joined, or None."""
+def key_rows() -> Any:
+    """Keys with their tenant (``home``), owner and owner's membership there, in one query.
+
+    Not scoped by tenant, and cannot be: a presented key is what tells which tenant a request
+    belongs to, so it is found by its prefix (unique across tenants) or id.
+    """
     return (
-        ApiKey.select(ApiKey, User)
+        ApiKey.select(ApiKey, Tenant, User, Membership)
+        .join(Tenant, on=(ApiKey.tenant_id == Tenant.id), attr="home")
+        .switch(ApiKey)
         .join(User, peewee.JOIN.LEFT_OUTER, on=(ApiKey.created_by == User.id))
+        .join(
+            Membership,
+            peewee.JOIN.LEFT_OUTER,
+            on=(Membership.user == User.id) & (Membership.tenant_id == ApiKey.tenant_id),
+            attr="membership",
+        )
+    )
+
+
+def find_key_row(prefix: str) -> ApiKey | None:
+    """The key whose current or previous prefix is ``prefix`` (see :func:`key_rows`), or None."""
+    return (
+        key_rows()
         .where((ApiKey.key_prefix == prefix) | (ApiKey.previous_key_prefix == prefix))
         .first()
+    )
+
+
+def snapshot_of(row: ApiKey, epoch: str) -> KeySnapshot:
+    """A key row of :func:`key_rows` with what its checks need, as loaded at ``epoch``."""
+    user: User | None = row.created_by if row.created_by_id else None  # joined: no query
+    membership = getattr(user, "membership", None) if user is not None else None
+    tenant = getattr(row, "home")  # noqa: B009 - joined by key_rows(), not a model field
+    return KeySnapshot(
+        row=row, user=user, epoch=epoch, tenant=tenant, role=role_of(user, membership)
     )
 
 
@@ -210,28 +285,108 @@ def load_key(raw: str) -> KeySnapshot:
     if not _secret_matches(raw, hashed, f"{prefix}|{client_ip()}"):
         raise _unauthorized("Unknown API key.")
     cache = _key_cache()
-    user: User | None = row.created_by if row.created_by_id else None  # joined: no query
-    snapshot = KeySnapshot(row=row, user=user, epoch=epoch or "")
+    snapshot = snapshot_of(row, epoch or "")
     if epoch is not None:
         cache.remember(raw, snapshot)
     return snapshot
 
 
-def check_key(snapshot: KeySnapshot, raw: str) -> None:
-    """Revocation, expiry, rotation grace, owner and client address: checked every request."""
+def check_key(snapshot: KeySnapshot, raw: str | None) -> None:
+    """Revocation, expiry, rotation grace, owner, tenant and client address: checked on every
+    request (``raw`` None: a stream token, whose key's secret was checked when it was issued)."""
     row, now = snapshot.row, utcnow()
     if row.revoked_at is not None:
         raise _unauthorized("This API key has been revoked.")
     if row.expires_at is not None and row.expires_at <= now:
         raise _unauthorized("This API key has expired.")
-    if raw[: len(row.key_prefix)] != row.key_prefix and not (
-        row.previous_valid_until and row.previous_valid_until > now
+    if (
+        raw is not None
+        and raw[: len(row.key_prefix)] != row.key_prefix
+        and not (row.previous_valid_until and row.previous_valid_until > now)
     ):
         raise _unauthorized("This API key was rotated and its grace period is over.")
     if snapshot.user is not None and snapshot.user.disabled:
         raise _unauthorized("The owner of this API key is disabled.")
+    if snapshot.tenant.status == "deleting":
+        raise _unauthorized("Unknown API key.")
+    if row.platform:
+        if snapshot.user is not None and not snapshot.user.platform_admin:
+            raise _unauthorized("The owner of this platform key is no longer a platform admin.")
+    else:
+        if snapshot.user is not None and snapshot.role is None:
+            raise _unauthorized("The owner of this API key is no longer a member of its tenant.")
+        if snapshot.tenant.status == "suspended":
+            raise Problem(
+                403,
+                "This tenant is suspended: its keys are refused until an operator resumes it.",
+                type_slug="tenant-suspended",
+                title="Tenant suspended",
+            )
     if not ip_allowed(client_ip(), row.allowed_ips):
         raise Problem(403, "This API key may not be used from your address.")
+
+
+class _TenantNames:
+    """This process's memory of the tenants platform keys named, valid for one auth epoch
+    (every change to a tenant's status moves the epoch)."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[str, Tenant | None]] = {}
+        self._lock = threading.Lock()
+
+    def find(self, name: str, epoch: str) -> Tenant | None:
+        with self._lock:
+            entry = self._entries.get(name)
+        if entry is not None and entry[0] == epoch and epoch:
+            return entry[1]
+        tenant = Tenant.get_or_none((Tenant.id == name) | (Tenant.external_id == name))
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[name] = (epoch, tenant)
+        return tenant
+
+
+def _tenant_names() -> _TenantNames:
+    names = current_app.extensions.get("tenant_names")
+    if names is None:
+        names = current_app.extensions["tenant_names"] = _TenantNames()
+    return names
+
+
+def acting_tenant(snapshot: KeySnapshot, named: str | None) -> Tenant:
+    """The tenant a request acts in: the key's own, or (platform keys only) the one ``named``
+    in the ``Switchboard-Tenant`` header; a 400 problem naming the header otherwise."""
+    if named is None:
+        return snapshot.tenant
+    named = named.strip()
+    if not snapshot.row.platform:
+        raise Problem(
+            400,
+            f"`{TENANT_HEADER}` is for platform keys: a tenant's key always acts in its own "
+            "tenant. Leave the header out.",
+            errors={TENANT_HEADER: ["not accepted with a tenant key"]},
+        )
+    tenant = _tenant_names().find(named, snapshot.epoch) if 0 < len(named) <= 200 else None
+    if tenant is None or tenant.status == "deleting":
+        raise Problem(
+            400,
+            f"`{TENANT_HEADER}` names no tenant: {named[:200]!r} is neither a tenant id nor an "
+            "external_id.",
+            errors={TENANT_HEADER: ["no such tenant"]},
+        )
+    return tenant
+
+
+def principal_of(snapshot: KeySnapshot, tenant: Tenant) -> Principal:
+    """The principal a checked key snapshot stands for, acting in ``tenant``."""
+    scopes = frozenset(snapshot.row.permissions or ())
+    if snapshot.user is not None:  # a key never holds more than its owner's role allows
+        scopes &= ROLE_SCOPES.get(snapshot.role or "", frozenset())
+    return Principal(
+        key=snapshot.row, user=snapshot.user, scopes=scopes, tenant=tenant, role=snapshot.role
+    )
 
 
 _last_touched: dict[str, float] = {}
@@ -280,7 +435,11 @@ def authenticate() -> Principal:
         # Counted only while the auth epoch still matches the snapshot, so a secret that a
         # rotation or revocation has made wrong never spends the key's quota.
         decision = enforce_rate_limit(
-            snapshot.row.id, snapshot.row.rate_limit, watch=AUTH_EPOCH, expect=snapshot.epoch
+            snapshot.row.id,
+            snapshot.row.rate_limit,
+            tenant_limit=_tenant_limit(snapshot),
+            watch=AUTH_EPOCH,
+            expect=snapshot.epoch,
         )
         counted = decision is None or decision.counted
         if decision is None:
@@ -294,15 +453,24 @@ def authenticate() -> Principal:
         snapshot = load_key(raw)
         check_key(snapshot, raw)
     g.key_verify_ms = (time.perf_counter() - started) * 1000
+    tenant = acting_tenant(snapshot, request.headers.get(TENANT_HEADER))
     if not counted:
-        enforce_rate_limit(snapshot.row.id, snapshot.row.rate_limit)
-    scopes = frozenset(snapshot.row.permissions or ())
-    if snapshot.user is not None:  # a key never holds more than its owner's role allows
-        scopes &= ROLE_SCOPES.get(snapshot.user.role, frozenset())
-    principal = Principal(key=snapshot.row, user=snapshot.user, scopes=scopes)
+        enforce_rate_limit(
+            snapshot.row.id, snapshot.row.rate_limit, tenant_limit=_tenant_limit(snapshot)
+        )
+    principal = principal_of(snapshot, tenant)
     g.principal = principal
+    g.tenant_id = principal.tenant_id
+    if g.get("usage") is not None:
+        g.usage.tenant_id = principal.tenant_id
     _touch_last_used(snapshot.row)
     return principal
+
+
+def _tenant_limit(snapshot: KeySnapshot) -> SharedLimit | None:
+    """The ``requests_per_hour`` quota a tenant key counts against (operators' platform keys
+    spend none of a tenant's)."""
+    return None if snapshot.row.platform else requests_limit(snapshot.tenant)
 
 
 def init_app(app: Flask) -> None:

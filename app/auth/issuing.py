@@ -12,7 +12,7 @@ from flask import current_app
 
 from app.auth.access import ROLE_SCOPES, bump_auth_epoch
 from app.auth.keys import check_secret, generate_key, hash_secret, key_prefix
-from app.store.models import ApiKey, User, utcnow
+from app.store.models import DEFAULT_TENANT_ID, ApiKey, Membership, User, new_id, utcnow
 
 
 def new_secret(kind: str = "live") -> tuple[str, str]:
@@ -26,18 +26,25 @@ def issue_key(
     name: str,
     owner: User | None,
     permissions: list[str],
+    tenant_id: str,
+    platform: bool = False,
     rate_limit: int = 1000,
     expires_at: datetime | None = None,
     allowed_ips: list[str] | None = None,
     kind: str = "live",
     prepared: tuple[str, str] | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key row and return it with its secret (the only time the secret exists).
+    """Create a key of ``tenant_id`` (with ``platform``: an operator's key, at home there) and
+    return it with its secret (the only time the secret exists).
 
     ``prepared`` is a :func:`new_secret` made before the caller's transaction opened.
     """
+    if platform and owner is not None and not owner.platform_admin:
+        raise ValueError("only a platform admin may own a platform key")
     secret, hashed = prepared or new_secret(kind)
     row = ApiKey.create(
+        tenant_id=tenant_id,
+        platform=platform,
         name=name,
         key_prefix=key_prefix(secret),
         key_hash=hashed,
@@ -51,20 +58,31 @@ def issue_key(
 
 
 def issue_session_key(
-    user: User, via: str, prepared: tuple[str, str] | None = None
+    user: User, role: str, tenant_id: str, via: str, prepared: tuple[str, str] | None = None
 ) -> tuple[ApiKey, dict[str, Any]]:
-    """A session key (``LOGIN_KEY_TTL``, the user's role scopes) and the answer that shows it."""
+    """A session key of ``tenant_id`` (``LOGIN_KEY_TTL``, the scopes of the user's ``role``
+    there; a platform key for platform admins) and the answer that shows it."""
     expires_at = utcnow() + timedelta(seconds=current_app.config["LOGIN_KEY_TTL"])
-    scopes = sorted(ROLE_SCOPES[user.role])
+    scopes = sorted(ROLE_SCOPES[role])
     row, secret = issue_key(
         name=f"{via} session for {user.email}",
         owner=user,
         permissions=scopes,
+        tenant_id=tenant_id,
+        platform=bool(user.platform_admin),
         expires_at=expires_at,
         kind="sess",
         prepared=prepared,
     )
-    return row, {"key": secret, "key_id": row.id, "expires_at": expires_at, "scopes": scopes}
+    answer = {
+        "key": secret,
+        "key_id": row.id,
+        "expires_at": expires_at,
+        "scopes": scopes,
+        "tenant_id": tenant_id,
+        "platform": row.platform,
+    }
+    return row, answer
 
 
 def rotate_key(row: ApiKey, grace_period_seconds: int, prepared: tuple[str, str]) -> str:
@@ -83,7 +101,8 @@ def rotate_key(row: ApiKey, grace_period_seconds: int, prepared: tuple[str, str]
 
 
 def ensure_admin(email: str, password: str | None) -> tuple[User, str | None]:
-    """Create the admin user if missing; return it and the password if one was generated."""
+    """Create the platform admin (operator) if missing, an admin of the default tenant too;
+    return it and the password if one was generated."""
     email = email.strip().lower()
     user = User.get_or_none(User.email == email)
     generated = None
@@ -93,22 +112,34 @@ def ensure_admin(email: str, password: str | None) -> tuple[User, str | None]:
         user = User.create(
             email=email,
             password_hash=hash_secret(password, current_app.config["BCRYPT_ROUNDS"]),
-            role="admin",
+            platform_admin=True,
         )
     else:
         # An existing member or disabled account is promoted: the key printed must work as admin.
         if password is not None:
             user.password_hash = hash_secret(password, current_app.config["BCRYPT_ROUNDS"])
-        user.role = "admin"
+        user.platform_admin = True
         user.disabled = False
         user.save()
         bump_auth_epoch()  # cached keys of this user must see the new role
+    Membership.insert(
+        id=new_id("mem"), user=user.id, tenant_id=DEFAULT_TENANT_ID, role="admin"
+    ).on_conflict(
+        conflict_target=[Membership.user, Membership.tenant_id], update={Membership.role: "admin"}
+    ).execute()
     return user, generated
 
 
 def new_admin_key(user: User, name: str) -> str:
-    """Issue an admin-scoped key for ``user`` and return its secret."""
-    _, secret = issue_key(name=name, owner=user, permissions=sorted(ROLE_SCOPES["admin"]))
+    """Issue a platform key with every scope for the platform admin ``user``, at home in the
+    default tenant (where it acts unless it names another); return its secret."""
+    _, secret = issue_key(
+        name=name,
+        owner=user,
+        permissions=sorted(ROLE_SCOPES["admin"]),
+        tenant_id=DEFAULT_TENANT_ID,
+        platform=True,
+    )
     return secret
 
 
@@ -124,19 +155,24 @@ def dev_admin_key(user: User, stored: Path) -> str:
     a new one is issued and every other live dev key of ``user`` is revoked.
     """
     secret = stored.read_text().strip() if stored.exists() else ""
-    row = ApiKey.get_or_none(ApiKey.key_prefix == key_prefix(secret)) if secret else None
+    row = (
+        ApiKey.get_of(DEFAULT_TENANT_ID, ApiKey.key_prefix == key_prefix(secret))
+        if secret
+        else None
+    )
     now = utcnow()
     if (
         row is not None
         and row.created_by_id == user.id
         and row.revoked_at is None
+        and row.platform
         and (row.expires_at is None or row.expires_at > now)
         and "admin" in row.permissions
         and check_secret(secret, row.key_hash)
     ):
         return secret
     revoked = (
-        ApiKey.update(revoked_at=now)
+        ApiKey.update_of(DEFAULT_TENANT_ID, revoked_at=now)
         .where(
             (ApiKey.created_by == user)
             & (ApiKey.name == DEV_KEY_NAME)

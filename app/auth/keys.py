@@ -60,11 +60,14 @@ def check_secret(secret: str, hashed: str) -> bool:
 
 @dataclass(frozen=True)
 class KeySnapshot:
-    """A verified key row and its owner, as loaded at ``epoch`` (see ``access.AUTH_EPOCH``)."""
+    """A verified key row, its tenant, its owner and the owner's role there, as loaded at
+    ``epoch`` (see ``access.AUTH_EPOCH``)."""
 
     row: Any
     user: Any
     epoch: str
+    tenant: Any
+    role: str | None
 
 
 class VerifiedKeyCache:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g
-
 from app.audit import record_audit
 from app.auth import devices
-from app.auth.access import client_ip
+from app.auth.access import client_ip, current_principal
 from app.auth.issuing import issue_session_key, new_secret
 from app.auth.passwords import authenticate_user
 from app.auth.schemas import LoginResultSchema, LoginSchema, WhoAmISchema
 from app.auth.throttle import record_failure, refuse_if_throttled
 from app.store.db import database
+from app.tenants.directory import choose_seat
 from app.web.api import Blueprint
 from app.web.problems import Problem
 
@@ -40,24 +39,46 @@ def login(credentials: dict[str, Any]) -> dict[str, Any]:
     if user is None:
         record_failure(**idents)
         raise Problem(401, "Wrong email or password.")
+    seat, choices = choose_seat(user, credentials.get("tenant"))
     prepared = new_secret("sess")  # bcrypt before the transaction: SQLite's write lock stays short
     with database.atomic():
-        row, answer = issue_session_key(user, "login", prepared)
-        record_audit("auth.login", "api_key", row.id, {"user": user.email})
-    return {**answer, "device_token": device if known else devices.issue(email)}
+        row, answer = issue_session_key(user, seat.role, seat.tenant.id, "login", prepared)
+        record_audit(
+            "auth.login",
+            "api_key",
+            row.id,
+            {"user": user.email},
+            tenant_id=seat.tenant.id,
+            actor_user_id=user.id,
+        )
+    return {
+        **answer,
+        "tenants": [choice.view() for choice in choices],
+        "device_token": device if known else devices.issue(email),
+    }
 
 
 @blp.route("/whoami", methods=["GET"])
 @blp.auth(None)
 @blp.response(200, WhoAmISchema)
 def whoami() -> dict[str, Any]:
-    """Describe the calling API key: id, name, scopes and owner."""
-    principal = g.principal
+    """Describe the calling API key: id, name, scopes, owner and the tenant it acts in."""
+    principal = current_principal()
+    owner = principal.user
     return {
         "id": principal.key.id,
         "name": principal.key.name,
         "key_prefix": principal.key.key_prefix,
         "scopes": sorted(principal.scopes),
         "expires_at": principal.key.expires_at,
-        "owner": principal.user,
+        "platform": principal.platform,
+        "tenant": principal.tenant,
+        "owner": None
+        if owner is None
+        else {
+            "id": owner.id,
+            "email": owner.email,
+            "role": principal.role,
+            "platform_admin": owner.platform_admin,
+        },
     }

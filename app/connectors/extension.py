@@ -53,15 +53,23 @@ def require_connector(provider: str, *, stored: bool = False) -> Connector:
     )
 
 
-def connector_context(integration_id: str | None) -> ConnectorContext:
+def connector_context(integration_id: str | None, tenant_id: str) -> ConnectorContext:
     """What a connector call gets: the guarded HTTP session, its integration, a logger, tokens.
 
     ``tokens`` is what ``app.oauth`` bound in ``app.extensions["oauth_tokens"]``, so the plugin
-    world reaches OAuth2 connections without importing the package that manages them.
+    world reaches OAuth2 connections without importing the package that manages them; it is
+    bound to ``tenant_id``, so a connector reaches its own tenant's connections only.
     """
+    source = current_app.extensions.get("oauth_tokens")
+    tokens = None
+    if source is not None:
+
+        def tokens(target: str, rejected: str | None) -> str:
+            return str(source(tenant_id, target, rejected))
+
     return ConnectorContext(
         http=outbound_session(),
         integration_id=integration_id,
         logger=logging.getLogger(f"switchboard.connector.{integration_id or 'none'}"),
-        tokens=current_app.extensions.get("oauth_tokens"),
+        tokens=tokens,
     )

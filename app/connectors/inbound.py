@@ -22,6 +22,7 @@ from app.connectors.configs import decrypt_config
 from app.connectors.contract import InboundRejected, InboundRequest, InboundResult
 from app.connectors.extension import connector_context, get_registry, unavailable
 from app.events.catalog import emit_event
+from app.events.progress import paused_tenants
 from app.store.db import database
 from app.store.models import Event, Integration, IntegrationLog
 from app.store.redis import get_redis
@@ -63,10 +64,15 @@ def _replayed(integration_id: str, result: InboundResult) -> bool:
 
 
 def _log(
-    integration_id: str, status: str, data: dict[str, Any], error: str | None, started: float
+    integration: Integration,
+    status: str,
+    data: dict[str, Any],
+    error: str | None,
+    started: float,
 ) -> None:
     logged = IntegrationLog.create(
-        integration_id=integration_id,
+        tenant_id=integration.tenant_id,
+        integration_id=integration.id,
         event_type="inbound.request",
         event_data=data,
         status=status,
@@ -95,17 +101,21 @@ def _log(
 def receive_inbound(integration_id: str) -> ResponseReturnValue:
     """Receive a signed webhook from a provider (no API key; the connector verifies it)."""
     started = time.perf_counter()
+    # By id across tenants on purpose: the unguessable id in the URL is what names the tenant
+    # (the provider has no API key); the connector's signature check authenticates the request.
     integration = Integration.get_or_none(Integration.id == integration_id)
+    if integration is not None and integration.tenant_id in paused_tenants():
+        raise Problem(403, "This integration's tenant is suspended; nothing is received.")
     connector = get_registry().get(integration.provider) if integration else None
     if integration is not None and connector is None:  # the provider retries a 503 later
         raise Problem(503, f"The {unavailable(integration.provider)}; retry once it is fixed.")
     if integration is None or connector is None or not connector.accepts_inbound:
         raise Problem(404, f"No integration {integration_id!r} accepting inbound requests.")
     if integration.status == "inactive":  # switched off: nothing flows through it
-        _log(integration.id, "error", {"ip": client_ip()}, "integration is inactive", started)
+        _log(integration, "error", {"ip": client_ip()}, "integration is inactive", started)
         raise Problem(409, "This integration is inactive; set its status to active to receive.")
     if not ip_allowed(client_ip(), integration.allowed_ips):
-        _log(integration.id, "error", {"ip": client_ip()}, "sender address not allowed", started)
+        _log(integration, "error", {"ip": client_ip()}, "sender address not allowed", started)
         raise Problem(403, "Requests from your address are not accepted for this integration.")
     inbound = InboundRequest(
         method=request.method,
@@ -116,24 +126,26 @@ def receive_inbound(integration_id: str) -> ResponseReturnValue:
     )
     try:
         result = connector.handle_inbound(
-            inbound, decrypt_config(integration.config), connector_context(integration.id)
+            inbound,
+            decrypt_config(integration.config),
+            connector_context(integration.id, integration.tenant_id),
         )
     except InboundRejected as exc:
-        _log(integration.id, "error", {"ip": client_ip()}, exc.message, started)
+        _log(integration, "error", {"ip": client_ip()}, exc.message, started)
         raise Problem(exc.status, exc.message) from exc
     except Exception as exc:  # noqa: BLE001 - a payload the connector chokes on is bad input
         log.exception("connector %s failed on an inbound request", connector.name)
-        _log(integration.id, "error", {"ip": client_ip()}, type(exc).__name__, started)
+        _log(integration, "error", {"ip": client_ip()}, type(exc).__name__, started)
         raise Problem(400, "The connector could not process this request.") from exc
     declared = connector.event_types
     events = [e for e in result.events if e.type in declared]
     delivery = result.delivery_id
-    if delivery and Event.get_or_none(
-        Event.idempotency_key == _dedupe_key(integration.id, delivery, 0)
+    if delivery and Event.get_of(
+        integration.tenant_id, Event.idempotency_key == _dedupe_key(integration.id, delivery, 0)
     ):
         return jsonify({"ok": True, "duplicate": True, "events": []})
     if _replayed(integration.id, result):
-        _log(integration.id, "error", {"ip": client_ip()}, "replayed payload", started)
+        _log(integration, "error", {"ip": client_ip()}, "replayed payload", started)
         raise Problem(409, "This payload was already received under another delivery id.")
     emitted: list[str] = []
     try:
@@ -141,9 +153,12 @@ def receive_inbound(integration_id: str) -> ResponseReturnValue:
             for index, event in enumerate(events):
                 key = _dedupe_key(integration.id, delivery, index) if delivery else None
                 data = {**event.data, "integration_id": integration.id}
-                emitted.append(emit_event(event.type, data, idempotency_key=key).id)
+                event_row = emit_event(
+                    event.type, data, tenant_id=integration.tenant_id, idempotency_key=key
+                )
+                emitted.append(event_row.id)
             _log(
-                integration.id,
+                integration,
                 "success",
                 {"delivery_id": delivery, "events": emitted},
                 None,

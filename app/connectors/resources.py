@@ -8,7 +8,9 @@ import redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
+from app.auth.access import current_tenant_id
 from app.connectors.extension import get_registry
+from app.connectors.jobs import job_tenant
 from app.connectors.schemas import ConnectorListSchema, ConnectorSchema, JobSchema
 from app.store.redis import get_redis
 from app.web.api import Blueprint
@@ -56,7 +58,8 @@ def get_connector(name: str) -> dict[str, Any]:
 @blp.problem(404, "No such job")
 @blp.problem(503, "The job store is unavailable")
 def get_job(job_id: str) -> dict[str, Any]:
-    """Report a connector action job: status, result, error and attempts."""
+    """Report a job of this tenant: a connector action run (or, for operators, a tenant's
+    erasure): status, result, error and attempts."""
     try:
         job = Job.fetch(job_id, connection=get_redis())
         status = job.get_status(refresh=False)
@@ -65,13 +68,13 @@ def get_job(job_id: str) -> dict[str, Any]:
         raise Problem(404, f"No job {job_id!r} (results are kept 7 days).") from exc
     except redis.RedisError as exc:
         raise Problem(503, "The job store is unavailable; try again shortly.") from exc
-    if "integration_id" not in job.meta:
+    if "action" not in job.meta or job_tenant(job.meta) != current_tenant_id():
         raise Problem(404, f"No job {job_id!r} (results are kept 7 days).")
     error = job.meta.get("last_error") if status != "finished" else None
     return {
         "id": job.id,
         "status": str(status.value if hasattr(status, "value") else status),
-        "integration_id": job.meta["integration_id"],
+        "integration_id": job.meta.get("integration_id"),
         "action": job.meta.get("action"),
         "result": result if isinstance(result, (dict, list, str, int, float, bool)) else None,
         "error": error,

@@ -50,6 +50,7 @@ def execute_action(
     started = time.perf_counter()
     outcome = _run(integration, action_name, action_input, started)
     logged = IntegrationLog.create(
+        tenant_id=integration.tenant_id,
         integration_id=integration.id,
         event_type=f"action.{action_name}",
         event_data={"action": action_name, **(log_data or {})},
@@ -74,7 +75,7 @@ def _run(
         action_name,
         decrypt_config(integration.config),
         action_input,
-        connector_context(integration.id),
+        connector_context(integration.id, integration.tenant_id),
         started=started,
     )
 

@@ -34,8 +34,12 @@ class JobSchema(ma.Schema):
     status = ma.fields.String(
         metadata={"description": "queued | started | deferred | scheduled | finished | failed"}
     )
-    integration_id = ma.fields.String()
-    action = ma.fields.String()
+    integration_id = ma.fields.String(
+        allow_none=True, metadata={"description": "The integration whose action runs (if any)"}
+    )
+    action = ma.fields.String(
+        metadata={"description": "The connector action, or `tenant.erase` (a tenant's erasure)"}
+    )
     result = ma.fields.Raw(allow_none=True)
     error = ma.fields.String(allow_none=True)
     attempts = ma.fields.Integer()

@@ -15,6 +15,7 @@ from flask import current_app
 
 from app.events.outbox import wake_dispatcher
 from app.events.routes import event_targets
+from app.limits.enforce import usage_buffer
 from app.logs.structured import current_request_id
 from app.store.bulk import CHUNK, insert_rows, insert_sql
 from app.store.db import database
@@ -41,11 +42,17 @@ BUILTIN_EVENT_TYPES: dict[str, str] = {
     "oauth.revoked": "An OAuth2 integration's tokens were revoked and deleted.",
     "alert.fired": "An alert rule's condition became true for a subject (see /alert-rules).",
     "alert.resolved": "A fired alert's condition is no longer true.",
+    "tenant.created": "A tenant was created (emitted in the default tenant, the operator's).",
+    "tenant.updated": "A tenant's name, external_id, quotas or settings changed (default tenant).",
+    "tenant.suspended": "A tenant was suspended: its keys are refused, its deliveries wait.",
+    "tenant.resumed": "A suspended tenant was resumed (emitted in the default tenant).",
+    "tenant.deleted": "A tenant and everything it owned were erased (default tenant).",
 }
 
 
-def event_catalog() -> dict[str, dict[str, str]]:
-    """Every known event type: built-in, from connector plugins, and registered via the API."""
+def event_catalog(tenant_id: str) -> dict[str, dict[str, str]]:
+    """Every event type ``tenant_id`` knows: built-in, from connector plugins (both global),
+    and its own registered through the API."""
     catalog = {
         name: {"name": name, "description": text, "source": "builtin"}
         for name, text in BUILTIN_EVENT_TYPES.items()
@@ -54,30 +61,31 @@ def event_catalog() -> dict[str, dict[str, str]]:
     if registry is not None:
         for name, text in registry.event_types().items():
             catalog.setdefault(name, {"name": name, "description": text, "source": "connector"})
-    for row in EventType.select():
+    for row in EventType.of(tenant_id):
         catalog.setdefault(
             row.name, {"name": row.name, "description": row.description, "source": "custom"}
         )
     return catalog
 
 
-def event_type_source(event_type: str) -> str | None:
-    """Where ``event_type`` comes from (``builtin``, ``connector``, ``custom``), or None.
+def event_type_source(event_type: str, tenant_id: str) -> str | None:
+    """Where ``event_type`` comes from for ``tenant_id`` (``builtin``, ``connector``,
+    ``custom``), or None.
 
     This runs on every publish, so it reads no catalog: built-in and connector types are in
-    memory, and a custom type, once seen in the database, is remembered by this process (custom
-    types are only ever added, never removed).
+    memory, and a tenant's custom type, once seen in the database, is remembered by this
+    process (custom types are never removed but with their whole tenant).
     """
     if event_type in BUILTIN_EVENT_TYPES:
         return "builtin"
     registry = current_app.extensions.get("plugins")
     if registry is not None and event_type in registry.event_types():
         return "connector"
-    known: set[str] = current_app.extensions.setdefault("custom_event_types", set())
-    if event_type in known:
+    known: set[tuple[str, str]] = current_app.extensions.setdefault("custom_event_types", set())
+    if (tenant_id, event_type) in known:
         return "custom"
-    if EventType.select(EventType.name).where(EventType.name == event_type).exists():
-        known.add(event_type)
+    if EventType.of(tenant_id, EventType.id).where(EventType.name == event_type).exists():
+        known.add((tenant_id, event_type))
         return "custom"
     return None
 
@@ -90,19 +98,24 @@ def is_valid_pattern(pattern: str, catalog: dict[str, Any]) -> bool:
 
 
 def emit_event(
-    event_type: str, data: dict[str, Any], *, idempotency_key: str | None = None
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    tenant_id: str,
+    idempotency_key: str | None = None,
 ) -> Event:
-    """Write an event and its deliveries in this transaction; wake the dispatcher on commit."""
+    """Write an event of ``tenant_id`` and its deliveries (to that tenant's targets only) in
+    this transaction; wake the dispatcher on commit."""
     assert database.in_transaction(), "emit_event must run inside database.atomic()"
-    event, rows = _outbox_rows(event_type, data, idempotency_key)
+    event, rows = _outbox_rows(tenant_id, event_type, data, idempotency_key)
     _insert(event, rows)
-    kinds.event_published(event.id, event_type, event.created_at, data)
+    kinds.event_published(tenant_id, event.id, event_type, event.created_at, data)
     if rows:
-        database.after_commit(wake_dispatcher)
+        database.after_commit(lambda: wake_dispatcher(tenant_id))
     return event
 
 
-def emit_event_alone(event_type: str, data: dict[str, Any]) -> Event:
+def emit_event_alone(event_type: str, data: dict[str, Any], *, tenant_id: str) -> Event:
     """``emit_event`` in a transaction of its own (a custom event published through the API).
 
     On PostgreSQL the event and its deliveries are one ``INSERT``, which is a transaction by
@@ -111,33 +124,39 @@ def emit_event_alone(event_type: str, data: dict[str, Any]) -> Event:
     """
     if not isinstance(database.obj, peewee.PostgresqlDatabase) or database.in_transaction():
         with database.atomic():
-            return emit_event(event_type, data)
-    event, rows = _outbox_rows(event_type, data, None)
+            return emit_event(event_type, data, tenant_id=tenant_id)
+    event, rows = _outbox_rows(tenant_id, event_type, data, None)
     if len(rows) > CHUNK:
         with database.atomic():
-            return emit_event(event_type, data)
+            return emit_event(event_type, data, tenant_id=tenant_id)
     _insert(event, rows)  # committed when it returns
-    kinds.event_published(event.id, event_type, event.created_at, data)
+    kinds.event_published(tenant_id, event.id, event_type, event.created_at, data)
     if rows:
-        wake_dispatcher()
+        wake_dispatcher(tenant_id)
     return event
 
 
 def _outbox_rows(
-    event_type: str, data: dict[str, Any], idempotency_key: str | None
+    tenant_id: str, event_type: str, data: dict[str, Any], idempotency_key: str | None
 ) -> tuple[Event, list[dict[str, Any]]]:
     """The event (not yet saved) and its delivery rows, one per matching target."""
     event = Event(
+        tenant_id=tenant_id,
         type=event_type,
         payload=data,
         idempotency_key=idempotency_key,
         request_id=current_request_id(),
     )
     now = utcnow()
-    rows = [dict(target) for target in event_targets(event_type)]
+    rows = [dict(target) for target in event_targets(event_type, tenant_id)]
     for row in rows:  # one INSERT for all: give every row the same columns
         row.update(
-            id=new_id("dlv"), event=event.id, next_attempt_at=now, created_at=now, updated_at=now
+            id=new_id("dlv"),
+            tenant_id=tenant_id,
+            event=event.id,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
         )
         row.setdefault("webhook", None)
         row.setdefault("integration", None)
@@ -148,6 +167,11 @@ def _outbox_rows(
 
 
 def _insert(event: Event, rows: list[dict[str, Any]]) -> None:
+    count = usage_buffer().count_tenant
+    if database.in_transaction():  # a rolled-back event is no usage
+        database.after_commit(lambda: count(event.tenant_id, "events"))
+    else:
+        count(event.tenant_id, "events")
     event_sql, event_params = insert_sql(Event, [event.__data__])
     if rows and len(rows) <= CHUNK and isinstance(database.obj, peewee.PostgresqlDatabase):
         # One round trip: the event and its deliveries in one statement.

@@ -5,7 +5,13 @@ lease whenever sending threads are free, records each outcome as soon as its own
 (outcomes that end together share one transaction), and renews the leases of the sends still
 running. A slow or failing endpoint so delays only its own deliveries: at most
 ``WEBHOOK_MAX_IN_FLIGHT`` sends of one webhook (or of one integration's subscribed actions) are
-in flight in a worker, and everything else keeps flowing past them.
+in flight in a worker, and everything else keeps flowing past them. Tenants are kept apart the
+same way: one tenant's sends take at most ``TENANT_MAX_IN_FLIGHT`` of a worker's threads, so
+its backlog never starves another tenant, and a suspended tenant's deliveries are not claimed
+(they wait, and go once it is resumed).
+
+Claiming is operator-wide on purpose (one query serves every tenant); each delivery carries its
+tenant, and everything recorded for it (attempts, logs, events, usage) goes to that tenant.
 
 A job moves through three phases (:class:`Phase`): it *claims* for
 ``SWITCHBOARD_DISPATCH_JOB_SECONDS``, or until nothing is due and nothing is in flight; then,
@@ -40,7 +46,16 @@ from flask import current_app
 
 from app.events import observe, progress
 from app.events.held import hold_pending
-from app.events.outbox import ANNOUNCED, SEND_GRACE, WAKE_FLAG, schedule_wake, wake_dispatcher
+from app.events.outbox import (
+    ANNOUNCED,
+    NUDGE_CHANNEL,
+    SEND_GRACE,
+    WAKE_FLAG,
+    fresh_tenants,
+    schedule_wake,
+    wake_dispatcher,
+)
+from app.limits.enforce import usage_buffer
 from app.outbound.guard import REFUSED
 from app.store.bulk import insert_rows
 from app.store.db import database
@@ -80,6 +95,10 @@ class Claimed:
         """What the in-flight cap counts by: the webhook, or the subscribed integration."""
         return self.delivery.webhook_id or self.delivery.integration_id or ""
 
+    @property
+    def tenant_id(self) -> str:
+        return str(self.delivery.tenant_id)
+
 
 def dispatch_due() -> int:
     """RQ job: perform due deliveries until none are left (or its time is up); return count."""
@@ -114,9 +133,12 @@ class Dispatcher:
         self.token = new_id("lease", 16)
         self.lease = float(config["DELIVERY_LEASE_SECONDS"])
         self.cap = int(config["WEBHOOK_MAX_IN_FLIGHT"])
+        self.tenant_cap = int(config["TENANT_MAX_IN_FLIGHT"])
+        self.paused: set[str] = set()  # tenants not active (suspended): nothing is claimed
         self.connector_timeout = float(config["CONNECTOR_TIMEOUT"])
         self.in_flight: dict[str, _Send] = {}  # by delivery id
-        self.finished: queue.SimpleQueue[tuple[str, SendResult]] = queue.SimpleQueue()
+        # Sends as they end; None is a nudge (new work announced: look now, not at the poll).
+        self.finished: queue.SimpleQueue[tuple[str, SendResult] | None] = queue.SimpleQueue()
         self.renewed = time.monotonic()
         # Claimed deliveries of webhooks at their in-flight cap, by webhook (or integration).
         self.waiting: dict[str, deque[Claimed]] = {}
@@ -126,11 +148,16 @@ class Dispatcher:
         self.look = True  # more may be due right away: claim on the next turn
         self.looked = 0.0  # time.monotonic() of the last claim
         self.announced = 0  # wake-ups announced as of the last check
+        self.fresh: set[str] = set()  # tenants announced with new work: claim theirs next turn
+        self.fresh_since = time.time()  # the newest tenant announcement seen
 
     def run(self, until: float) -> int:
         """Claim, send and record until nothing is due and nothing in flight, or ``until``;
         then finish what is in flight. Returns how many attempts were recorded."""
         self.announced = self._announced()
+        _listen_for_nudges(self.app)
+        with _nudged_lock:
+            _nudged.add(self.finished)
         try:
             while self.phase is not Phase.DONE:
                 if self.phase is Phase.CLAIMING:
@@ -138,6 +165,8 @@ class Dispatcher:
                 else:
                     self._draining_turn()
         finally:
+            with _nudged_lock:
+                _nudged.discard(self.finished)
             self._release_waiting()  # normally empty already; never left leased to a past job
         return self.done
 
@@ -147,18 +176,38 @@ class Dispatcher:
             self._hand_over()
             return
         if self.look or now - self.looked >= RECHECK_SECONDS:
+            self.fresh.clear()  # the claim looks at every tenant
             self.look, self.looked = self._fill(), now
+        elif self.fresh:
+            self.look = self._fill(self.fresh)
+            self.fresh.clear()
         if not self.in_flight and not self.look:
             self.phase = Phase.DONE  # nothing due, nothing in flight
             return
         ended = self._collect()
         self._record(ended)
         self._start_waiting()
-        if ended and self.capped:
-            self.look = True  # a capped target whose send ended may have more due
+        if self.capped and any(item.target not in self.waiting for item, _ in ended):
+            # A capped target whose send ended, with nothing of it left waiting here, may
+            # have more due. (One whose waiting deliveries took the free place needs no
+            # claim: claiming then would only scan past its backlog again.)
+            self.look = True
         self._renew()
         if not self.look and (latest := self._announced()) != self.announced:
-            self.announced, self.look = latest, True
+            self.announced = latest
+            self._take_announcements()
+
+    def _take_announcements(self) -> None:
+        """New work was announced: claim for the tenants it names, or everywhere when it
+        names none (a retry fell due, the reconciler, a resumed tenant)."""
+        try:
+            tenants, self.fresh_since = fresh_tenants(self.fresh_since)
+        except redis.RedisError:
+            tenants = []
+        if tenants:
+            self.fresh.update(tenants)
+        else:
+            self.look = True
 
     def _hand_over(self) -> None:
         """Time's up, maybe with work left: a fresh job claims while this one only drains."""
@@ -173,47 +222,85 @@ class Dispatcher:
         self._record(self._collect())
         self._renew()
 
-    def _fill(self) -> bool:
-        """Claim and start sends for free threads; True if more may be due right away."""
+    def _fill(self, only: set[str] | None = None) -> bool:
+        """Claim (of every tenant, or of those in ``only``) and start sends for free threads;
+        True if more may be due right away."""
         free = SEND_THREADS - _pool_busy()
         if free <= 0:
             return True  # look again once threads are free
         if time.monotonic() - self.looked >= RECHECK_SECONDS:
             release_lapsed()
+            self.paused = progress.paused_tenants()
         progress.claim_pass()
         load = self._load()
         busy = {target for target, n in load.items() if n >= self.cap} | self.waiting.keys()
-        batch = claim_due(free, token=self.token, busy=busy)
-        self.capped = bool(busy)
+        tenants = self._tenant_load()
+        full = {tenant for tenant, n in tenants.items() if n >= self.tenant_cap}
+        skipped = full | self.paused
+        if only is None:
+            batch = claim_due(free, token=self.token, busy=busy, busy_tenants=skipped)
+        else:  # each through its own index range: past nobody's backlog
+            batch = []
+            for tenant_id in sorted(only - skipped):
+                batch += claim_due(
+                    free - len(batch), token=self.token, busy=busy, tenant_id=tenant_id
+                )
+                if len(batch) >= free:
+                    break
+        self.capped = bool(busy or full)
+        over: list[Claimed] = []
+        deferred = 0
         for item in _admit_rate_limited(batch):
-            if load[item.target] < self.cap:
-                load[item.target] += 1
-                self._start(item)
-            else:  # stays leased to this job and starts when its webhook has room
+            if load[item.target] >= self.cap:  # leased to this job, starts when there is room
                 self.waiting.setdefault(item.target, deque()).append(item)
-                self.capped = True
-        return len(batch) == free
+                deferred += 1
+            elif tenants[item.tenant_id] >= self.tenant_cap:
+                over.append(item)  # its tenant sends its share of this worker: back it goes
+            else:
+                load[item.target] += 1
+                tenants[item.tenant_id] += 1
+                self._start(item)
+        self._hand_back([item.delivery.id for item in over])
+        if over or deferred:
+            self.capped = True
+        # More may be due right away only if every place was taken by a send that started:
+        # deliveries held back by a cap say the next claim waits for a send of theirs to end.
+        return len(batch) == free and not over and not deferred
 
     def _load(self) -> Counter[str]:
         return Counter(send.item.target for send in self.in_flight.values())
+
+    def _tenant_load(self) -> Counter[str]:
+        """Sends in flight by tenant (what ``TENANT_MAX_IN_FLIGHT`` caps; waiting deliveries
+        hold no thread and do not count)."""
+        return Counter(send.item.tenant_id for send in self.in_flight.values())
 
     def _start_waiting(self) -> None:
         """Start waiting deliveries of webhooks whose sends ended (they are already leased)."""
         if not self.waiting:
             return
-        load = self._load()
+        load, tenants = self._load(), self._tenant_load()
         for target in list(self.waiting):
             queued = self.waiting[target]
-            while queued and load[target] < self.cap and _pool_busy() < SEND_THREADS:
+            while (
+                queued
+                and load[target] < self.cap
+                and tenants[queued[0].tenant_id] < self.tenant_cap
+                and _pool_busy() < SEND_THREADS
+            ):
+                item = queued.popleft()
                 load[target] += 1
-                self._start(queued.popleft())
+                tenants[item.tenant_id] += 1
+                self._start(item)
             if not queued:
                 del self.waiting[target]
 
     def _release_waiting(self) -> None:
         """Hand deliveries that never started back to the queue (not an attempt)."""
-        ids = [item.delivery.id for queued in self.waiting.values() for item in queued]
+        self._hand_back([item.delivery.id for queued in self.waiting.values() for item in queued])
         self.waiting.clear()
+
+    def _hand_back(self, ids: list[str]) -> None:
         for chunk in peewee.chunked(ids, 500):
             Delivery.update(lease_token=None, lease_until=None).where(
                 Delivery.id.in_(chunk) & (Delivery.lease_token == self.token)
@@ -235,11 +322,15 @@ class Dispatcher:
         """Sends that ended (waiting up to ``POLL_SECONDS`` for one) or overran their time."""
         ended: list[tuple[str, SendResult]] = []
         try:
-            ended.append(self.finished.get(timeout=POLL_SECONDS))
+            got = self.finished.get(timeout=POLL_SECONDS)
             # Sends that end close together share one transaction: building SQL costs more
-            # than running it, and short transactions keep SQLite's write lock free.
-            while len(ended) < len(self.in_flight):
-                ended.append(self.finished.get(timeout=COALESCE_SECONDS))
+            # than running it, and short transactions keep SQLite's write lock free. A nudge
+            # ends the wait: new work was announced.
+            while got is not None:
+                ended.append(got)
+                if len(ended) >= len(self.in_flight):
+                    break
+                got = self.finished.get(timeout=COALESCE_SECONDS)
         except queue.Empty:
             pass
         now = time.monotonic()
@@ -291,13 +382,22 @@ def _attempt_seconds(item: Claimed, connector_timeout: float) -> float:
 
 
 def claim_due(
-    limit: int, *, token: str | None = None, busy: set[str] | frozenset[str] = frozenset()
+    limit: int,
+    *,
+    token: str | None = None,
+    busy: set[str] | frozenset[str] = frozenset(),
+    busy_tenants: set[str] | frozenset[str] = frozenset(),
+    tenant_id: str | None = None,
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due deliveries and load what sending them needs.
+    """Lease up to ``limit`` due deliveries (of ``tenant_id`` only, if given) and load what
+    sending them needs.
 
-    ``busy`` names webhooks and integrations already at their in-flight cap: their deliveries
-    are skipped, so a backlog of one slow endpoint does not crowd out everyone else's.
+    ``busy`` names webhooks and integrations already at their in-flight cap, ``busy_tenants``
+    tenants at theirs (or suspended): their deliveries are skipped, so a backlog of one slow
+    endpoint, or of one tenant, does not crowd out everyone else's.
     """
+    if limit <= 0:
+        return []
     now = utcnow()
     token = token or new_id("lease", 16)
     # Never leased or handed back. A lapsed lease is taken only after ``release_lapsed`` has
@@ -307,7 +407,15 @@ def claim_due(
     if busy:
         wanted &= Delivery.webhook.is_null() | Delivery.webhook.not_in(busy)
         wanted &= Delivery.integration.is_null() | Delivery.integration.not_in(busy)
-    due = Delivery.select(Delivery.id).where(wanted).order_by(Delivery.next_attempt_at).limit(limit)
+    if busy_tenants:
+        wanted &= Delivery.tenant_id.not_in(busy_tenants)
+    if tenant_id is not None:
+        wanted &= Delivery.tenant_id == tenant_id
+    # Oldest first; a claim for one tenant's announced work takes the newest first instead:
+    # that work was just published, and reading from the newest end never walks past the
+    # backlog of a webhook at its cap (the every-second claim of all tenants takes the oldest).
+    order = Delivery.next_attempt_at.desc() if tenant_id else Delivery.next_attempt_at
+    due = Delivery.select(Delivery.id).where(wanted).order_by(order).limit(limit)
     sqlite = isinstance(database.obj, peewee.SqliteDatabase)
     if sqlite:
         chosen = Delivery.id.in_(due)
@@ -389,6 +497,7 @@ def release_lapsed(limit: int = 500) -> int:
                 continue
             attempts.append(
                 {
+                    "tenant_id": row.tenant_id,
                     "delivery": row.id,
                     "attempt": attempt,
                     "status_code": None,
@@ -401,6 +510,7 @@ def release_lapsed(limit: int = 500) -> int:
             if row.webhook_id and row.webhook is not None:
                 logs.append(
                     {
+                        "tenant_id": row.tenant_id,
                         "integration_id": row.webhook.integration_id,
                         "event_type": "webhook.delivery",
                         "event_data": {
@@ -423,14 +533,14 @@ def release_lapsed(limit: int = 500) -> int:
     return len(attempts)
 
 
-def requeue_refused(webhook_id: str) -> int:
+def requeue_refused(tenant_id: str, webhook_id: str) -> int:
     """Make the webhook's guard-refused deliveries due again (its URL changed); return count.
 
     Call inside the transaction that changes the URL: the dispatcher is woken after commit.
     A refusal used no retry, so each gets at least one more attempt. A disabled webhook's
     come back ``held``, to be sent when it is enabled.
     """
-    webhook = Webhook.get_or_none(Webhook.id == webhook_id)
+    webhook = Webhook.get_of(tenant_id, Webhook.id == webhook_id)
     status = "pending" if webhook is not None and webhook.status == "active" else "held"
     more = peewee.Case(
         None,
@@ -439,7 +549,9 @@ def requeue_refused(webhook_id: str) -> int:
     )
     now = utcnow()
     count = (
-        Delivery.update(status=status, next_attempt_at=now, max_attempts=more, updated_at=now)
+        Delivery.update_of(
+            tenant_id, status=status, next_attempt_at=now, max_attempts=more, updated_at=now
+        )
         .where(
             (Delivery.webhook == webhook_id)
             & (Delivery.status == "failed")
@@ -481,6 +593,38 @@ def _admit_rate_limited(batch: list[Claimed]) -> list[Claimed]:
             Delivery.id == delivery_id
         ).execute()
     return [c for c in batch if c.delivery.id not in postponed]
+
+
+# The running dispatchers' queues a nudge is put on, and the pid whose listener runs.
+_nudged: set[queue.SimpleQueue[tuple[str, SendResult] | None]] = set()
+_nudged_lock = threading.Lock()
+_listener_pid: int | None = None
+
+
+def _listen_for_nudges(app: Any) -> None:
+    """Start (once per process) the thread that wakes this process's running dispatchers
+    when work is announced (``NUDGE_CHANNEL``), so none waits for its next poll."""
+    global _listener_pid  # noqa: PLW0603 - one listener per process
+    with _nudged_lock:
+        if _listener_pid == os.getpid():
+            return
+        _listener_pid = os.getpid()
+
+    def listen() -> None:
+        while True:
+            try:
+                with app.app_context():
+                    pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(NUDGE_CHANNEL)
+                while True:
+                    if pubsub.get_message(timeout=1.0) is not None:
+                        with _nudged_lock:
+                            for waiting in _nudged:
+                                waiting.put(None)
+            except redis.RedisError:  # the poll still finds the work; reconnect shortly
+                time.sleep(1.0)
+
+    threading.Thread(target=listen, name="dispatch-nudges", daemon=True).start()
 
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (owning pid, pool)
@@ -555,10 +699,12 @@ class _Writes:
     reset: set[str] = field(default_factory=set)
     # Webhooks not active (before or during this transaction): their deliveries are held.
     disabled: set[str] = field(default_factory=set)
-    newly_disabled: list[str] = field(default_factory=list)
+    newly_disabled: list[tuple[str, str]] = field(default_factory=list)  # (tenant, webhook)
     # Webhooks failing in this transaction: when they started failing, and failed attempts.
     failing_since: dict[str, datetime] = field(default_factory=dict)
     failed_attempts: dict[str, int] = field(default_factory=dict)
+    # Deliveries that ended, by (tenant, succeeded|failed): the tenants' usage.
+    finished: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
@@ -572,7 +718,7 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
     schedule = current_app.config["WEBHOOK_RETRY_SCHEDULE"]
     disable_after = timedelta(seconds=float(current_app.config["WEBHOOK_DISABLE_AFTER"]))
     now = utcnow()
-    events_to_emit: list[tuple[str, dict[str, Any]]] = []
+    events_to_emit: list[tuple[str, str, dict[str, Any]]] = []  # (tenant, type, data)
     writes = _Writes()
     # Read before the transaction: on SQLite, a transaction that reads before it writes fails
     # at once if another connection wrote meanwhile. Disabled later: the next claim holds it.
@@ -608,8 +754,8 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
                 )
                 alive.update(row.id for row in updated)
         _save_failures(writes)
-        for webhook_id in writes.newly_disabled:  # retries recorded above are held too
-            hold_pending(webhook_id)
+        for tenant_id, webhook_id in writes.newly_disabled:  # retries recorded above are held
+            hold_pending(tenant_id, webhook_id)
         # A delivery deleted mid-flight (its webhook or integration was deleted) has no row
         # left to hang its attempt on; everything else in the batch is still recorded. Those
         # updated above exist; only the rest (lease lost, or deleted) need looking up.
@@ -626,8 +772,9 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
         observe.logs_written(writes.logs)
         from app.events.catalog import emit_event
 
-        for event_type, data in events_to_emit:
-            emit_event(event_type, data)
+        for tenant_id, event_type, data in events_to_emit:
+            emit_event(event_type, data, tenant_id=tenant_id)
+    count_outcomes(writes.finished)
 
 
 def _record_one(
@@ -637,7 +784,7 @@ def _record_one(
     disable_after: timedelta,
     now: datetime,
     writes: _Writes,
-) -> list[tuple[str, dict[str, Any]]]:
+) -> list[tuple[str, str, dict[str, Any]]]:
     delivery, webhook = item.delivery, item.webhook
     if webhook is not None and webhook.status != "active" and not result.success:
         # Claimed while its webhook was disabled, so not sent: no attempt to record.
@@ -646,7 +793,7 @@ def _record_one(
         writes.outcomes.setdefault((status, *kept, delivery.lease_token), []).append(delivery.id)
         return []
     attempt = delivery.attempts + 1
-    emitted: list[tuple[str, dict[str, Any]]] = []
+    emitted: list[tuple[str, str, dict[str, Any]]] = []
     next_at: datetime | None = None
     gone = webhook is not None and result.status_code == 410
     if webhook is not None:
@@ -663,8 +810,11 @@ def _record_one(
         next_at = now + timedelta(seconds=min(delay, MAX_RETRY_DELAY))
     state = (status, attempt, next_at, result.status_code, result.error, delivery.lease_token)
     writes.outcomes.setdefault(state, []).append(delivery.id)
+    if status in ("succeeded", "failed"):
+        writes.finished[(delivery.tenant_id, status)] += 1
     writes.attempts.append(
         {
+            "tenant_id": delivery.tenant_id,
             "delivery": delivery.id,
             "attempt": attempt,
             "status_code": result.status_code,
@@ -680,6 +830,7 @@ def _record_one(
     log_status = "success" if result.success else ("pending" if status == "pending" else "error")
     writes.logs.append(
         {
+            "tenant_id": delivery.tenant_id,
             "integration_id": webhook.integration_id,
             "event_type": "webhook.delivery",
             "event_data": {
@@ -727,7 +878,7 @@ def _update_webhook_health(
     disable_after: timedelta,
     now: datetime,
     writes: _Writes,
-) -> list[tuple[str, dict[str, Any]]]:
+) -> list[tuple[str, str, dict[str, Any]]]:
     """A success ends the webhook's failure streak; failing for ``disable_after`` (or a 410
     Gone) disables it. Time, not a count: a short outage with fast retries must not disable."""
     if result.success:
@@ -767,11 +918,12 @@ def _update_webhook_health(
     writes.disabled.add(webhook.id)
     if not changed:
         return []
-    writes.newly_disabled.append(webhook.id)
+    writes.newly_disabled.append((webhook.tenant_id, webhook.id))
     log.warning("webhook %s disabled: %s", webhook.id, reason)
     observe.webhook_disabled(gone)
     return [
         (
+            webhook.tenant_id,
             "webhook.disabled",
             {
                 "webhook_id": webhook.id,
@@ -792,11 +944,19 @@ def _save_failures(writes: _Writes) -> None:
         ).execute()
 
 
+def count_outcomes(finished: Counter[tuple[str, str]]) -> None:
+    """Add the deliveries that ended to their tenants' usage of the day."""
+    buffer = usage_buffer()
+    for (tenant_id, status), n in finished.items():
+        buffer.count_tenant(tenant_id, f"deliveries_{status}", n)
+
+
 def _schedule_next_wake() -> None:
-    """Ask RQ's scheduler to wake a dispatcher when the next retry falls due."""
+    """Ask RQ's scheduler to wake a dispatcher when the next retry falls due (a suspended
+    tenant's deliveries wake nobody: resuming it does)."""
     nxt = (
         Delivery.select(Delivery.next_attempt_at)
-        .where(Delivery.status == "pending")
+        .where(progress.claimable(progress.paused_tenants()))
         .order_by(Delivery.next_attempt_at)
         .first()
     )

@@ -16,10 +16,10 @@ from app.store.db import database
 from app.store.models import Delivery, Webhook, utcnow
 
 
-def hold_pending(webhook_id: str) -> int:
+def hold_pending(tenant_id: str, webhook_id: str) -> int:
     """Hold the webhook's pending deliveries (a leased one is held when its attempt ends)."""
     return (
-        Delivery.update(status="held", updated_at=utcnow())
+        Delivery.update_of(tenant_id, status="held", updated_at=utcnow())
         .where((Delivery.webhook == webhook_id) & (Delivery.status == "pending"))
         .execute()
     )
@@ -30,7 +30,8 @@ def _requeue(webhook: Webhook, status: str, *conditions: Any) -> int:
     now = utcnow()
     target = "pending" if webhook.status == "active" else "held"
     count = (
-        Delivery.update(
+        Delivery.update_of(
+            webhook.tenant_id,
             status=target,
             next_attempt_at=now,
             max_attempts=Delivery.attempts + webhook.retry_count + 1,
@@ -48,7 +49,7 @@ def release_held(webhook: Webhook, held: str) -> dict[str, int]:
     """On enabling: send (``held="send"``) or discard the held deliveries; say how many."""
     if held == "discard":
         discarded = (
-            Delivery.update(status="discarded", updated_at=utcnow())
+            Delivery.update_of(webhook.tenant_id, status="discarded", updated_at=utcnow())
             .where((Delivery.webhook == webhook.id) & (Delivery.status == "held"))
             .execute()
         )

@@ -38,6 +38,7 @@ def attempt_recorded(
     )
     integration_id = webhook.integration_id if webhook is not None else delivery.integration_id
     kinds.delivery_attempted(
+        tenant_id=delivery.tenant_id,
         delivery_id=delivery.id,
         event_id=event.id,
         event_type=event.type,

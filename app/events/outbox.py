@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 from flask import current_app
@@ -22,6 +22,24 @@ WAKE_FLAG = "sb:outbox:wake-queued"
 # Counts every wake-up: a dispatcher busy with slow sends polls it to pick up new work itself
 # instead of leaving it to a job queued behind its own.
 ANNOUNCED = "sb:outbox:announced"
+# Every wake-up is also published here: a running dispatcher waiting for its sends to end
+# looks at once instead of at its next poll (app.events.dispatch listens).
+NUDGE_CHANNEL = "sb:outbox:nudge"
+# Tenants with new deliveries, by when they were announced: a busy dispatcher claims for them.
+FRESH = "sb:outbox:fresh-tenants"
+FRESH_SECONDS = 60
+
+
+def fresh_tenants(since: float) -> tuple[list[str], float]:
+    """Tenants announced after ``since`` (a Unix time), and the newest announcement's time."""
+    found = cast(
+        list[tuple[bytes, float]],
+        get_redis().zrangebyscore(FRESH, f"({since!r}", "+inf", withscores=True),
+    )
+    names = [name.decode() if isinstance(name, bytes) else str(name) for name, _ in found]
+    return names, max((float(score) for _, score in found), default=since)
+
+
 # A send may run this long past its own timeout (which bounds each socket read, not the whole
 # answer: a peer dripping bytes could hold it for ever) before it counts as failed.
 SEND_GRACE = 1.0
@@ -40,13 +58,21 @@ def dispatch_job_timeout(config: Mapping[str, Any]) -> int:
     return math.ceil(float(config["DISPATCH_JOB_SECONDS"]) + longest_send + RECORD_MARGIN)
 
 
-def wake_dispatcher() -> None:
-    """Enqueue one ``dispatch_due`` job unless one is already waiting (coalesces bursts)."""
+def wake_dispatcher(tenant_id: str | None = None) -> None:
+    """Enqueue one ``dispatch_due`` job unless one is already waiting (coalesces bursts).
+
+    With ``tenant_id`` (new deliveries of one tenant, e.g. a publish), a dispatcher already
+    running claims that tenant's work by itself, without scanning past other tenants' backlogs.
+    """
     try:
         pipe = get_redis().pipeline(transaction=False)
+        if tenant_id is not None:
+            pipe.zadd(FRESH, {tenant_id: time.time()})
+            pipe.expire(FRESH, FRESH_SECONDS)
         pipe.incr(ANNOUNCED)
+        pipe.publish(NUDGE_CHANNEL, b"")
         pipe.set(WAKE_FLAG, "1", nx=True, ex=30)
-        if pipe.execute()[1]:
+        if pipe.execute()[-1]:
             get_queue("webhooks").enqueue(
                 "app.events.dispatch.dispatch_due",
                 description="dispatch_due()",  # explicit: RQ's default would list arguments

@@ -17,13 +17,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import peewee
 import redis
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.store.models import Delivery, utcnow
+from app.store.models import Delivery, Tenant, utcnow
 from app.store.redis import get_redis
 
 log = logging.getLogger(__name__)
@@ -55,21 +56,34 @@ def last_claim_age() -> float | None:
     return None if raw is None else max(0.0, time.time() - float(raw))
 
 
-def unclaimed_filter(now: datetime) -> object:
-    """Due, pending deliveries that no dispatcher holds (never leased, or the lease lapsed)."""
+def paused_tenants() -> set[str]:
+    """Tenants whose deliveries wait, not due to anyone: suspended, or being erased."""
+    return {row.id for row in Tenant.select(Tenant.id).where(Tenant.status != "active")}
+
+
+def claimable(paused: set[str]) -> Any:
+    """Pending deliveries of tenants that are not ``paused``."""
+    pending = Delivery.status == "pending"
+    return pending & Delivery.tenant_id.not_in(paused) if paused else pending
+
+
+def unclaimed_filter(now: datetime) -> Any:
+    """Due, pending deliveries that no dispatcher holds (never leased, or the lease lapsed), of
+    tenants whose deliveries go (a suspended tenant's wait for it to be resumed)."""
     free = Delivery.lease_until.is_null() | (Delivery.lease_until < now)
-    return (Delivery.status == "pending") & (Delivery.next_attempt_at <= now) & free
+    return claimable(paused_tenants()) & (Delivery.next_attempt_at <= now) & free
 
 
-def oldest_unclaimed_age() -> float | None:
-    """Seconds the oldest due delivery nobody holds has waited, or None when there is none."""
+def oldest_unclaimed_age(tenant_id: str | None = None) -> float | None:
+    """Seconds the oldest due delivery nobody holds has waited (of every tenant, or of
+    ``tenant_id``), or None when there is none."""
     now = utcnow()
-    oldest = (
-        Delivery.select(Delivery.next_attempt_at)
-        .where(unclaimed_filter(now))
-        .order_by(Delivery.next_attempt_at)
-        .first()
+    query = (
+        Delivery.of(tenant_id, Delivery.next_attempt_at)
+        if tenant_id is not None
+        else Delivery.select(Delivery.next_attempt_at)  # the operator's view: every tenant
     )
+    oldest = query.where(unclaimed_filter(now)).order_by(Delivery.next_attempt_at).first()
     return None if oldest is None else max(0.0, (now - oldest.next_attempt_at).total_seconds())
 
 
@@ -87,9 +101,10 @@ class DispatchProgress:
         return waiting and idle
 
 
-def dispatch_progress() -> DispatchProgress:
-    """Read the progress signal (one Redis GET, one indexed query). Raises store errors."""
-    return DispatchProgress(last_claim_age(), oldest_unclaimed_age())
+def dispatch_progress(tenant_id: str | None = None) -> DispatchProgress:
+    """Read the progress signal, for every tenant or one (one Redis GET, one indexed query).
+    Raises store errors."""
+    return DispatchProgress(last_claim_age(), oldest_unclaimed_age(tenant_id))
 
 
 class DispatchProgressCollector(Collector):

@@ -7,9 +7,10 @@ from datetime import timedelta
 from typing import Any
 
 import peewee
-from flask import g, request
+from flask import request
 
 from app.audit import record_audit
+from app.auth.access import current_principal, current_tenant_id
 from app.connectors.extension import get_registry
 from app.events.catalog import (
     BUILTIN_EVENT_TYPES,
@@ -26,6 +27,7 @@ from app.events.schemas import (
     PublishedSchema,
     PublishSchema,
 )
+from app.limits.quotas import count_event
 from app.store.db import database
 from app.store.models import Delivery, Event, EventType, utcnow
 from app.stream.kinds import hidden_event_families
@@ -43,8 +45,8 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 @blp.auth(None)
 @blp.response(200, EventTypeListSchema)
 def list_event_types() -> dict[str, Any]:
-    """List every event type: built-in, from connectors, and custom."""
-    items = sorted(event_catalog().values(), key=lambda item: item["name"])
+    """List every event type: built-in, from connectors, and this tenant's custom ones."""
+    items = sorted(event_catalog(current_tenant_id()).values(), key=lambda item: item["name"])
     return {"items": items, "total": len(items)}
 
 
@@ -54,8 +56,9 @@ def list_event_types() -> dict[str, Any]:
 @blp.response(201, EventTypeSchema)
 @blp.problem(409, "The event type already exists")
 def create_event_type(data: dict[str, Any]) -> dict[str, Any]:
-    """Register a custom event type (e.g. `order.paid`) so it can be published."""
-    if data["name"] in event_catalog():
+    """Register a custom event type (e.g. `order.paid`) so this tenant can publish it."""
+    tenant_id = current_tenant_id()
+    if data["name"] in event_catalog(tenant_id):
         raise Problem(409, f"Event type {data['name']!r} already exists.")
     family = data["name"].split(".", 1)[0]
     reserved = {name.split(".", 1)[0] for name in BUILTIN_EVENT_TYPES} | set(
@@ -68,13 +71,13 @@ def create_event_type(data: dict[str, Any]) -> dict[str, Any]:
             errors={"name": [f"the prefix {family!r} is reserved"]},
         )
     with database.atomic():
-        EventType.create(**data)
+        EventType.create(tenant_id=tenant_id, **data)
         record_audit("event_type.created", "event_type", data["name"], data)
     return {**data, "source": "custom"}
 
 
-def _publishable(event_type: str) -> None:
-    source = event_type_source(event_type)
+def _publishable(event_type: str, tenant_id: str) -> None:
+    source = event_type_source(event_type, tenant_id)
     if source is None:
         raise Problem(
             422,
@@ -89,17 +92,18 @@ def _publishable(event_type: str) -> None:
         )
 
 
-def _replay(idempotency_key: str) -> Event | None:
-    return Event.get_or_none(
-        (Event.idempotency_key == idempotency_key)
-        & (Event.created_at > utcnow() - IDEMPOTENCY_WINDOW)
+def _replay(tenant_id: str, idempotency_key: str) -> Event | None:
+    return Event.get_of(
+        tenant_id,
+        Event.idempotency_key == idempotency_key,
+        Event.created_at > utcnow() - IDEMPOTENCY_WINDOW,
     )
 
 
 def _answer(event: Event, duplicate: bool) -> dict[str, Any]:
     count = event.delivery_count  # set by emit_event: no need to count again
     if count is None:
-        count = Delivery.select().where(Delivery.event == event.id).count()
+        count = Delivery.of(event.tenant_id).where(Delivery.event == event.id).count()
     return {"id": event.id, "deliveries": count, "duplicate": duplicate}
 
 
@@ -123,7 +127,9 @@ def publish_event(data: dict[str, Any]) -> dict[str, Any]:
     """Publish an event to every subscribed webhook and integration."""
     if len(json.dumps(data["data"], separators=(",", ":"))) > MAX_EVENT_BYTES:
         raise Problem(413, "Event data is larger than 256 KiB.")
-    _publishable(data["type"])
+    principal = current_principal()
+    tenant_id = principal.tenant_id
+    _publishable(data["type"], tenant_id)
     header = request.headers.get("Idempotency-Key", "").strip()
     if len(header) > 200:
         raise Problem(
@@ -131,23 +137,24 @@ def publish_event(data: dict[str, Any]) -> dict[str, Any]:
             "Idempotency-Key is longer than 200 characters.",
             errors={"Idempotency-Key": ["longer than 200 characters"]},
         )
-    key = f"{g.principal.key.id}:{header}" if header else None
-    if key is None:
-        return _answer(emit_event_alone(data["type"], data["data"]), duplicate=False)
-    existing = _replay(key)
-    if existing is not None:
+    key = f"{principal.key.id}:{header}" if header else None
+    if key is not None and (existing := _replay(tenant_id, key)) is not None:
         return _answer(existing, duplicate=True)
+    count_event(principal.tenant)
+    if key is None:
+        event = emit_event_alone(data["type"], data["data"], tenant_id=tenant_id)
+        return _answer(event, duplicate=False)
     try:
         with database.atomic():
             # An expired use of the same key frees it.
-            Event.update(idempotency_key=None).where(
+            Event.update_of(tenant_id, idempotency_key=None).where(
                 (Event.idempotency_key == key) & (Event.created_at <= utcnow() - IDEMPOTENCY_WINDOW)
             ).execute()
-            event = emit_event(data["type"], data["data"], idempotency_key=key)
+            event = emit_event(data["type"], data["data"], tenant_id=tenant_id, idempotency_key=key)
             # Answered inside the transaction: once it commits, nothing can fail the request.
             answer = _answer(event, duplicate=False)
     except peewee.IntegrityError:
-        existing = _replay(key)
+        existing = _replay(tenant_id, key)
         if existing is None:
             raise
         return _answer(existing, duplicate=True)
@@ -164,8 +171,9 @@ def list_events(args: dict[str, Any]) -> dict[str, Any]:
     As on the live stream, `integration.*` events need `integrations:read`, `alert.*` events
     `alerts:read`, and `api_key.*` events (every user's keys) an admin key; others are left out.
     """
-    query = Event.select()
-    for family in hidden_event_families(g.principal.has):
+    principal = current_principal()
+    query = Event.of(principal.tenant_id)
+    for family in hidden_event_families(principal.has):
         query = query.where(~Event.type.startswith(f"{family}."))
     if args.get("type"):
         query = query.where(Event.type == args["type"])

@@ -15,6 +15,7 @@ the cache newer than its version, and the next publish (which sees the new versi
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,37 +30,45 @@ EXTENSION = "event_routes"
 
 
 @dataclass
+class TenantRoutes:
+    """One tenant's webhooks and subscriptions."""
+
+    # (webhook id, patterns, max attempts, active)
+    webhooks: list[tuple[str, list[str], int, bool]] = field(default_factory=list)
+    # (integration id, subscription index, patterns)
+    subscriptions: list[tuple[str, int, list[str]]] = field(default_factory=list)
+
+
+@dataclass
 class Routes:
-    """One version of the routing tables and the targets each event type matched so far."""
+    """One version of the routing tables, by tenant, and the targets each (tenant, event
+    type) matched so far. An event only ever matches its own tenant's targets."""
 
     version: int
-    # (webhook id, patterns, max attempts, active)
-    webhooks: list[tuple[str, list[str], int, bool]]
-    # (integration id, subscription index, patterns)
-    subscriptions: list[tuple[str, int, list[str]]]
-    _matched: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    tenants: dict[str, TenantRoutes]
+    _matched: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def targets(self, event_type: str) -> list[dict[str, Any]]:
+    def targets(self, event_type: str, tenant_id: str) -> list[dict[str, Any]]:
         """Delivery row templates (target, status, max_attempts) for ``event_type``."""
-        matched = self._matched.get(event_type)
+        matched = self._matched.get((tenant_id, event_type))
         if matched is None:
-            matched = self._match(event_type)
+            matched = self._match(event_type, self.tenants.get(tenant_id, TenantRoutes()))
             with self._lock:
                 if len(self._matched) >= 10_000:  # a bound against arbitrary type names
                     self._matched.clear()
-                self._matched[event_type] = matched
+                self._matched[(tenant_id, event_type)] = matched
         return matched
 
-    def _match(self, event_type: str) -> list[dict[str, Any]]:
+    def _match(self, event_type: str, routes: TenantRoutes) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
-        for webhook_id, patterns, max_attempts, active in self.webhooks:
+        for webhook_id, patterns, max_attempts, active in routes.webhooks:
             if any(pattern_matches(p, event_type) for p in patterns):
                 # A disabled webhook's deliveries are held, not dropped: enabling sends them.
                 status = "pending" if active else "held"
                 rows.append({"webhook": webhook_id, "max_attempts": max_attempts, "status": status})
         subscription_attempts = current_app.config["SUBSCRIPTION_MAX_ATTEMPTS"]
-        for integration_id, index, patterns in self.subscriptions:
+        for integration_id, index, patterns in routes.subscriptions:
             if any(pattern_matches(p, event_type) for p in patterns):
                 rows.append(
                     {
@@ -78,27 +87,36 @@ def current_version() -> int:
 
 
 def load_routes(version: int) -> Routes:
-    """Read every webhook and active integration's subscriptions (tagged with ``version``)."""
-    webhooks = [
-        (w.id, list(w.events or ()), w.retry_count + 1, w.status == "active")
-        for w in Webhook.select(Webhook.id, Webhook.events, Webhook.retry_count, Webhook.status)
-    ]
-    integrations = Integration.select(Integration.id, Integration.subscriptions).where(
+    """Read every tenant's webhooks and active integrations' subscriptions (tagged with
+    ``version``).
+
+    Operator-wide on purpose: one read serves every tenant's publishes, and each tenant's
+    rows are kept apart by ``tenant_id`` before anything matches them.
+    """
+    tenants: dict[str, TenantRoutes] = defaultdict(TenantRoutes)
+    fields = (Webhook.tenant_id, Webhook.id, Webhook.events, Webhook.retry_count, Webhook.status)
+    for w in Webhook.select(*fields):
+        tenants[w.tenant_id].webhooks.append(
+            (w.id, list(w.events or ()), w.retry_count + 1, w.status == "active")
+        )
+    integrations = Integration.select(
+        Integration.tenant_id, Integration.id, Integration.subscriptions
+    ).where(
         Integration.subscriptions != peewee.Value("[]", converter=False),
         Integration.status != "inactive",
     )
-    subscriptions = [
-        (integration.id, index, list(subscription.get("events", ())))
-        for integration in integrations
-        for index, subscription in enumerate(integration.subscriptions or ())
-    ]
-    return Routes(version, webhooks, subscriptions)
+    for integration in integrations:
+        for index, subscription in enumerate(integration.subscriptions or ()):
+            tenants[integration.tenant_id].subscriptions.append(
+                (integration.id, index, list(subscription.get("events", ())))
+            )
+    return Routes(version, dict(tenants))
 
 
-def event_targets(event_type: str) -> list[dict[str, Any]]:
-    """The delivery row templates of ``event_type`` as the database has them now."""
+def event_targets(event_type: str, tenant_id: str) -> list[dict[str, Any]]:
+    """The delivery row templates of ``tenant_id``'s ``event_type`` as the database has them."""
     version = current_version()
     routes: Routes | None = current_app.extensions.get(EXTENSION)
     if routes is None or routes.version != version:
         routes = current_app.extensions[EXTENSION] = load_routes(version)
-    return routes.targets(event_type)
+    return routes.targets(event_type, tenant_id)

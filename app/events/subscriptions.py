@@ -13,7 +13,7 @@ from app.webhooks.sender import SendResult
 
 def run_subscription(delivery: Delivery, event: Event) -> SendResult:
     """Run the subscribed action for ``event``; the result is recorded like a webhook attempt."""
-    integration = Integration.get_or_none(Integration.id == delivery.integration_id)
+    integration = Integration.get_of(delivery.tenant_id, Integration.id == delivery.integration_id)
     subs = integration.subscriptions if integration else []
     index = delivery.subscription_index
     if integration is None or index is None or index >= len(subs):

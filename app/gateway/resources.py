@@ -12,6 +12,7 @@ import redis
 from flask import Response, current_app, g, has_app_context, request, stream_with_context
 from flask.typing import ResponseReturnValue
 
+from app.auth.access import current_tenant_id
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import TokenUnavailable
 from app.gateway.balancer import Upstream, UpstreamBalancer
@@ -60,14 +61,15 @@ def _balancer() -> UpstreamBalancer:
 
 
 _ID_PLACEHOLDER = "\x00integration\x00"
+_TENANT_PLACEHOLDER = "\x00tenant\x00"
 # Per database (the SQL differs by dialect): the lookup's SQL text and its parameters.
 _lookup_sql: weakref.WeakKeyDictionary[peewee.Database, tuple[str, list[Any]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _find_integration(integration_id: str) -> Integration | None:
-    """``Integration.get_or_none(Integration.id == integration_id)``, SQL built once.
+def _find_integration(tenant_id: str, integration_id: str) -> Integration | None:
+    """``Integration.get_of(tenant_id, Integration.id == integration_id)``, SQL built once.
 
     This runs on every proxied request, and peewee takes several times longer to build the
     SQL than SQLite takes to run it; ``Model.raw`` hydrates exactly the same row.
@@ -75,15 +77,16 @@ def _find_integration(integration_id: str) -> Integration | None:
     db = database.obj
     cached = _lookup_sql.get(db)
     if cached is None:
-        query = Integration.select().where(Integration.id == _ID_PLACEHOLDER).limit(1)
-        cached = _lookup_sql[db] = query.sql()
+        query = Integration.of(_TENANT_PLACEHOLDER).where(Integration.id == _ID_PLACEHOLDER)
+        cached = _lookup_sql[db] = query.limit(1).sql()
     sql, params = cached
-    bound = [integration_id if param == _ID_PLACEHOLDER else param for param in params]
+    values = {_ID_PLACEHOLDER: integration_id, _TENANT_PLACEHOLDER: tenant_id}
+    bound = [values.get(param, param) for param in params]
     return next(iter(Integration.raw(sql, *bound)), None)
 
 
 def _rest_integration(integration_id: str) -> tuple[Integration, dict[str, Any]]:
-    row = _find_integration(integration_id)
+    row = _find_integration(current_tenant_id(), integration_id)
     if row is None or row.provider != "rest":
         raise Problem(404, f"No `rest` integration {integration_id!r} to proxy to.")
     if row.status == "inactive":
@@ -91,10 +94,15 @@ def _rest_integration(integration_id: str) -> tuple[Integration, dict[str, Any]]
     return row, decrypt_config(row.config)
 
 
-def _credentials(build: Any, config: dict[str, Any], rejected: str | None) -> dict[str, str]:
-    """The upstream credentials; an OAuth2 token is fetched (refreshed if needed) for them."""
+def _credentials(
+    build: Any, row: Integration, config: dict[str, Any], rejected: str | None
+) -> dict[str, str]:
+    """The upstream credentials; an OAuth2 token of the integration's own tenant is fetched
+    (refreshed if needed) for them."""
     try:
-        headers: dict[str, str] = build(config, lambda iid: access_token(iid, rejected))
+        headers: dict[str, str] = build(
+            config, lambda iid: access_token(row.tenant_id, iid, rejected)
+        )
     except TokenUnavailable as exc:
         if exc.retryable:
             raise Problem(503, f"Upstream credentials are unavailable: {exc.message}.") from None
@@ -105,6 +113,7 @@ def _credentials(build: Any, config: dict[str, Any], rejected: str | None) -> di
 def _log(row: Integration, status: str, data: dict[str, Any], error: str | None, ms: float) -> None:
     """Queue the request's log row; the writer stores it off the request path."""
     gateway_log_writer(current_app._get_current_object()).add(  # type: ignore[attr-defined]
+        tenant_id=row.tenant_id,
         integration_id=row.id,
         event_type="gateway.request",
         event_data=data,
@@ -155,7 +164,7 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
     for upstream in config["upstreams"]:
         weights[upstream["url"]] = weights.get(upstream["url"], 0) + int(upstream.get("weight", 1))
     upstreams = [Upstream(url, weight) for url, weight in weights.items()]
-    credentials = _credentials(build_auth_headers, config, None)
+    credentials = _credentials(build_auth_headers, row, config, None)
     headers, query = outgoing_headers(request, config, credentials, g.request_id)
     log_bodies = bool(config.get("log_bodies"))
     # Proxied bodies stream through, so they get their own (larger) limit than API bodies.
@@ -192,7 +201,7 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
             # The provider revoked or expired the token early: refresh once (forced) and retry.
             attempt.response.close()
             rejected = credentials["Authorization"].removeprefix("Bearer ")
-            credentials = _credentials(build_auth_headers, config, rejected)
+            credentials = _credentials(build_auth_headers, row, config, rejected)
             headers, query = outgoing_headers(request, config, credentials, g.request_id)
             attempt = send(headers)
             record["token_refreshed"] = True
@@ -251,7 +260,9 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
         ok = upstream_response.status < 500
         # Streamed, this runs in the request's context; on close, after it is gone.
         with nullcontext() if has_app_context() else app.app_context():
-            usage_buffer().add_bytes(key_id, record["bytes_out"])
+            buffer = usage_buffer()
+            buffer.add_bytes(key_id, record["bytes_out"])
+            buffer.count_tenant(row.tenant_id, "gateway_calls")
             _log(
                 row,
                 "success" if ok else "error",

@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 import redis
-from flask import g
 from flask.views import MethodView
 
 from app.audit import record_audit, record_change, record_update
+from app.auth.access import current_principal, current_tenant_id
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import config_errors
 from app.connectors.extension import connector_context, get_registry, require_connector
@@ -22,7 +22,8 @@ from app.integrations.schemas import (
     JobAcceptedSchema,
     TestResultSchema,
 )
-from app.integrations.service import prepare_create, prepare_update
+from app.integrations.service import claim_sso_domains, prepare_create, prepare_update
+from app.limits.quotas import check_room
 from app.logs.resources import log_page
 from app.logs.schemas import LogPageSchema, LogQueryArgsSchema
 from app.store.db import database
@@ -37,8 +38,8 @@ blp = Blueprint(
 
 
 def get_integration(integration_id: str) -> Integration:
-    """The integration or a 404 problem."""
-    row = Integration.get_or_none(Integration.id == integration_id)
+    """The tenant's integration or a 404 problem."""
+    row = Integration.get_of(current_tenant_id(), Integration.id == integration_id)
     if row is None:
         raise Problem(404, f"No integration {integration_id!r}.")
     return row
@@ -56,7 +57,7 @@ class Integrations(MethodView):
     @blp.response(200, IntegrationPageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """List integrations, filtered by type, status, provider or name."""
-        query = Integration.select()
+        query = Integration.of(current_tenant_id())
         for field in ("type", "status", "provider"):
             if field in args:
                 query = query.where(getattr(Integration, field) == args[field])
@@ -75,9 +76,13 @@ class Integrations(MethodView):
     )
     def post(self, data: dict[str, Any]) -> Integration:
         """Create an integration."""
-        fields = prepare_create(data)
+        principal = current_principal()
+        tenant_id = principal.tenant_id
+        fields = prepare_create(data, tenant_id)
         with database.atomic():
-            row = Integration.create(created_by=g.principal.user, **fields)
+            check_room(tenant_id, "max_integrations", Integration.of(tenant_id))
+            row = Integration.create(tenant_id=tenant_id, created_by=principal.user, **fields)
+            claim_sso_domains(row)
             view = integration_view(row)
             record_change("integration", "created", row.id, view, view)
         return row
@@ -105,8 +110,9 @@ class IntegrationsById(MethodView):
                 setattr(row, field, value)
             row.updated_at = utcnow()
             row.save()
+            claim_sso_domains(row)
             record_update("integration", row.id, before, integration_view(row), data)
-            kinds.integration_status_changed(row.id, before["status"], row.status)
+            kinds.integration_status_changed(row.tenant_id, row.id, before["status"], row.status)
         return row
 
     @blp.auth("integrations:write")
@@ -144,18 +150,19 @@ def test_integration(integration_id: str) -> dict[str, Any]:
     connector = require_connector(row.provider, stored=True)
     started = time.perf_counter()
     result = get_registry().run_test(
-        connector, decrypt_config(row.config), connector_context(row.id)
+        connector, decrypt_config(row.config), connector_context(row.id, row.tenant_id)
     )
     elapsed = (time.perf_counter() - started) * 1000
     with database.atomic():
         status = row.status
         if status != "inactive":  # a test never switches an integration on or off
             status = "active" if result.success else "error"
-            Integration.update(status=status, updated_at=utcnow()).where(
+            Integration.update_of(row.tenant_id, status=status, updated_at=utcnow()).where(
                 Integration.id == row.id
             ).execute()
-            kinds.integration_status_changed(row.id, row.status, status)
+            kinds.integration_status_changed(row.tenant_id, row.id, row.status, status)
         logged = IntegrationLog.create(
+            tenant_id=row.tenant_id,
             integration_id=row.id,
             event_type="integration.test",
             event_data={"message": result.message},
@@ -191,7 +198,7 @@ def run_integration_action(
     if errors:
         raise Problem(422, f"Invalid input for action {action!r}; see errors.", errors=errors)
     try:
-        job_id = enqueue_action(row.id, action, action_input)
+        job_id = enqueue_action(row.tenant_id, row.id, action, action_input)
     except redis.RedisError as exc:
         raise Problem(503, "The job queue is unavailable; try again shortly.") from exc
     record_audit(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import peewee
+
 from app.connectors.configs import (
     REDACTED,
     api_config_errors,
@@ -14,9 +16,10 @@ from app.connectors.configs import (
 from app.connectors.contract import Connector, config_errors, url_paths, values_at
 from app.connectors.extension import require_connector
 from app.events.catalog import event_catalog, is_valid_pattern
+from app.oauth.sso import SSO_PROVIDER
 from app.outbound.guard import UnsafeURL
 from app.outbound.session import check_outbound_url, unsafe_url_reason
-from app.store.models import Integration
+from app.store.models import Integration, SsoDomain
 from app.web.problems import Problem
 
 
@@ -54,9 +57,11 @@ def _check_urls(connector: Connector, config: dict[str, Any]) -> None:
         raise _reject(errors, "`config` names a URL the service may not call; see errors.")
 
 
-def _check_subscriptions(connector: Connector, subscriptions: list[dict[str, Any]]) -> None:
+def _check_subscriptions(
+    connector: Connector, subscriptions: list[dict[str, Any]], tenant_id: str
+) -> None:
     errors: dict[str, list[str]] = {}
-    catalog = event_catalog()
+    catalog = event_catalog(tenant_id)
     for index, sub in enumerate(subscriptions):
         if sub["action"] not in connector.actions:
             known = ", ".join(sorted(connector.actions)) or "none"
@@ -137,13 +142,14 @@ def _added_paths(before: Any, after: Any, prefix: str = "") -> list[str]:
     return [] if before == after else [prefix.rstrip(".")]
 
 
-def prepare_create(data: dict[str, Any]) -> dict[str, Any]:
-    """Validate a new integration; return the fields to store (secrets encrypted)."""
+def prepare_create(data: dict[str, Any], tenant_id: str) -> dict[str, Any]:
+    """Validate a new integration of ``tenant_id``; return the fields to store (secrets
+    encrypted)."""
     connector = require_connector(data["provider"])
     _check_type(connector, data["type"])
     _check_config(connector, data["config"])
     _check_urls(connector, data["config"])
-    _check_subscriptions(connector, data["subscriptions"])
+    _check_subscriptions(connector, data["subscriptions"], tenant_id)
     return {**data, "config": encrypt_config(connector, data["config"])}
 
 
@@ -167,5 +173,37 @@ def prepare_update(row: Integration, data: dict[str, Any]) -> dict[str, Any]:
         _check_urls(connector, config)
         changes["config"] = encrypt_config(connector, config)
     if "subscriptions" in data or "provider" in data:
-        _check_subscriptions(connector, data.get("subscriptions", row.subscriptions))
+        _check_subscriptions(connector, data.get("subscriptions", row.subscriptions), row.tenant_id)
     return changes
+
+
+def claim_sso_domains(row: Integration) -> None:
+    """Make the email domains of an SSO integration (``oidc``: ``allowed_domains``) its
+    tenant's, for ``/auth/sso/discover``; a domain another tenant claimed is a 409.
+
+    Call in the transaction that saves the integration: the claims follow its config.
+    """
+    tenant_id = row.tenant_id
+    SsoDomain.delete_of(tenant_id).where(SsoDomain.integration == row.id).execute()
+    if row.provider != SSO_PROVIDER:
+        return
+    domains = sorted({str(d).strip().lower() for d in row.config.get("allowed_domains") or ()})
+    # Across tenants on purpose: a domain is unique among all of them (its primary key).
+    taken = [
+        claim.domain
+        for claim in SsoDomain.select(SsoDomain.domain).where(SsoDomain.domain.in_(domains))
+    ]
+    try:
+        if not taken:
+            for domain in domains:
+                SsoDomain.create(domain=domain, tenant_id=tenant_id, integration=row.id)
+    except peewee.IntegrityError:  # claimed meanwhile by a concurrent save
+        taken = domains
+    if taken:
+        raise Problem(
+            409,
+            "These email domains are already claimed by another SSO integration: "
+            + ", ".join(taken)
+            + ". A domain signs in through one integration only.",
+            errors={"config.allowed_domains": [f"{domain} is claimed" for domain in taken]},
+        )

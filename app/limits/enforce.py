@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import redis
 from flask import Flask, Response, current_app, g
 
-from app.limits.limiter import RateLimitDecision, RateLimiter
+from app.limits.limiter import RateLimitDecision, RateLimiter, SharedLimit
+from app.limits.quotas import quota_exceeded
 from app.limits.usage import UsageBuffer
 from app.metrics import instruments as metrics
 from app.store.outage import RETRY_AFTER
@@ -34,6 +35,7 @@ class RequestUsage:
 
     key_id: str
     rate_limited: bool = False
+    tenant_id: str | None = None  # the tenant it acted in, once known
 
 
 def policy_name(window_seconds: int) -> str:
@@ -58,9 +60,15 @@ def get_limiter(app: Flask | None = None) -> RateLimiter:
 
 
 def enforce(
-    key_id: str, limit: int, *, watch: str | None = None, expect: str | None = None
+    key_id: str,
+    limit: int,
+    *,
+    tenant_limit: SharedLimit | None = None,
+    watch: str | None = None,
+    expect: str | None = None,
 ) -> RateLimitDecision | None:
-    """Count this request against ``key_id``'s limit; raise 429 over it, 503 if Redis is down.
+    """Count this request against ``key_id``'s limit and its tenant's ``requests_per_hour``
+    quota (one round trip); raise 429 over either, 503 if Redis is down.
 
     Returns the decision (also kept on ``g`` for the response headers), or None when rate
     limiting is disabled or Redis is down and ``RATELIMIT_FAIL_OPEN`` lets the request through.
@@ -71,7 +79,7 @@ def enforce(
     if not current_app.config["RATELIMIT_ENABLED"]:
         return None
     try:
-        decision = get_limiter().hit(key_id, limit, watch=watch, expect=expect)
+        decision = get_limiter().hit(key_id, limit, shared=tenant_limit, watch=watch, expect=expect)
     except redis.RedisError as exc:
         if current_app.config["RATELIMIT_FAIL_OPEN"]:
             log.warning("rate limiter unavailable, letting %s through (fail open): %s", key_id, exc)
@@ -89,6 +97,14 @@ def enforce(
     if not decision.allowed:
         usage.rate_limited = True
         metrics.rate_limited(key_id)
+        if decision.by_shared and tenant_limit is not None:
+            raise quota_exceeded(
+                "requests_per_hour",
+                f"This tenant's keys are limited to {tenant_limit.limit} requests per "
+                f"{decision.window_seconds} seconds together (quota `requests_per_hour`); "
+                f"retry after {decision.retry_after} seconds.",
+                retry_after=decision.retry_after,
+            )
         raise Problem(
             429,
             f"This API key is limited to {decision.limit} requests per "
@@ -115,7 +131,12 @@ def _finish_response(response: Response) -> Response:
     decision: RateLimitDecision | None = g.get("ratelimit")
     if decision is not None:
         response.headers.update(decision.headers())
-    usage_buffer().count(usage.key_id, status=response.status_code, rate_limited=usage.rate_limited)
+    usage_buffer().count(
+        usage.key_id,
+        status=response.status_code,
+        rate_limited=usage.rate_limited,
+        tenant_id=usage.tenant_id,
+    )
     return response
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-__all__ = ["BUCKETS", "RateLimitDecision", "RateLimiter"]
+__all__ = ["BUCKETS", "RateLimitDecision", "RateLimiter", "SharedLimit"]
 
 _MICROS = 1_000_000
 
@@ -45,6 +45,7 @@ MAX_LEASE = 64
 
 # KEYS[1]  hash: slice number -> requests admitted in that slice
 # KEYS[2]  a key read along (the caller's cache epoch, see ``hit(watch=…)``); may not exist
+# KEYS[3]  the same kind of hash for a limit shared with other keys (a tenant's quota)
 # ARGV[1]  limit (>= 1)
 # ARGV[2]  window in microseconds
 # ARGV[3]  slice length in microseconds (window / BUCKETS, rounded up)
@@ -53,16 +54,20 @@ MAX_LEASE = 64
 #          little quota is left (at most 1/LEASE_SHARE of it, and always at least this request)
 # ARGV[6]  requests of an earlier lease that were never admitted, given back ...
 # ARGV[7]  ... to the slice they were counted in
+# ARGV[8]  the shared limit of KEYS[3] (0: none); a request is admitted only under both, and
+#          counted in both
 # Returns {allowed (0|1; -1 = not counted: KEYS[2] differs from ARGV[4]), count in window after
 #          this call, microseconds until more quota frees, value of KEYS[2] or false, granted,
-#          the current slice's number, microseconds until it ends}
+#          the current slice's number, microseconds until it ends, 1 if the shared limit (not
+#          the key's own) refused it, the shared count}
 _SLIDING_WINDOW_LUA = """
-local key = KEYS[1]
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local slice = tonumber(ARGV[3])
 local back = tonumber(ARGV[6])
-if back > 0 then
+local shared_limit = tonumber(ARGV[8])
+
+local function give_back(key)
     local n = tonumber(redis.call('HGET', key, ARGV[7]))
     if n and n > back then
         redis.call('HINCRBY', key, ARGV[7], -back)
@@ -70,9 +75,13 @@ if back > 0 then
         redis.call('HDEL', key, ARGV[7])
     end
 end
+if back > 0 then
+    give_back(KEYS[1])
+    if shared_limit > 0 then give_back(KEYS[3]) end
+end
 local watched = redis.call('GET', KEYS[2])
 if ARGV[4] ~= '' and watched ~= ARGV[4] then
-    return {-1, 0, 0, watched, 0, 0, 0}
+    return {-1, 0, 0, watched, 0, 0, 0, 0, 0}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -80,51 +89,83 @@ local current = math.floor(now / slice)
 -- Slices numbered below `first` end at or before now - window: nothing in them still counts.
 local first = math.floor((now - window) / slice)
 
-local fields = redis.call('HGETALL', key)
-local slices = {}
-local count = 0
-for i = 1, #fields, 2 do
-    local number = tonumber(fields[i])
-    if number < first then
-        redis.call('HDEL', key, fields[i])
-    else
-        local n = tonumber(fields[i + 1])
-        slices[#slices + 1] = {number, n}
-        count = count + n
+local function load(key)
+    local fields = redis.call('HGETALL', key)
+    local slices, count = {}, 0
+    for i = 1, #fields, 2 do
+        local number = tonumber(fields[i])
+        if number < first then
+            redis.call('HDEL', key, fields[i])
+        else
+            local n = tonumber(fields[i + 1])
+            slices[#slices + 1] = {number, n}
+            count = count + n
+        end
     end
+    return slices, count
+end
+local slices, count = load(KEYS[1])
+local shared_slices, shared_count = {}, 0
+if shared_limit > 0 then
+    shared_slices, shared_count = load(KEYS[3])
 end
 
-local allowed, granted = 0, 0
-if count < limit then
+local allowed, granted, by_shared = 0, 0, 0
+if count < limit and (shared_limit == 0 or shared_count < shared_limit) then
     granted = math.max(1, math.min(tonumber(ARGV[5]), math.floor((limit - count) / LEASE_SHARE)))
-    redis.call('HINCRBY', key, current, granted)
-    redis.call('PEXPIRE', key, math.ceil((window + slice) / 1000))
+    if shared_limit > 0 then
+        local room = math.floor((shared_limit - shared_count) / LEASE_SHARE)
+        granted = math.max(1, math.min(granted, room))
+        redis.call('HINCRBY', KEYS[3], current, granted)
+        redis.call('PEXPIRE', KEYS[3], math.ceil((window + slice) / 1000))
+        shared_slices[#shared_slices + 1] = {current, granted}
+        shared_count = shared_count + granted
+    end
+    redis.call('HINCRBY', KEYS[1], current, granted)
+    redis.call('PEXPIRE', KEYS[1], math.ceil((window + slice) / 1000))
     slices[#slices + 1] = {current, granted}
     count = count + granted
     allowed = 1
+elseif count < limit then
+    by_shared = 1
 end
 
 -- When more quota frees: slice s stops counting at (s + 1) * slice + window. If denied, a
 -- request is admitted once (count - limit + 1) requests have left (more than one if the limit
 -- was lowered); otherwise when the oldest slice leaves.
-local wait = 0
-if count > 0 then
-    table.sort(slices, function(a, b) return a[1] < b[1] end)
+local function wait_for(list, total, cap)
+    if total == 0 then return 0 end
+    table.sort(list, function(a, b) return a[1] < b[1] end)
     local need = 1
     if allowed == 0 then
-        need = count - limit + 1
+        need = total - cap + 1
     end
     local freed = 0
-    for _, entry in ipairs(slices) do
+    for _, entry in ipairs(list) do
         freed = freed + entry[2]
         if freed >= need then
-            wait = (entry[1] + 1) * slice + window - now
-            break
+            return (entry[1] + 1) * slice + window - now
         end
     end
+    return 0
 end
-return {allowed, count, wait, watched, granted, current, (current + 1) * slice - now}
+local wait
+if by_shared == 1 then
+    wait = wait_for(shared_slices, shared_count, shared_limit)
+else
+    wait = wait_for(slices, count, limit)
+end
+return {allowed, count, wait, watched, granted, current, (current + 1) * slice - now,
+        by_shared, shared_count}
 """.replace("LEASE_SHARE", str(LEASE_SHARE))
+
+
+@dataclass(frozen=True)
+class SharedLimit:
+    """A limit several keys count against together (a tenant's requests per window)."""
+
+    id: str
+    limit: int
 
 
 def _sf_string(value: str) -> str:
@@ -154,6 +195,7 @@ class RateLimitDecision:
     policy: str = "hour"
     watched: str | None = None  # value of the ``watch`` key read in the same round trip
     counted: bool = True  # False: the ``watch`` key did not hold the expected value
+    by_shared: bool = False  # refused by the shared limit, not by the key's own
 
     def policy_header(self) -> str:
         """Value of the ``RateLimit-Policy`` header, e.g. ``"hour";q=1000;w=3600``."""
@@ -176,6 +218,7 @@ class _Lease:
     """Requests of one key already counted in Redis, admitted here without asking again."""
 
     limit: int
+    shared: SharedLimit | None  # the shared limit it was also counted against
     epoch: str | None  # the watched value when it was granted
     granted: int  # requests the grant covered, the one that asked included
     left: int  # still to admit
@@ -235,6 +278,10 @@ class RateLimiter:
         """Redis key holding the per-slice counts of ``key_id``."""
         return f"{self.prefix}{key_id}"
 
+    def shared_key(self, shared_id: str) -> str:
+        """Redis key holding the per-slice counts of a shared limit."""
+        return f"{self.prefix}shared:{shared_id}"
+
     def forget_leases(self) -> None:
         """Drop every lease: the next request of each key asks Redis (and reads ``watch``)."""
         with self._lock:
@@ -242,28 +289,41 @@ class RateLimiter:
             self._generation += 1
 
     def hit(
-        self, key_id: str, limit: int, *, watch: str | None = None, expect: str | None = None
+        self,
+        key_id: str,
+        limit: int,
+        *,
+        shared: SharedLimit | None = None,
+        watch: str | None = None,
+        expect: str | None = None,
     ) -> RateLimitDecision:
-        """Count one request for ``key_id`` against ``limit`` per window; admit it if it fits.
+        """Count one request for ``key_id`` against ``limit`` per window (and against the
+        ``shared`` limit, in the same round trip); admit it if it fits both.
 
         ``watch`` names a Redis key whose value is returned in ``decision.watched`` by the same
         round trip (the auth layer reads its cache epoch this way). With ``expect``, nothing is
         counted unless ``watch`` holds that value (``decision.counted`` is then False).
 
         Raises:
-            ValueError: ``limit`` < 1.
+            ValueError: ``limit`` < 1 (or the shared one).
             redis.exceptions.RedisError: Redis is unreachable or the script failed.
         """
-        if limit < 1:
+        if limit < 1 or (shared is not None and shared.limit < 1):
             raise ValueError("limit must be >= 1")
         wanted, back, back_slice, generation = 1, 0, 0, 0
         if self.lease_seconds:
-            leased, wanted, back, back_slice, generation = self._from_lease(key_id, limit, expect)
+            leased, wanted, back, back_slice, generation = self._from_lease(
+                key_id, limit, shared, expect
+            )
             if leased is not None:
                 return leased
         asked = time.monotonic()
-        allowed, count, wait_us, watched, granted, current, slice_left_us = self._script(
-            keys=[self.key(key_id), watch or f"{self.prefix}-unwatched"],
+        reply = self._script(
+            keys=[
+                self.key(key_id),
+                watch or f"{self.prefix}-unwatched",
+                self.shared_key(shared.id) if shared else f"{self.prefix}-unshared",
+            ],
             args=[
                 limit,
                 self.window_seconds * _MICROS,
@@ -272,8 +332,10 @@ class RateLimiter:
                 wanted,
                 back,
                 back_slice,
+                shared.limit if shared else 0,
             ],
         )
+        allowed, count, wait_us, watched, granted, current, slice_left_us, by_shared, _ = reply
         wait_seconds = -(-int(wait_us) // _MICROS)  # round up: never promise too early
         decision = RateLimitDecision(
             allowed=bool(allowed),
@@ -285,10 +347,12 @@ class RateLimiter:
             policy=self.policy,
             watched=watched.decode() if isinstance(watched, bytes) else (watched or None),
             counted=int(allowed) >= 0,
+            by_shared=bool(int(by_shared)),
         )
         if self.lease_seconds and int(allowed) == 1:
             lease = _Lease(
                 limit=limit,
+                shared=shared,
                 epoch=decision.watched,
                 granted=int(granted),
                 left=int(granted) - 1,
@@ -308,14 +372,15 @@ class RateLimiter:
         if (
             other is not None
             and other.left > 0
-            and (other.slice, other.limit, other.epoch) == (lease.slice, lease.limit, lease.epoch)
+            and (other.slice, other.limit, other.shared, other.epoch)
+            == (lease.slice, lease.limit, lease.shared, lease.epoch)
         ):
             lease.left += other.left
             lease.expires = min(lease.expires, other.expires)
         self._leases[key_id] = lease
 
     def _from_lease(
-        self, key_id: str, limit: int, expect: str | None
+        self, key_id: str, limit: int, shared: SharedLimit | None, expect: str | None
     ) -> tuple[RateLimitDecision | None, int, int, int, int]:
         """A decision from this key's lease; or None, how many requests to ask Redis for, the
         unused requests of the old lease to give back and their slice, and the generation."""
@@ -330,6 +395,7 @@ class RateLimiter:
                 fresh
                 and lease.left > 0
                 and lease.limit == limit
+                and lease.shared == shared
                 and (expect is None or expect == lease.epoch)
             ):
                 lease.left -= 1

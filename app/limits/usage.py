@@ -13,9 +13,14 @@ Refused requests are also counted per minute, in ``sb:usage:limited:<epoch_minut
 key id), so alert rules can ask "which keys hit their limit in the last N minutes"
 (:func:`rate_limited_keys`).
 
-Every write refreshes an 8-day TTL, so the history is bounded without a cleanup job. Counts are
-buffered per process and flushed in one pipeline a second (``UsageBuffer``); reads are one
-pipelined round trip.
+Each tenant gets one hash per UTC day, ``sb:usage:tenant:<tenant_id>:<epoch_day>``, with
+``requests`` (acting in it, platform keys included), ``events`` (every event written to its
+outbox), ``deliveries_succeeded``, ``deliveries_failed`` (attempts that ended a delivery) and
+``gateway_calls`` — :func:`read_tenant` serves ``/usage``.
+
+Every write refreshes a TTL (8 days for keys' hours, 93 for tenants' days), so the history is
+bounded without a cleanup job. Counts are buffered per process and flushed in one pipeline a
+second (``UsageBuffer``); reads are one pipelined round trip.
 """
 
 from __future__ import annotations
@@ -37,7 +42,17 @@ log = logging.getLogger(__name__)
 __all__ = ["MAX_HOURS", "RETENTION_SECONDS", "UsageBucket", "UsageBuffer", "read"]
 
 HOUR = 3600
+DAY = 24 * HOUR
 RETENTION_SECONDS = 8 * 24 * HOUR
+TENANT_RETENTION_SECONDS = 93 * DAY
+MAX_DAYS = 90
+TENANT_FIELDS = (
+    "requests",
+    "events",
+    "deliveries_succeeded",
+    "deliveries_failed",
+    "gateway_calls",
+)
 MAX_HOURS = RETENTION_SECONDS // HOUR
 STATUS_FIELDS = ("2xx", "3xx", "4xx", "5xx")
 FIELDS = (*STATUS_FIELDS, "rate_limited", "gateway_bytes")
@@ -60,6 +75,10 @@ UsageBucket = TypedDict(
 
 def _bucket_key(key_id: str, epoch_hour: int) -> str:
     return f"{PREFIX}{key_id}:{epoch_hour}"
+
+
+def _tenant_key(tenant_id: str, epoch_day: int) -> str:
+    return f"{PREFIX}tenant:{tenant_id}:{epoch_day}"
 
 
 def _limited_key(epoch_minute: int) -> str:
@@ -93,13 +112,17 @@ class UsageBuffer:
         status: int,
         rate_limited: bool = False,
         gateway_bytes: int = 0,
+        tenant_id: str | None = None,
         now: float | None = None,
     ) -> None:
-        """Count one response of ``key_id`` (and proxied bytes) in the current hour."""
+        """Count one response of ``key_id`` (and proxied bytes) in the current hour, and a
+        request of ``tenant_id`` today."""
         at = time.time() if now is None else now
         key = _bucket_key(key_id, int(at // HOUR))
         with self._lock:
             self._counts[(key, _status_field(status))] += 1
+            if tenant_id is not None:
+                self._counts[(_tenant_key(tenant_id, int(at // DAY)), "requests")] += 1
             if rate_limited:
                 self._counts[(key, "rate_limited")] += 1
                 self._counts[(_limited_key(int(at // 60)), key_id)] += 1
@@ -114,6 +137,13 @@ class UsageBuffer:
             self._counts[(key, "gateway_bytes")] += n
         self._ensure_flusher()
 
+    def count_tenant(self, tenant_id: str, field: str, n: int = 1) -> None:
+        """Add ``n`` to today's ``field`` (one of :data:`TENANT_FIELDS`) of ``tenant_id``."""
+        key = _tenant_key(tenant_id, int(time.time() // DAY))
+        with self._lock:
+            self._counts[(key, field)] += n
+        self._ensure_flusher()
+
     def flush(self) -> None:
         """Write the pending counts now (one pipeline); on failure keep them for later."""
         with self._lock:
@@ -123,8 +153,11 @@ class UsageBuffer:
         pipe = self.redis.pipeline(transaction=False)
         for (key, field), n in pending.items():
             pipe.hincrby(key, field, n)
+        tenants = f"{PREFIX}tenant:"
         for key in {key for key, _ in pending}:
-            pipe.expire(key, RETENTION_SECONDS)
+            pipe.expire(
+                key, TENANT_RETENTION_SECONDS if key.startswith(tenants) else RETENTION_SECONDS
+            )
         try:
             pipe.execute()
         except RedisError as exc:
@@ -204,3 +237,29 @@ def read(redis: Redis, key_id: str, hours: int, now: float | None = None) -> lis
             }
         )
     return buckets
+
+
+def read_tenant(
+    redis: Redis, tenant_id: str, days: int, now: float | None = None
+) -> list[dict[str, int | str]]:
+    """The last ``days`` (1..``MAX_DAYS``) UTC days of ``tenant_id``'s usage, oldest first,
+    zero-filled; the newest is today (partial)."""
+    if not 1 <= days <= MAX_DAYS:
+        raise ValueError(f"days must be between 1 and {MAX_DAYS}")
+    today = int((time.time() if now is None else now) // DAY)
+    epoch_days = range(today - days + 1, today + 1)
+    pipe = redis.pipeline(transaction=False)
+    for epoch_day in epoch_days:
+        pipe.hgetall(_tenant_key(tenant_id, epoch_day))
+    result: list[dict[str, int | str]] = []
+    for epoch_day, raw in zip(epoch_days, pipe.execute(), strict=True):
+        values = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+        day = datetime.fromtimestamp(epoch_day * DAY, UTC).date().isoformat()
+        result.append({"date": day, **{field: values.get(field, 0) for field in TENANT_FIELDS}})
+    return result
+
+
+def forget_tenant(redis: Redis, tenant_id: str) -> None:
+    """Delete every usage counter of ``tenant_id`` (its erasure)."""
+    for key in redis.scan_iter(match=f"{PREFIX}tenant:{tenant_id}:*", count=1000):
+        redis.delete(key)

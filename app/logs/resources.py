@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.auth.access import current_tenant_id
 from app.logs.schemas import (
     AuditPageSchema,
     AuditQueryArgsSchema,
@@ -19,7 +20,7 @@ blp = Blueprint("logs", __name__, url_prefix="/api/v1", description="Logs and au
 
 def log_page(args: dict[str, Any]) -> dict[str, Any]:
     """One page of the integration logs matching the filters in ``args``, newest first."""
-    query = IntegrationLog.select()
+    query = IntegrationLog.of(current_tenant_id())
     for field in ("integration_id", "status", "event_type"):
         if args.get(field):
             query = query.where(getattr(IntegrationLog, field) == args[field])
@@ -41,7 +42,7 @@ def list_logs(args: dict[str, Any]) -> dict[str, Any]:
 @blp.response(200, AuditPageSchema)
 def list_audit_log(args: dict[str, Any]) -> dict[str, Any]:
     """List audit entries (admins only), newest first."""
-    query = AuditLog.select()
+    query = AuditLog.of(current_tenant_id())
     for field in ("action", "resource_type", "resource_id", "actor_key_id", "actor_user_id"):
         if args.get(field):
             query = query.where(getattr(AuditLog, field) == args[field])

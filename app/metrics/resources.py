@@ -8,6 +8,7 @@ from app.auth.access import authenticate, client_ip, ip_allowed
 from app.events.progress import DispatchProgressCollector
 from app.metrics.exposition import render
 from app.web.api import SECURITY, Blueprint
+from app.web.problems import Problem
 
 blp = Blueprint("metrics", __name__, description="Metrics")
 
@@ -16,8 +17,8 @@ blp = Blueprint("metrics", __name__, description="Metrics")
 @blp.doc(
     security=[{}, *SECURITY],
     description="Prometheus text format (version 0.0.4). Answered without a key to clients in "
-    "`SWITCHBOARD_METRICS_ALLOWED_NETWORKS` (default: loopback); anyone else needs a key with "
-    "the `metrics:read` scope.",
+    "`SWITCHBOARD_METRICS_ALLOWED_NETWORKS` (default: loopback); anyone else needs an "
+    "operator's platform key with the `metrics:read` scope (metrics cover every tenant).",
     responses={
         "200": {
             "description": "Every process's counters and histograms, and shared-state gauges",
@@ -26,12 +27,14 @@ blp = Blueprint("metrics", __name__, description="Metrics")
     },
 )
 @blp.problem(401, "Outside the allowed networks and no valid API key")
-@blp.problem(403, "The key lacks the `metrics:read` scope")
+@blp.problem(403, "Not a platform key, or it lacks the `metrics:read` scope")
 def metrics() -> Response:
     """Prometheus metrics of every API and worker process."""
     allowed = current_app.config["METRICS_ALLOWED_NETWORKS"]
     if not (allowed and ip_allowed(client_ip(), [str(net) for net in allowed])):
-        authenticate().require("metrics:read")
+        principal = authenticate().require("metrics:read")
+        if not principal.platform:
+            raise Problem(403, "Metrics cover every tenant: they need an operator's platform key.")
     body, content_type = render(
         current_app.config["METRICS_MULTIPROC_DIR"], [DispatchProgressCollector()]
     )

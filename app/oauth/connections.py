@@ -14,7 +14,7 @@ from typing import Any
 from flask import Response, current_app
 
 from app.audit import record_audit
-from app.auth.access import Principal
+from app.auth.access import Principal, current_tenant_id
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import timeout_seconds
 from app.events.catalog import emit_event
@@ -32,8 +32,8 @@ CALLBACK_PATH = "/api/v1/oauth/callback"
 
 
 def oauth_integration(integration_id: str) -> Integration:
-    """The ``oauth2`` integration, or a 404/409 problem."""
-    row = Integration.get_or_none(Integration.id == integration_id)
+    """The tenant's ``oauth2`` integration, or a 404/409 problem."""
+    row = Integration.get_of(current_tenant_id(), Integration.id == integration_id)
     if row is None:
         raise Problem(404, f"No integration {integration_id!r}.")
     if row.provider != tokens.OAUTH_PROVIDER:
@@ -72,6 +72,7 @@ def start(row: Integration, principal: Principal, return_to: str | None) -> dict
         FLOW,
         {
             "integration_id": row.id,
+            "tenant_id": row.tenant_id,
             "code_verifier": verifier,
             "redirect_uri": config["redirect_uri"],
             "return_to": return_to,
@@ -100,10 +101,15 @@ def complete(args: dict[str, Any]) -> Response:
             "POST /api/v1/integrations/{id}/oauth/authorize.",
             errors={"state": ["unknown, expired or already used"]},
         )
-    actor = {"actor_key_id": data.get("key_id"), "actor_user_id": data.get("user_id")}
+    tenant_id = str(data.get("tenant_id"))
+    actor = {
+        "tenant_id": tenant_id,
+        "actor_key_id": data.get("key_id"),
+        "actor_user_id": data.get("user_id"),
+    }
     integration_id = data["integration_id"]
     return_to = data.get("return_to")
-    row = Integration.get_or_none(Integration.id == integration_id)
+    row = Integration.get_of(tenant_id, Integration.id == integration_id)
     if row is None or row.provider != tokens.OAUTH_PROVIDER:
         return _failed(return_to, integration_id, 404, "not_found", "The integration is gone.")
     if args.get("error"):
@@ -126,11 +132,12 @@ def complete(args: dict[str, Any]) -> Response:
         )
     elapsed = round((time.perf_counter() - started) * 1000, 2)
     with database.atomic():
-        tokens.store_new(row.id, token)
-        Integration.update(status="active", updated_at=utcnow()).where(
+        tokens.store_new(tenant_id, row.id, token)
+        Integration.update_of(tenant_id, status="active", updated_at=utcnow()).where(
             Integration.id == row.id
         ).execute()
         IntegrationLog.create(
+            tenant_id=tenant_id,
             integration_id=row.id,
             event_type="oauth.connected",
             event_data={
@@ -141,7 +148,7 @@ def complete(args: dict[str, Any]) -> Response:
             response_time_ms=elapsed,
         )
         summary = {"integration_id": row.id, "scope": _text(token.get("scope"))}
-        emit_event("oauth.connected", summary)
+        emit_event("oauth.connected", summary, tenant_id=tenant_id)
         record_audit("oauth.connected", "integration", row.id, summary, **actor)
     if return_to:
         return redirect_to(return_to, query={"integration_id": row.id, "oauth": "connected"})
@@ -180,6 +187,7 @@ def _record_failure(
     elapsed = round((time.perf_counter() - started) * 1000, 2) if started else None
     with database.atomic():
         IntegrationLog.create(
+            tenant_id=row.tenant_id,
             integration_id=row.id,
             event_type="oauth.connect",
             event_data={"error": error},
@@ -201,7 +209,7 @@ def _failed(
 
 def status(row: Integration) -> dict[str, Any]:
     """Whether ``row`` is connected, and its token's metadata (never the tokens)."""
-    stored = tokens.load(row.id)
+    stored = tokens.load(row.tenant_id, row.id)
     if stored is None:
         return {"connected": False}
     return {
@@ -215,7 +223,7 @@ def status(row: Integration) -> dict[str, Any]:
 
 def revoke(row: Integration) -> dict[str, Any]:
     """Revoke the tokens at the provider (when it has ``revoke_url``) and delete them here."""
-    stored = tokens.load(row.id)
+    stored = tokens.load(row.tenant_id, row.id)
     if stored is None:
         raise Problem(409, f"Integration {row.id!r} is not connected.")
     config = _settings(row)
@@ -237,11 +245,11 @@ def revoke(row: Integration) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - tokens are deleted here anyway
             problem = describe(exc, "revocation").message
     with database.atomic():
-        tokens.delete(row.id)
-        Integration.update(status="inactive", updated_at=utcnow()).where(
+        tokens.delete(row.tenant_id, row.id)
+        Integration.update_of(row.tenant_id, status="inactive", updated_at=utcnow()).where(
             Integration.id == row.id
         ).execute()
         summary = {"integration_id": row.id, "revoked_at_provider": at_provider}
-        emit_event("oauth.revoked", summary)
+        emit_event("oauth.revoked", summary, tenant_id=row.tenant_id)
         record_audit("oauth.revoked", "integration", row.id, {**summary, "provider_error": problem})
     return {"revoked_at_provider": at_provider, "provider_error": problem}

@@ -15,6 +15,8 @@ from app.oauth.schemas import (
     CallbackArgsSchema,
     ConnectionSchema,
     RevokeResultSchema,
+    SsoDiscoverArgsSchema,
+    SsoDiscoverySchema,
     SsoLoginArgsSchema,
     SsoLoginResultSchema,
 )
@@ -88,6 +90,16 @@ def oauth_callback(args: dict[str, Any]) -> Response:
     errors (`error=access_denied`) are logged and shown (`?oauth=error&error=…`).
     """
     return connections.complete(args)
+
+
+@blp.route("/auth/sso/discover", methods=["GET"])
+@blp.arguments(SsoDiscoverArgsSchema, location="query")
+@blp.response(200, SsoDiscoverySchema)
+@blp.problem(404, "No SSO integration claims the address's domain")
+def sso_discover(args: dict[str, Any]) -> dict[str, Any]:
+    """Find where an email address signs in: the SSO integration (and tenant) that claims its
+    domain. No key: a login page asks it before anyone is signed in."""
+    return sso.discover(args["email"])
 
 
 @blp.route("/auth/sso/<integration_id>/login", methods=["GET"])

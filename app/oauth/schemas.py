@@ -81,3 +81,26 @@ class SsoUserSchema(ma.Schema):
 class SsoLoginResultSchema(LoginResultSchema):
     user = ma.fields.Nested(SsoUserSchema)
     provisioned = ma.fields.Boolean(metadata={"description": "The user was created by this login"})
+    linked = ma.fields.Boolean(
+        metadata={"description": "An existing account was signed in by email for the first time"}
+    )
+
+
+class SsoDiscoverArgsSchema(ma.Schema):
+    email = ma.fields.String(
+        required=True,
+        validate=ma.validate.Length(min=3, max=320),
+        metadata={"description": "The address the person signs in with"},
+    )
+
+
+class SsoTenantSchema(ma.Schema):
+    id = ma.fields.String()
+    external_id = ma.fields.String()
+    name = ma.fields.String()
+
+
+class SsoDiscoverySchema(ma.Schema):
+    integration_id = ma.fields.String()
+    login_url = ma.fields.String(metadata={"description": "Open it in the browser to sign in"})
+    tenant = ma.fields.Nested(SsoTenantSchema)

@@ -82,9 +82,9 @@ def _scope(token: dict[str, Any]) -> str | None:
     return str(scope)[:2000] if scope else None
 
 
-def load(integration_id: str) -> TokenSet | None:
+def load(tenant_id: str, integration_id: str) -> TokenSet | None:
     """The integration's token set, decrypted, or None when it is not connected."""
-    row = OAuthToken.get_or_none(OAuthToken.integration == integration_id)
+    row = OAuthToken.get_of(tenant_id, OAuthToken.integration == integration_id)
     if row is None:
         return None
     return TokenSet(
@@ -97,7 +97,7 @@ def load(integration_id: str) -> TokenSet | None:
     )
 
 
-def store_new(integration_id: str, token: dict[str, Any]) -> None:
+def store_new(tenant_id: str, integration_id: str, token: dict[str, Any]) -> None:
     """Save the token set of a fresh connection (replacing any earlier one)."""
     fields = {
         "access_token": encrypt(str(token["access_token"])),
@@ -111,19 +111,22 @@ def store_new(integration_id: str, token: dict[str, Any]) -> None:
         "refreshed_at": None,
     }
     updated = (
-        OAuthToken.update(**fields, version=OAuthToken.version + 1)
+        OAuthToken.update_of(tenant_id, **fields, version=OAuthToken.version + 1)
         .where(OAuthToken.integration == integration_id)
         .execute()
     )
     if not updated:
-        OAuthToken.create(integration=integration_id, **fields)
+        OAuthToken.create(tenant_id=tenant_id, integration=integration_id, **fields)
 
 
-def _store_refreshed(integration_id: str, seen: TokenSet, token: dict[str, Any]) -> bool:
+def _store_refreshed(
+    tenant_id: str, integration_id: str, seen: TokenSet, token: dict[str, Any]
+) -> bool:
     """Compare-and-swap the refreshed set over ``seen``; keep the old refresh token if none came."""
     refresh_token = token.get("refresh_token") or seen.refresh_token
     updated = (
-        OAuthToken.update(
+        OAuthToken.update_of(
+            tenant_id,
             access_token=encrypt(str(token["access_token"])),
             refresh_token=encrypt(str(refresh_token)) if refresh_token else None,
             token_type=str(token.get("token_type") or seen.token_type)[:40],
@@ -138,13 +141,14 @@ def _store_refreshed(integration_id: str, seen: TokenSet, token: dict[str, Any])
     return bool(updated)
 
 
-def delete(integration_id: str) -> bool:
+def delete(tenant_id: str, integration_id: str) -> bool:
     """Forget the integration's tokens; True if there were any."""
-    return bool(OAuthToken.delete().where(OAuthToken.integration == integration_id).execute())
+    query = OAuthToken.delete_of(tenant_id).where(OAuthToken.integration == integration_id)
+    return bool(query.execute())
 
 
-def _connection(integration_id: str) -> Integration:
-    row = Integration.get_or_none(Integration.id == integration_id)
+def _connection(tenant_id: str, integration_id: str) -> Integration:
+    row = Integration.get_of(tenant_id, Integration.id == integration_id)
     if row is None or row.provider != OAUTH_PROVIDER:
         raise TokenUnavailable(f"integration {integration_id} is not an OAuth2 connection")
     return row
@@ -156,11 +160,12 @@ def _needs_refresh(tokens: TokenSet, rejected: str | None) -> bool:
     return tokens.expiring()
 
 
-def access_token(integration_id: str, rejected: str | None = None) -> str:
-    """A valid access token of the connection, refreshed first when needed (see module doc)."""
-    if _connection(integration_id).status == "inactive":
+def access_token(tenant_id: str, integration_id: str, rejected: str | None = None) -> str:
+    """A valid access token of the tenant's connection, refreshed first when needed (see
+    module doc); another tenant's integration is as unknown as a missing one."""
+    if _connection(tenant_id, integration_id).status == "inactive":
         raise TokenUnavailable(f"integration {integration_id} is switched off (inactive)")
-    tokens = load(integration_id)
+    tokens = load(tenant_id, integration_id)
     if tokens is None:
         raise TokenUnavailable(
             f"integration {integration_id} is not connected: "
@@ -168,10 +173,10 @@ def access_token(integration_id: str, rejected: str | None = None) -> str:
         )
     if not _needs_refresh(tokens, rejected):
         return tokens.access_token
-    return _refresh_under_lock(integration_id, rejected)
+    return _refresh_under_lock(tenant_id, integration_id, rejected)
 
 
-def _refresh_under_lock(integration_id: str, rejected: str | None) -> str:
+def _refresh_under_lock(tenant_id: str, integration_id: str, rejected: str | None) -> str:
     try:
         lock = get_redis().lock(
             f"sb:oauth:refresh:{integration_id}",
@@ -186,12 +191,12 @@ def _refresh_under_lock(integration_id: str, rejected: str | None) -> str:
     if not acquired:
         raise TokenUnavailable("another token refresh is taking too long", retryable=True)
     try:
-        tokens = load(integration_id)  # whoever held the lock before may have refreshed
+        tokens = load(tenant_id, integration_id)  # the lock's previous holder may have refreshed
         if tokens is None:
             raise TokenUnavailable(f"integration {integration_id} was disconnected")
         if not _needs_refresh(tokens, rejected):
             return tokens.access_token
-        return refresh(integration_id, tokens).access_token
+        return refresh(tenant_id, integration_id, tokens).access_token
     finally:
         try:
             lock.release()
@@ -199,9 +204,9 @@ def _refresh_under_lock(integration_id: str, rejected: str | None) -> str:
             log.warning("refresh lock of %s expired before release", integration_id)
 
 
-def refresh(integration_id: str, tokens: TokenSet) -> TokenSet:
+def refresh(tenant_id: str, integration_id: str, tokens: TokenSet) -> TokenSet:
     """Refresh now (the caller holds the lock); record the outcome; raise ``TokenUnavailable``."""
-    integration = _connection(integration_id)
+    integration = _connection(tenant_id, integration_id)
     if not tokens.refresh_token:
         raise TokenUnavailable(
             "the access token expired or was rejected and the provider gave no refresh token: "
@@ -216,12 +221,13 @@ def refresh(integration_id: str, tokens: TokenSet) -> TokenSet:
         raise TokenUnavailable(
             exc.message, retryable=isinstance(exc, ProviderUnavailable)
         ) from None
-    if not _store_refreshed(integration_id, tokens, answer):
-        current = load(integration_id)  # reconnected or revoked meanwhile: that set wins
+    if not _store_refreshed(tenant_id, integration_id, tokens, answer):
+        current = load(tenant_id, integration_id)  # reconnected or revoked meanwhile: it wins
         if current is None:
             raise TokenUnavailable(f"integration {integration_id} was disconnected")
         return current
     IntegrationLog.create(
+        tenant_id=tenant_id,
         integration_id=integration_id,
         event_type="oauth.refresh",
         event_data={"rotated_refresh_token": bool(answer.get("refresh_token"))},
@@ -229,7 +235,7 @@ def refresh(integration_id: str, tokens: TokenSet) -> TokenSet:
         response_time_ms=round((time.perf_counter() - started) * 1000, 2),
     )
     metrics.oauth_refresh(success=True)
-    refreshed = load(integration_id)
+    refreshed = load(tenant_id, integration_id)
     assert refreshed is not None
     return refreshed
 
@@ -269,6 +275,7 @@ def _record_failure(integration: Integration, exc: ProviderError, started: float
     metrics.oauth_refresh(success=False)
     with database.atomic():
         IntegrationLog.create(
+            tenant_id=integration.tenant_id,
             integration_id=integration.id,
             event_type="oauth.refresh",
             event_data={"error": exc.error},
@@ -277,10 +284,12 @@ def _record_failure(integration: Integration, exc: ProviderError, started: float
             response_time_ms=elapsed,
         )
         if permanent:
-            Integration.update(status="error", updated_at=utcnow()).where(
+            Integration.update_of(integration.tenant_id, status="error", updated_at=utcnow()).where(
                 Integration.id == integration.id
             ).execute()
-            kinds.integration_status_changed(integration.id, integration.status, "error")
+            kinds.integration_status_changed(
+                integration.tenant_id, integration.id, integration.status, "error"
+            )
             emit_event(
                 "oauth.refresh_failed",
                 {
@@ -288,16 +297,20 @@ def _record_failure(integration: Integration, exc: ProviderError, started: float
                     "error": exc.error,
                     "message": exc.message + "; reconnect the integration",
                 },
+                tenant_id=integration.tenant_id,
             )
     log.warning("token refresh of %s failed: %s", integration.id, exc.message)
 
 
 def refresh_due(horizon: timedelta) -> int:
-    """Refresh every connected token set expiring within ``horizon``; return how many were due."""
+    """Refresh every connected token set expiring within ``horizon``; return how many were due.
+
+    Operator-wide on purpose: the workers refresh every tenant's tokens, each in its tenant.
+    """
     cutoff = utcnow() + horizon
     due = [
-        row.integration_id
-        for row in OAuthToken.select(OAuthToken.integration)
+        (row.tenant_id, row.integration_id)
+        for row in OAuthToken.select(OAuthToken.tenant_id, OAuthToken.integration)
         .join(Integration)
         .where(
             OAuthToken.expires_at.is_null(False)
@@ -306,13 +319,13 @@ def refresh_due(horizon: timedelta) -> int:
             & (Integration.status == "active")  # not switched off, not refused for good
         )
     ]
-    for integration_id in due:
-        tokens = load(integration_id)
+    for tenant_id, integration_id in due:
+        tokens = load(tenant_id, integration_id)
         if tokens is None or not tokens.expiring(horizon):
             continue
         try:
             # "rejected" = the set seen here: refreshed unless another process just did it
-            _refresh_under_lock(integration_id, rejected=tokens.access_token)
+            _refresh_under_lock(tenant_id, integration_id, rejected=tokens.access_token)
         except TokenUnavailable as exc:
             log.warning("scheduled refresh of %s failed: %s", integration_id, exc.message)
     return len(due)

@@ -137,6 +137,103 @@ def _0008_i14_event_routes_version() -> None:
                 )
 
 
+def _columns(table: str) -> set[str]:
+    return {column.name for column in database.get_columns(table)}
+
+
+def _0009_tenants() -> None:
+    """Tenants: every row existing so far moves into the ``default`` tenant.
+
+    - ``tenants``, ``memberships`` and ``sso_domains`` are created, and the default tenant;
+    - every tenant-owned table gets ``tenant_id NOT NULL``, set to the default tenant. (SQLite
+      cannot add a NOT NULL column without a default, so there the column keeps one; the model
+      never lets a write rely on it. PostgreSQL drops it.) Its indexes are created;
+    - ``users.role`` becomes a membership in the default tenant, and admins become platform
+      admins (operators), whose admin keys become platform keys: the admin key a script holds
+      keeps working everywhere, and now also manages tenants;
+    - custom event type names and ``Idempotency-Key``s become unique per tenant, and so does
+      an SSO identity (issuer, subject); the domains of existing SSO integrations are claimed
+      by the default tenant.
+    A database created after this has the new shape already; each step checks first.
+    """
+    postgres = isinstance(database.obj, peewee.PostgresqlDatabase)
+    database.create_tables(models.TENANT_MODELS, safe=True)
+    default = models.DEFAULT_TENANT_ID
+    models.Tenant.insert(
+        id=default, name="default", external_id="default"
+    ).on_conflict_ignore().execute()
+    for model in models.TENANT_OWNED:
+        table = model._meta.table_name
+        if "tenant_id" not in _columns(table):
+            database.execute_sql(
+                f"ALTER TABLE {table} ADD COLUMN tenant_id VARCHAR(40) NOT NULL DEFAULT '{default}'"
+            )
+            if postgres:
+                database.execute_sql(f"ALTER TABLE {table} ALTER COLUMN tenant_id DROP DEFAULT")
+    if "platform" not in _columns("api_keys"):
+        database.execute_sql(
+            "ALTER TABLE api_keys ADD COLUMN platform BOOLEAN NOT NULL DEFAULT FALSE"
+        )
+    if "platform_admin" not in _columns("users"):
+        database.execute_sql(
+            "ALTER TABLE users ADD COLUMN platform_admin BOOLEAN NOT NULL DEFAULT FALSE"
+        )
+    if "role" in _columns("users"):
+        rows = database.execute_sql("SELECT id, role FROM users").fetchall()
+        for user_id, role in rows:
+            models.Membership.insert(
+                id=models.new_id("mem"), user=user_id, tenant_id=default, role=role
+            ).on_conflict_ignore().execute()
+        admins = [user_id for user_id, role in rows if role == "admin"]
+        if admins:
+            models.User.update(platform_admin=True).where(models.User.id.in_(admins)).execute()
+            keys = models.ApiKey.of(default).where(models.ApiKey.created_by.in_(admins))
+            platform = [row.id for row in keys if "admin" in (row.permissions or ())]
+            if platform:
+                models.ApiKey.update_of(default, platform=True).where(
+                    models.ApiKey.id.in_(platform)
+                ).execute()
+        database.execute_sql("ALTER TABLE users DROP COLUMN role")
+    if "id" not in _columns("event_types"):
+        _rebuild_event_types()
+    database.execute_sql("DROP INDEX IF EXISTS events_idempotency_key")
+    database.execute_sql("DROP INDEX IF EXISTS sso_identities_issuer_subject")
+    tables: list[type[peewee.Model]] = [*models.TENANT_OWNED, *models.TENANT_MODELS]
+    for table_model in tables:
+        for index in table_model._meta.fields_to_index():
+            database.execute_sql(*_index_sql(table_model, index))
+    _claim_existing_sso_domains(default)
+
+
+def _index_sql(model: type[peewee.Model], index: peewee.ModelIndex) -> tuple[str, list[object]]:
+    """``CREATE [UNIQUE] INDEX IF NOT EXISTS``, named as peewee names the model's index."""
+    context = database.get_sql_context()
+    return context.sql(index.safe(True)).query()
+
+
+def _rebuild_event_types() -> None:
+    """Event types had their name as primary key: give them an id and a per-tenant name."""
+    rows = database.execute_sql(
+        "SELECT name, description, created_at, tenant_id FROM event_types"
+    ).fetchall()
+    database.execute_sql("DROP TABLE event_types")
+    database.create_tables([models.EventType])
+    for name, description, created_at, tenant_id in rows:
+        models.EventType.create(
+            name=name, description=description, created_at=created_at, tenant_id=tenant_id
+        )
+
+
+def _claim_existing_sso_domains(tenant_id: str) -> None:
+    for integration in models.Integration.of(tenant_id).where(
+        models.Integration.provider == "oidc"
+    ):
+        for domain in integration.config.get("allowed_domains") or ():
+            models.SsoDomain.insert(
+                domain=str(domain).lower(), tenant_id=tenant_id, integration=integration.id
+            ).on_conflict_ignore().execute()
+
+
 MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0001_foundation", _0001_foundation),
     ("0002_events_and_webhooks", _0002_events_and_webhooks),
@@ -146,6 +243,7 @@ MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0006_i9_webhook_failing_since", _0006_i9_webhook_failing_since),
     ("0007_i9_history_indexes", _0007_i9_history_indexes),
     ("0008_i14_event_routes_version", _0008_i14_event_routes_version),
+    ("0009_tenants", _0009_tenants),
 ]
 
 

@@ -50,11 +50,92 @@ def _id_field(prefix: str) -> peewee.CharField:
     return peewee.CharField(primary_key=True, max_length=40, default=lambda: new_id(prefix))
 
 
+#: The tenant every installation has: the operator's own, and the home of every row that
+#: existed before tenants (migration ``0009_tenants``). It can be neither suspended nor deleted.
+DEFAULT_TENANT_ID = "ten_default"
+TENANT_STATUSES = ("active", "suspended", "deleting")
+
+
+class Tenant(BaseModel):
+    """An organisation served by this Switchboard; it owns every :class:`TenantOwned` row."""
+
+    id = _id_field("ten")
+    name = peewee.CharField(max_length=200)
+    external_id = peewee.CharField(unique=True, max_length=200)  # the operator's customer id
+    status = peewee.CharField(max_length=20, default="active")  # see TENANT_STATUSES
+    quotas = JSONField(default=dict)
+    settings = JSONField(default=dict)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "tenants"
+
+
+class _NoTenant:
+    """The default of a tenant column: writing it fails, so no row falls into a tenant by
+    omission (a migrated SQLite column keeps the default its ``ADD COLUMN`` needed)."""
+
+    def __repr__(self) -> str:
+        return "<no tenant>"
+
+
+NO_TENANT = _NoTenant()
+
+
+class TenantField(peewee.CharField):
+    """The owning tenant's id: required on every write, compared on every scoped query."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=40, default=NO_TENANT, **kwargs)
+
+    def db_value(self, value: Any) -> Any:
+        if isinstance(value, _NoTenant) or value is None:  # peewee copies defaults: no ``is``
+            raise ValueError(f"{self.model.__name__}.tenant_id is required")
+        return super().db_value(value)
+
+
+class TenantOwned(BaseModel):
+    """A table whose every row belongs to one tenant.
+
+    Read and write it through the scoped class methods, which all require the tenant: ``of``,
+    ``get_of``, ``update_of``, ``delete_of`` (``tests/test_architecture.py`` fails on a plain
+    ``select``/``update``/``delete``/``get`` outside the modules it lists as operator-wide).
+    A row is created with ``tenant_id`` like any other field, and its own ``save`` and
+    ``delete_instance`` act on that row only.
+    """
+
+    tenant_id = TenantField()
+
+    @classmethod
+    def of(cls, tenant_id: str, *fields: Any) -> Any:
+        """``SELECT`` of this tenant's rows."""
+        return cls.select(*fields).where(cls.tenant_id == tenant_id)
+
+    @classmethod
+    def get_of(cls, tenant_id: str, *conditions: Any) -> Any:
+        """The tenant's first row matching ``conditions``, or None."""
+        return cls.of(tenant_id).where(*conditions).first()
+
+    @classmethod
+    def update_of(cls, tenant_id: str, *args: Any, **changes: Any) -> Any:
+        """``UPDATE`` of this tenant's rows (add conditions with ``.where``)."""
+        return cls.update(*args, **changes).where(cls.tenant_id == tenant_id)
+
+    @classmethod
+    def delete_of(cls, tenant_id: str) -> Any:
+        """``DELETE`` of this tenant's rows (add conditions with ``.where``)."""
+        return cls.delete().where(cls.tenant_id == tenant_id)
+
+
 class User(BaseModel):
+    """A person; their role in each tenant is a :class:`Membership`."""
+
     id = _id_field("usr")
     email = peewee.CharField(unique=True, max_length=320)
     password_hash = peewee.CharField(max_length=100)
-    role = peewee.CharField(max_length=20, default="member")
+    # Operators: manage /tenants and act on any tenant (admin there), with platform keys.
+    platform_admin = peewee.BooleanField(default=False)
     disabled = peewee.BooleanField(default=False)
     created_at = peewee.DateTimeField(default=utcnow)
 
@@ -62,7 +143,26 @@ class User(BaseModel):
         table_name = "users"
 
 
-class ApiKey(BaseModel):
+ROLES = ("admin", "member", "readonly")
+
+
+class Membership(TenantOwned):
+    """A user's role in one tenant."""
+
+    id = _id_field("mem")
+    user = peewee.ForeignKeyField(User, on_delete="CASCADE", column_name="user_id")
+    user_id: str
+    role = peewee.CharField(max_length=20)  # see ROLES
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "memberships"
+        indexes = ((("user_id", "tenant_id"), True),)
+
+
+class ApiKey(TenantOwned):
+    """A key of one tenant; a ``platform`` key (operators) acts on any tenant it names."""
+
     id = _id_field("key")
     name = peewee.CharField(max_length=200)
     key_prefix = peewee.CharField(unique=True, max_length=32)
@@ -77,6 +177,8 @@ class ApiKey(BaseModel):
     expires_at = peewee.DateTimeField(null=True)
     last_used_at = peewee.DateTimeField(null=True)
     revoked_at = peewee.DateTimeField(null=True)
+    # Not bound to its tenant (its home, where it acts unless it names another).
+    platform = peewee.BooleanField(default=False)
     created_at = peewee.DateTimeField(default=utcnow)
     created_by = peewee.ForeignKeyField(
         User, null=True, on_delete="SET NULL", column_name="created_by"
@@ -87,9 +189,10 @@ class ApiKey(BaseModel):
 
     class Meta:
         table_name = "api_keys"
+        indexes = ((("tenant_id", "created_at"), False),)
 
 
-class Integration(BaseModel):
+class Integration(TenantOwned):
     id = _id_field("int")
     name = peewee.CharField(max_length=200, index=True)
     type = peewee.CharField(max_length=20, index=True)
@@ -109,9 +212,10 @@ class Integration(BaseModel):
 
     class Meta:
         table_name = "integrations"
+        indexes = ((("tenant_id", "created_at"), False),)
 
 
-class IntegrationLog(BaseModel):
+class IntegrationLog(TenantOwned):
     id = peewee.BigAutoField()
     integration_id = peewee.CharField(max_length=40, null=True, index=True)
     event_type = peewee.CharField(max_length=200)
@@ -123,10 +227,13 @@ class IntegrationLog(BaseModel):
 
     class Meta:
         table_name = "integration_logs"
-        indexes = ((("integration_id", "id"), False),)  # one integration's logs, keyset
+        indexes = (
+            (("integration_id", "id"), False),  # one integration's logs, keyset
+            (("tenant_id", "id"), False),  # a tenant's logs, keyset
+        )
 
 
-class AuditLog(BaseModel):
+class AuditLog(TenantOwned):
     id = peewee.BigAutoField()
     actor_key_id = peewee.CharField(max_length=40, null=True, index=True)
     actor_user_id = peewee.CharField(max_length=40, null=True, index=True)
@@ -140,23 +247,27 @@ class AuditLog(BaseModel):
 
     class Meta:
         table_name = "audit_log"
+        indexes = ((("tenant_id", "id"), False),)
 
 
 FOUNDATION_MODELS = [User, ApiKey, Integration, IntegrationLog, AuditLog]
 
 
-class EventType(BaseModel):
-    """A custom event type registered through the API (built-in ones live in code)."""
+class EventType(TenantOwned):
+    """A custom event type registered through the API (built-in ones live in code); names are
+    unique per tenant."""
 
-    name = peewee.CharField(primary_key=True, max_length=200)
+    id = _id_field("evt")
+    name = peewee.CharField(max_length=200)
     description = peewee.TextField(default="")
     created_at = peewee.DateTimeField(default=utcnow)
 
     class Meta:
         table_name = "event_types"
+        indexes = ((("tenant_id", "name"), True),)
 
 
-class Webhook(BaseModel):
+class Webhook(TenantOwned):
     id = _id_field("wh")
     url = peewee.TextField()
     events = JSONField(default=list)
@@ -181,15 +292,16 @@ class Webhook(BaseModel):
 
     class Meta:
         table_name = "webhooks"
+        indexes = ((("tenant_id", "created_at"), False),)
 
 
-class Event(BaseModel):
+class Event(TenantOwned):
     """The outbox: one row per published event; ``id`` is the receivers' webhook-id."""
 
     id = _id_field("msg")
     type = peewee.CharField(max_length=200, index=True)
     payload = JSONField(default=dict)
-    idempotency_key = peewee.CharField(max_length=300, null=True, unique=True)
+    idempotency_key = peewee.CharField(max_length=300, null=True)  # unique per tenant
     # The API request that published it, so workers log deliveries with the same request id.
     request_id = peewee.CharField(max_length=64, null=True)
     created_at = peewee.DateTimeField(default=utcnow, index=True)
@@ -198,10 +310,14 @@ class Event(BaseModel):
 
     class Meta:
         table_name = "events"
-        indexes = ((("created_at", "id"), False),)  # the events list, keyset
+        indexes = (
+            (("created_at", "id"), False),
+            (("tenant_id", "created_at", "id"), False),  # a tenant's events list, keyset
+            (("tenant_id", "idempotency_key"), True),
+        )
 
 
-class Delivery(BaseModel):
+class Delivery(TenantOwned):
     """One event for one target (a webhook, or an integration's subscription action)."""
 
     id = _id_field("dlv")
@@ -236,10 +352,12 @@ class Delivery(BaseModel):
             (("status", "next_attempt_at"), False),
             (("webhook", "created_at", "id"), False),  # a webhook's deliveries, keyset
             (("created_at",), False),  # retention
+            (("tenant_id", "created_at"), False),  # erasure, a tenant's history
+            (("tenant_id", "status", "next_attempt_at"), False),  # claims for one tenant
         )
 
 
-class DeliveryAttempt(BaseModel):
+class DeliveryAttempt(TenantOwned):
     id = peewee.BigAutoField()
     delivery = peewee.ForeignKeyField(
         Delivery, on_delete="CASCADE", column_name="delivery_id", backref="attempt_rows"
@@ -255,12 +373,13 @@ class DeliveryAttempt(BaseModel):
 
     class Meta:
         table_name = "delivery_attempts"
+        indexes = ((("tenant_id", "id"), False),)
 
 
 EVENT_MODELS = [EventType, Webhook, Event, Delivery, DeliveryAttempt]
 
 
-class OAuthToken(BaseModel):
+class OAuthToken(TenantOwned):
     """An OAuth2 connection's token set; both tokens encrypted (``secretbox``), never shown.
 
     Kept apart from the integration's config so that a refresh is a compare-and-swap on
@@ -282,9 +401,10 @@ class OAuthToken(BaseModel):
 
     class Meta:
         table_name = "oauth_tokens"
+        indexes = ((("tenant_id", "expires_at"), False),)
 
 
-class SsoIdentity(BaseModel):
+class SsoIdentity(TenantOwned):
     """A user's account at an identity provider: ``(issuer, subject)`` signs in as ``user``."""
 
     id = _id_field("sid")
@@ -302,13 +422,28 @@ class SsoIdentity(BaseModel):
 
     class Meta:
         table_name = "sso_identities"
-        indexes = ((("issuer", "subject"), True),)
+        indexes = ((("tenant_id", "issuer", "subject"), True),)
+
+
+class SsoDomain(TenantOwned):
+    """An email domain claimed by one tenant's SSO integration: ``/auth/sso/discover`` finds
+    the provider by it, and no other tenant can claim it."""
+
+    domain = peewee.CharField(primary_key=True, max_length=253)
+    integration = peewee.ForeignKeyField(
+        Integration, on_delete="CASCADE", column_name="integration_id"
+    )
+    integration_id: str
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "sso_domains"
 
 
 OAUTH_MODELS = [OAuthToken, SsoIdentity]
 
 
-class AlertRule(BaseModel):
+class AlertRule(TenantOwned):
     """A condition watched by the workers and where to send its alerts."""
 
     id = _id_field("alr")
@@ -328,9 +463,10 @@ class AlertRule(BaseModel):
 
     class Meta:
         table_name = "alert_rules"
+        indexes = ((("tenant_id", "created_at"), False),)
 
 
-class AlertFiring(BaseModel):
+class AlertFiring(TenantOwned):
     """One incident of a rule for one subject (a webhook, an integration, a key…)."""
 
     id = _id_field("alf")
@@ -350,10 +486,13 @@ class AlertFiring(BaseModel):
 
     class Meta:
         table_name = "alert_firings"
-        indexes = ((("rule", "subject", "fired_at"), False),)
+        indexes = (
+            (("rule", "subject", "fired_at"), False),
+            (("tenant_id", "fired_at"), False),
+        )
 
 
-class AlertNotification(BaseModel):
+class AlertNotification(TenantOwned):
     """One notice of a firing (``fired`` or ``resolved``) to the rule's target."""
 
     id = _id_field("aln")
@@ -374,7 +513,32 @@ class AlertNotification(BaseModel):
 
     class Meta:
         table_name = "alert_notifications"
-        indexes = ((("status", "next_attempt_at"), False),)
+        indexes = (
+            (("status", "next_attempt_at"), False),
+            (("tenant_id", "created_at"), False),
+        )
 
 
 ALERT_MODELS = [AlertRule, AlertFiring, AlertNotification]
+
+TENANT_MODELS = [Tenant, Membership, SsoDomain]
+
+#: Every tenant-owned table, children before parents (the order erasure deletes them in).
+TENANT_OWNED: list[type[TenantOwned]] = [
+    DeliveryAttempt,
+    Delivery,
+    Event,
+    AlertNotification,
+    AlertFiring,
+    AlertRule,
+    OAuthToken,
+    SsoIdentity,
+    SsoDomain,
+    Webhook,
+    IntegrationLog,
+    AuditLog,
+    EventType,
+    ApiKey,
+    Integration,
+    Membership,
+]

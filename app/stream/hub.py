@@ -38,6 +38,7 @@ class StreamEntry:
     """One entry as read from Redis; ``data`` stays the JSON text it was written as."""
 
     id: str
+    tenant_id: str
     kind: str
     scope: str
     integration_id: str
@@ -62,7 +63,9 @@ def parse_entry(entry_id: Any, fields: Any) -> StreamEntry:
         return value.decode() if isinstance(value, bytes) else str(value)
 
     raw_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-    return StreamEntry(raw_id, text("k"), text("s"), text("i"), text("w"), text("e"), text("d"))
+    return StreamEntry(
+        raw_id, text("t"), text("k"), text("s"), text("i"), text("w"), text("e"), text("d")
+    )
 
 
 class Subscriber:

@@ -1,12 +1,14 @@
 """What the live stream announces: one function per kind, each with the scope that sees it.
 
-A key sees an entry when it holds the entry's scope (``admin`` holds all), exactly as it could
+Every entry belongs to one tenant, and only streams acting in that tenant see it. Within it, a
+key sees an entry when it holds the entry's scope (``admin`` holds all), exactly as it could
 read the same facts through the REST API:
 
 - ``event.published`` — an event entered the outbox. ``integration.*`` events need
   ``integrations:read``, ``api_key.*`` ``admin`` (they name every user's keys, while
-  ``keys:read`` lists only its owner's), ``alert.*`` ``alerts:read``, every other
-  event (the ones webhooks carry) ``webhooks:read``.
+  ``keys:read`` lists only its owner's), ``alert.*`` ``alerts:read``, ``tenant.*`` (the
+  operator's events, in the default tenant) ``admin``, every other event (the ones webhooks
+  carry) ``webhooks:read``.
 - ``delivery.attempted`` — an attempt and its outcome (``succeeded``, ``retrying``, ``failed``,
   ``held``): ``webhooks:read`` for webhooks, ``integrations:read`` for subscribed actions.
 - ``integration.status_changed`` and ``job.state_changed`` (connector action jobs:
@@ -27,6 +29,7 @@ _EVENT_FAMILY_SCOPES = {
     "integration": "integrations:read",
     "api_key": "admin",
     "alert": "alerts:read",
+    "tenant": "admin",
 }
 
 
@@ -55,7 +58,7 @@ def hidden_event_families(can_see: Callable[[str], bool]) -> list[str]:
 
 
 def event_published(
-    event_id: str, event_type: str, created_at: datetime, payload: dict[str, Any]
+    tenant_id: str, event_id: str, event_type: str, created_at: datetime, payload: dict[str, Any]
 ) -> None:
     """An event was written to the outbox."""
     data = payload if isinstance(payload, dict) else {}
@@ -65,6 +68,7 @@ def event_published(
     publish(
         "event.published",
         {"id": event_id, "type": event_type, "created_at": _iso(created_at), "data": payload},
+        tenant_id=tenant_id,
         scope=event_scope(event_type),
         integration_id=integration_id if isinstance(integration_id, str) else None,
         webhook_id=data.get("webhook_id") if isinstance(data.get("webhook_id"), str) else None,
@@ -74,6 +78,7 @@ def event_published(
 
 def delivery_attempted(
     *,
+    tenant_id: str,
     delivery_id: str,
     event_id: str,
     event_type: str,
@@ -102,6 +107,7 @@ def delivery_attempted(
             "response_time_ms": round(response_time_ms, 2),
             "next_attempt_at": _iso(next_attempt_at),
         },
+        tenant_id=tenant_id,
         scope="webhooks:read" if webhook_id else "integrations:read",
         integration_id=integration_id,
         webhook_id=webhook_id,
@@ -109,20 +115,28 @@ def delivery_attempted(
     )
 
 
-def integration_status_changed(integration_id: str, previous: str, status: str) -> None:
+def integration_status_changed(
+    tenant_id: str, integration_id: str, previous: str, status: str
+) -> None:
     """An integration's status changed (through the API or a test)."""
     if previous == status:
         return
     publish(
         "integration.status_changed",
         {"integration_id": integration_id, "status": status, "previous_status": previous},
+        tenant_id=tenant_id,
         scope="integrations:read",
         integration_id=integration_id,
     )
 
 
 def job_state_changed(
-    job_id: str, integration_id: str, action: str, state: str, error: str | None = None
+    tenant_id: str,
+    job_id: str,
+    integration_id: str,
+    action: str,
+    state: str,
+    error: str | None = None,
 ) -> None:
     """A connector action job was queued, started, finished, will retry, or failed."""
     publish(
@@ -134,13 +148,14 @@ def job_state_changed(
             "state": state,
             "error": error,
         },
+        tenant_id=tenant_id,
         scope="integrations:read",
         integration_id=integration_id,
     )
 
 
 def log_created(row: dict[str, Any]) -> None:
-    """An integration log entry was written (``row`` as inserted)."""
+    """An integration log entry was written (``row`` as inserted, its ``tenant_id`` included)."""
     publish(
         "log.created",
         {
@@ -151,11 +166,12 @@ def log_created(row: dict[str, Any]) -> None:
             "response_time_ms": row.get("response_time_ms"),
             "event_data": row.get("event_data"),
         },
+        tenant_id=row["tenant_id"],
         scope="logs:read",
         integration_id=row.get("integration_id"),
     )
 
 
-def alert_changed(kind: str, firing: dict[str, Any]) -> None:
+def alert_changed(tenant_id: str, kind: str, firing: dict[str, Any]) -> None:
     """An alert fired (``alert.fired``) or resolved (``alert.resolved``)."""
-    publish("alert." + kind, firing, scope="alerts:read")
+    publish("alert." + kind, firing, tenant_id=tenant_id, scope="alerts:read")

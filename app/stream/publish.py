@@ -15,9 +15,10 @@ stream without trimming it: :data:`ORIGIN_KEY` holds an id (by the Redis clock) 
 the first entry written since the stream was last created, so a client resuming from an older
 id learns that the entries in between may be lost.
 
-Each entry has the fields ``k`` (kind: ``delivery.attempted``…), ``s`` (the scope a key needs to
-see it), ``i``/``w`` (integration and webhook id, for filters), ``e`` (the domain event type,
-when it concerns one) and ``d`` (the JSON data).
+Each entry has the fields ``t`` (the tenant it belongs to: only that tenant's readers see it),
+``k`` (kind: ``delivery.attempted``…), ``s`` (the scope a key needs to see it), ``i``/``w``
+(integration and webhook id, for filters), ``e`` (the domain event type, when it concerns one)
+and ``d`` (the JSON data).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ end
 class Entry:
     """One stream entry before it is written."""
 
+    tenant_id: str
     kind: str
     scope: str
     data: dict[str, Any]
@@ -98,6 +100,7 @@ class Entry:
 
     def fields(self) -> dict[str, str]:
         return {
+            "t": self.tenant_id,
             "k": self.kind,
             "s": self.scope,
             "i": self.integration_id or "",
@@ -202,13 +205,15 @@ def publish(
     kind: str,
     data: dict[str, Any],
     *,
+    tenant_id: str,
     scope: str,
     integration_id: str | None = None,
     webhook_id: str | None = None,
     event_type: str | None = None,
 ) -> None:
-    """Announce ``kind`` to stream readers holding ``scope``, once this transaction commits."""
-    entry = Entry(kind, scope, data, integration_id, webhook_id, event_type)
+    """Announce ``kind`` to ``tenant_id``'s stream readers holding ``scope``, once this
+    transaction commits."""
+    entry = Entry(tenant_id, kind, scope, data, integration_id, webhook_id, event_type)
     publisher = get_publisher()
     if database.in_transaction():
         database.after_commit(lambda: publisher.put(entry))

@@ -10,8 +10,9 @@ from urllib.parse import urlencode
 from flask import Response, current_app, g, redirect, request, stream_with_context, url_for
 from flask.typing import ResponseReturnValue
 
-from app.auth.access import Principal, authenticate
+from app.auth.access import Principal, authenticate, current_principal
 from app.limits.enforce import enforce as enforce_rate_limit
+from app.limits.quotas import requests_limit
 from app.metrics import instruments as metrics
 from app.store.db import database
 from app.store.models import utcnow
@@ -36,9 +37,11 @@ def _caller(args: dict[str, Any]) -> Principal:
     token = args.get("token")
     if not token:
         return authenticate()
-    principal = principal_for_key(redeem_token(token))
-    enforce_rate_limit(principal.key.id, principal.key.rate_limit)
+    principal = principal_for_key(*redeem_token(token))
+    tenant_limit = None if principal.platform else requests_limit(principal.tenant)
+    enforce_rate_limit(principal.key.id, principal.key.rate_limit, tenant_limit=tenant_limit)
     g.principal = principal
+    g.tenant_id = principal.tenant_id
     return principal
 
 
@@ -112,7 +115,8 @@ def stream(args: dict[str, Any]) -> ResponseReturnValue:
 @blp.problem(503, "Redis is unavailable")
 def create_stream_token() -> dict[str, Any]:
     """Trade the key for a single-use stream token valid for 60 seconds (for EventSource)."""
-    token = issue_token(g.principal.key.id)
+    principal = current_principal()
+    token = issue_token(principal.key.id, principal.tenant_id)
     base = current_app.config["STREAM_URL"] or url_for("stream.stream", _external=True)
     return {
         "token": token,

@@ -110,7 +110,11 @@ class StreamSession:
         self.epoch = hub.epoch
 
     def visible(self, entry: StreamEntry) -> bool:
-        return self.principal.has(entry.scope) and self.filters.admit(entry)
+        return (
+            entry.tenant_id == self.principal.tenant_id
+            and self.principal.has(entry.scope)
+            and self.filters.admit(entry)
+        )
 
     def run(
         self, subscriber: Subscriber, start_after: str, last_event_id: str | None
@@ -173,7 +177,7 @@ class StreamSession:
         self.epoch = self.hub.epoch
         try:
             with self.app.app_context(), database.connection_context():
-                self.principal = principal_for_key(key.id)
+                self.principal = principal_for_key(key.id, self.principal.tenant_id)
         except Problem as exc:
             return _control("stream.closed", {"reason": exc.description})
         return None

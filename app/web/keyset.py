@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 import marshmallow as ma
 import peewee
-from flask import after_this_request, request
+from flask import after_this_request, g, request
 
 from app.web.api import PageArgsSchema
 from app.web.problems import Problem
@@ -69,9 +69,12 @@ def paginate_keyset(
         query: the filtered query, without ORDER BY.
         args: loaded :class:`KeysetArgsSchema` arguments.
         keys: the columns the list is ordered by, all descending; an index must cover them.
-        name: the list's name, written into cursors so one list's cursor is refused by another.
+        name: the list's name, written into cursors so one list's cursor is refused by another;
+            the tenant the request acts in is written in too, so a cursor handed out in one
+            tenant is refused (422) in another.
     """
     limit, offset = args["limit"], args["offset"]
+    name = f"{name}@{g.get('tenant_id') or ''}"
     ordered = query.order_by(*(key.desc() for key in keys))
     if args.get("cursor"):
         if offset:

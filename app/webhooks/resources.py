@@ -9,10 +9,12 @@ from flask import current_app
 from flask.views import MethodView
 
 from app.audit import record_audit, record_change, record_update
+from app.auth.access import current_tenant_id
 from app.events.catalog import emit_event, event_catalog, is_valid_pattern
 from app.events.dispatch import requeue_refused
 from app.events.held import hold_pending, recover_failed, recover_outage, release_held
 from app.events.outbox import wake_dispatcher
+from app.limits.quotas import check_room
 from app.outbound.guard import UnsafeURL
 from app.outbound.session import check_outbound_url, unsafe_url_reason
 from app.store.db import database
@@ -55,8 +57,8 @@ ROTATION_OVERLAP = timedelta(hours=24)
 
 
 def get_webhook(webhook_id: str) -> Webhook:
-    """The webhook or a 404 problem."""
-    row = Webhook.get_or_none(Webhook.id == webhook_id)
+    """The tenant's webhook or a 404 problem."""
+    row = Webhook.get_of(current_tenant_id(), Webhook.id == webhook_id)
     if row is None:
         raise Problem(404, f"No webhook {webhook_id!r}.")
     return row
@@ -73,13 +75,14 @@ def validate_target(data: dict[str, Any]) -> None:
             check_outbound_url(data["url"])
         except UnsafeURL as exc:
             raise _invalid("url", unsafe_url_reason(exc)) from exc
+    tenant_id = current_tenant_id()
     if "events" in data:
-        catalog = event_catalog()
+        catalog = event_catalog(tenant_id)
         unknown = [p for p in data["events"] if not is_valid_pattern(p, catalog)]
         if unknown:
             raise _invalid("events", "unknown event types: " + ", ".join(unknown))
-    if "integration_id" in data and not Integration.get_or_none(
-        Integration.id == data["integration_id"]
+    if "integration_id" in data and not Integration.get_of(
+        tenant_id, Integration.id == data["integration_id"]
     ):
         raise _invalid("integration_id", f"no integration {data['integration_id']!r}")
 
@@ -96,7 +99,7 @@ class Webhooks(MethodView):
     @blp.response(200, WebhookPageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """List webhook endpoints (secrets are never shown)."""
-        query = Webhook.select()
+        query = Webhook.of(current_tenant_id())
         if args.get("integration_id"):
             query = query.where(Webhook.integration == args["integration_id"])
         if args.get("status"):
@@ -113,9 +116,14 @@ class Webhooks(MethodView):
         """Create a webhook endpoint; its signing secret is returned only this once."""
         validate_target(data)
         secret = data.pop("secret", None) or generate_secret()
+        tenant_id = current_tenant_id()
         with database.atomic():
+            check_room(tenant_id, "max_webhooks", Webhook.of(tenant_id))
             row = Webhook.create(
-                secret=encrypt(secret), integration=data.pop("integration_id"), **data
+                tenant_id=tenant_id,
+                secret=encrypt(secret),
+                integration=data.pop("integration_id"),
+                **data,
             )
             view = webhook_view(row)
             record_change("webhook", "created", row.id, view, view)
@@ -179,7 +187,7 @@ def _change(
     row.updated_at = utcnow()
     row.save()
     if data.get("status") == "disabled":
-        hold_pending(row.id)
+        hold_pending(row.tenant_id, row.id)
     elif data.get("status") == "active":
         released = {**release_held(row, held), "recovered": 0}
         if since is not None:
@@ -187,7 +195,7 @@ def _change(
         elif failing_since is not None and held == "send":
             released["recovered"] = recover_outage(row, failing_since)
     if data.get("url", before["url"]) != before["url"]:
-        requeue_refused(row.id)  # the SSRF guard may let the new URL through
+        requeue_refused(row.tenant_id, row.id)  # the SSRF guard may let the new URL through
     record_update("webhook", row.id, before, webhook_view(row), data)
     return released
 
@@ -246,6 +254,7 @@ def test_webhook(webhook_id: str) -> dict[str, Any]:
     body = event_body("webhook.test", now, data)
     result = send_signed(row.url, signing_secrets(row), test_event.id, body, row.timeout_ms)
     logged = IntegrationLog.create(
+        tenant_id=row.tenant_id,
         integration_id=row.integration_id,
         event_type="webhook.test",
         event_data={
@@ -281,7 +290,9 @@ def rotate_secret(webhook_id: str) -> dict[str, Any]:
         row.updated_at = utcnow()
         row.save()
         record_audit("webhook.secret_rotated", "webhook", row.id, {})
-        emit_event("webhook.updated", {**webhook_view(row), "changed": ["secret"]})
+        emit_event(
+            "webhook.updated", {**webhook_view(row), "changed": ["secret"]}, tenant_id=row.tenant_id
+        )
     return {"secret": secret, "previous_secret_until": row.previous_secret_until}
 
 
@@ -290,7 +301,7 @@ def _with_attempts(deliveries: list[Delivery]) -> list[Delivery]:
     ids = [d.id for d in deliveries]
     by_delivery: dict[str, list[DeliveryAttempt]] = {i: [] for i in ids}
     if ids:
-        rows = DeliveryAttempt.select().where(DeliveryAttempt.delivery.in_(ids))
+        rows = DeliveryAttempt.of(current_tenant_id()).where(DeliveryAttempt.delivery.in_(ids))
         for attempt in rows.order_by(DeliveryAttempt.attempt):
             by_delivery[attempt.delivery_id].append(attempt)
     for delivery in deliveries:
@@ -306,7 +317,11 @@ def _with_attempts(deliveries: list[Delivery]) -> list[Delivery]:
 def list_deliveries(args: dict[str, Any], webhook_id: str) -> dict[str, Any]:
     """List a webhook's deliveries with every attempt, newest first."""
     get_webhook(webhook_id)
-    query = Delivery.select(Delivery, Event).join(Event).where(Delivery.webhook == webhook_id)
+    query = (
+        Delivery.of(current_tenant_id(), Delivery, Event)
+        .join(Event)
+        .where(Delivery.webhook == webhook_id)
+    )
     if args.get("status"):
         query = query.where(Delivery.status == args["status"])
     page = paginate_keyset(query, args, [Delivery.created_at, Delivery.id], "deliveries")
@@ -321,14 +336,21 @@ def list_deliveries(args: dict[str, Any], webhook_id: str) -> dict[str, Any]:
 @blp.problem(409, "The delivery is already pending")
 def retry_delivery(delivery_id: str) -> Delivery:
     """Redeliver now (same webhook-id), whatever the earlier outcome."""
+    tenant_id = current_tenant_id()
     with database.atomic():
-        row = Delivery.select(Delivery, Event).join(Event).where(Delivery.id == delivery_id).first()
+        row = (
+            Delivery.of(tenant_id, Delivery, Event)
+            .join(Event)
+            .where(Delivery.id == delivery_id)
+            .first()
+        )
         if row is None:
             raise Problem(404, f"No delivery {delivery_id!r}.")
         now = utcnow()
         free = Delivery.lease_until.is_null() | (Delivery.lease_until <= now)
         updated = (
-            Delivery.update(
+            Delivery.update_of(
+                tenant_id,
                 status="pending",
                 next_attempt_at=now,
                 max_attempts=max(row.max_attempts, row.attempts + 1),
@@ -339,7 +361,7 @@ def retry_delivery(delivery_id: str) -> Delivery:
         )
         if not updated:
             raise Problem(409, "This delivery is being attempted right now.")
-        row = Delivery.select(Delivery, Event).join(Event).where(Delivery.id == delivery_id).get()
+        row = Delivery.of(tenant_id, Delivery, Event).join(Event).where(Delivery.id == row.id).get()
         record_audit("delivery.retried", "delivery", row.id, {})
         database.after_commit(wake_dispatcher)
     current_app.logger.info("delivery %s queued for manual retry", row.id)
