@@ -24,7 +24,7 @@ from app.connectors.extension import connector_context, get_registry, unavailabl
 from app.events.catalog import emit_event
 from app.events.progress import paused_tenants
 from app.store.db import database
-from app.store.models import Event, Integration, IntegrationLog
+from app.store.models import Event, Integration, IntegrationLog, Tenant
 from app.store.redis import get_redis
 from app.stream import kinds
 from app.web.api import Blueprint
@@ -104,7 +104,10 @@ def receive_inbound(integration_id: str) -> ResponseReturnValue:
     # By id across tenants on purpose: the unguessable id in the URL is what names the tenant
     # (the provider has no API key); the connector's signature check authenticates the request.
     integration = Integration.get_or_none(Integration.id == integration_id)
-    if integration is not None and integration.tenant_id in paused_tenants():
+    if (
+        integration is not None
+        and paused_tenants().where(Tenant.id == integration.tenant_id).exists()
+    ):
         raise Problem(403, "This integration's tenant is suspended; nothing is received.")
     connector = get_registry().get(integration.provider) if integration else None
     if integration is not None and connector is None:  # the provider retries a 503 later

@@ -23,7 +23,9 @@ these bounds, so it is never what ends a job.
 A worker that dies stops renewing: its leases lapse within ``DELIVERY_LEASE_SECONDS``. The
 next dispatcher that looks for work records each such delivery's lost attempt (``worker
 lost``) and makes it due again, so only what was in flight is resent — at least once, nothing
-lost, and the history says so.
+lost, and the history says so. A worker asked to stop (SIGTERM) drains at once: it waits
+``STOP_GRACE`` seconds for its sends in flight, then hands back the rest the same way (``worker
+stopped``), without waiting for their leases to lapse.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -71,6 +72,7 @@ from app.store.models import (
 from app.store.redis import get_redis
 from app.webhooks.backoff import retry_delay
 from app.webhooks.sender import SendResult, event_body, send_signed, signing_secrets
+from app.workers import stopping
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ COALESCE_SECONDS = 0.005  # how long to wait for the next send ending before rec
 POLL_SECONDS = 0.02  # how often a job with sends in flight checks for announced work
 RECHECK_SECONDS = 1.0  # ... and looks for due work anyway (retries, lapsed leases)
 WORKER_LOST = "worker lost: its lease lapsed while the attempt was in flight"
+WORKER_STOPPED = "worker stopped before the answer came: handed back to be sent again"
 
 
 @dataclass
@@ -134,11 +137,12 @@ class Dispatcher:
         self.lease = float(config["DELIVERY_LEASE_SECONDS"])
         self.cap = int(config["WEBHOOK_MAX_IN_FLIGHT"])
         self.tenant_cap = int(config["TENANT_MAX_IN_FLIGHT"])
-        self.paused: set[str] = set()  # tenants not active (suspended): nothing is claimed
         self.connector_timeout = float(config["CONNECTOR_TIMEOUT"])
         self.in_flight: dict[str, _Send] = {}  # by delivery id
         # Sends as they end; None is a nudge (new work announced: look now, not at the poll).
-        self.finished: queue.SimpleQueue[tuple[str, SendResult] | None] = queue.SimpleQueue()
+        # A queue.Queue, not a SimpleQueue: on Python 3.11 SimpleQueue.get(timeout=...) waits
+        # for ever once a signal handler (SIGTERM's) outlasts the timeout.
+        self.finished: queue.Queue[tuple[str, SendResult] | None] = queue.Queue()
         self.renewed = time.monotonic()
         # Claimed deliveries of webhooks at their in-flight cap, by webhook (or integration).
         self.waiting: dict[str, deque[Claimed]] = {}
@@ -150,6 +154,7 @@ class Dispatcher:
         self.announced = 0  # wake-ups announced as of the last check
         self.fresh: set[str] = set()  # tenants announced with new work: claim theirs next turn
         self.fresh_since = time.time()  # the newest tenant announcement seen
+        self.stop_by: float | None = None  # asked to stop: hand back what is in flight then
 
     def run(self, until: float) -> int:
         """Claim, send and record until nothing is due and nothing in flight, or ``until``;
@@ -172,7 +177,7 @@ class Dispatcher:
 
     def _claiming_turn(self, until: float) -> None:
         now = time.monotonic()
-        if now >= until:
+        if now >= until or stopping.requested():
             self._hand_over()
             return
         if self.look or now - self.looked >= RECHECK_SECONDS:
@@ -219,6 +224,14 @@ class Dispatcher:
         if not self.in_flight:
             self.phase = Phase.DONE
             return
+        if stopping.requested():
+            self.stop_by = self.stop_by or time.monotonic() + stopping.STOP_GRACE
+            if time.monotonic() >= self.stop_by:  # their threads finish in the background
+                sends = [send.item.delivery for send in self.in_flight.values()]
+                self.in_flight.clear()
+                hand_back_lost(sends, WORKER_STOPPED)
+                self.phase = Phase.DONE
+                return
         self._record(self._collect())
         self._renew()
 
@@ -230,18 +243,16 @@ class Dispatcher:
             return True  # look again once threads are free
         if time.monotonic() - self.looked >= RECHECK_SECONDS:
             release_lapsed()
-            self.paused = progress.paused_tenants()
         progress.claim_pass()
         load = self._load()
         busy = {target for target, n in load.items() if n >= self.cap} | self.waiting.keys()
         tenants = self._tenant_load()
         full = {tenant for tenant, n in tenants.items() if n >= self.tenant_cap}
-        skipped = full | self.paused
         if only is None:
-            batch = claim_due(free, token=self.token, busy=busy, busy_tenants=skipped)
+            batch = claim_due(free, token=self.token, busy=busy, busy_tenants=full)
         else:  # each through its own index range: past nobody's backlog
             batch = []
-            for tenant_id in sorted(only - skipped):
+            for tenant_id in sorted(only - full):
                 batch += claim_due(
                     free - len(batch), token=self.token, busy=busy, tenant_id=tenant_id
                 )
@@ -393,8 +404,8 @@ def claim_due(
     sending them needs.
 
     ``busy`` names webhooks and integrations already at their in-flight cap, ``busy_tenants``
-    tenants at theirs (or suspended): their deliveries are skipped, so a backlog of one slow
-    endpoint, or of one tenant, does not crowd out everyone else's.
+    tenants at theirs: their deliveries are skipped, so a backlog of one slow endpoint, or of
+    one tenant, does not crowd out everyone else's. A suspended tenant's are never claimed.
     """
     if limit <= 0:
         return []
@@ -403,7 +414,7 @@ def claim_due(
     # Never leased or handed back. A lapsed lease is taken only after ``release_lapsed`` has
     # recorded the attempt its dead worker lost.
     free = Delivery.lease_token.is_null()
-    wanted = (Delivery.status == "pending") & (Delivery.next_attempt_at <= now) & free
+    wanted = progress.claimable() & (Delivery.next_attempt_at <= now) & free
     if busy:
         wanted &= Delivery.webhook.is_null() | Delivery.webhook.not_in(busy)
         wanted &= Delivery.integration.is_null() | Delivery.integration.not_in(busy)
@@ -452,17 +463,12 @@ def release_lapsed(limit: int = 500) -> int:
     """Record the lost attempt of each delivery whose lease lapsed and make it due again.
 
     A lease lapses only when its worker stopped renewing it mid-send (killed, or cut off from
-    the database): the receiver may have got the request, so the attempt counts — in the
-    delivery's ``attempts``, as an attempt row and a log entry with error :data:`WORKER_LOST`
-    and the lease — and a delivery whose budget it used up fails (a payload that kills its
-    worker every time must not be retried for ever). Each row is released with a
-    compare-and-swap on its lease token, so two dispatchers never record the same loss twice.
-    Returns how many were released.
+    the database): the receiver may have got the request, so the attempt counts (see
+    :func:`hand_back_lost`, error :data:`WORKER_LOST`). Returns how many were released.
     """
     now = utcnow()
     lapsed = list(
-        Delivery.select(Delivery, Webhook.id, Webhook.integration)
-        .join(Webhook, peewee.JOIN.LEFT_OUTER)
+        Delivery.select(Delivery.id, Delivery.lease_token, Delivery.lease_until)
         .where(
             (Delivery.status == "pending")
             & Delivery.lease_token.is_null(False)
@@ -470,15 +476,38 @@ def release_lapsed(limit: int = 500) -> int:
         )
         .limit(limit)
     )
-    if not lapsed:
+    return hand_back_lost(lapsed, WORKER_LOST)
+
+
+def hand_back_lost(leased: list[Delivery], reason: str) -> int:
+    """Record an attempt for each of ``leased`` whose answer never came (``reason``, with the
+    lease), release it and make it due again; return how many were released.
+
+    The receiver may have got the request, so the attempt counts — in the delivery's
+    ``attempts``, as an attempt row and a log entry — and a delivery whose budget it used up
+    fails (a payload that kills its worker every time must not be retried for ever). Each row
+    is released with a compare-and-swap on the lease it had, so two dispatchers never record
+    the same loss twice, and one recorded meanwhile is left alone.
+    """
+    if not leased:
         return 0
+    leases = {row.id: (row.lease_token, row.lease_until) for row in leased}
+    rows = list(
+        Delivery.select(Delivery, Webhook.id, Webhook.integration)
+        .join(Webhook, peewee.JOIN.LEFT_OUTER)
+        .where(Delivery.id.in_(list(leases)) & (Delivery.status == "pending"))
+    )
+    now = utcnow()
     attempts: list[dict[str, Any]] = []
     logs: list[dict[str, Any]] = []
     with database.atomic():
-        for row in lapsed:
+        for row in rows:
+            token, lease_until = leases[row.id]
+            if token is None or row.lease_token != token:
+                continue
             attempt = row.attempts + 1
-            until = row.lease_until.isoformat() + "Z" if row.lease_until else "?"
-            error = f"{WORKER_LOST} (lease {row.lease_token} until {until})"
+            until = lease_until.isoformat() + "Z" if lease_until else "?"
+            error = f"{reason} (lease {token} until {until})"
             released = (
                 Delivery.update(
                     status="pending" if attempt < row.max_attempts else "failed",
@@ -490,7 +519,7 @@ def release_lapsed(limit: int = 500) -> int:
                     next_attempt_at=now,
                     updated_at=now,
                 )
-                .where((Delivery.id == row.id) & (Delivery.lease_token == row.lease_token))
+                .where((Delivery.id == row.id) & (Delivery.lease_token == token))
                 .execute()
             )
             if not released:
@@ -528,8 +557,9 @@ def release_lapsed(limit: int = 500) -> int:
         insert_rows(DeliveryAttempt, attempts)
         insert_rows(IntegrationLog, logs)
     if attempts:
-        log.warning("%d deliveries lost with their worker; attempts recorded", len(attempts))
+        log.warning("%d deliveries handed back (%s); attempts recorded", len(attempts), reason)
         observe.logs_written(logs)
+        wake_dispatcher()  # another worker, or this one, sends them again
     return len(attempts)
 
 
@@ -596,7 +626,7 @@ def _admit_rate_limited(batch: list[Claimed]) -> list[Claimed]:
 
 
 # The running dispatchers' queues a nudge is put on, and the pid whose listener runs.
-_nudged: set[queue.SimpleQueue[tuple[str, SendResult] | None]] = set()
+_nudged: set[queue.Queue[tuple[str, SendResult] | None]] = set()
 _nudged_lock = threading.Lock()
 _listener_pid: int | None = None
 
@@ -627,7 +657,7 @@ def _listen_for_nudges(app: Any) -> None:
     threading.Thread(target=listen, name="dispatch-nudges", daemon=True).start()
 
 
-_pool: tuple[int, ThreadPoolExecutor] | None = None  # (owning pid, pool)
+_pool: tuple[int, queue.SimpleQueue[Any]] | None = None  # (owning pid, its work queue)
 _pool_lock = threading.Lock()
 _running = 0  # sends running in this process's pool, abandoned overrunning ones included
 
@@ -646,7 +676,7 @@ def _submit(fn: Any) -> None:
 
     with _pool_lock:
         _running += 1
-    _send_pool().submit(counted)
+    _send_pool().put(counted)
 
 
 def _pool_busy() -> int:
@@ -654,11 +684,14 @@ def _pool_busy() -> int:
         return _running
 
 
-def _send_pool() -> ThreadPoolExecutor:
-    """This process's sending threads, started once and reused by every job.
+def _send_pool() -> queue.SimpleQueue[Any]:
+    """This process's ``SEND_THREADS`` sending threads (their work queue), started once and
+    reused by every job.
 
-    Starting the threads per job cost more than sending. A forked child (a forking RQ worker)
-    does not inherit threads, so it makes its own pool.
+    Starting threads per job cost more than sending. They are daemon threads: a worker that
+    stops never waits for a send still hanging on a slow receiver (a stopping dispatcher hands
+    those back). A forked child (a forking RQ worker) does not inherit threads, so it makes its
+    own pool.
     """
     global _pool  # noqa: PLW0603 - one lazily created pool per process
     pool = _pool
@@ -666,9 +699,18 @@ def _send_pool() -> ThreadPoolExecutor:
         with _pool_lock:
             pool = _pool
             if pool is None or pool[0] != os.getpid():
-                executor = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="send")
-                pool = _pool = (os.getpid(), executor)
+                work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+                for n in range(SEND_THREADS):
+                    threading.Thread(
+                        target=_send_loop, args=(work,), name=f"send_{n}", daemon=True
+                    ).start()
+                pool = _pool = (os.getpid(), work)
     return pool[1]
+
+
+def _send_loop(work: queue.SimpleQueue[Any]) -> None:
+    while True:
+        work.get()()
 
 
 def perform(item: Claimed) -> SendResult:
@@ -705,6 +747,8 @@ class _Writes:
     failed_attempts: dict[str, int] = field(default_factory=dict)
     # Deliveries that ended, by (tenant, succeeded|failed): the tenants' usage.
     finished: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # observe.attempt_recorded arguments: counted, announced and logged once committed.
+    observed: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
@@ -769,11 +813,14 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
         attempts = [row for row in writes.attempts if row["delivery"] in alive]
         insert_rows(DeliveryAttempt, attempts)
         insert_rows(IntegrationLog, writes.logs)
-        observe.logs_written(writes.logs)
         from app.events.catalog import emit_event
 
         for tenant_id, event_type, data in events_to_emit:
             emit_event(event_type, data, tenant_id=tenant_id)
+    # Metrics, the live stream and log lines tell of attempts the API can already show.
+    for observed in writes.observed:
+        observe.attempt_recorded(*observed)
+    observe.logs_written(writes.logs)
     count_outcomes(writes.finished)
 
 
@@ -824,7 +871,7 @@ def _record_one(
             "next_attempt_at": next_at,
         }
     )
-    observe.attempt_recorded(delivery, item.event, webhook, result, status, attempt, next_at)
+    writes.observed.append((delivery, item.event, webhook, result, status, attempt, next_at))
     if webhook is None:  # a subscription: execute_action already logged the run
         return emitted
     log_status = "success" if result.success else ("pending" if status == "pending" else "error")
@@ -956,7 +1003,7 @@ def _schedule_next_wake() -> None:
     tenant's deliveries wake nobody: resuming it does)."""
     nxt = (
         Delivery.select(Delivery.next_attempt_at)
-        .where(progress.claimable(progress.paused_tenants()))
+        .where(progress.claimable())
         .order_by(Delivery.next_attempt_at)
         .first()
     )

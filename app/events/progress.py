@@ -56,22 +56,22 @@ def last_claim_age() -> float | None:
     return None if raw is None else max(0.0, time.time() - float(raw))
 
 
-def paused_tenants() -> set[str]:
-    """Tenants whose deliveries wait, not due to anyone: suspended, or being erased."""
-    return {row.id for row in Tenant.select(Tenant.id).where(Tenant.status != "active")}
+def paused_tenants() -> Any:
+    """Tenants whose deliveries wait, not due to anyone: suspended, or being erased (a query:
+    every claim reads it afresh, so a suspension holds from the moment it is committed)."""
+    return Tenant.select(Tenant.id).where(Tenant.status != "active")
 
 
-def claimable(paused: set[str]) -> Any:
-    """Pending deliveries of tenants that are not ``paused``."""
-    pending = Delivery.status == "pending"
-    return pending & Delivery.tenant_id.not_in(paused) if paused else pending
+def claimable() -> Any:
+    """Pending deliveries of tenants that are not paused."""
+    return (Delivery.status == "pending") & Delivery.tenant_id.not_in(paused_tenants())
 
 
 def unclaimed_filter(now: datetime) -> Any:
     """Due, pending deliveries that no dispatcher holds (never leased, or the lease lapsed), of
     tenants whose deliveries go (a suspended tenant's wait for it to be resumed)."""
     free = Delivery.lease_until.is_null() | (Delivery.lease_until < now)
-    return claimable(paused_tenants()) & (Delivery.next_attempt_at <= now) & free
+    return claimable() & (Delivery.next_attempt_at <= now) & free
 
 
 def oldest_unclaimed_age(tenant_id: str | None = None) -> float | None:

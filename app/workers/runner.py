@@ -33,12 +33,14 @@ from app.logs.structured import request_id_bound
 from app.store.outage import WORKER_SURVIVES, describe
 from app.store.queues import QUEUE_NAMES
 from app.store.redis import connect
-from app.workers import liveness
+from app.workers import liveness, stopping
 
 log = logging.getLogger("switchboard.worker")
 
 #: Longest wait between reconnection attempts (RQ's own default is a minute).
 MAX_BACKOFF = 5.0
+#: How long a stopping worker waits for its scheduler process before killing it.
+SCHEDULER_STOP_SECONDS = 2.0
 #: A loop that ran this long before failing starts its next backoff from one second again.
 STABLE_AFTER = 30.0
 
@@ -90,6 +92,32 @@ class Worker(SimpleWorker):
         """A SIGINT/SIGTERM asked this worker to stop (RQ's own flag)."""
         return bool(self._stop_requested)
 
+    def handle_warm_shutdown_request(self) -> None:
+        """Also tell the job in hand to wind down (see :mod:`app.workers.stopping`)."""
+        stopping.request()
+        super().handle_warm_shutdown_request()
+
+    def subscribe(self) -> None:
+        """RQ's command channel, read by a thread that wakes every second, not every minute:
+        stopping waits for that thread (redis-py joins it with no time limit)."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ: None
+            sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
+    def stop_scheduler(self) -> None:
+        """Ask the scheduler process to stop, without waiting: RQ joins it here, inside the
+        signal handler, which would pause the job in hand for up to a scheduler interval.
+        :meth:`teardown` reaps it."""
+        process = self.scheduler._process if self.scheduler else None
+        if process is not None and process.pid:
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except OSError:
+                pass
+
     def check_for_suspension(self, burst: bool) -> None:
         self._guarded(super().check_for_suspension, burst)
 
@@ -139,12 +167,19 @@ class Worker(SimpleWorker):
         super().handle_exception(job, *exc_info)
 
     def teardown(self) -> None:
-        """Unregister if Redis lets us; otherwise just stop the pubsub thread."""
+        """Unregister if Redis lets us; otherwise just stop the pubsub thread. Then reap the
+        scheduler process (it stops within its interval; one that does not is killed)."""
         try:
             super().teardown()
         except WORKER_SURVIVES:
             if self.pubsub_thread:
                 self.pubsub_thread.stop()
+        process = self.scheduler._process if self.scheduler else None
+        if process is not None and process.pid:
+            process.join(SCHEDULER_STOP_SECONDS)
+            if process.is_alive():
+                process.kill()
+                process.join()
 
 
 def default_name() -> str:
