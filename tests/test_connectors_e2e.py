@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ import standardwebhooks
 from app import create_app
 from app.store.db import database
 from app.store.models import DEFAULT_TENANT_ID, AuditLog, Delivery, Event, Integration
-from tests.conftest import create_github_integration
+from tests.conftest import ApiClient, create_github_integration, make_key
 from tests.peers import Receiver
 
 INTS = "/api/v1/integrations"
@@ -237,7 +239,7 @@ def test_action_job_runs_and_retries_after_429(api, worker):
         assert job["result"] == {"ok": True, "channel": "C123", "ts": "1700000000.1"}
         assert job["attempts"] == 2 and job["action"] == "send_message"
         posts = [r for r in peer.requests if r.path.endswith("chat.postMessage")]
-        assert len(posts) == 2 and posts[1].at - posts[0].at >= 0.9
+        assert len(posts) == 2 and posts[1].at - posts[0].at >= 1.0  # Retry-After: 1 is a minimum
         assert json.loads(posts[1].body)["text"] == "hello"
         logs = api.get(f"{INTS}/{slack['id']}/logs?event_type=action.send_message").json["items"]
         assert [entry["status"] for entry in logs] == ["success", "pending"]
@@ -360,7 +362,7 @@ def test_inbound_ping_allowed_ips_and_unknown(api, client):
     assert client.post("/api/v1/inbound/int_missing", data=b"{}").status_code == 404
 
 
-def test_broken_plugins_do_not_stop_the_app(app, api):
+def test_broken_plugins_do_not_stop_the_app(app, api, client, admin_user):
     registry = app.extensions["plugins"]
 
     from app import hookimpl
@@ -377,6 +379,13 @@ def test_broken_plugins_do_not_stop_the_app(app, api):
         assert items["raising"]["status"] == "error" and "boom" in items["raising"]["error"]
         assert items["slack"]["status"] == "loaded"
         assert api.get(INTS).status_code == 200
+        # Load errors are read with the integrations' scope, not by any key.
+        publisher = ApiClient(client, make_key(app, admin_user, ["events:write"]))
+        for path in ("/api/v1/connectors", "/api/v1/connectors/raising"):
+            refused = publisher.get(path)
+            assert refused.status_code == 403 and "integrations:read" in refused.json["detail"]
+        reader = ApiClient(client, make_key(app, admin_user, ["integrations:read"]))
+        assert reader.get("/api/v1/connectors/raising").json["status"] == "error"
     finally:
         registry.unregister("raising")
     # An entry point that fails to import: the app still starts and lists it.
@@ -392,14 +401,33 @@ def test_broken_plugins_do_not_stop_the_app(app, api):
 
 
 @pytest.fixture(scope="session")
-def example_installed():
-    """Install the third-party example connector (its own distribution) into this venv."""
-    source = Path(__file__).parent / "example_connector"
+def example_site(tmp_path_factory):
+    """The third-party example connector installed (as its own distribution) into a directory
+    of this session's, never into the virtualenv: nothing outlives the tests."""
+    site = tmp_path_factory.mktemp("example-site")
+    source = tmp_path_factory.mktemp("example-source") / "example_connector"
+    # A copy: building in place would leave build/ and *.egg-info in the repository.
+    shutil.copytree(
+        Path(__file__).parent / "example_connector",
+        source,
+        ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"),
+    )
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", str(source)],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+        + ["--target", str(site), str(source)],
         check=True,
     )
+    return site
+
+
+@pytest.fixture()
+def example_installed(example_site, monkeypatch):
+    """The example connector importable by this test's apps and the processes they start."""
+    monkeypatch.syspath_prepend(str(example_site))
+    paths = [str(example_site), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     yield
+    sys.modules.pop("switchboard_example", None)
 
 
 def test_third_party_package_end_to_end(app, admin_key, example_installed, worker):

@@ -17,6 +17,8 @@ import pytest
 import requests
 import standardwebhooks
 
+from app.store import migrations
+from app.store.db import open_database
 from tests.peers import GunicornServer, Receiver, WorkerProcess
 from tests.test_cli import run_flask
 
@@ -36,7 +38,7 @@ def _postgres_copy(url: str) -> str:
     from psycopg2 import sql
 
     parts = urlsplit(url)
-    name = "switchboard_upgrade_test"
+    name = f"{parts.path.strip('/')}_upgrade"  # one per suite worker
     admin = psycopg2.connect(url.replace(parts.path, "/postgres"))
     admin.autocommit = True
     with admin.cursor() as cur:
@@ -50,6 +52,15 @@ def _postgres_copy(url: str) -> str:
         cur.execute((FIXTURES / "postgresql.sql").read_text())
     conn.close()
     return target
+
+
+def _recorded_migrations(url: str) -> list[str]:
+    database = open_database(url)
+    try:
+        rows = database.execute_sql("SELECT version FROM schema_migrations ORDER BY version")
+        return [row[0] for row in rows]
+    finally:
+        database.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -70,6 +81,10 @@ def test_an_upgraded_database_keeps_every_key_webhook_and_pending_delivery(
     url, known = old_database
     upgraded = run_flask(app, "db", "upgrade", database_url=url)
     assert "0009_tenants" in upgraded.stdout
+    # Migrations the old release recorded under names with internal ids keep counting as
+    # applied, now under the names they have today: nothing was applied twice.
+    assert upgraded.stdout.strip() == "applied: 0009_tenants"
+    assert _recorded_migrations(url) == [name for name, _ in migrations.MIGRATIONS]
     server = GunicornServer(app, tmp_path / "gunicorn.log", DATABASE_URL=url)
     base = server.start() + "/api/v1"
     receiver = Receiver()

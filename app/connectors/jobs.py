@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from flask import current_app
@@ -89,6 +90,8 @@ def run_action(
         schedule = current_app.config["WEBHOOK_RETRY_SCHEDULE"]
         delay = outcome.retry_after or retry_delay(schedule, retries_done + 1)
         announce("retrying", outcome.error)
-        return Retry(max=ACTION_MAX_RETRIES, interval=max(1, round(delay)))
+        # RQ schedules in whole seconds, rounding the time down: one second more makes the
+        # wait at least ``delay`` (a Retry-After is a minimum).
+        return Retry(max=ACTION_MAX_RETRIES, interval=math.ceil(delay) + 1)
     announce("failed", outcome.error)
     raise ActionFailed(outcome.error or "action failed")

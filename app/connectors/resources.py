@@ -32,16 +32,17 @@ def _catalog() -> list[dict[str, Any]]:
 
 
 @blp.route("/connectors", methods=["GET"])
-@blp.auth(None)
+@blp.auth("integrations:read")
 @blp.response(200, ConnectorListSchema)
 def list_connectors() -> dict[str, Any]:
-    """List installed connectors with schemas, actions, event types and load status."""
+    """List installed connectors with schemas, actions, event types and load status (a plugin
+    that failed to load shows its error: ``integrations:read``, like the integrations)."""
     items = _catalog()
     return {"items": items, "total": len(items)}
 
 
 @blp.route("/connectors/<name>", methods=["GET"])
-@blp.auth(None)
+@blp.auth("integrations:read")
 @blp.response(200, ConnectorSchema)
 @blp.problem(404, "No such connector")
 def get_connector(name: str) -> dict[str, Any]:

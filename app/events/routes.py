@@ -4,7 +4,7 @@ Every publish needs the targets its type matches. Reading every webhook and subs
 integration on each publish cost two queries and their row building, so each process keeps
 them, checked on every use against ``event_routes_version``: a single-row value that database
 triggers change in the very transaction that creates, deletes or re-routes a webhook or an
-integration's subscriptions (see migration ``0008_i14_event_routes_version``). So a change
+integration's subscriptions (see migration ``0008_event_routes_version``). So a change
 committed by any process is seen by the next publish anywhere — no time-based staleness — and
 the check is one indexed single-row read, not the tables.
 

@@ -1,7 +1,7 @@
 """Schema migrations: an ordered list, applied once each and recorded in ``schema_migrations``.
 
-Add a new function at the end of ``MIGRATIONS``; never edit one that has shipped.
-``flask --app app db upgrade`` (and the run command) applies the pending ones.
+Add a new function at the end of ``MIGRATIONS``, named by what it does; never edit one that
+has shipped. ``flask --app app db upgrade`` (and the run command) applies the pending ones.
 """
 
 from __future__ import annotations
@@ -31,22 +31,22 @@ def _0002_events_and_webhooks() -> None:
     database.create_tables(models.EVENT_MODELS)
 
 
-def _0003_i12_oauth_tokens_and_sso_identities() -> None:
+def _0003_oauth_tokens_and_sso_identities() -> None:
     database.create_tables(models.OAUTH_MODELS, safe=True)
 
 
-def _0004_i13_event_request_ids() -> None:
+def _0004_event_request_ids() -> None:
     """events.request_id: the API request that published an event (a fresh database has it)."""
     if "request_id" not in {column.name for column in database.get_columns("events")}:
         migrator = SchemaMigrator.from_database(database.obj)
         migrate(migrator.add_column("events", "request_id", models.Event.request_id))
 
 
-def _0005_i13_alerts() -> None:
+def _0005_alerts() -> None:
     database.create_tables(models.ALERT_MODELS, safe=True)
 
 
-def _0006_i9_webhook_failing_since() -> None:
+def _0006_webhook_failing_since() -> None:
     """webhooks.failing_since: auto-disable measures failing time (a fresh database has it)."""
     if "failing_since" not in {column.name for column in database.get_columns("webhooks")}:
         migrator = SchemaMigrator.from_database(database.obj)
@@ -61,7 +61,7 @@ HISTORY_INDEXES = {
 }
 
 
-def _0007_i9_history_indexes() -> None:
+def _0007_history_indexes() -> None:
     """Indexes for keyset pages of logs, events and deliveries, and for retention.
 
     Named as peewee names the models' indexes, so a database created after this (whose tables
@@ -81,7 +81,7 @@ ROUTE_COLUMNS = {
 }
 
 
-def _0008_i14_event_routes_version() -> None:
+def _0008_event_routes_version() -> None:
     """event_routes_version: one row whose value changes with every change to the routing of
     events (webhooks' patterns and status, integrations' subscriptions and status)."""
     database.execute_sql(
@@ -237,14 +237,26 @@ def _claim_existing_sso_domains(tenant_id: str) -> None:
 MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0001_foundation", _0001_foundation),
     ("0002_events_and_webhooks", _0002_events_and_webhooks),
-    ("0003_i12_oauth_tokens_and_sso_identities", _0003_i12_oauth_tokens_and_sso_identities),
-    ("0004_i13_event_request_ids", _0004_i13_event_request_ids),
-    ("0005_i13_alerts", _0005_i13_alerts),
-    ("0006_i9_webhook_failing_since", _0006_i9_webhook_failing_since),
-    ("0007_i9_history_indexes", _0007_i9_history_indexes),
-    ("0008_i14_event_routes_version", _0008_i14_event_routes_version),
+    ("0003_oauth_tokens_and_sso_identities", _0003_oauth_tokens_and_sso_identities),
+    ("0004_event_request_ids", _0004_event_request_ids),
+    ("0005_alerts", _0005_alerts),
+    ("0006_webhook_failing_since", _0006_webhook_failing_since),
+    ("0007_history_indexes", _0007_history_indexes),
+    ("0008_event_routes_version", _0008_event_routes_version),
     ("0009_tenants", _0009_tenants),
 ]
+
+
+#: Names migrations were recorded under before they were named by what they do alone
+#: (0.1.0 recorded these): an upgrade records them under today's names.
+RENAMED = {
+    "0003_i12_oauth_tokens_and_sso_identities": "0003_oauth_tokens_and_sso_identities",
+    "0004_i13_event_request_ids": "0004_event_request_ids",
+    "0005_i13_alerts": "0005_alerts",
+    "0006_i9_webhook_failing_since": "0006_webhook_failing_since",
+    "0007_i9_history_indexes": "0007_history_indexes",
+    "0008_i14_event_routes_version": "0008_event_routes_version",
+}
 
 
 def upgrade() -> list[str]:
@@ -252,6 +264,9 @@ def upgrade() -> list[str]:
     applied: list[str] = []
     with database.connection_context():
         database.create_tables([SchemaMigration])
+        with database.atomic():
+            for old, new in RENAMED.items():
+                SchemaMigration.update(version=new).where(SchemaMigration.version == old).execute()
         done = {row.version for row in SchemaMigration.select()}
         for version, migrate in MIGRATIONS:
             if version in done:
