@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.connectors.hookspecs import hookimpl
+if TYPE_CHECKING:
+    from app.connectors.hookspecs import hookimpl
 
 __all__ = ["create_app", "hookimpl"]
 __version__ = "0.1.0"
@@ -32,3 +33,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Any:
     except ConfigError as exc:
         print(f"switchboard: configuration error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_CONFIG_ERROR) from None
+
+
+def __getattr__(name: str) -> Any:
+    """``hookimpl`` is imported when a plugin asks for it: importing ``app`` alone (gunicorn's
+    config module, in the master) must not import the HTTP stack before gevent patches it."""
+    if name == "hookimpl":
+        from app.connectors.hookspecs import hookimpl
+
+        return hookimpl
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

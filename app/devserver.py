@@ -8,10 +8,17 @@ until Ctrl-C, which stops everything it started. All of them count their metrics
 multiprocess directory (``instance/metrics``, emptied on start) that ``/metrics`` reads. The
 children log warnings and the access log only, unless ``--verbose`` (or
 ``SWITCHBOARD_LOG_LEVEL``) asks for more.
+
+The banner (with the admin key) is printed once the API and the stream service answer. The
+children run in a process group of their own: the terminal's Ctrl-C reaches this command
+alone, which stops them in order (SIGTERM: the worker hands back its sends in flight, the
+servers finish their requests) and exits 0. Should this command die without cleaning up, the
+kernel sends them SIGTERM (Linux's parent-death signal).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -19,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,8 +42,9 @@ from app.store.redis import RedisUnreachable, require_redis, shown_url, stop_emb
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_KEY_FILE = "dev-admin-key"
-CTRL_C_GRACE_SECONDS = 10.0
-TERM_GRACE_SECONDS = 5.0
+STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL for what is still running
+START_SECONDS = 60.0  # the API and the stream service answer within this, or the start fails
+STREAM_GRACE_SECONDS = 3  # open streams end (clients reconnect) when the stream service stops
 #: gunicorn's own refusals (414, 431, 400) answered as problem+json; see the module.
 GUNICORN_CONFIG = "python:app.web.gunicorn_conf"
 
@@ -62,7 +71,8 @@ def dev_command(host: str, port: int, workers: int, stream_port: int | None, ver
     except RedisUnreachable as exc:
         raise click.ClickException(str(exc)) from None
     children: dict[str, subprocess.Popen[bytes]] = {}
-    interrupted, exited = False, None
+    exited = None
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops it like Ctrl-C
     try:  # from here on, whatever happens, stop what was started
         with database.connection_context(), database.atomic():
             user, password = ensure_admin("admin@localhost", None)
@@ -71,18 +81,24 @@ def dev_command(host: str, port: int, workers: int, stream_port: int | None, ver
         stream_url = f"http://{host}:{stream_port}/api/v1/stream"
         ports = (port, stream_port)
         _start_children(children, app, host, ports, workers, verbose, stream_url)
-        try:  # Ctrl-C while the banner prints is a Ctrl-C like any later one
+        exited = _wait_until_serving(children, [f"http://{host}:{p}/api/v1/health" for p in ports])
+        if exited is None:
             _banner(app, host, port, stream_url, password, secret)
-            interrupted, exited = _supervise(children)
-        except KeyboardInterrupt:
-            interrupted = True
+            exited = _supervise(children)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C (or SIGTERM): stop everything, quietly
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
-        _stop_children(children, interrupted)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_children(children)
         stop_embedded_redis(app)
         click.echo("stopped")
     if exited:
         raise click.ClickException(f"{exited[0]} exited with code {exited[1]}")
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _banner(
@@ -146,67 +162,82 @@ def _start_children(
     bin_dir = Path(sys.executable).parent
     level = env["SWITCHBOARD_LOG_LEVEL"].lower()
     # The app logs one access line per request itself (SWITCHBOARD_ACCESS_LOG).
-    children["gunicorn"] = subprocess.Popen(  # noqa: S603 - fixed argv
-        [
+    commands = {
+        "gunicorn": [
             str(bin_dir / "gunicorn"),
             *("-w", str(workers), "-k", "gthread", "--threads", "4"),
             *("-b", f"{host}:{ports[0]}", "--log-level", level),
             *("-c", GUNICORN_CONFIG),
             "app:create_app()",
         ],
-        cwd=ROOT,
-        env=env,
-    )
-    children["stream service"] = subprocess.Popen(  # noqa: S603 - fixed argv
-        [
+        "stream service": [
             str(bin_dir / "gunicorn"),
             *("-w", "1", "-k", "gevent", "--worker-connections", "1000"),
             *("-b", f"{host}:{ports[1]}", "--log-level", level),
-            *("-c", GUNICORN_CONFIG),
+            *("--graceful-timeout", str(STREAM_GRACE_SECONDS), "-c", GUNICORN_CONFIG),
             "app:create_app()",
         ],
-        cwd=ROOT,
-        env=env,
-    )
-    children["worker.py"] = subprocess.Popen(  # noqa: S603 - fixed argv
-        [sys.executable, str(ROOT / "worker.py")], cwd=ROOT, env=env
-    )
+        "worker.py": [sys.executable, str(ROOT / "worker.py")],
+    }
+    group = 0  # the first child's pid once it started: they all share its process group
+    for name, argv in commands.items():
+        child = subprocess.Popen(  # noqa: S603 - fixed argv
+            argv, cwd=ROOT, env=env, process_group=group, preexec_fn=_end_with_parent
+        )
+        children[name] = child
+        group = group or child.pid
 
 
-def _supervise(children: dict[str, subprocess.Popen[bytes]]) -> tuple[bool, tuple[str, int] | None]:
-    """Wait for Ctrl-C, SIGTERM or a child exiting; return (interrupted, (name, code) or None)."""
-    stopping = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        while not stopping:
-            for name, child in children.items():
-                if child.poll() is not None:
-                    return False, (name, child.returncode)
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        return True, None
-    return False, None
+def _end_with_parent() -> None:
+    """In the child before it runs: SIGTERM when this command dies (Linux; elsewhere a
+    no-op)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _stop_children(children: dict[str, subprocess.Popen[bytes]], interrupted: bool) -> None:
-    """Stop the children: SIGTERM, then SIGKILL after a grace period.
+def _exited(children: dict[str, subprocess.Popen[bytes]]) -> tuple[str, int] | None:
+    for name, child in children.items():
+        if child.poll() is not None:
+            return name, child.returncode
+    return None
 
-    After Ctrl-C the children got the terminal's SIGINT too and are already shutting down
-    (RQ finishes its current job first); a second signal would make them abandon it, so they
-    get a grace period before SIGTERM.
-    """
+
+def _wait_until_serving(
+    children: dict[str, subprocess.Popen[bytes]], urls: list[str]
+) -> tuple[str, int] | None:
+    """Wait until every URL answers 200; return the child that exited meanwhile, if one did."""
+    deadline = time.monotonic() + START_SECONDS
+    waiting = list(urls)
+    while waiting:
+        if (exited := _exited(children)) is not None:
+            return exited
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"{waiting[0]} did not answer within {START_SECONDS:g} s")
+        try:
+            with urllib.request.urlopen(waiting[0], timeout=5) as answer:  # noqa: S310 - ours
+                if answer.status == 200:
+                    waiting.pop(0)
+                    continue
+        except OSError:  # not listening yet, or still booting
+            pass
+        time.sleep(0.2)
+    return None
+
+
+def _supervise(children: dict[str, subprocess.Popen[bytes]]) -> tuple[str, int] | None:
+    """Wait for a child to exit (Ctrl-C and SIGTERM raise KeyboardInterrupt meanwhile)."""
+    while (exited := _exited(children)) is None:
+        time.sleep(0.5)
+    return exited
+
+
+def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Stop the children: SIGTERM, then SIGKILL for any still running after a grace period."""
     running = list(children.values())
-    if interrupted:
-        _wait_all(running, CTRL_C_GRACE_SECONDS)
     for child in running:
         if child.poll() is None:
             child.terminate()
-    _wait_all(running, TERM_GRACE_SECONDS)
+    _wait_all(running, STOP_GRACE_SECONDS)
     for child in running:
         if child.poll() is None:
             child.kill()

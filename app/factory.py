@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+import click
 from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -84,7 +85,7 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.config.update({k: v for k, v in (test_config or {}).items() if k not in settings})
     app.config.update(settings)
-    configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"], app.config["ACCESS_LOG"])
+    configure_logging(_log_level(app), app.config["LOG_FORMAT"], app.config["ACCESS_LOG"])
     if app.config["TRUSTED_PROXY_HOPS"]:
         hops = app.config["TRUSTED_PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
@@ -109,6 +110,14 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["api"] = api
     cli.init_app(app)
     return app
+
+
+def _log_level(app: Flask) -> str:
+    """``LOG_LEVEL``; but a ``flask`` command (a tool, not a server: ``dev``, ``openapi``, ``db``)
+    logs only what goes wrong unless ``SWITCHBOARD_LOG_LEVEL`` is set."""
+    if "SWITCHBOARD_LOG_LEVEL" not in os.environ and click.get_current_context(silent=True):
+        return "WARNING"
+    return str(app.config["LOG_LEVEL"])
 
 
 def _spec_options() -> dict[str, Any]:

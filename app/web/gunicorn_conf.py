@@ -7,6 +7,10 @@ other error of the API: 414 for an over-long URL, 431 for oversized headers, 400
 gunicorn has no hook for the body of these answers, so its ``util.write_error`` — the one
 function its workers (gthread and gevent alike) call to write them — is replaced here; the
 config module runs in the master before the workers fork, so every worker has it.
+
+It imports nothing of the app at module level: under the stream service's gevent worker the
+app must be imported after gevent patched the standard library (in the worker, which loads
+the app itself), or gevent warns that modules imported earlier keep unpatched ``ssl`` names.
 """
 
 from __future__ import annotations
@@ -15,8 +19,6 @@ import json
 import socket
 
 from gunicorn import util
-
-from app.web.problems import problem_document
 
 #: Longest request line (method, URL with query string, version) in bytes: gunicorn's default,
 #: stated here because the README documents it; a longer one is a 414 problem.
@@ -27,6 +29,8 @@ limit_request_field_size = 8190
 
 def write_problem(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
     """Write gunicorn's own error answer as problem+json instead of HTML."""
+    from app.web.problems import problem_document  # see the module: not in the master
+
     document = problem_document(status_int, mesg or None, title=reason)
     body = json.dumps(document).encode()
     head = (
