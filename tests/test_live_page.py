@@ -100,3 +100,37 @@ def test_the_example_page_shows_deliveries_arriving_live(
         browser.save_screenshot(str(tmp_path / "live.png"))
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == []
+
+
+def test_the_page_says_what_is_wrong_instead_of_failing_silently(
+    browser: Any,  # noqa: F811
+    page_origin: str,
+    admin_key: str,
+) -> None:
+    """Opened as a file it explains how to serve it; served, an API it cannot reach is named."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.redis_server import free_port
+
+    wait = WebDriverWait(browser, WAIT_SECONDS)
+    nowhere = f"http://127.0.0.1:{free_port()}"
+
+    def connect_to(api: str) -> str:
+        field = browser.find_element(By.ID, "api")
+        field.clear()
+        field.send_keys(api)
+        browser.find_element(By.ID, "key").send_keys(admin_key)
+        browser.find_element(By.ID, "connect").click()
+        return str(wait.until(lambda d: d.find_element(By.ID, "problem").text))
+
+    browser.get((EXAMPLES / "live-deliveries.html").as_uri())
+    shown = browser.find_element(By.ID, "problem").text  # before anything is pressed
+    assert "opened as a file" in shown and "python3 -m http.server" in shown
+    assert "opened as a file" in connect_to(nowhere)
+
+    browser.get(f"{page_origin}/live-deliveries.html")
+    assert browser.find_element(By.ID, "problem").text == ""
+    shown = connect_to(nowhere)
+    assert f"Cannot reach {nowhere}" in shown and page_origin in shown
+    assert browser.find_element(By.ID, "state").text == "disconnected"
