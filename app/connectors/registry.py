@@ -35,6 +35,7 @@ from app.connectors.contract import (
     TestResult,
     config_errors,
 )
+from app.store import jsoncodec
 
 __all__ = ["ENTRY_POINT_GROUP", "PluginRegistry", "PluginStatus"]
 
@@ -292,7 +293,11 @@ class PluginRegistry:
     def run_test(
         self, connector: Connector, config: dict[str, Any], ctx: ConnectorContext
     ) -> TestResult:
-        """Validate ``config`` and run ``connector.test``; any exception is a failed result."""
+        """Validate ``config`` and run ``connector.test``; any exception is a failed result.
+
+        So is a result that the API could not answer with: not a ``TestResult``, or one whose
+        ``data`` is not a JSON object.
+        """
         errors = config_errors(connector.config_schema, config)
         if errors:
             return TestResult(False, "configuration is invalid", {"errors": errors})
@@ -304,7 +309,21 @@ class PluginRegistry:
             return TestResult(False, f"test failed unexpectedly ({type(exc).__name__})")
         if not isinstance(result, TestResult):
             return TestResult(False, f"test returned {type(result).__name__}, not a TestResult")
+        problem = _test_result_problem(result)
+        if problem is not None:
+            ctx.logger.warning("connector %r test returned %s", connector.name, problem)
+            return TestResult(False, f"test returned {problem}")
         return result
+
+
+def _test_result_problem(result: TestResult) -> str | None:
+    """What keeps ``result`` from being answered as JSON, or None."""
+    if not isinstance(result.success, bool) or not isinstance(result.message, str):
+        return "a TestResult whose success is not a bool or whose message is not a str"
+    if not isinstance(result.data, dict):
+        return f"data of type {type(result.data).__name__}, not a JSON object"
+    found = jsoncodec.problem(result.data, "data")
+    return None if found is None else f"data that is not JSON: {found}"
 
 
 def _connector_problem(connector: Any) -> str | None:
