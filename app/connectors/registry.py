@@ -26,13 +26,14 @@ from typing import Any, Literal
 import pluggy
 from jsonschema import Draft202012Validator, SchemaError
 
-from app.connectors import hookspecs
+import app.connectors.hookspecs as hookspecs
 from app.connectors.contract import (
     CONNECTOR_TYPES,
     Action,
     Connector,
     ConnectorContext,
     TestResult,
+    bind_context,
     config_errors,
 )
 from app.store import jsoncodec
@@ -302,7 +303,7 @@ class PluginRegistry:
         if errors:
             return TestResult(False, "configuration is invalid", {"errors": errors})
         try:
-            result = connector.test(config, ctx)
+            result = connector.test(config, bind_context(ctx, connector.name, config))
         except Exception as exc:
             # The message may quote a secret (a webhook URL, say): log it, answer the type only.
             ctx.logger.exception("connector %r test raised", connector.name)

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.connectors.configs import decrypt_config
-from app.connectors.contract import ActionError, Connector, ConnectorContext, config_errors
+from app.connectors.contract import (
+    ActionError,
+    Connector,
+    ConnectorContext,
+    bind_context,
+    config_errors,
+)
 from app.connectors.extension import connector_context, get_registry, unavailable
 from app.metrics import instruments as metrics
 from app.outbound.guard import REFUSED, refused_by_guard
@@ -125,7 +131,7 @@ def _run_handler(
         detail = "; ".join(f"{path}: {', '.join(msgs)}" for path, msgs in errors.items())
         return _ended(started, error=f"invalid input: {detail}")
     try:
-        result = action.handler(config, action_input, ctx)
+        result = action.handler(config, action_input, bind_context(ctx, connector.name, config))
     except Exception as exc:  # noqa: BLE001 - every way a handler ends is an outcome
         if refused_by_guard(exc):  # however the connector wrapped it: final, never retried
             return _ended(started, error=REFUSED)
