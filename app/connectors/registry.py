@@ -38,14 +38,14 @@ from app.connectors.contract import (
 )
 from app.store import jsoncodec
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginRegistry", "PluginStatus"]
+__all__ = ["CONNECTOR_NAME", "ENTRY_POINT_GROUP", "PluginRegistry", "PluginStatus"]
 
 ENTRY_POINT_GROUP = "switchboard.connectors"
 
 logger = logging.getLogger(__name__)
 
-# Connector names appear in URLs, event types and the database: keep them plain.
-_CONNECTOR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+#: Connector names appear in URLs, event types and the database: keep them plain.
+CONNECTOR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _KNOWN_HOOKS = ", ".join(
     name for name, value in vars(hookspecs).items() if hasattr(value, "switchboard_spec")
 )
@@ -332,8 +332,8 @@ def _connector_problem(connector: Any) -> str | None:
     if not isinstance(connector, Connector):
         return f"{connector!r} is not a Connector instance"
     name = connector.name
-    if not isinstance(name, str) or not _CONNECTOR_NAME.match(name):
-        return f"name {name!r} must match {_CONNECTOR_NAME.pattern}"
+    if not isinstance(name, str) or not CONNECTOR_NAME.match(name):
+        return f"name {name!r} must match {CONNECTOR_NAME.pattern}"
     if connector.type not in CONNECTOR_TYPES:
         return f"type {connector.type!r} must be one of {', '.join(CONNECTOR_TYPES)}"
     if not isinstance(connector.version, str) or not connector.version:
