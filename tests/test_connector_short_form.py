@@ -422,6 +422,24 @@ def test_other_4xx_are_final_with_the_reason_unless_it_quotes_the_url(
     assert (error.message, error.retryable, error.retry_after) == (message, False, None)
 
 
+@pytest.mark.parametrize(
+    "reason",
+    ["invalid token tok-1234567890", "unknown routing key " + "R" * 32, "no hook /hook/SECRET"],
+)
+def test_a_reason_quoting_a_header_or_body_secret_is_dropped(
+    ctx: ConnectorContext, httpserver: HTTPServer, reason: str
+) -> None:
+    httpserver.expect_request("/hook/SECRET").respond_with_json({"message": reason}, status=401)
+    error = _refused(
+        lambda: ctx.post_json(
+            httpserver.url_for("/hook/SECRET"),
+            {"event": {"routing_key": "R" * 32}},
+            headers={"Authorization": "Bearer tok-1234567890"},
+        )
+    )
+    assert error.message == "acme answered HTTP 401"
+
+
 def test_redirects_are_not_followed(ctx: ConnectorContext, httpserver: HTTPServer) -> None:
     httpserver.expect_request("/old").respond_with_data(
         "", status=301, headers={"Location": httpserver.url_for("/new")}

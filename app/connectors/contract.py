@@ -75,6 +75,9 @@ _INVALID_REQUEST = (
 #: Fields of a JSON error answer that say why, most telling first (Slack, OAuth, RFC 9457, …).
 _REASON_FIELDS = ("message", "error_description", "detail", "error", "title")
 _MAX_REASON = 200
+#: A string the request carried (a URL path, a header value, …) at least this long is never
+#: quoted back in a reason: it may be a secret.
+_MIN_CARRIED = 8
 
 
 class ActionError(Exception):
@@ -139,7 +142,8 @@ class ConnectorContext:
 
         Failures raise ``ActionError`` without quoting the URL. Final: a destination the SSRF
         guard refuses, a request that cannot be sent as written, a redirect (not followed),
-        any other 4xx (with the reason the service gave, unless it quotes the URL). Retryable:
+        any other 4xx (with the reason the service gave, unless it quotes what the request
+        carried: the URL's path or query, a header value, a string of the body). Retryable:
         the service unreachable or not answering within ``timeout`` (default: ``self.timeout``),
         429 and 5xx, after ``Retry-After`` when the answer sets it. A retried request may reach
         the service twice: send its deduplication key when a duplicate would hurt.
@@ -168,7 +172,7 @@ class ConnectorContext:
         except requests.RequestException as exc:
             message = f"{service} is unreachable ({type(exc).__name__})"
             raise ActionError(message, retryable=True) from exc
-        return _json_answer(response, service, url)
+        return _json_answer(response, service, lambda: _carried(url, headers, json))
 
     def post_json(
         self,
@@ -198,7 +202,9 @@ def bind_context(
     return dataclasses.replace(ctx, connector=connector, timeout=timeout_seconds(config))
 
 
-def _json_answer(response: requests.Response, service: str, url: str) -> Any:
+def _json_answer(
+    response: requests.Response, service: str, carried: Callable[[], list[str]]
+) -> Any:
     """The JSON body of a 2xx answer (None without one); any other answer raises ``ActionError``."""
     status = response.status_code
     if status == 429 or status >= 500:
@@ -209,7 +215,7 @@ def _json_answer(response: requests.Response, service: str, url: str) -> Any:
     if 300 <= status < 400:
         raise ActionError(f"{service} answered HTTP {status} (redirects are not followed)")
     if status >= 400:
-        reason = _refusal_reason(response, url)
+        reason = _refusal_reason(response, carried())
         raise ActionError(
             f"{service} error: {reason}" if reason else f"{service} answered HTTP {status}"
         )
@@ -226,11 +232,11 @@ def _is_json(response: requests.Response) -> bool:
     return mime == "application/json" or mime.endswith("+json")
 
 
-def _refusal_reason(response: requests.Response, url: str) -> str | None:
+def _refusal_reason(response: requests.Response, carried: list[str]) -> str | None:
     """Why a 4xx answer says it refused, in one line: a JSON error field or a plain-text body.
 
-    Markup (an HTML error page) is not a reason, and a reason quoting the URL's path or query
-    (a web server's "/hooks/<secret> not found") is dropped: the URL may be a secret.
+    Markup (an HTML error page) is not a reason, and neither is one quoting a string of
+    ``carried`` (a web server's "/hooks/<secret> not found", "invalid token <token>").
     """
     text: Any = None
     if _is_json(response):
@@ -248,10 +254,30 @@ def _refusal_reason(response: requests.Response, url: str) -> str | None:
     if not text:
         return None
     line = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
-    parts = urlsplit(url)
-    if any(len(part) > 1 and part in line for part in (parts.path, parts.query)):
+    if any(secret in line for secret in carried):
         return None
     return line[:_MAX_REASON] or None
+
+
+def _carried(url: str, headers: Mapping[str, str] | None, body: Any) -> list[str]:
+    """What a request carried that may be secret: the URL's path and query, each header value
+    and word of one (a bearer token), each string of the JSON body; the short ones left out."""
+    parts = urlsplit(url)
+    found = [parts.path, parts.query]
+    for value in (headers or {}).values():
+        found += [value, *value.split()]
+    found += _strings(body)
+    return [text for text in found if len(text) >= _MIN_CARRIED]
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list | tuple):
+        return [text for item in value for text in _strings(item)]
+    return []
 
 
 @dataclass

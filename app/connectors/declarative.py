@@ -110,7 +110,7 @@ class DeclarativeConnector(Connector):
     config_fields: dict[str, Any] = {}
     config_schema = object_schema({})
     #: The ``@action`` methods of the class and its bases, by name.
-    action_methods: dict[str, Callable[..., Any]] = {}
+    _action_methods: dict[str, Callable[..., Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -123,13 +123,13 @@ class DeclarativeConnector(Connector):
             cls.description = _first_paragraph(cls.__doc__)
         if "actions" in own:
             cls.actions = {
-                name: _with_defaults(cls, name, a.input_schema, a.handler, a.description)
+                name: _with_defaults(cls, a.input_schema, a.handler, a.description)
                 for name, a in own["actions"].items()
             }
         for name, wrap in _CONFIG_DEFAULTS.items():  # the methods that take a config
             if name in own:
                 setattr(cls, name, wrap(own[name]))
-        cls.action_methods = _action_methods(cls)
+        cls._action_methods = _collect_action_methods(cls)
 
     def __init__(self) -> None:
         cls = type(self)
@@ -140,12 +140,11 @@ class DeclarativeConnector(Connector):
             **{
                 name: _with_defaults(
                     cls,
-                    name,
                     getattr(method, _INPUT_SCHEMA),
                     getattr(self, name),
                     _first_paragraph(method.__doc__ or ""),
                 )
-                for name, method in cls.action_methods.items()
+                for name, method in cls._action_methods.items()
             },
         }
 
@@ -174,7 +173,7 @@ class DeclarativeConnector(Connector):
         return TestResult(True, f"reachable: {', '.join(answered)}", {"answered": answered})
 
 
-def _action_methods(cls: type) -> dict[str, Callable[..., Any]]:
+def _collect_action_methods(cls: type) -> dict[str, Callable[..., Any]]:
     """The ``@action`` methods of ``cls`` and its bases (a plain override drops one)."""
     methods: dict[str, Callable[..., Any]] = {}
     for klass in reversed(cls.__mro__):
@@ -190,12 +189,11 @@ def _action_methods(cls: type) -> dict[str, Callable[..., Any]]:
 
 def _with_defaults(
     cls: type[Connector],
-    name: str,
     input_schema: Mapping[str, Any],
     handler: ActionHandler,
     description: str,
 ) -> Action:
-    """The action ``name`` whose ``handler`` sees defaults filled in and a bound context."""
+    """An action of ``cls`` whose ``handler`` sees defaults filled in and a bound context."""
 
     @functools.wraps(handler)
     def run(
