@@ -1,4 +1,5 @@
-"""``flask --app app …`` commands: db, create-admin, set-password, openapi, retention, dev."""
+"""``flask --app app …`` commands: db, create-admin, set-password, openapi, retention, connector,
+dev."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from app.auth.issuing import ensure_admin, new_admin_key
 from app.auth.keys import hash_secret
+from app.connectors.scaffold import ScaffoldError, new_plugin
 from app.devserver import dev_command
 from app.store import migrations
 from app.store.db import database
@@ -20,6 +22,7 @@ from app.store.retention import run_retention
 db_cli = AppGroup("db", help="Database schema commands.")
 openapi_cli = AppGroup("openapi", help="OpenAPI document commands.")
 retention_cli = AppGroup("retention", help="History retention commands.")
+connector_cli = AppGroup("connector", help="Connector plugin commands.")
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
 
@@ -85,6 +88,30 @@ def openapi_write(output: Path) -> None:
     click.echo(f"wrote {output}")
 
 
+@connector_cli.command("new", with_appcontext=False)
+@click.argument("name")
+@click.option(
+    "--dir",
+    "parent",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="The folder to create the package in.",
+)
+def connector_new(name: str, parent: Path) -> None:
+    """Write switchboard-NAME/, a connector plugin package that passes its own tests."""
+    try:
+        root = new_plugin(name, parent)
+    except ScaffoldError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"created {root}:")
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        click.echo(f"  {path.relative_to(root)}")
+    click.echo("next, in an environment with Switchboard (pip install -e '<switchboard>[test]'):")
+    click.echo(f"  cd {root} && python -m pytest")
+    click.echo(f"then pip install -e {root} into Switchboard's environment and restart it")
+
+
 def render_spec() -> str:
     """The live OpenAPI document as canonical, stable JSON."""
     spec = current_app.extensions["api"].spec.to_dict()
@@ -96,6 +123,7 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(db_cli)
     app.cli.add_command(openapi_cli)
     app.cli.add_command(retention_cli)
+    app.cli.add_command(connector_cli)
     app.cli.add_command(create_admin)
     app.cli.add_command(set_password)
     app.cli.add_command(dev_command)

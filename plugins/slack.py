@@ -15,66 +15,46 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-
 from app.connectors import (
     Action,
     ActionError,
-    Connector,
     ConnectorContext,
+    DeclarativeConnector,
     Event,
     InboundRejected,
     InboundRequest,
     InboundResult,
     TestResult,
-    parse_retry_after,
-    timeout_seconds,
+    provides,
+    secret,
+    secret_url,
+    url,
 )
-from app.connectors.hookspecs import hookimpl
 
 __all__ = ["SlackConnector", "register_connectors"]
 
 DEFAULT_API_BASE_URL = "https://slack.com/api"
 #: Oldest accepted ``X-Slack-Request-Timestamp``, in seconds (Slack's recommendation).
 MAX_SIGNATURE_AGE = 300
-_URL = r"^https?://[^\s/?#@]+([/?#]\S*)?$"
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
     "title": "Slack",
     "properties": {
-        "webhook_url": {
-            "type": "string",
-            "title": "Incoming webhook URL",
-            "description": "https://hooks.slack.com/services/… (posts to its own channel).",
-            "format": "uri",
-            "pattern": _URL,
-            "writeOnly": True,
-        },
-        "bot_token": {
-            "type": "string",
-            "title": "Bot token",
-            "description": "Bot user OAuth token (xoxb-…) with the chat:write scope.",
-            "minLength": 1,
-            "writeOnly": True,
-        },
+        "webhook_url": secret_url(
+            "https://hooks.slack.com/services/… (posts to its own channel).",
+            title="Incoming webhook URL",
+        ),
+        "bot_token": secret(
+            "Bot user OAuth token (xoxb-…) with the chat:write scope.", title="Bot token"
+        ),
         "channel": {
             "type": "string",
             "description": "Channel ID (C0123456789) or name (#alerts) the bot posts to.",
             "minLength": 1,
         },
-        "signing_secret": {
-            "type": "string",
-            "description": "The Slack app's signing secret; needed to receive events.",
-            "minLength": 1,
-            "writeOnly": True,
-        },
-        "api_base_url": {
-            "type": "string",
-            "format": "uri",
-            "pattern": _URL,
-            "default": DEFAULT_API_BASE_URL,
-        },
+        "signing_secret": secret("The Slack app's signing secret; needed to receive events."),
+        "api_base_url": url(default=DEFAULT_API_BASE_URL),
         "timeout_ms": {"type": "integer", "minimum": 100, "maximum": 120000, "default": 10000},
     },
     "additionalProperties": False,
@@ -113,45 +93,18 @@ EVENT_TYPES = {
 }
 
 
-def _post(
-    ctx: ConnectorContext, url: str, payload: dict[str, Any], config: dict[str, Any], **kw: Any
-) -> requests.Response:
-    """POST JSON to Slack; unreachable or 429/5xx become ``ActionError``s (retryable)."""
-    try:
-        response = ctx.http.post(url, json=payload, timeout=timeout_seconds(config), **kw)
-    except requests.RequestException as exc:
-        # The exception text may contain the webhook URL, which is a secret.
-        raise ActionError(f"could not reach Slack ({type(exc).__name__})", retryable=True) from exc
-    if response.status_code == 429:
-        raise ActionError(
-            "slack error: ratelimited",
-            retryable=True,
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-        )
-    if response.status_code >= 500:
-        raise ActionError(f"slack answered HTTP {response.status_code}", retryable=True)
-    return response
-
-
 def _call_api(
     ctx: ConnectorContext, config: dict[str, Any], method: str, payload: dict[str, Any]
 ) -> dict[str, Any]:
     """Call a Web API method with the bot token; ``ok: false`` raises ``ActionError``."""
     base = str(config.get("api_base_url") or DEFAULT_API_BASE_URL).rstrip("/")
     headers = {"Authorization": f"Bearer {config['bot_token']}"}
-    response = _post(ctx, f"{base}/{method}", payload, config, headers=headers)
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
+    answer = ctx.post_json(f"{base}/{method}", payload, headers=headers)
     if not isinstance(answer, dict):
-        raise ActionError(f"slack answered HTTP {response.status_code} without a JSON object")
+        raise ActionError("slack answered without a JSON object")
     if not answer.get("ok"):
         error = str(answer.get("error") or "unknown_error")
-        if error == "ratelimited":
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            raise ActionError("slack error: ratelimited", retryable=True, retry_after=retry_after)
-        raise ActionError(f"slack error: {error}")
+        raise ActionError(f"slack error: {error}", retryable=error == "ratelimited")
     return answer
 
 
@@ -163,28 +116,22 @@ def send_message(
     if "blocks" in action_input:
         payload["blocks"] = action_input["blocks"]
     if "webhook_url" in config:
-        response = _post(ctx, config["webhook_url"], payload, config)
-        if response.status_code != 200:
-            # Incoming webhooks answer errors as plain text: "channel_not_found", "no_text", …
-            reason = response.text.strip()[:200] or f"HTTP {response.status_code}"
-            raise ActionError(f"slack error: {reason}")
+        # Incoming webhooks answer errors as text ("channel_not_found"): ctx.request quotes it.
+        ctx.post_json(config["webhook_url"], payload)
         return {"ok": True}
     payload["channel"] = config["channel"]
     answer = _call_api(ctx, config, "chat.postMessage", payload)
     return {"ok": True, "channel": answer.get("channel"), "ts": answer.get("ts")}
 
 
-class SlackConnector(Connector):
-    """Slack notifications and Events API."""
+class SlackConnector(DeclarativeConnector):
+    """Post messages to Slack through an incoming webhook or a bot token, and receive signed
+    Events API requests (messages, mentions, reactions)."""
 
     name = "slack"
     version = "1.0.0"
     title = "Slack"
     type = "notification"
-    description = (
-        "Post messages to Slack through an incoming webhook or a bot token, and receive "
-        "signed Events API requests (messages, mentions, reactions)."
-    )
     config_schema = CONFIG_SCHEMA
     event_types = EVENT_TYPES
     actions = {
@@ -269,7 +216,4 @@ def verify_signature(
         raise InboundRejected("invalid X-Slack-Signature")
 
 
-@hookimpl
-def register_connectors() -> list[Connector]:
-    """Return the Slack connector."""
-    return [SlackConnector()]
+register_connectors = provides(SlackConnector)

@@ -31,7 +31,9 @@ def _block_after(marker: str, language: str) -> str:
 
 
 def _pytest(cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    # This checkout first: an installed Switchboard (say, another checkout's editable install)
+    # must not be what the plugin's tests import.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pythonpath), str(ROOT)])}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=cwd,

@@ -1,8 +1,11 @@
 """Connectors: the plugin world — contract, hookspecs, registry, runtime, jobs, API, inbound.
 
-This package is Switchboard's public API for connector authors: ``from app.connectors import
-Connector, Action, …`` re-exports :mod:`app.connectors.contract` (documented in
-``docs/plugins.md``). The other modules are the service's side of the contract.
+This package is Switchboard's public API for connector authors (documented in
+``docs/plugins.md``): ``from app.connectors import …`` re-exports the full form from
+:mod:`app.connectors.contract` (``Connector``, ``Action``, …), the short form from
+:mod:`app.connectors.declarative` (``DeclarativeConnector``, ``action``, ``provides``) and its
+field shortcuts from :mod:`app.connectors.jsonschemas` (``secret``, ``url``, …). The other
+modules are the service's side of the contract.
 """
 
 from app.connectors.contract import (
@@ -29,6 +32,8 @@ from app.connectors.contract import (
     timeout_seconds,
     url_paths,
 )
+from app.connectors.declarative import DeclarativeConnector, action, provides
+from app.connectors.jsonschemas import optional, secret, secret_url, url
 
 __all__ = [
     "ANY",
@@ -40,6 +45,7 @@ __all__ = [
     "BlockedDestination",
     "Connector",
     "ConnectorContext",
+    "DeclarativeConnector",
     "Event",
     "InboundRejected",
     "InboundRequest",
@@ -47,10 +53,16 @@ __all__ = [
     "TestResult",
     "TokenSource",
     "TokenUnavailable",
+    "action",
     "config_errors",
+    "optional",
     "parse_retry_after",
+    "provides",
     "replace_secrets",
+    "secret",
     "secret_paths",
+    "secret_url",
     "timeout_seconds",
+    "url",
     "url_paths",
 ]

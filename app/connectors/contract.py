@@ -1,27 +1,33 @@
 """The connector contract: what a plugin subclasses and returns, and the value types it uses.
 
 This module is Switchboard's public API for connector authors (see ``docs/plugins.md``); it
-depends on ``requests``, ``jsonschema`` and two leaf modules of the core (the SSRF guard's
-``BlockedDestination`` and the ``Retry-After`` parser) so it can be imported anywhere. It
-also holds the schema helpers the core uses for every connector: ``config_errors`` (validation
-with field paths) and ``secret_paths``/``replace_secrets`` (the ``writeOnly`` fields to
-encrypt at rest and redact in answers).
+depends on ``requests``, ``jsonschema`` and leaf modules of the core (the SSRF guard's
+``BlockedDestination``, the ``Retry-After`` parser, strict JSON) so it can be imported anywhere.
+``ConnectorContext.request`` is the documented error policy of an outbound call, written once.
+The schema helpers the core uses for every connector (``config_errors``, ``secret_paths``, …)
+live in ``app.connectors.jsonschemas`` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import copy
-import json
+import dataclasses
 import logging
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
-from jsonschema import Draft202012Validator, ValidationError
 from requests.structures import CaseInsensitiveDict
 
+from app.connectors.jsonschemas import (
+    ANY,
+    config_errors,
+    replace_secrets,
+    secret_paths,
+    url_paths,
+    values_at,
+)
 from app.outbound.guard import BlockedDestination
 from app.store import jsoncodec
 from app.webhooks.backoff import parse_retry_after as _parse_retry_after
@@ -48,14 +54,30 @@ __all__ = [
     "replace_secrets",
     "secret_paths",
     "timeout_seconds",
+    "url_paths",
+    "values_at",
 ]
 
 #: The integration types a connector may declare.
 CONNECTOR_TYPES = ("sso", "webhook", "api", "notification")
 #: Timeout for outbound calls of connectors whose config has no ``timeout_ms``.
 DEFAULT_TIMEOUT_SECONDS = 10.0
-#: Path element of ``secret_paths`` standing for every array item or every map value.
-ANY = "*"
+#: What a message about a destination the SSRF guard refused tells the admin to do.
+OPEN_THE_NETWORK = "the operator can allow it with SWITCHBOARD_ALLOWED_NETWORKS"
+#: requests' errors for a request that cannot be sent as written: sending it again cannot help.
+_INVALID_REQUEST = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidJSONError,
+)
+#: Fields of a JSON error answer that say why, most telling first (Slack, OAuth, RFC 9457, …).
+_REASON_FIELDS = ("message", "error_description", "detail", "error", "title")
+_MAX_REASON = 200
+#: A string the request carried (a URL path, a header value, …) at least this long is never
+#: quoted back in a reason: it may be a secret.
+_MIN_CARRIED = 8
 
 
 class ActionError(Exception):
@@ -91,6 +113,8 @@ class ConnectorContext:
         default_factory=lambda: logging.getLogger("switchboard.connectors")
     )
     tokens: TokenSource | None = None  # set by Switchboard; use ``oauth_token``
+    connector: str | None = None  # the connector served: names the service in ``request`` errors
+    timeout: float = DEFAULT_TIMEOUT_SECONDS  # of ``request``: the config's ``timeout_ms``
 
     def oauth_token(self, integration_id: str | None = None, *, rejected: str | None = None) -> str:
         """A valid access token of the OAuth2 connection ``integration_id`` (default: this one).
@@ -103,6 +127,157 @@ class ConnectorContext:
         if self.tokens is None or target is None:
             raise TokenUnavailable("no OAuth2 connection is available to this call")
         return self.tokens(target, rejected)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send one request through ``http``; return its JSON body (None when it has none).
+
+        Failures raise ``ActionError`` without quoting the URL. Final: a destination the SSRF
+        guard refuses, a request that cannot be sent as written, a redirect (not followed),
+        any other 4xx (with the reason the service gave, unless it quotes what the request
+        carried: the URL's path or query, a header value, a string of the body). Retryable:
+        the service unreachable or not answering within ``timeout`` (default: ``self.timeout``),
+        429 and 5xx, after ``Retry-After`` when the answer sets it. A retried request may reach
+        the service twice: send its deduplication key when a duplicate would hurt.
+        """
+        service = self._service(url)
+        seconds = self.timeout if timeout is None else timeout
+        try:
+            response = self.http.request(
+                method,
+                url,
+                json=json,
+                headers=headers,
+                params=params,
+                timeout=seconds,
+                allow_redirects=False,
+            )
+        except BlockedDestination as exc:  # a ConnectionError: before RequestException
+            raise ActionError(f"{exc}; {OPEN_THE_NETWORK}") from exc
+        except _INVALID_REQUEST as exc:
+            raise ActionError(
+                f"the request to {service} is invalid ({type(exc).__name__})"
+            ) from exc
+        except requests.Timeout as exc:
+            message = f"{service} did not answer within {seconds:g} s"
+            raise ActionError(message, retryable=True) from exc
+        except requests.RequestException as exc:
+            message = f"{service} is unreachable ({type(exc).__name__})"
+            raise ActionError(message, retryable=True) from exc
+        return _json_answer(response, service, lambda: _carried(url, headers, json))
+
+    def post_json(
+        self,
+        url: str,
+        body: Any,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """POST ``body`` as JSON with ``request``'s error policy; return the JSON answer or None."""
+        return self.request("POST", url, json=body, headers=headers, timeout=timeout)
+
+    def _service(self, url: str) -> str:
+        """Who ``url`` is, for messages: the connector's name, else the host (never the path)."""
+        if self.connector:
+            return self.connector
+        try:
+            return urlsplit(url).hostname or "the service"
+        except ValueError:
+            return "the service"
+
+
+def bind_context(
+    ctx: ConnectorContext, connector: str, config: Mapping[str, Any]
+) -> ConnectorContext:
+    """``ctx`` for one call of ``connector`` with ``config``: named, with the config's timeout."""
+    return dataclasses.replace(ctx, connector=connector, timeout=timeout_seconds(config))
+
+
+def _json_answer(
+    response: requests.Response, service: str, carried: Callable[[], list[str]]
+) -> Any:
+    """The JSON body of a 2xx answer (None without one); any other answer raises ``ActionError``."""
+    status = response.status_code
+    if status == 429 or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise ActionError(
+            f"{service} answered HTTP {status}", retryable=True, retry_after=retry_after
+        )
+    if 300 <= status < 400:
+        raise ActionError(f"{service} answered HTTP {status} (redirects are not followed)")
+    if status >= 400:
+        reason = _refusal_reason(response, carried())
+        raise ActionError(
+            f"{service} error: {reason}" if reason else f"{service} answered HTTP {status}"
+        )
+    if not response.content or not _is_json(response):
+        return None
+    try:
+        return jsoncodec.loads(response.content)
+    except ValueError as exc:
+        raise ActionError(f"{service} answered HTTP {status} with malformed JSON") from exc
+
+
+def _is_json(response: requests.Response) -> bool:
+    mime = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    return mime == "application/json" or mime.endswith("+json")
+
+
+def _refusal_reason(response: requests.Response, carried: list[str]) -> str | None:
+    """Why a 4xx answer says it refused, in one line: a JSON error field or a plain-text body.
+
+    Markup (an HTML error page) is not a reason, and neither is one quoting a string of
+    ``carried`` (a web server's "/hooks/<secret> not found", "invalid token <token>").
+    """
+    text: Any = None
+    if _is_json(response):
+        try:
+            body = jsoncodec.loads(response.content)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            text = next(
+                (body[key] for key in _REASON_FIELDS if isinstance(body.get(key), str)), None
+            )
+    else:
+        text = response.content[: _MAX_REASON * 4].decode("utf-8", "replace")
+        text = None if "<" in text else text
+    if not text:
+        return None
+    line = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    if any(secret in line for secret in carried):
+        return None
+    return line[:_MAX_REASON] or None
+
+
+def _carried(url: str, headers: Mapping[str, str] | None, body: Any) -> list[str]:
+    """What a request carried that may be secret: the URL's path and query, each header value
+    and word of one (a bearer token), each string of the JSON body; the short ones left out."""
+    parts = urlsplit(url)
+    found = [parts.path, parts.query]
+    for value in (headers or {}).values():
+        found += [value, *value.split()]
+    found += _strings(body)
+    return [text for text in found if len(text) >= _MIN_CARRIED]
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list | tuple):
+        return [text for item in value for text in _strings(item)]
+    return []
 
 
 @dataclass
@@ -243,257 +418,3 @@ def parse_retry_after(value: str | None) -> float | None:
     The delay is clamped to 1 s – 1 h, so a peer can neither cause a hot loop nor park a job.
     """
     return _parse_retry_after(value)
-
-
-# --- configuration validation -------------------------------------------------------------
-
-
-def config_errors(schema: Mapping[str, Any], config: Any) -> dict[str, list[str]]:
-    """Validate ``config`` against a JSON Schema (2020-12); map field paths to messages.
-
-    Keys are dotted paths (``upstreams.0.url``) or ``_schema`` for the root. Messages never
-    quote the submitted value, so secrets cannot leak into error answers. An empty dict means
-    the config is valid. ``format`` is an annotation only; use ``pattern`` to enforce shapes.
-    """
-    errors: dict[str, list[str]] = {}
-    for error in Draft202012Validator(dict(schema)).iter_errors(config):
-        _collect(error, errors)
-    return errors
-
-
-def _add(out: dict[str, list[str]], path: Iterable[str | int], message: str) -> None:
-    key = ".".join(str(part) for part in path) or "_schema"
-    messages = out.setdefault(key, [])
-    if message not in messages:
-        messages.append(message)
-
-
-def _collect(error: ValidationError, out: dict[str, list[str]]) -> None:
-    path = list(error.absolute_path)
-    instance, value = error.instance, error.validator_value
-    if error.validator in ("oneOf", "anyOf"):
-        closest = _closest_branch(error)
-        if closest is None:
-            _add(out, path, _branches_message(error))
-        for sub in closest or ():
-            _collect(sub, out)
-    elif error.validator == "required" and isinstance(instance, dict):
-        for name in value:
-            if name not in instance:
-                _add(out, [*path, name], "is required")
-    elif error.validator == "dependentRequired" and isinstance(instance, dict):
-        for name, needed in value.items():
-            for other in needed if name in instance else ():
-                if other not in instance:
-                    _add(out, [*path, other], f"is required when {name} is set")
-    elif error.validator == "additionalProperties" and isinstance(instance, dict):
-        known = set(error.schema.get("properties", {}))
-        patterns = list(error.schema.get("patternProperties", {}))
-        for key in instance:
-            if key not in known and not any(re.search(p, key) for p in patterns):
-                _add(out, [*path, key], "is not an allowed field")
-    else:
-        _add(out, path, _message(error))
-
-
-def _closest_branch(error: ValidationError) -> list[ValidationError] | None:
-    """The errors of the only oneOf/anyOf branch whose discriminators match, if exactly one."""
-    branches: dict[int, list[ValidationError]] = {}
-    for sub in error.context or ():
-        branches.setdefault(int(sub.relative_schema_path[0]), []).append(sub)
-    candidates = [
-        errs
-        for errs in branches.values()
-        if not any(
-            e.validator in ("const", "enum", "not")
-            or (e.validator == "type" and not e.relative_path)
-            for e in errs
-        )
-    ]
-    return candidates[0] if len(candidates) == 1 else None
-
-
-def _branch_label(index: int, schema: Any) -> str:
-    if isinstance(schema, dict):
-        if schema.get("title"):
-            return str(schema["title"])
-        discriminator = schema.get("properties", {}).get("type", {})
-        if isinstance(discriminator, dict) and "const" in discriminator:
-            return f"type {discriminator['const']}"
-        if "type" in schema:
-            return _format(schema["type"])
-    return f"option {index + 1}"
-
-
-def _branches_message(error: ValidationError) -> str:
-    labels = "; ".join(_branch_label(i, s) for i, s in enumerate(error.validator_value))
-    if error.validator == "anyOf":
-        return f"must match at least one of: {labels}"
-    if not error.context:  # oneOf failed because several branches matched
-        return f"must match exactly one of: {labels} (it matches more than one)"
-    return f"must match exactly one of: {labels}"
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, list):
-        return " or ".join(_format(v) for v in value)
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-_FORMAT_NAMES = {"uri": "URL", "email": "email address"}
-_MESSAGES = {
-    "type": "must be of type {v}",
-    "enum": "must be one of: {items}",
-    "const": "must be {v}",
-    "minLength": "must be at least {v} character{s} long",
-    "maxLength": "must be at most {v} character{s} long",
-    "minItems": "must contain at least {v} item{s}",
-    "maxItems": "must contain at most {v} item{s}",
-    "minProperties": "must have at least {v} field{s}",
-    "maxProperties": "must have at most {v} field{s}",
-    "minimum": "must be at least {v}",
-    "maximum": "must be at most {v}",
-    "exclusiveMinimum": "must be greater than {v}",
-    "exclusiveMaximum": "must be less than {v}",
-    "multipleOf": "must be a multiple of {v}",
-    "pattern": "must match the pattern {v}",
-    "format": "must be a valid {v}",
-    "uniqueItems": "must not contain duplicate items",
-    "not": "is not allowed here",
-}
-
-
-def _message(error: ValidationError) -> str:
-    """A human-readable message built from the schema alone (never from the value)."""
-    kind, value = error.validator, error.validator_value
-    if kind == "minLength" and value == 1:
-        return "must not be empty"
-    if kind == "pattern" and isinstance(error.schema, dict) and "format" in error.schema:
-        kind, value = "format", error.schema["format"]  # "must be a valid URL" reads better
-    if kind == "format":
-        value = _FORMAT_NAMES.get(value, value)
-    if kind in _MESSAGES:
-        items = ", ".join(_format(v) for v in value) if kind == "enum" else ""
-        return _MESSAGES[kind].format(v=_format(value), items=items, s="" if value == 1 else "s")
-    if kind is None or value is False:  # a `false` schema
-        return "is not allowed"
-    return f"is invalid ({kind})"
-
-
-# --- secrets (writeOnly fields) -----------------------------------------------------------
-
-
-def secret_paths(schema: Mapping[str, Any]) -> list[tuple[str | int, ...]]:
-    """Return where ``writeOnly`` fields sit in configs of ``schema``.
-
-    Each path is a tuple of object keys and array indexes; ``ANY`` (``"*"``) stands for every
-    item of an array (``items``) or every value of a map (``additionalProperties``). Branches of
-    ``oneOf``/``anyOf``/``allOf``/``if``-``then``-``else`` and local ``$ref``s are followed.
-    """
-    return _marked_paths(schema, lambda node: node.get("writeOnly") is True)
-
-
-def url_paths(schema: Mapping[str, Any]) -> list[tuple[str | int, ...]]:
-    """Return where ``"format": "uri"`` fields sit: destinations checked by the SSRF guard on save.
-
-    Paths are those of ``secret_paths``; a secret URL (Slack's ``webhook_url``) is one too. A
-    URL the service never calls (a browser redirect back to us) opts out with
-    ``"x-destination": false``.
-    """
-    return _marked_paths(
-        schema, lambda node: node.get("format") == "uri" and node.get("x-destination") is not False
-    )
-
-
-Path = tuple[str | int, ...]
-
-
-def _marked_paths(schema: Mapping[str, Any], mark: Callable[[dict[str, Any]], bool]) -> list[Path]:
-    found: list[Path] = []
-    _walk_marked(dict(schema), (), dict(schema), found, frozenset(), mark)
-    return found
-
-
-def _walk_marked(
-    schema: Any,
-    path: Path,
-    root: dict[str, Any],
-    found: list[Path],
-    refs: frozenset[str],
-    mark: Callable[[dict[str, Any]], bool],
-) -> None:
-    if not isinstance(schema, dict):
-        return
-    if mark(schema):
-        if path not in found:
-            found.append(path)
-        return
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#") and ref not in refs:
-        target: Any = root
-        for part in ref.lstrip("#").split("/")[1:]:
-            part = part.replace("~1", "/").replace("~0", "~")
-            target = target.get(part) if isinstance(target, dict) else None
-        _walk_marked(target, path, root, found, refs | {ref}, mark)
-    for key, sub in (schema.get("properties") or {}).items():
-        _walk_marked(sub, (*path, key), root, found, refs, mark)
-    for sub in (schema.get("patternProperties") or {}).values():
-        _walk_marked(sub, (*path, ANY), root, found, refs, mark)
-    _walk_marked(schema.get("additionalProperties"), (*path, ANY), root, found, refs, mark)
-    _walk_marked(schema.get("items"), (*path, ANY), root, found, refs, mark)
-    for index, sub in enumerate(schema.get("prefixItems") or ()):
-        _walk_marked(sub, (*path, index), root, found, refs, mark)
-    for keyword in ("allOf", "anyOf", "oneOf"):
-        for sub in schema.get(keyword) or ():
-            _walk_marked(sub, path, root, found, refs, mark)
-    for keyword in ("then", "else"):
-        _walk_marked(schema.get(keyword), path, root, found, refs, mark)
-    for sub in (schema.get("dependentSchemas") or {}).values():
-        _walk_marked(sub, path, root, found, refs, mark)
-
-
-def replace_secrets(schema: Mapping[str, Any], config: Any, replace: Callable[[Any], Any]) -> Any:
-    """Return a deep copy of ``config`` with every non-null secret value ``v`` as ``replace(v)``.
-
-    Use it to encrypt before storing, decrypt after loading, or redact (``lambda _: "****"``).
-    """
-    result = copy.deepcopy(config)
-    for path in secret_paths(schema):
-        if not path:
-            return replace(result) if result is not None else None
-        _replace_at(result, path, replace)
-    return result
-
-
-def values_at(config: Any, path: Path, prefix: str = "") -> list[tuple[str, Any]]:
-    """The non-null values at ``path`` in ``config`` (``ANY`` expanded), with dotted paths."""
-    if not path:
-        return [] if config is None else [(prefix.rstrip("."), config)]
-    head, rest = path[0], path[1:]
-    if isinstance(config, dict):
-        keys: list[Any] = list(config) if head == ANY else [head] if head in config else []
-    elif isinstance(config, list):
-        indexes = range(len(config))
-        keys = list(indexes) if head == ANY else [head] if head in indexes else []
-    else:
-        return []
-    return [found for key in keys for found in values_at(config[key], rest, f"{prefix}{key}.")]
-
-
-def _replace_at(node: Any, path: tuple[str | int, ...], replace: Callable[[Any], Any]) -> None:
-    head, rest = path[0], path[1:]
-    keys: Iterable[Any]
-    if isinstance(node, dict):
-        keys = list(node) if head == ANY else [head] if head in node else []
-    elif isinstance(node, list):
-        if head == ANY:
-            keys = range(len(node))
-        else:
-            keys = [head] if isinstance(head, int) and 0 <= head < len(node) else []
-    else:
-        return
-    for key in keys:
-        if rest:
-            _replace_at(node[key], rest, replace)
-        elif node[key] is not None:
-            node[key] = replace(node[key])

@@ -26,24 +26,26 @@ from typing import Any, Literal
 import pluggy
 from jsonschema import Draft202012Validator, SchemaError
 
-from app.connectors import hookspecs
+import app.connectors.hookspecs as hookspecs
 from app.connectors.contract import (
     CONNECTOR_TYPES,
     Action,
     Connector,
     ConnectorContext,
     TestResult,
+    bind_context,
     config_errors,
 )
+from app.store import jsoncodec
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginRegistry", "PluginStatus"]
+__all__ = ["CONNECTOR_NAME", "ENTRY_POINT_GROUP", "PluginRegistry", "PluginStatus"]
 
 ENTRY_POINT_GROUP = "switchboard.connectors"
 
 logger = logging.getLogger(__name__)
 
-# Connector names appear in URLs, event types and the database: keep them plain.
-_CONNECTOR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+#: Connector names appear in URLs, event types and the database: keep them plain.
+CONNECTOR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _KNOWN_HOOKS = ", ".join(
     name for name, value in vars(hookspecs).items() if hasattr(value, "switchboard_spec")
 )
@@ -292,19 +294,37 @@ class PluginRegistry:
     def run_test(
         self, connector: Connector, config: dict[str, Any], ctx: ConnectorContext
     ) -> TestResult:
-        """Validate ``config`` and run ``connector.test``; any exception is a failed result."""
+        """Validate ``config`` and run ``connector.test``; any exception is a failed result.
+
+        So is a result that the API could not answer with: not a ``TestResult``, or one whose
+        ``data`` is not a JSON object.
+        """
         errors = config_errors(connector.config_schema, config)
         if errors:
             return TestResult(False, "configuration is invalid", {"errors": errors})
         try:
-            result = connector.test(config, ctx)
+            result = connector.test(config, bind_context(ctx, connector.name, config))
         except Exception as exc:
             # The message may quote a secret (a webhook URL, say): log it, answer the type only.
             ctx.logger.exception("connector %r test raised", connector.name)
             return TestResult(False, f"test failed unexpectedly ({type(exc).__name__})")
         if not isinstance(result, TestResult):
             return TestResult(False, f"test returned {type(result).__name__}, not a TestResult")
+        problem = _test_result_problem(result)
+        if problem is not None:
+            ctx.logger.warning("connector %r test returned %s", connector.name, problem)
+            return TestResult(False, f"test returned {problem}")
         return result
+
+
+def _test_result_problem(result: TestResult) -> str | None:
+    """What keeps ``result`` from being answered as JSON, or None."""
+    if not isinstance(result.success, bool) or not isinstance(result.message, str):
+        return "a TestResult whose success is not a bool or whose message is not a str"
+    if not isinstance(result.data, dict):
+        return f"data of type {type(result.data).__name__}, not a JSON object"
+    found = jsoncodec.problem(result.data, "data")
+    return None if found is None else f"data that is not JSON: {found}"
 
 
 def _connector_problem(connector: Any) -> str | None:
@@ -312,8 +332,8 @@ def _connector_problem(connector: Any) -> str | None:
     if not isinstance(connector, Connector):
         return f"{connector!r} is not a Connector instance"
     name = connector.name
-    if not isinstance(name, str) or not _CONNECTOR_NAME.match(name):
-        return f"name {name!r} must match {_CONNECTOR_NAME.pattern}"
+    if not isinstance(name, str) or not CONNECTOR_NAME.match(name):
+        return f"name {name!r} must match {CONNECTOR_NAME.pattern}"
     if connector.type not in CONNECTOR_TYPES:
         return f"type {connector.type!r} must be one of {', '.join(CONNECTOR_TYPES)}"
     if not isinstance(connector.version, str) or not connector.version:

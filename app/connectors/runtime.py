@@ -3,6 +3,8 @@
 ``execute_action`` validates input against the action's schema, runs the handler with the
 decrypted config and the guarded HTTP session, logs the run to ``integration_logs`` with its
 latency, and turns every outcome (result, ``ActionError``, crash) into an ``ActionOutcome``.
+A result must be a JSON object: anything else fails the run for good, so nothing a plugin
+returns can break the job's answer, the log or the delivery that show it.
 """
 
 from __future__ import annotations
@@ -14,10 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.connectors.configs import decrypt_config
-from app.connectors.contract import ActionError, Connector, ConnectorContext, config_errors
+from app.connectors.contract import (
+    ActionError,
+    Connector,
+    ConnectorContext,
+    bind_context,
+    config_errors,
+)
 from app.connectors.extension import connector_context, get_registry, unavailable
 from app.metrics import instruments as metrics
 from app.outbound.guard import REFUSED, refused_by_guard
+from app.store import jsoncodec
 from app.store.models import Integration, IntegrationLog
 from app.stream import kinds
 
@@ -122,7 +131,7 @@ def _run_handler(
         detail = "; ".join(f"{path}: {', '.join(msgs)}" for path, msgs in errors.items())
         return _ended(started, error=f"invalid input: {detail}")
     try:
-        result = action.handler(config, action_input, ctx)
+        result = action.handler(config, action_input, bind_context(ctx, connector.name, config))
     except Exception as exc:  # noqa: BLE001 - every way a handler ends is an outcome
         if refused_by_guard(exc):  # however the connector wrapped it: final, never retried
             return _ended(started, error=REFUSED)
@@ -133,8 +142,22 @@ def _run_handler(
         # A plugin bug is a failed, retryable run.
         log.exception("action %s of %s crashed", action_name, connector.name)
         return _ended(started, error=f"action crashed: {type(exc).__name__}", retryable=True)
-    result = result if isinstance(result, dict) else {"value": result}
-    return _ended(started, success=True, result=result)
+    problem = _result_problem(result)
+    if problem is not None:  # final: the same code returns the same thing again
+        error = f"action {action_name!r} of connector {connector.name!r} returned {problem}"
+        log.warning("%s", error)
+        return _ended(started, error=error)
+    # Stored as parsed JSON: tuples become lists, str and int subclasses plain values.
+    return _ended(started, success=True, result=jsoncodec.loads(jsoncodec.dumps(result)))
+
+
+def _result_problem(result: Any) -> str | None:
+    """What is wrong with what a handler returned (a JSON object is right), or None."""
+    if not isinstance(result, dict):
+        kind = "None" if result is None else f"a value of type {type(result).__name__}"
+        return f"{kind}, not a JSON object"
+    found = jsoncodec.problem(result, "result")
+    return None if found is None else f"a result that is not JSON: {found}"
 
 
 def _ended(started: float, **outcome: Any) -> ActionOutcome:

@@ -40,8 +40,13 @@ class JobSchema(ma.Schema):
     action = ma.fields.String(
         metadata={"description": "The connector action, or `tenant.erase` (a tenant's erasure)"}
     )
-    result = ma.fields.Raw(allow_none=True)
-    error = ma.fields.String(allow_none=True)
+    result = ma.fields.Raw(
+        allow_none=True, metadata={"description": "The finished job's result: a JSON object"}
+    )
+    error = ma.fields.String(
+        allow_none=True,
+        metadata={"description": "Why the last attempt failed (or the result is not shown)"},
+    )
     attempts = ma.fields.Integer()
     enqueued_at = UTCDateTime(allow_none=True)
     started_at = UTCDateTime(allow_none=True)

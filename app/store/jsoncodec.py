@@ -76,3 +76,57 @@ def loads(text: str | bytes) -> Any:
 def dumps(value: Any, **kwargs: Any) -> str:
     """``json.dumps`` that raises ``ValueError`` instead of writing ``NaN`` or ``Infinity``."""
     return json.dumps(value, allow_nan=False, **kwargs)
+
+
+#: How deeply ``problem`` follows nested lists and objects (a cycle never ends otherwise).
+MAX_DEPTH = 100
+
+
+def problem(value: Any, path: str = "value") -> str | None:
+    """Why ``value`` cannot be written as strict JSON, or None when it can.
+
+    The answer names where (``result.items[2]``) and what (``a set``, ``NaN``) but never the
+    content, which may be secret. Tuples pass: they are written as arrays. Refused: any type
+    but dict (with str keys), list, tuple, str, int, float, bool and None; ``NaN`` and
+    infinities; integers over 4,300 digits; lone surrogates; nesting over ``MAX_DEPTH``.
+    """
+    return _problem(value, path, 0)
+
+
+def _problem(value: Any, path: str, depth: int) -> str | None:
+    if depth > MAX_DEPTH:  # the path is cut short: a cycle would repeat one key 100 times
+        return f"{path[:60]}… is nested more than {MAX_DEPTH} levels deep"
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return None if _encodable(value) else f"{path} is a string with an unpaired surrogate"
+    if isinstance(value, int):
+        try:
+            digits = len(str(abs(value)))
+        except ValueError:  # over Python's own limit on converting digits
+            digits = MAX_INT_DIGITS + 1
+        return None if digits <= MAX_INT_DIGITS else f"{path} is an integer over 4300 digits"
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return f"{path} is {'NaN' if math.isnan(value) else 'infinite'}, not a JSON number"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} has a key of type {type(key).__name__} (JSON keys are strings)"
+            found = _problem(item, _member(path, key), depth + 1)
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _problem(item, f"{path}[{index}]", depth + 1)
+            if found:
+                return found
+        return None
+    return f"{path} is of type {type(value).__name__}, not a JSON value"
+
+
+def _member(path: str, key: str) -> str:
+    """``path.key``, or ``path['odd key']`` (shortened) when the key is not an identifier."""
+    return f"{path}.{key}" if key.isidentifier() else f"{path}[{key[:40]!r}]"
