@@ -362,6 +362,7 @@ def _disable_after_value() -> str:
     raise AssertionError("no short auto-disable setting accepted")
 
 
+@pytest.mark.slow
 def test_auto_disabled_webhook_alerts_slack_exactly_once_with_two_workers(
     api: ApiClient, app: Any, integration: dict[str, Any]
 ) -> None:

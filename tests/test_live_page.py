@@ -20,6 +20,8 @@ from tests.conftest import ApiClient
 from tests.peers import ROOT, GunicornServer
 from tests.test_docs_ui import WAIT_SECONDS, _require_browser, browser, proxy  # noqa: F401
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = ROOT / "docs" / "examples"
 
 

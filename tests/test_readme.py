@@ -195,6 +195,7 @@ def make_run(tmp_path: Path) -> Iterator[tuple[str, str, str, Output]]:
             os.kill(leftover, signal.SIGKILL)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_the_walkthrough_runs_as_written_against_make_run(
     make_run: tuple[str, str, str, Output], tmp_path: Path
