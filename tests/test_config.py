@@ -154,9 +154,3 @@ def test_each_kind_of_bad_setting_stops_each_process_with_one_line(
     assert len(lines) == 1 and lines[0].startswith(prefix), done.stderr
     assert accepted in lines[0]
     assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
-
-
-def test_readme_documents_every_setting() -> None:
-    readme = (ROOT / "README.md").read_text()
-    missing = [s.env for s in SETTINGS if f"`{s.env}`" not in readme and s.env not in readme]
-    assert missing == []
