@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 #: How long a stopping dispatcher waits for its sends in flight before handing them back.
-STOP_GRACE = 2.0
+STOP_GRACE = 1.0
 
 _requested = threading.Event()
 
