@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import marshmallow as ma
 
 from app.web.api import UTCDateTime
 from app.web.keyset import KeysetArgsSchema, keyset_page_schema
 
 EVENT_TYPE_NAME = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
+
+
+def _schema_field(**kwargs: Any) -> ma.fields.Raw:
+    return ma.fields.Raw(
+        allow_none=True,
+        metadata={
+            "description": "JSON Schema (2020-12) of the payload (`data`): publishing an event "
+            "that breaks it is a 422 listing each failure by JSON pointer. Only local "
+            "references (`#/$defs/…`); at most 64 KiB",
+            "type": ["object", "boolean", "null"],
+        },
+        **kwargs,
+    )
+
+
+def _examples_field(**kwargs: Any) -> ma.fields.List:
+    return ma.fields.List(
+        ma.fields.Dict(),
+        validate=ma.validate.Length(max=10),
+        metadata={"description": "Example payloads (`data`), each valid against `schema`"},
+        **kwargs,
+    )
 
 
 class EventTypeSchema(ma.Schema):
@@ -19,9 +43,17 @@ class EventTypeSchema(ma.Schema):
         ],
     )
     description = ma.fields.String(load_default="", validate=ma.validate.Length(max=1000))
+    schema = _schema_field(load_default=None)
+    examples = _examples_field(load_default=list)
     source = ma.fields.String(
         dump_only=True, metadata={"description": "builtin, connector, or custom"}
     )
+
+
+class EventTypeUpdateSchema(ma.Schema):
+    description = ma.fields.String(validate=ma.validate.Length(max=1000))
+    schema = _schema_field()
+    examples = _examples_field()
 
 
 class EventTypeListSchema(ma.Schema):
