@@ -4,8 +4,8 @@
 delivery per matching target (whose filter the payload passes) are committed together with
 the change that caused them, and the dispatcher is woken only after that commit.
 ``emit_event_alone`` is the same for an event that is its own change (``POST /events``): on
-PostgreSQL one statement, committed by itself — unless a fifo webhook gets a delivery, which
-queues behind the ones before it under its queue's lock (``app.events.fifo``). A caller that
+PostgreSQL one statement, committed by itself. A fifo webhook's delivery enters its queue and
+becomes its head once committed, if nothing is before it (``app.events.fifo``). A caller that
 already read the routes (to check the payload against its type's schema) passes them along.
 """
 
@@ -111,7 +111,7 @@ def emit_event_alone(
 
     On PostgreSQL the event and its deliveries are one ``INSERT``, which is a transaction by
     itself: no ``BEGIN`` and ``COMMIT`` round trips (or, on the rare publish that needs more
-    than one statement or queues a fifo delivery, an ordinary transaction).
+    than one statement, an ordinary transaction). Work for after the commit then runs at once.
     """
     routes = routes or current_routes()
     event, rows = _outbox_rows(routes, tenant_id, event_type, data, None)
@@ -119,41 +119,31 @@ def emit_event_alone(
         isinstance(database.obj, peewee.PostgresqlDatabase)
         and not database.in_transaction()
         and len(rows) <= CHUNK
-        and all(row["ordering_key"] is None for row in rows)
     )
-    if not one_statement:
+    if one_statement:
+        _write(event, rows)
+    else:
         with database.atomic():
             _write(event, rows)
-        return event
-    _insert(event, rows)  # committed when it returns
-    kinds.event_published(tenant_id, event.id, event_type, event.created_at, data)
-    if rows:
-        wake_dispatcher(tenant_id)
     return event
 
 
 def _write(event: Event, rows: list[dict[str, Any]]) -> None:
-    """Insert the event and its deliveries in this transaction, fifo ones in order; wake the
-    dispatcher on commit."""
+    """Insert the event and its deliveries (in this transaction, if one is open); fifo ones
+    enter their queues ``queued`` and, once committed, each whose queue has no head becomes
+    it (``app.events.fifo``). The dispatcher is woken on commit."""
     tenant_id = str(event.tenant_id)
-    _queue_in_order(tenant_id, rows)
+    queues: dict[str, set[str]] = {}
+    for row in rows:
+        if row["ordering_key"] is not None:
+            row["status"] = "queued"
+            queues.setdefault(row["webhook"], set()).add(row["ordering_key"])
     _insert(event, rows)
     kinds.event_published(tenant_id, event.id, event.type, event.created_at, event.payload)
+    for webhook_id, keys in queues.items():
+        fifo.promote_after_commit(tenant_id, webhook_id, keys)
     if rows:
         database.after_commit(lambda: wake_dispatcher(tenant_id))
-
-
-def _queue_in_order(tenant_id: str, rows: list[dict[str, Any]]) -> None:
-    """Fifo deliveries whose queue is occupied wait behind it (``queued``); the others are
-    their queue's head. The queues stay locked until the transaction ends."""
-    queues = [(r["webhook"], r["ordering_key"]) for r in rows if r["ordering_key"] is not None]
-    if not queues:
-        return
-    fifo.lock_queues(queues)
-    occupied = fifo.occupied(tenant_id, queues)
-    for row in rows:
-        if (row["webhook"], row["ordering_key"]) in occupied:
-            row["status"] = "queued"
 
 
 def _outbox_rows(

@@ -3,41 +3,51 @@
 A fifo webhook (``ordering: "fifo"``) files each delivery under a queue: the value at its
 ``ordering_key`` path (one queue for the whole webhook without one), kept in the delivery's
 ``ordering_key``, at a position the database assigns on insert (``ordering_seq``, migration
-0011). Only a queue's *head* is ``pending`` (or ``held`` while the webhook is disabled); the
-deliveries behind it are ``queued``, which no claim ever looks at: a backlog of one queue costs
-other endpoints nothing, and one queue never waits for another.
+0011: commit order, whatever the API processes' clocks). Only a queue's *head* is ``pending``
+(or ``held`` while the webhook is disabled); the deliveries behind it are ``queued``, which no
+claim ever looks at: a backlog of one queue costs other endpoints nothing, and one queue never
+waits for another.
 
-The head leaves the queue when it ends for good — ``succeeded``, ``failed`` (its retries spent:
-the next one goes, in order, and the failure stays visible and recoverable), or ``discarded``
-— and :func:`promote` makes the next one (the lowest position still queued) the head, in the
-same transaction. A delivery sent again (retry, recover, a refused URL fixed) re-enters its
-queue as ``queued`` at its original position: it goes after the current head, before anything
-published after it. Retries of the head, a worker killed mid-send (its lease lapses and the
-head is sent again) and a disabled webhook (its head is ``held``) all keep the order.
+The head leaves its queue when it ends for good — ``succeeded``, ``failed`` (its retries
+spent: the next one goes, and the failure stays visible and recoverable) or ``discarded`` —
+and :func:`promote` makes the queued delivery with the lowest position the new head. Every
+delivery enters a queue as ``queued`` — a new one, or one sent again (retry, recover, a
+refused URL fixed, a held one released), at its original position — and is promoted once that
+change has committed (:func:`promote_after_commit`), or by the transaction that ends the head
+before it. Retries of the head, a worker killed mid-send (the head's lease lapses and it is
+sent again) and a disabled webhook (its head is held) all keep the order.
 
-Every transaction that changes a queue's head takes its lock first (:func:`lock_queues`,
-:func:`lock_webhook`): on PostgreSQL transaction-scoped advisory locks, a shared one per
-webhook and an exclusive one per queue (or the webhook's exclusive one for changes across all
-its queues), so a publish and the outcome of the head it queues behind are serialized; SQLite
-runs one writing transaction at a time (``BEGIN IMMEDIATE``) and needs none.
+Promotion is serialized per queue: on PostgreSQL by transaction-scoped advisory locks (a
+shared one per webhook with an exclusive one per queue, or the webhook's exclusive one for all
+its queues), always taken first in the transaction, before any row, so they never deadlock
+with row locks; SQLite runs one writing transaction at a time (``BEGIN IMMEDIATE``). A
+promotion lost with a process that died right after its commit is done by the reconciler
+(``app.events.reconciler``: a queue whose deliveries waited ``SAFETY_NET_SECONDS`` with no
+head).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
 import peewee
 
+from app.events.outbox import wake_dispatcher
 from app.store.db import database
 from app.store.models import Delivery, Webhook, utcnow
+from app.store.outage import WORKER_SURVIVES, describe
 
-#: Statuses of a queue's head (at most one per queue) and of what waits behind it.
+log = logging.getLogger(__name__)
+
+#: Statuses of a queue's head (at most one per queue).
 HEAD = ("pending", "held")
-UNFINISHED = (*HEAD, "queued")
 Queue = tuple[str, str]  # (webhook id, ordering key)
+#: A queue with deliveries waiting this long and no head is promoted by the reconciler.
+SAFETY_NET_SECONDS = 30
 
 
 def _lock_id(*parts: str) -> int:
@@ -51,12 +61,12 @@ def _postgres() -> bool:
 
 
 def lock_queues(queues: Iterable[Queue]) -> None:
-    """Hold the locks of ``queues`` until this transaction ends (see the module doc)."""
-    wanted = sorted(set(queues))
+    """Hold the locks of ``queues`` until this transaction ends; call before touching rows."""
+    wanted = set(queues)
     if not wanted or not _postgres():
         return
-    shared = sorted({_lock_id("webhook", webhook_id) for webhook_id, _ in wanted})
-    exclusive = sorted({_lock_id("queue", webhook_id, key) for webhook_id, key in wanted})
+    shared = sorted({_lock_id("webhook", w) for w, _ in wanted})
+    exclusive = sorted({_lock_id("queue", w, key) for w, key in wanted})
     database.execute_sql(
         "SELECT pg_advisory_xact_lock_shared(k) FROM unnest(%s::bigint[]) WITH ORDINALITY"
         " AS t(k, n) ORDER BY n",
@@ -70,48 +80,38 @@ def lock_queues(queues: Iterable[Queue]) -> None:
 
 
 def lock_webhook(webhook_id: str) -> None:
-    """Hold every queue of the webhook until this transaction ends."""
+    """Hold every queue of the webhook until this transaction ends; call before any row."""
     if _postgres():
         database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_lock_id("webhook", webhook_id),))
 
 
-def occupied(tenant_id: str, queues: Iterable[Queue]) -> set[Queue]:
-    """Which of ``queues`` hold an unfinished delivery (a new one queues behind it)."""
-    wanted = list(set(queues))
-    found: set[Queue] = set()
-    for chunk in peewee.chunked(wanted, 200):
-        rows = (
-            Delivery.of(tenant_id, Delivery.webhook, Delivery.ordering_key)
-            .where(
-                peewee.Tuple(Delivery.webhook, Delivery.ordering_key).in_(chunk)
-                & Delivery.status.in_(UNFINISHED)
-            )
-            .distinct()
-        )
-        found.update((row.webhook_id, row.ordering_key) for row in rows)
-    return found
+def queues_of(rows: Iterable[Any]) -> list[Queue]:
+    """The queues ``rows`` (deliveries) belong to."""
+    return [
+        (row.webhook_id, row.ordering_key)
+        for row in rows
+        if row.webhook_id and row.ordering_key is not None
+    ]
 
 
 def promote(tenant_id: str, webhook_id: str, keys: Iterable[str] | None = None) -> int:
     """Make the next delivery of each of the webhook's queues (``keys``, or all) its head
-    where the queue has none: ``pending``, due now (``held`` if the webhook is disabled).
-    Call with the queues locked; returns how many became heads."""
-    webhook = Webhook.get_of(tenant_id, Webhook.id == webhook_id)
-    if webhook is None:
-        return 0
+    where the queue has none: ``pending`` and due now, or ``held`` if the webhook is disabled.
+    Call with those queues locked; returns how many became heads."""
     wanted = None if keys is None else sorted(set(keys))
-    if wanted is not None and not wanted:
+    webhook = Webhook.get_of(tenant_id, Webhook.id == webhook_id)
+    if webhook is None or wanted == []:
         return 0
 
-    def queued_or_headed(*fields: Any) -> Any:
+    def queues(*fields: Any) -> Any:
         query = Delivery.of(tenant_id, *fields).where(
             (Delivery.webhook == webhook_id) & Delivery.ordering_key.is_null(False)
         )
         return query if wanted is None else query.where(Delivery.ordering_key.in_(wanted))
 
-    headed = queued_or_headed(Delivery.ordering_key).where(Delivery.status.in_(HEAD))
+    headed = queues(Delivery.ordering_key).where(Delivery.status.in_(HEAD))
     firsts = (
-        queued_or_headed(Delivery.ordering_key, peewee.fn.MIN(Delivery.ordering_seq))
+        queues(Delivery.ordering_key, peewee.fn.MIN(Delivery.ordering_seq))
         .where((Delivery.status == "queued") & Delivery.ordering_key.not_in(headed))
         .group_by(Delivery.ordering_key)
     )
@@ -128,9 +128,9 @@ def promote(tenant_id: str, webhook_id: str, keys: Iterable[str] | None = None) 
     )
 
 
-def promote_after(rows: Iterable[Any]) -> int:
-    """Promote the queues of deliveries that just left them (anything with ``tenant_id``,
-    ``webhook_id`` and ``ordering_key``; those without a queue are skipped)."""
+def promote_ended(rows: Iterable[Any]) -> int:
+    """Promote the queues of deliveries (with ``tenant_id``, ``webhook_id`` and
+    ``ordering_key``) whose head just ended, in this transaction (their queues locked)."""
     by_webhook: dict[tuple[str, str], set[str]] = defaultdict(set)
     for row in rows:
         if row.webhook_id and row.ordering_key is not None:
@@ -138,10 +138,29 @@ def promote_after(rows: Iterable[Any]) -> int:
     return sum(promote(t, w, keys) for (t, w), keys in sorted(by_webhook.items()))
 
 
-def queues_of(rows: Iterable[Any]) -> list[Queue]:
-    """The queues ``rows`` (deliveries) belong to."""
-    return [
-        (row.webhook_id, row.ordering_key)
-        for row in rows
-        if row.webhook_id and row.ordering_key is not None
-    ]
+def promote_now(tenant_id: str, webhook_id: str, keys: Iterable[str] | None = None) -> int:
+    """Promote in a transaction of its own (locks first) and wake the dispatcher for the new
+    heads; a store error is logged, not raised (the reconciler's safety net catches up)."""
+    wanted = None if keys is None else sorted(set(keys))
+    try:
+        with database.atomic():
+            if wanted is None:
+                lock_webhook(webhook_id)
+            else:
+                lock_queues((webhook_id, key) for key in wanted)
+            promoted = promote(tenant_id, webhook_id, wanted)
+    except WORKER_SURVIVES as exc:
+        log.warning("fifo promotion of %s postponed: %s", webhook_id, describe(exc))
+        return 0
+    if promoted:
+        wake_dispatcher(tenant_id)
+    return promoted
+
+
+def promote_after_commit(
+    tenant_id: str, webhook_id: str, keys: Iterable[str] | None = None
+) -> None:
+    """Promote the webhook's queues (``keys``, or all) once this transaction has committed:
+    deliveries it made ``queued`` become heads where their queue has none."""
+    wanted = None if keys is None else sorted(set(keys))
+    database.after_commit(lambda: promote_now(tenant_id, webhook_id, wanted))

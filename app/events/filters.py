@@ -197,7 +197,7 @@ class _Compiler:
         """The terms a field's value asks for: equality, operators, or a nested filter."""
         if isinstance(value, dict):
             operators = [key for key in value if key.startswith("$")]
-            if not operators:
+            if set(operators) <= {"$and", "$or"}:  # a filter of its own, under this path
                 return self.filter(value, path, where, depth)
             if len(operators) != len(value):
                 self.fail(where, "mixes operators with field names")

@@ -19,7 +19,7 @@ def _schema_field(**kwargs: Any) -> ma.fields.Raw:
             "description": "JSON Schema (2020-12) of the payload (`data`): publishing an event "
             "that breaks it is a 422 listing each failure by JSON pointer. Only local "
             "references (`#/$defs/…`); at most 64 KiB",
-            "type": ["object", "boolean", "null"],
+            "type": ["object", "boolean"],
         },
         **kwargs,
     )

@@ -33,7 +33,7 @@ LOCK_KEY = "sb:retention:lock"
 def _deliveries(cutoff: datetime, now: datetime) -> Any:
     return (
         (Delivery.created_at < cutoff)
-        & Delivery.status.not_in(("pending", "held"))
+        & Delivery.status.not_in(("pending", "held", "queued"))
         & (Delivery.lease_until.is_null() | (Delivery.lease_until < now))
     )
 
