@@ -39,14 +39,18 @@ def reconcile_once() -> int:
     with database.connection_context():
         if time.monotonic() >= _safety_net_at:  # it reads every queued delivery: not often
             _safety_net_at = time.monotonic() + fifo.SAFETY_NET_SECONDS
-            for tenant_id, webhook_id, key in headless_queues():
-                fifo.promote_now(tenant_id, webhook_id, [key])
+            promote_stalled_queues()
         due = Delivery.select().where(unclaimed_filter(utcnow())).count()
     if due:
         # A stale flag from a job lost with Redis must not block the wake-up.
         get_redis().delete(WAKE_FLAG)
         wake_dispatcher()
     return due
+
+
+def promote_stalled_queues() -> int:
+    """Give every fifo queue stalled without a head (``headless_queues``) its head."""
+    return sum(fifo.promote_now(t, w, [key]) for t, w, key in headless_queues())
 
 
 def headless_queues(limit: int = 100) -> list[tuple[str, str, str]]:
