@@ -46,6 +46,7 @@ import redis
 from flask import current_app
 
 from app.events import fifo, observe, progress
+from app.events.erasure import EVENT_ERASED
 from app.events.held import hold_pending, requeue
 from app.events.outbox import (
     ANNOUNCED,
@@ -87,7 +88,6 @@ POLL_SECONDS = 0.02  # how often a job with sends in flight checks for announced
 RECHECK_SECONDS = 1.0  # ... and looks for due work anyway (retries, lapsed leases)
 WORKER_LOST = "worker lost: its lease lapsed while the attempt was in flight"
 WORKER_STOPPED = "worker stopped before the answer came: handed back to be sent again"
-EVENT_ERASED = "the event was erased: nothing left to send"
 ENDED = ("succeeded", "failed")  # a fifo queue's head that ends lets the next one go
 
 

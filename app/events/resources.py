@@ -21,10 +21,14 @@ from app.events.catalog import (
     event_catalog,
     event_type_source,
 )
+from app.events.erasure import erase_events, match_problems, start_erasure
 from app.events.routes import Routes, current_routes
 from app.events.schemas import (
+    EventErasureSchema,
+    EventErasureStartedSchema,
     EventPageSchema,
     EventQueryArgsSchema,
+    EventSchema,
     EventTypeListSchema,
     EventTypeSchema,
     EventTypeUpdateSchema,
@@ -267,3 +271,41 @@ def list_events(args: dict[str, Any]) -> dict[str, Any]:
     if args.get("until"):
         query = query.where(Event.created_at < args["until"])
     return paginate_keyset(query, args, [Event.created_at, Event.id], "events")
+
+
+@blp.route("/events/<event_id>", methods=["DELETE"])
+@blp.auth("webhooks:write")
+@blp.response(200, EventSchema)
+@blp.problem(404, "No such event")
+def erase_event(event_id: str) -> Event:
+    """Erase an event's payload (GDPR): its deliveries keep their ids, times and outcomes but
+    lose stored answers, unsent ones are discarded; the erasure is audited."""
+    tenant_id = current_tenant_id()
+    with database.atomic():
+        event = Event.get_of(tenant_id, Event.id == event_id)
+        if event is None:
+            raise Problem(404, f"No event {event_id!r}.")
+        if erase_events(tenant_id, [event.id]):
+            record_audit("event.erased", "event", event.id, {"type": event.type})
+        event = Event.get_of(tenant_id, Event.id == event_id)
+    return event
+
+
+@blp.route("/erasure", methods=["POST"])
+@blp.auth("webhooks:write")
+@blp.arguments(EventErasureSchema)
+@blp.response(202, EventErasureStartedSchema)
+def start_event_erasure(data: dict[str, Any]) -> dict[str, Any]:
+    """Erase every event of this tenant whose payload matches (e.g. a person's email), as a
+    job: poll `GET /jobs/{job_id}`. Audited with the paths, never the values."""
+    errors = match_problems(data["match"])
+    if errors:
+        where = next(iter(errors))
+        raise Problem(422, f"Invalid `{where}`: {errors[where][0]}", errors=errors)
+    since = data.get("since")
+    with database.atomic():
+        job_id = start_erasure(current_tenant_id(), data["match"], since)
+        when = since.isoformat() + "Z" if since is not None else None
+        audit = {"paths": sorted(data["match"]), "since": when, "job_id": job_id}
+        record_audit("events.erasure_requested", "event", None, audit)
+    return {"job_id": job_id}

@@ -75,11 +75,45 @@ class PublishedSchema(ma.Schema):
 class EventSchema(ma.Schema):
     id = ma.fields.String(metadata={"description": "The receivers' webhook-id"})
     type = ma.fields.String()
-    data = ma.fields.Dict(attribute="payload")
+    data = ma.fields.Method(
+        "_data",
+        metadata={
+            "description": "The payload; null once erased",
+            "type": ["object", "null"],
+        },
+    )
+    erased_at = UTCDateTime(
+        allow_none=True,
+        metadata={"description": "When its payload was erased (DELETE /events/{id}, /erasure)"},
+    )
     request_id = ma.fields.String(
         allow_none=True, metadata={"description": "The API request that published it"}
     )
     created_at = UTCDateTime()
+
+    def _data(self, event: Any) -> Any:
+        return None if event.erased_at is not None else event.payload
+
+
+class EventErasureSchema(ma.Schema):
+    match = ma.fields.Dict(
+        required=True,
+        keys=ma.fields.String(validate=ma.validate.Length(min=1, max=200)),
+        metadata={
+            "description": "Dotted paths in the body and the value each must equal, e.g. "
+            '`{"data.customer.email": "ann@example.com"}` (all must match; an array holding '
+            "the value matches)"
+        },
+    )
+    since = UTCDateTime(
+        metadata={"description": "Only events published since (RFC 3339); default: all"}
+    )
+
+
+class EventErasureStartedSchema(ma.Schema):
+    job_id = ma.fields.String(
+        metadata={"description": "Poll `GET /api/v1/jobs/{job_id}`: its result counts the erased"}
+    )
 
 
 class EventQueryArgsSchema(KeysetArgsSchema):

@@ -370,7 +370,7 @@ def list_deliveries(args: dict[str, Any], webhook_id: str) -> dict[str, Any]:
 @blp.auth("webhooks:write")
 @blp.response(202, DeliverySchema)
 @blp.problem(404, "No such delivery")
-@blp.problem(409, "The delivery is already pending")
+@blp.problem(409, "The delivery is being attempted, or its event was erased")
 def retry_delivery(delivery_id: str) -> Delivery:
     """Redeliver now (same webhook-id), whatever the earlier outcome; a fifo webhook's
     delivery goes in its turn (after the one being sent, before later events)."""
@@ -384,6 +384,8 @@ def retry_delivery(delivery_id: str) -> Delivery:
         )
         if row is None:
             raise Problem(404, f"No delivery {delivery_id!r}.")
+        if row.event.erased_at is not None:
+            raise Problem(409, "This delivery's event was erased: there is nothing to send.")
         now = utcnow()
         free = Delivery.lease_until.is_null() | (Delivery.lease_until <= now)
         in_queue = row.webhook_id is not None and row.ordering_key is not None
