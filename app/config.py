@@ -50,7 +50,7 @@ class Setting:
     env: str
     default: str | None  # in the environment's own format; None means "unset"
     parse: Callable[[str], Any]
-    accepted: str  # the accepted format, for error messages and the README
+    accepted: str  # the accepted format, for error messages and docs/configuration.md
     render: Callable[[Any], str] = str
 
 

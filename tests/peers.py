@@ -163,7 +163,13 @@ class GunicornServer:
     """
 
     def __init__(
-        self, app: Any, log_path: Path, workers: int = 1, threads: int = 1, **extra_env: str
+        self,
+        app: Any,
+        log_path: Path,
+        workers: int = 1,
+        threads: int = 1,
+        options: tuple[str, ...] = (),
+        **extra_env: str,
     ) -> None:
         self.listener: socket.socket | None = socket.create_server(("127.0.0.1", 0))
         self.listener.set_inheritable(True)
@@ -173,7 +179,7 @@ class GunicornServer:
         self.command = [str(Path(sys.executable).parent / "gunicorn"), "-w", str(workers)]
         self.command += ["--threads", str(threads)]
         self.command += ["-b", f"fd://{self.listener.fileno()}", "--timeout", "120"]
-        self.command += ["--graceful-timeout", "5", "app:create_app()"]
+        self.command += ["--graceful-timeout", "5", *options, "app:create_app()"]
         self.env = worker_env(app, **extra_env)
         self.proc: subprocess.Popen[bytes] | None = None
 

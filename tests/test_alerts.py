@@ -313,9 +313,8 @@ def test_concurrent_evaluations_fire_once(
 
 
 def test_a_failed_notice_is_retried(api: ApiClient, app: Any, integration: dict[str, Any]) -> None:
-    peer = Receiver(
-        lambda req, n: (503, {}, b"busy") if n == 1 else (200, {}, b'{"ok": true, "ts": "1"}')
-    )
+    ok = (200, {"Content-Type": "application/json"}, b'{"ok": true, "ts": "1"}')
+    peer = Receiver(lambda req, n: (503, {}, b"busy") if n == 1 else ok)
     try:
         slack = slack_integration(api, peer)
         rule_id = make_rule(
@@ -363,6 +362,7 @@ def _disable_after_value() -> str:
     raise AssertionError("no short auto-disable setting accepted")
 
 
+@pytest.mark.slow
 def test_auto_disabled_webhook_alerts_slack_exactly_once_with_two_workers(
     api: ApiClient, app: Any, integration: dict[str, Any]
 ) -> None:

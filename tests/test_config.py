@@ -154,11 +154,3 @@ def test_each_kind_of_bad_setting_stops_each_process_with_one_line(
     assert len(lines) == 1 and lines[0].startswith(prefix), done.stderr
     assert accepted in lines[0]
     assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
-
-
-def test_the_documentation_names_every_setting() -> None:
-    """README.md and the topic pages of docs/ together."""
-    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    text = "\n".join(page.read_text() for page in pages)
-    missing = [s.env for s in SETTINGS if s.env not in text]
-    assert missing == []

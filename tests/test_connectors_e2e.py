@@ -430,6 +430,7 @@ def example_installed(example_site, monkeypatch):
     sys.modules.pop("switchboard_example", None)
 
 
+@pytest.mark.slow
 def test_third_party_package_end_to_end(app, admin_key, example_installed, worker):
     from tests.conftest import ApiClient
 
@@ -462,6 +463,7 @@ def test_third_party_package_end_to_end(app, admin_key, example_installed, worke
     assert {entry["event_type"] for entry in logs} >= {"action.echo", "integration.test"}
 
 
+@pytest.mark.slow
 def test_a_broken_plugin_answers_503_and_its_subscribed_events_wait(
     app, admin_key, example_installed
 ):

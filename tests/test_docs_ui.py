@@ -25,6 +25,8 @@ import requests
 from app.web.docs import ASSETS, SWAGGER_UI_VERSION
 from tests.peers import GunicornServer
 
+pytestmark = pytest.mark.slow
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT_SECONDS = 60  # a cold Chromium on a busy 2-core machine

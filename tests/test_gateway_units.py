@@ -257,7 +257,7 @@ def test_pick_says_when_a_success_has_state_to_clear(r: redis.Redis) -> None:
 def test_a_clean_single_upstream_is_picked_locally_for_a_bounded_time(
     r: redis.Redis, r2: redis.Redis
 ) -> None:
-    here = UpstreamBalancer(r, failure_threshold=1, cooldown_seconds=30, clean_cache_seconds=0.5)
+    here = UpstreamBalancer(r, failure_threshold=1, cooldown_seconds=30, clean_cache_seconds=2)
     there = UpstreamBalancer(r2, failure_threshold=1, cooldown_seconds=30)
     assert here.pick("int_one", [A]) == Pick(A, tracked=False)  # asks Redis: clean
     assert there.report_failure("int_one", A) is True  # another process ejects it
@@ -266,8 +266,7 @@ def test_a_clean_single_upstream_is_picked_locally_for_a_bounded_time(
     assert here.pick("int_one", [A]) == Pick(A, tracked=False)
     # ... but not for a pool of two (a shared schedule), nor once the bound has passed.
     assert _pick(here, "int_one", [A, B]) == B
-    time.sleep(0.6)
-    assert _pick(here, "int_one", [A]) is None
+    assert _eventually(lambda: _pick(here, "int_one", [A]) is None)
 
     # A failure reported by this process ends the local picking at once.
     assert here.pick("int_mine", [A]) == Pick(A, tracked=False)
@@ -304,26 +303,27 @@ def test_all_ejected_returns_none(r: redis.Redis) -> None:
 def test_an_all_ejected_pool_lets_one_probe_through_per_interval(
     r: redis.Redis, r2: redis.Redis
 ) -> None:
+    # The interval (2 s) is far longer than the steps that must fall within one, even on a
+    # busy machine; the steps that wait for the next interval poll for it.
     options: dict[str, Any] = {
         "failure_threshold": 1,
         "cooldown_seconds": 30,
-        "probe_interval_seconds": 0.3,
+        "probe_interval_seconds": 2,
     }
     balancer, other = UpstreamBalancer(r, **options), UpstreamBalancer(r2, **options)
     assert balancer.report_failure("int_p", A) is True
     time.sleep(0.01)
     assert balancer.report_failure("int_p", B) is True  # A was ejected longest ago
-    assert _pick(balancer, "int_p", [A, B]) is None  # an interval after the last ejection
-    time.sleep(0.35)
-    assert balancer.pick("int_p", [A, B]) == Pick(A, True, probe=True)
+    assert _pick(balancer, "int_p", [A, B]) is None  # within an interval of the last ejection
+    probe = _eventually(lambda: balancer.pick("int_p", [A, B]))
+    assert probe == Pick(A, True, probe=True)
     assert _pick(other, "int_p", [A, B]) is None  # one per interval, whichever process asks
     # A late success of a request sent before the ejection changes nothing ...
     other.report_success("int_p", B)
     assert balancer.state("int_p", [A, B])[1]["healthy"] is False
     # ... a failed probe ejects again (B is now the one ejected longest ago) ...
     assert balancer.report_failure("int_p", A, probe=True) is True
-    time.sleep(0.35)
-    assert balancer.pick("int_p", [A, B]) == Pick(B, True, probe=True)
+    assert _eventually(lambda: balancer.pick("int_p", [A, B])) == Pick(B, True, probe=True)
     # ... and a successful probe makes its upstream healthy at once.
     balancer.report_success("int_p", B, probe=True)
     assert balancer.state("int_p", [A, B])[1]["healthy"] is True
@@ -335,17 +335,28 @@ def test_a_probe_in_flight_blocks_another_to_the_same_upstream(r: redis.Redis) -
         r, failure_threshold=1, cooldown_seconds=30, probe_interval_seconds=0.2
     )
     balancer.report_failure("int_q", A)
-    time.sleep(0.25)
-    assert balancer.pick("int_q", [A]) == Pick(A, True, probe=True)  # never reported
-    time.sleep(0.25)
-    assert _pick(balancer, "int_q", [A]) is None  # its trial lock holds until the timeout
+    probe = _eventually(lambda: balancer.pick("int_q", [A]))
+    assert probe == Pick(A, True, probe=True)  # never reported
+    time.sleep(0.25)  # another interval has passed ...
+    assert _pick(balancer, "int_q", [A]) is None  # ... but its trial lock holds until the timeout
+
+
+def _eventually(produce: Any, timeout: float = 15) -> Any:
+    """Poll until ``produce()`` returns something truthy (time in these tests is Redis's clock,
+    so a wait is a poll with a generous deadline, never a sleep assumed long enough)."""
+    deadline = time.monotonic() + timeout
+    while not (value := produce()):
+        assert time.monotonic() < deadline, "not within the deadline"
+        time.sleep(0.02)
+    return value
 
 
 def _eject_and_wait(balancer: UpstreamBalancer, pool_id: str, upstream: Upstream) -> None:
+    """Eject ``upstream`` and wait until its cooldown has passed (half-open, no trial taken)."""
     for _ in range(balancer.failure_threshold):
         balancer.report_failure(pool_id, upstream)
     assert _pick(balancer, pool_id, [upstream]) is None
-    time.sleep(balancer.cooldown_seconds + 0.1)
+    _eventually(lambda: balancer.state(pool_id, [upstream])[0]["half_open"])
 
 
 def test_half_open_admits_one_trial_and_success_closes(r: redis.Redis, r2: redis.Redis) -> None:
@@ -372,17 +383,14 @@ def test_failed_trial_re_ejects_immediately(r: redis.Redis) -> None:
     assert _pick(balancer, "int_trial", [A]) is None
     assert balancer.state("int_trial", [A])[0]["half_open"] is False
 
-    time.sleep(balancer.cooldown_seconds + 0.1)
-    assert _pick(balancer, "int_trial", [A]) == A  # a new trial after the new cooldown
+    assert _eventually(lambda: _pick(balancer, "int_trial", [A])) == A  # after the cooldown
 
 
 def test_lost_trial_expires(r: redis.Redis) -> None:
     balancer = UpstreamBalancer(
-        r, failure_threshold=1, cooldown_seconds=0.2, trial_timeout_seconds=0.2
+        r, failure_threshold=1, cooldown_seconds=0.2, trial_timeout_seconds=2
     )
     balancer.report_failure("int_lost", A)
-    time.sleep(0.3)
-    assert _pick(balancer, "int_lost", [A]) == A  # trial never reported
-    assert _pick(balancer, "int_lost", [A]) is None
-    time.sleep(0.3)
-    assert _pick(balancer, "int_lost", [A]) == A
+    assert _eventually(lambda: _pick(balancer, "int_lost", [A])) == A  # trial never reported
+    assert _pick(balancer, "int_lost", [A]) is None  # held by the trial lock ...
+    assert _eventually(lambda: _pick(balancer, "int_lost", [A])) == A  # ... until it expires

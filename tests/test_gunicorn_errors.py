@@ -7,9 +7,7 @@ chunked body, de-chunked by gunicorn) are answered as problem+json like every ot
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,53 +16,31 @@ from typing import Any
 import pytest
 import requests
 
-from tests.dev_process import free_port, wait_until
+from tests.peers import GunicornServer
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="gunicorn is POSIX"),
     pytest.mark.timeout(60),
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = Path(sys.executable).parent / "gunicorn"
 PROBLEM = "application/problem+json"
 
 
 @pytest.fixture()
 def server(app: Any, tmp_path: Path) -> Iterator[str]:
-    """gunicorn serving the session's database and Redis; its base URL."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": app.config["DATABASE_URL"],
-        "REDIS_URL": app.config["REDIS_URL"],
-        "SWITCHBOARD_SECRET_KEYS": ",".join(app.config["SECRET_KEYS"]),
-        "SWITCHBOARD_INSTANCE_PATH": str(tmp_path / "instance"),
-        "HOME": str(tmp_path),  # gunicorn's control socket goes to ~/.gunicorn
-    }
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv
-        [str(GUNICORN), "-w", "1", "-k", "gthread", "-b", f"127.0.0.1:{port}"]
-        + ["-c", "python:app.web.gunicorn_conf", "app:create_app()"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    """gunicorn (gthread, with the config ``make run`` uses) on the session's stores."""
+    gunicorn = GunicornServer(
+        app,
+        tmp_path / "gunicorn.log",
+        threads=4,
+        options=("-k", "gthread", "-c", "python:app.web.gunicorn_conf"),
+        SWITCHBOARD_INSTANCE_PATH=str(tmp_path / "instance"),
+        HOME=str(tmp_path),  # gunicorn's control socket goes to ~/.gunicorn
     )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return requests.get(f"{base}/api/v1/health", timeout=5).ok
-        except requests.ConnectionError:
-            return proc.poll() is not None  # died: stop waiting, the test will fail
-
     try:
-        wait_until(up, 30)
-        assert proc.poll() is None, "gunicorn did not start"
-        yield base
+        yield gunicorn.start()
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        gunicorn.stop()
 
 
 def test_an_over_long_url_is_a_414_problem(server: str) -> None:

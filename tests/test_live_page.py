@@ -20,6 +20,8 @@ from tests.conftest import ApiClient
 from tests.peers import ROOT, GunicornServer
 from tests.test_docs_ui import WAIT_SECONDS, _require_browser, browser, proxy  # noqa: F401
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = ROOT / "docs" / "examples"
 
 
@@ -41,8 +43,9 @@ def page_origin() -> Iterator[str]:
 @pytest.fixture()
 def services(app: Any, tmp_path: Path, page_origin: str) -> Iterator[str]:
     """API (threaded) and stream service (gevent), both allowing the page's origin."""
-    stream = GunicornServer(app, tmp_path / "stream.log", SWITCHBOARD_CORS_ORIGINS=page_origin)
-    stream.command[1:1] = ["-k", "gevent"]
+    stream = GunicornServer(
+        app, tmp_path / "stream.log", options=("-k", "gevent"), SWITCHBOARD_CORS_ORIGINS=page_origin
+    )
     stream_base = stream.start()
     api = GunicornServer(
         app,

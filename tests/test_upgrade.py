@@ -22,6 +22,8 @@ from app.store.db import open_database
 from tests.peers import GunicornServer, Receiver, WorkerProcess
 from tests.test_cli import run_flask
 
+pytestmark = pytest.mark.slow
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "release_0_1"
 TIMEOUT = 30
 

@@ -168,6 +168,7 @@ def test_delivery_time_ssrf_refusal(app, api, integration, publish, monkeypatch)
         strict.stop()
 
 
+@pytest.mark.slow
 def test_nothing_lost_when_workers_die_and_redis_is_flushed(
     app, api, integration, publish, receiver
 ):

@@ -28,7 +28,7 @@ from tests.peers import ROOT, GunicornServer, Receiver, worker_env
 from tests.pg_server import PostgresServer, find_binaries
 from tests.redis_server import RedisServer
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 EVENTS = 150
 RATE = 50  # events per second

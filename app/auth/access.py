@@ -29,9 +29,9 @@ from app.web.problems import Problem
 
 log = logging.getLogger(__name__)
 
-# The role model (README "Roles"): admins configure (integrations, connector configs and actions,
-# OAuth connections, webhooks, alert rules, users, the audit log); members operate (send events,
-# use the gateway, manage their own API keys) and read the rest; read-only users only read.
+# The role model (docs/keys.md, "Roles"): admins configure (integrations, connector configs and
+# actions, OAuth connections, webhooks, alert rules, users, the audit log); members operate (send
+# events, use the gateway, manage their own API keys) and read the rest; read-only users only read.
 _READ_SCOPES = frozenset(s for s in ALL_SCOPES if s.endswith(":read"))
 ROLE_SCOPES = {
     "admin": frozenset(ALL_SCOPES),

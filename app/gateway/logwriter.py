@@ -16,7 +16,7 @@ Nothing is lost on the way:
   stalled database slows proxying down instead of growing memory.
 
 Two cases lose rows: a ``SIGKILL`` (at most one interval's rows of that process — the price of
-not waiting for the disk on every proxied request, stated in the README), and a database outage
+not waiting for the disk on every proxied request, stated in docs/gateway.md), and a database outage
 long enough to fill the queue (the inline write fails too; each lost row is logged at
 ``ERROR``). ``log.created`` stream entries are announced after the rows commit.
 """

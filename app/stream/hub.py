@@ -164,6 +164,8 @@ class Hub:
                     {STREAM_KEY: self.last_id}, count=READ_COUNT, block=BLOCK_MS
                 )
             except redis.RedisError as exc:
+                if self._stopped.is_set():  # its connection was closed to stop it
+                    return
                 log.warning("live stream: reading Redis failed (%s); retrying in 1 s", exc)
                 self._stopped.wait(1.0)
                 continue

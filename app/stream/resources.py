@@ -57,7 +57,7 @@ def _resume_point(args: dict[str, Any]) -> str | None:
 @blp.route("/stream", methods=["GET"])
 @blp.arguments(StreamArgsSchema, location="query")
 @blp.doc(
-    description="Server-Sent Events of what the caller's key may see (see the README: "
+    description="Server-Sent Events of what the caller's key may see (see docs/observability.md: "
     "`event.published`, `delivery.attempted`, `integration.status_changed`, "
     "`job.state_changed`, `log.created`, `alert.fired`, `alert.resolved`). Authenticate with "
     "the usual headers, or `?token=` from `POST /stream/tokens`. Each message's `id` can be "

@@ -21,7 +21,7 @@ import socket
 from gunicorn import util
 
 #: Longest request line (method, URL with query string, version) in bytes: gunicorn's default,
-#: stated here because the README documents it; a longer one is a 414 problem.
+#: stated here because docs/api.md documents it; a longer one is a 414 problem.
 limit_request_line = 4094
 #: Longest header field in bytes (gunicorn's default); a longer one is a 431 problem.
 limit_request_field_size = 8190
