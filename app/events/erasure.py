@@ -113,7 +113,7 @@ def match_problems(match: Any) -> dict[str, list[str]]:
     return errors
 
 
-def start_erasure(tenant_id: str, match: dict[str, Any], since: datetime | None) -> str:
+def start_matching_erasure(tenant_id: str, match: dict[str, Any], since: datetime | None) -> str:
     """Queue :func:`erase_matching` after this transaction commits; return its job id."""
     job_id = new_id("erase", 20)
     since_text = since.isoformat() if since is not None else None

@@ -21,7 +21,7 @@ from app.events.catalog import (
     event_catalog,
     event_type_source,
 )
-from app.events.erasure import erase_events, match_problems, start_erasure
+from app.events.erasure import erase_events, match_problems, start_matching_erasure
 from app.events.routes import Routes, current_routes
 from app.events.schemas import (
     EventErasureSchema,
@@ -304,7 +304,7 @@ def start_event_erasure(data: dict[str, Any]) -> dict[str, Any]:
         raise Problem(422, f"Invalid `{where}`: {errors[where][0]}", errors=errors)
     since = data.get("since")
     with database.atomic():
-        job_id = start_erasure(current_tenant_id(), data["match"], since)
+        job_id = start_matching_erasure(current_tenant_id(), data["match"], since)
         when = since.isoformat() + "Z" if since is not None else None
         audit = {"paths": sorted(data["match"]), "since": when, "job_id": job_id}
         record_audit("events.erasure_requested", "event", None, audit)

@@ -97,6 +97,8 @@ def validate_target(data: dict[str, Any], ordering: str = "none") -> None:
         except FilterInvalid as exc:
             raise _invalid_fields(exc.errors) from exc
         data["payload_filter"] = data["payload_filter"] or None  # {} is no filter
+    if data.get("ordering") == "none":
+        data.setdefault("ordering_key", None)  # a key means nothing without fifo
     if data.get("ordering_key") is not None:
         if data.get("ordering", ordering) != "fifo":
             raise _invalid("ordering_key", "only applies with `ordering: fifo`")
