@@ -86,6 +86,7 @@ def test_erasing_one_event_keeps_its_history_and_drops_its_data(
     assert listed[0]["id"] == event_id and listed[0]["data"] is None
     [delivered] = api.get(f"{HOOKS}/{sent['id']}/deliveries").json["items"]
     assert delivered["status"] == "succeeded" and delivered["attempts"] == 1
+    assert delivered["erased"] is True
     assert delivered["attempt_history"][0]["status_code"] == 200
     assert delivered["attempt_history"][0]["response_body"] is None  # "ok" is gone
     [unsent] = api.get(f"{HOOKS}/{held['id']}/deliveries").json["items"]

@@ -365,9 +365,19 @@ class DeliverySchema(ma.Schema):
     created_at = UTCDateTime()
     updated_at = UTCDateTime()
     attempt_log = ma.fields.List(ma.fields.Nested(AttemptSchema), data_key="attempt_history")
+    erased = ma.fields.Method(
+        "_erased",
+        metadata={
+            "type": "boolean",
+            "description": "Its event was erased: outcomes kept, stored answers gone",
+        },
+    )
 
     def _event_type(self, obj: Any) -> str:
         return str(obj.event.type)
+
+    def _erased(self, obj: Any) -> bool:
+        return obj.event.erased_at is not None
 
 
 class DeliveryQueryArgsSchema(KeysetArgsSchema):
