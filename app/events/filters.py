@@ -9,8 +9,9 @@ body (``{"type": …, "data": {…}}``), where a plain value must be equal, an o
 
 A key may also be a dotted path (``"data.customer.tier"``), the same paths as a webhook's
 ``ordering_key`` and the erasure's ``match``; a digit segment indexes an array (a key with a
-dot in it cannot be named). Operators: ``$eq $neq $in $nin $gt $gte $lt $lte $exists``, and
-``$not`` on a field (``{"status": {"$not": {"$in": [...]}}}``) or around a whole filter.
+dot in it cannot be named). Operators: ``$eq $neq $in $nin $gt $gte $lt $lte $exists``;
+``$not`` on a field (``{"status": {"$not": {"$in": [...]}}}``) or around a whole filter;
+``$and``/``$or`` at the top or under a field (``{"customer": {"$or": [...]}}``).
 Semantics (MongoDB's, as Outpost's): a field holding an array matches when an element does
 (``{"tags": "urgent"}`` matches ``["urgent", "vip"]``); a missing field matches only
 ``$neq``, ``$nin`` and ``{"$exists": false}``; numbers compare with numbers (``1`` equals
