@@ -179,6 +179,15 @@ def _writable_directory(raw: str) -> str:
     return str(path)
 
 
+def _day_range(raw: str) -> tuple[int, int]:
+    """``MIN-MAX`` days (0 to 36500, MIN ≤ MAX), e.g. ``1-365``."""
+    low, sep, high = raw.strip().partition("-")
+    bounds = (int(low), int(high))
+    if not sep or not 0 <= bounds[0] <= bounds[1] <= 36500:
+        raise ValueError(raw)
+    return bounds
+
+
 def _optional_url(raw: str) -> str | None:
     return _url("http", "https")(raw) if raw.strip() else None
 
@@ -538,6 +547,22 @@ SETTINGS: tuple[Setting, ...] = (
             "an integer of days from 0 (keep forever) to 36500",
         )
         for kind, days in (("EVENTS", "30"), ("DELIVERIES", "30"), ("LOGS", "30"), ("AUDIT", "365"))
+    ),
+    *(
+        Setting(
+            f"RETENTION_TENANT_RANGE_{kind}",
+            f"SWITCHBOARD_RETENTION_TENANT_RANGE_{kind}",
+            bounds,
+            _day_range,
+            "MIN-MAX days a tenant may keep it, e.g. 1-365 (0 in range: keep forever)",
+            lambda value: f"{value[0]}-{value[1]}",
+        )
+        for kind, bounds in (
+            ("EVENTS", "1-365"),
+            ("DELIVERIES", "1-365"),
+            ("LOGS", "1-365"),
+            ("AUDIT", "30-3650"),
+        )
     ),
     Setting(
         "RETENTION_INTERVAL",

@@ -22,6 +22,7 @@ from app.connectors import (
     Connector,
     ConnectorContext,
     Event,
+    EventSpec,
     InboundRejected,
     InboundRequest,
     InboundResult,
@@ -71,7 +72,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
-EVENT_TYPES = {
+_DESCRIPTIONS = {
     "github.push": "Commits were pushed to a branch or tag.",
     "github.pull_request.opened": "A pull request was opened.",
     "github.pull_request.edited": "A pull request's title or body was edited.",
@@ -99,6 +100,133 @@ EVENT_TYPES = {
     "github.deployment_status.failure": "A deployment failed.",
     "github.deployment_status.error": "A deployment errored.",
     "github.deployment_status.inactive": "A deployment became inactive.",
+}
+
+_TEXT = {"type": ["string", "null"]}
+_NUMBER = {"type": ["integer", "null"]}
+_FLAG = {"type": ["boolean", "null"]}
+
+
+def _summary(**fields: dict[str, Any]) -> dict[str, Any]:
+    """The schema of an event summary: the fields every one carries, and ``fields``."""
+    common = {"repository": _TEXT, "actor": _TEXT, "action": _TEXT}
+    return {
+        "type": "object",
+        "required": ["repository", "actor", "integration_id"],
+        "properties": {**common, **fields, "integration_id": {"type": "string"}},
+    }
+
+
+#: The ``data`` of each family of events (``integration_id`` is added by Switchboard).
+SCHEMAS = {
+    "push": _summary(
+        ref=_TEXT,
+        branch=_TEXT,
+        tag=_TEXT,
+        commit=_TEXT,
+        before=_TEXT,
+        created={"type": "boolean"},
+        deleted={"type": "boolean"},
+        forced={"type": "boolean"},
+        commits={"type": "integer", "minimum": 0},
+        title=_TEXT,
+        message=_TEXT,
+        url=_TEXT,
+        compare=_TEXT,
+    ),
+    "pull_request": _summary(
+        number=_NUMBER,
+        branch=_TEXT,
+        base_branch=_TEXT,
+        commit=_TEXT,
+        state=_TEXT,
+        draft=_FLAG,
+        merged=_FLAG,
+        title=_TEXT,
+        url=_TEXT,
+    ),
+    "workflow_run": _summary(
+        workflow=_TEXT,
+        run_id=_NUMBER,
+        run_number=_NUMBER,
+        run_attempt=_NUMBER,
+        trigger=_TEXT,
+        branch=_TEXT,
+        commit=_TEXT,
+        status=_TEXT,
+        conclusion=_TEXT,
+        title=_TEXT,
+        message=_TEXT,
+        url=_TEXT,
+    ),
+    "check_run": _summary(
+        name=_TEXT,
+        branch=_TEXT,
+        commit=_TEXT,
+        status=_TEXT,
+        conclusion=_TEXT,
+        title=_TEXT,
+        url=_TEXT,
+    ),
+    "check_suite": _summary(
+        app=_TEXT,
+        branch=_TEXT,
+        commit=_TEXT,
+        status=_TEXT,
+        conclusion=_TEXT,
+        message=_TEXT,
+        url=_TEXT,
+    ),
+    "deployment_status": _summary(
+        state=_TEXT, environment=_TEXT, branch=_TEXT, commit=_TEXT, message=_TEXT, url=_TEXT
+    ),
+}
+_EXAMPLES: dict[str, tuple[dict[str, Any], ...]] = {
+    "github.push": (
+        {
+            "repository": "acme/shop",
+            "actor": "octocat",
+            "action": None,
+            "ref": "refs/heads/main",
+            "branch": "main",
+            "tag": None,
+            "commit": "6dcb09b5b57875f334f61aebed695e2e4193db5e",
+            "before": "0000000000000000000000000000000000000000",
+            "created": False,
+            "deleted": False,
+            "forced": False,
+            "commits": 1,
+            "title": "Fix checkout totals",
+            "message": "Fix checkout totals",
+            "url": "https://github.com/acme/shop/commit/6dcb09b",
+            "compare": "https://github.com/acme/shop/compare/000000...6dcb09b",
+            "integration_id": "int_4fPq8ZkTn2Lw9YbXc1Rs",
+        },
+    ),
+    "github.workflow_run.completed": (
+        {
+            "repository": "acme/shop",
+            "actor": "octocat",
+            "action": "completed",
+            "workflow": "CI",
+            "run_id": 30433642,
+            "run_number": 562,
+            "run_attempt": 1,
+            "trigger": "push",
+            "branch": "main",
+            "commit": "6dcb09b5b57875f334f61aebed695e2e4193db5e",
+            "status": "completed",
+            "conclusion": "success",
+            "title": "Fix checkout totals",
+            "message": "Fix checkout totals",
+            "url": "https://github.com/acme/shop/actions/runs/30433642",
+            "integration_id": "int_4fPq8ZkTn2Lw9YbXc1Rs",
+        },
+    ),
+}
+EVENT_TYPES = {
+    name: EventSpec(text, SCHEMAS[name.split(".")[1]], _EXAMPLES.get(name, ()))
+    for name, text in _DESCRIPTIONS.items()
 }
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from app.connectors import Connector, ConnectorContext, TestResult, timeout_seconds
 from app.connectors.hookspecs import hookimpl
-from app.oauth.client import ProviderError
 from app.oauth.discovery import provider_metadata, signing_keys
+from app.outbound.oauth import ProviderError
 
 __all__ = ["OidcConnector", "register_connectors"]
 

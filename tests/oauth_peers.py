@@ -2,7 +2,8 @@
 
 - ``AuthorizationServerPeer``: authlib's own server side (``AuthorizationServer`` with the
   authorization-code grant, PKCE required for every client, refresh tokens with or without
-  rotation, RFC 7009 revocation) plus a protected ``/api/user`` resource.
+  rotation, the client-credentials grant, RFC 7009 revocation) plus a protected ``/api/…``
+  resource (GET, and POST as a webhook receiver).
 - ``OidcProviderPeer``: a small OpenID provider that signs real RS256 ID tokens with joserfc
   (RSA keys generated per test), serves discovery and JWKS, and checks PKCE itself.
 
@@ -85,7 +86,7 @@ class _Client(ClientMixin):
         return response_type == "code"
 
     def check_grant_type(self, grant_type: str) -> bool:
-        return grant_type in ("authorization_code", "refresh_token")
+        return grant_type in ("authorization_code", "refresh_token", "client_credentials")
 
 
 @dataclass
@@ -240,8 +241,12 @@ class AuthorizationServerPeer:
             def revoke_token(self, token: _Token, req: Any) -> None:
                 token.revoked = True
 
+        class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+            TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
+
         server.register_grant(CodeGrant, [_StrictPkce(required=True)])
         server.register_grant(RefreshGrant)
+        server.register_grant(ClientCredentialsGrant)
         server.register_endpoint(Revocation)
 
         @app.route("/authorize")
@@ -271,7 +276,7 @@ class AuthorizationServerPeer:
             peer.revocations.append(dict(request.form))
             return server.create_endpoint_response("revocation")
 
-        @app.route("/api/<path:path>")
+        @app.route("/api/<path:path>", methods=["GET", "POST"])
         def api(path: str) -> Any:
             value = request.headers.get("Authorization", "").removeprefix("Bearer ")
             peer.api_requests.append(value)

@@ -79,7 +79,7 @@ def seed_resources(client: Any, auth: dict[str, str], peer: str) -> dict[str, st
         "POST", f"/api/v1/integrations/{integration['id']}/actions/request", {"method": "GET"}
     )
     call("POST", "/api/v1/event-types", {"name": "fuzz.happened"}, also_ok=409)  # 409: seen
-    call("POST", "/api/v1/events", {"type": "fuzz.happened", "data": {}})
+    event = call("POST", "/api/v1/events", {"type": "fuzz.happened", "data": {}})
     deliveries = call("GET", f"/api/v1/webhooks/{webhook['id']}/deliveries")["items"]
     return {
         "integration_id": integration["id"],
@@ -87,6 +87,8 @@ def seed_resources(client: Any, auth: dict[str, str], peer: str) -> dict[str, st
         "key_id": key["id"],
         "job_id": job["job_id"],
         "delivery_id": deliveries[0]["id"],
+        "event_id": event["id"],
+        "event_type": "fuzz.happened",
         "name": "rest",
         "action": "request",
     }

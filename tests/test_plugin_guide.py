@@ -17,7 +17,9 @@ import pytest
 import requests
 from pytest_httpserver import HTTPServer
 
-from app.connectors import ActionError, ConnectorContext, secret_paths
+from app.connectors import ActionError, ConnectorContext, EventSpec, secret_paths
+from app.connectors.hookspecs import hookimpl
+from app.connectors.registry import PluginRegistry
 from app.connectors.testing import LOOPBACK, PluginHarness
 from app.outbound.guard import make_session
 
@@ -31,12 +33,14 @@ TEAMS = "`src/switchboard_teams/__init__.py`:"
 TEAMS_TESTS = "`tests/test_teams.py`"
 PAGERDUTY = "`src/switchboard_pagerduty/__init__.py`:"
 OAUTH = "asks the context for a token on every"
+EVENT_SPEC = "Give a type a payload schema and examples"
 #: The line that introduces each example -> the test that runs it.
 EXAMPLES = {
     TEAMS: "test_the_teams_notifier_passes_its_tests_in_30_lines",
     TEAMS_TESTS: "test_the_teams_notifier_passes_its_tests_in_30_lines",
     PAGERDUTY: "the PagerDuty tests below",
     OAUTH: "test_the_oauth_example_refreshes_a_rejected_token_once",
+    EVENT_SPEC: "test_the_event_spec_example_puts_its_schema_in_the_catalog",
     "`src/switchboard_acme/__init__.py`:": "test_plugin_authoring.py (the full form's package)",
     "`tests/test_acme.py`:": "test_plugin_authoring.py (the full form's package)",
 }
@@ -219,3 +223,31 @@ def test_the_oauth_example_refreshes_a_rejected_token_once(httpserver: HTTPServe
         assert list_repos(config, {}, ctx) == {"repos": ["octo/repo"]}
     assert asked == [None, "stale"]
     httpserver.check_assertions()
+
+
+# --- section 6: event types ----------------------------------------------------------------
+
+
+def _registered(connector: Any) -> PluginRegistry:
+    class Plugin:
+        @hookimpl
+        def register_connectors(self) -> list[Any]:
+            return [connector]
+
+    registry = PluginRegistry()
+    registry.register(Plugin(), "acme")
+    return registry
+
+
+def test_the_event_spec_example_puts_its_schema_in_the_catalog() -> None:
+    example = _module("acme_events", _block_after(EVENT_SPEC))
+    registry = _registered(example.Acme())
+    closed = registry.event_specs()["acme.ticket_closed"]
+    assert closed.schema == example.TICKET and closed.examples == ({"ticket_id": "T-1"},)
+    assert registry.event_types()["acme.ticket_opened"] == "A ticket was opened in Acme."
+    # An example its own schema refuses disables the connector, naming the place.
+    broken = example.Acme()
+    broken.event_types = {"acme.ticket_closed": EventSpec("x", example.TICKET, ({"priority": 1},))}
+    [status] = _registered(broken).statuses()
+    assert status.status == "error"
+    assert "acme.ticket_closed" in str(status.error) and "examples.0.ticket_id" in str(status.error)

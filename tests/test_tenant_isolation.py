@@ -113,6 +113,8 @@ def world(app: Any, client: Any, platform: ApiClient, receiver: Any) -> dict[str
         "job_id": job["job_id"],
         "user_id": member["user_id"],
         "tenant_id": a["id"],
+        "event_type": "amarker.thing",
+        "event_id": event["id"],
         "action": "request",
         "path": "anything",
     }

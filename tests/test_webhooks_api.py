@@ -120,7 +120,13 @@ def test_event_types_catalog_and_publish(api, integration, receiver):
     entry = next(
         i for i in api.get("/api/v1/event-types").json["items"] if i["name"] == "order.paid"
     )
-    assert entry == {"name": "order.paid", "description": "An order was paid", "source": "custom"}
+    assert entry == {
+        "name": "order.paid",
+        "description": "An order was paid",
+        "source": "custom",
+        "schema": None,
+        "examples": [],
+    }
 
     _hook(api, integration, receiver.url, events=["order.*"])
     res = api.post("/api/v1/events", json={"type": "order.paid", "data": {"order": 42}})

@@ -43,6 +43,7 @@ __all__ = [
     "Connector",
     "ConnectorContext",
     "Event",
+    "EventSpec",
     "InboundRejected",
     "InboundRequest",
     "InboundResult",
@@ -345,6 +346,25 @@ class Event:
     data: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class EventSpec:
+    """An event type's declaration: a one-line description and, optionally, a JSON Schema
+    (2020-12) of its ``data`` and examples of it (see ``app.connectors.payloads``).
+
+    ``Connector.event_types`` and ``register_event_types`` map a name to one of these, or to
+    the description alone.
+    """
+
+    description: str
+    schema: dict[str, Any] | None = None
+    examples: tuple[dict[str, Any], ...] = ()
+
+
+def event_spec(declared: str | EventSpec) -> EventSpec:
+    """The :class:`EventSpec` of an ``event_types`` value (a bare description is one too)."""
+    return declared if isinstance(declared, EventSpec) else EventSpec(declared)
+
+
 @dataclass
 class InboundResult:
     """What an accepted inbound request produced; ``response`` is the JSON body to answer.
@@ -370,7 +390,7 @@ class Connector:
     type: str = "api"
     description: str = ""
     config_schema: dict[str, Any] = {"type": "object"}
-    event_types: dict[str, str] = {}
+    event_types: Mapping[str, str | EventSpec] = {}
     actions: dict[str, Action] = {}
 
     def test(self, config: dict[str, Any], ctx: ConnectorContext) -> TestResult:
@@ -397,7 +417,10 @@ class Connector:
             "type": self.type,
             "description": self.description,
             "config_schema": self.config_schema,
-            "event_types": dict(self.event_types),
+            "event_types": {
+                name: event_spec(declared).description
+                for name, declared in self.event_types.items()
+            },
             "actions": {
                 name: {"description": action.description, "input_schema": action.input_schema}
                 for name, action in self.actions.items()

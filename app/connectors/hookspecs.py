@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pluggy
 
-from app.connectors.contract import Connector
+from app.connectors.contract import Connector, EventSpec
 
 __all__ = ["hookimpl", "hookspec", "register_connectors", "register_event_types"]
 
@@ -26,5 +26,5 @@ def register_connectors() -> list[Connector]:
 
 
 @hookspec
-def register_event_types() -> dict[str, str]:
-    """Return extra event types (name -> description) this plugin adds to the catalog."""
+def register_event_types() -> dict[str, str | EventSpec]:
+    """Return extra event types (name -> description or EventSpec) this plugin adds."""

@@ -33,45 +33,58 @@ def config_errors(schema: Mapping[str, Any], config: Any) -> dict[str, list[str]
     quote the submitted value, so secrets cannot leak into error answers. An empty dict means
     the config is valid. ``format`` is an annotation only; use ``pattern`` to enforce shapes.
     """
+    return schema_errors(Draft202012Validator(dict(schema)), config, dotted_path)
+
+
+def dotted_path(path: Iterable[str | int]) -> str:
+    """``upstreams.0.url``: how config and field errors name a place (``_schema``: the root)."""
+    return ".".join(str(part) for part in path) or "_schema"
+
+
+Key = Callable[[list[str | int]], str]
+
+
+def schema_errors(validator: Draft202012Validator, instance: Any, key: Key) -> dict[str, list[str]]:
+    """Validate ``instance``; map each failing place, named by ``key(path)``, to messages
+    built from the schema alone (as :func:`config_errors` does)."""
     errors: dict[str, list[str]] = {}
-    for error in Draft202012Validator(dict(schema)).iter_errors(config):
-        _collect(error, errors)
+    for error in validator.iter_errors(instance):
+        _collect(error, errors, key)
     return errors
 
 
-def _add(out: dict[str, list[str]], path: Iterable[str | int], message: str) -> None:
-    key = ".".join(str(part) for part in path) or "_schema"
+def _add(out: dict[str, list[str]], key: str, message: str) -> None:
     messages = out.setdefault(key, [])
     if message not in messages:
         messages.append(message)
 
 
-def _collect(error: ValidationError, out: dict[str, list[str]]) -> None:
+def _collect(error: ValidationError, out: dict[str, list[str]], key: Key) -> None:
     path = list(error.absolute_path)
     instance, value = error.instance, error.validator_value
     if error.validator in ("oneOf", "anyOf"):
         closest = _closest_branch(error)
         if closest is None:
-            _add(out, path, _branches_message(error))
+            _add(out, key(path), _branches_message(error))
         for sub in closest or ():
-            _collect(sub, out)
+            _collect(sub, out, key)
     elif error.validator == "required" and isinstance(instance, dict):
         for name in value:
             if name not in instance:
-                _add(out, [*path, name], "is required")
+                _add(out, key([*path, name]), "is required")
     elif error.validator == "dependentRequired" and isinstance(instance, dict):
         for name, needed in value.items():
             for other in needed if name in instance else ():
                 if other not in instance:
-                    _add(out, [*path, other], f"is required when {name} is set")
+                    _add(out, key([*path, other]), f"is required when {name} is set")
     elif error.validator == "additionalProperties" and isinstance(instance, dict):
         known = set(error.schema.get("properties", {}))
         patterns = list(error.schema.get("patternProperties", {}))
-        for key in instance:
-            if key not in known and not any(re.search(p, key) for p in patterns):
-                _add(out, [*path, key], "is not an allowed field")
+        for name in instance:
+            if name not in known and not any(re.search(p, name) for p in patterns):
+                _add(out, key([*path, name]), "is not an allowed field")
     else:
-        _add(out, path, _message(error))
+        _add(out, key(path), _message(error))
 
 
 def _closest_branch(error: ValidationError) -> list[ValidationError] | None:

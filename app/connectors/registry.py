@@ -32,10 +32,13 @@ from app.connectors.contract import (
     Action,
     Connector,
     ConnectorContext,
+    EventSpec,
     TestResult,
     bind_context,
     config_errors,
+    event_spec,
 )
+from app.connectors.payloads import payload_schema_errors
 from app.store import jsoncodec
 
 __all__ = ["CONNECTOR_NAME", "ENTRY_POINT_GROUP", "PluginRegistry", "PluginStatus"]
@@ -86,7 +89,7 @@ class _Plugin:
     distribution: str | None
     distribution_version: str | None
     connectors: dict[str, Connector] = field(default_factory=dict)
-    event_types: dict[str, str] = field(default_factory=dict)
+    event_types: dict[str, EventSpec] = field(default_factory=dict)
     errored: list[PluginStatus] = field(default_factory=list)
 
 
@@ -210,15 +213,14 @@ class PluginRegistry:
             results.append(result)
         return results
 
-    def _event_types(self, plugin: object, name: str) -> dict[str, str]:
-        event_types: dict[str, str] = {}
+    def _event_types(self, plugin: object, name: str) -> dict[str, EventSpec]:
+        event_types: dict[str, EventSpec] = {}
         for mapping in self._call_hook(plugin, name, "register_event_types", dict):
-            for event_type, description in mapping.items():
-                if not isinstance(event_type, str) or not isinstance(description, str):
-                    raise PluginLoadError(
-                        f"plugin {name!r}: register_event_types() must map str to str"
-                    )
-                event_types[event_type] = description
+            for event_type, declared in mapping.items():
+                problem = _event_type_problem(event_type, declared)
+                if problem is not None:
+                    raise PluginLoadError(f"plugin {name!r}: register_event_types(): {problem}")
+                event_types[event_type] = event_spec(declared)
         return event_types
 
     def _add_connector(self, record: _Plugin, connector: Any) -> None:
@@ -281,14 +283,20 @@ class PluginRegistry:
         return sorted(rows, key=lambda row: (row.name, row.plugin))
 
     def event_types(self) -> dict[str, str]:
-        """Return the event types connectors declare plus those plugins register."""
-        found: dict[str, str] = {}
+        """Return the event types connectors declare plus those plugins register (name ->
+        description)."""
+        return {name: spec.description for name, spec in self.event_specs().items()}
+
+    def event_specs(self) -> dict[str, EventSpec]:
+        """The same event types with their payload schemas and examples, if declared."""
+        found: dict[str, EventSpec] = {}
         for plugin in self._plugins.values():
             for connector in plugin.connectors.values():
-                found.update(connector.event_types)
+                for event_type, declared in connector.event_types.items():
+                    found[event_type] = event_spec(declared)
         for plugin in self._plugins.values():
-            for event_type, description in plugin.event_types.items():
-                found.setdefault(event_type, description)
+            for event_type, spec in plugin.event_types.items():
+                found.setdefault(event_type, spec)
         return dict(sorted(found.items()))
 
     def run_test(
@@ -348,7 +356,26 @@ def _connector_problem(connector: Any) -> str | None:
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
             return f"{where} is not a valid JSON Schema: {exc.message}"
-    for event_type, description in dict(connector.event_types).items():
-        if not str(event_type).startswith(f"{name}.") or not isinstance(description, str):
-            return f"event type {event_type!r} must start with {name + '.'!r} and be described"
+    for event_type, declared in dict(connector.event_types).items():
+        if not str(event_type).startswith(f"{name}."):
+            return f"event type {event_type!r} must start with {name + '.'!r}"
+        problem = _event_type_problem(event_type, declared)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _event_type_problem(event_type: Any, declared: Any) -> str | None:
+    """Why an ``event_types`` entry is unusable (its schema and examples checked as the API
+    checks a tenant's), or None."""
+    if not isinstance(event_type, str):
+        return f"event type {event_type!r} must be a string"
+    if isinstance(declared, str):
+        return None
+    if not isinstance(declared, EventSpec) or not isinstance(declared.description, str):
+        return f"event type {event_type!r} must map to a description or an EventSpec"
+    errors = payload_schema_errors(declared.schema, list(declared.examples))
+    if errors:
+        where, messages = next(iter(errors.items()))
+        return f"event type {event_type!r}: {where} {messages[0]}"
     return None

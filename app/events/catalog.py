@@ -1,9 +1,12 @@
 """Events: the catalog of event types and ``emit_event``, the outbox's only writer.
 
 ``emit_event`` must run inside the caller's database transaction: the event row and one
-delivery per matching target are committed together with the change that caused them, and
-the dispatcher is woken only after that commit. ``emit_event_alone`` is the same for an event
-that is its own change (``POST /events``): on PostgreSQL one statement, committed by itself.
+delivery per matching target (whose filter the payload passes) are committed together with
+the change that caused them, and the dispatcher is woken only after that commit.
+``emit_event_alone`` is the same for an event that is its own change (``POST /events``): on
+PostgreSQL one statement, committed by itself. A fifo webhook's delivery enters its queue and
+becomes its head once committed, if nothing is before it (``app.events.fifo``). A caller that
+already read the routes (to check the payload against its type's schema) passes them along.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from typing import Any
 import peewee
 from flask import current_app
 
+from app.connectors.contract import EventSpec
+from app.events import fifo
+from app.events.builtin_types import BUILTIN_EVENT_TYPES
 from app.events.outbox import wake_dispatcher
-from app.events.routes import event_targets
+from app.events.routes import Routes, current_routes
 from app.limits.enforce import usage_buffer
 from app.logs.structured import current_request_id
 from app.store.bulk import CHUNK, insert_rows, insert_sql
@@ -22,49 +28,33 @@ from app.store.db import database
 from app.store.models import Delivery, Event, EventType, new_id, utcnow
 from app.stream import kinds
 
-BUILTIN_EVENT_TYPES: dict[str, str] = {
-    "integration.created": "An integration was created.",
-    "integration.updated": "An integration's fields changed.",
-    "integration.deleted": "An integration was deleted.",
-    "api_key.created": "An API key was created.",
-    "api_key.revoked": "An API key was revoked.",
-    "api_key.rotated": "An API key's secret was rotated.",
-    "webhook.created": "A webhook endpoint was created.",
-    "webhook.updated": "A webhook endpoint was changed.",
-    "webhook.deleted": "A webhook endpoint was deleted.",
-    "webhook.disabled": (
-        "A webhook endpoint was disabled: it failed for SWITCHBOARD_WEBHOOK_DISABLE_AFTER or"
-        " answered 410 Gone (its deliveries are held until it is enabled again)."
-    ),
-    "webhook.test": "A test event sent with POST /webhooks/{id}/test.",
-    "oauth.connected": "An OAuth2 integration was connected (tokens stored).",
-    "oauth.refresh_failed": "A token refresh was refused for good: reconnect the integration.",
-    "oauth.revoked": "An OAuth2 integration's tokens were revoked and deleted.",
-    "alert.fired": "An alert rule's condition became true for a subject (see /alert-rules).",
-    "alert.resolved": "A fired alert's condition is no longer true.",
-    "tenant.created": "A tenant was created (emitted in the default tenant, the operator's).",
-    "tenant.updated": "A tenant's name, external_id, quotas or settings changed (default tenant).",
-    "tenant.suspended": "A tenant was suspended: its keys are refused, its deliveries wait.",
-    "tenant.resumed": "A suspended tenant was resumed (emitted in the default tenant).",
-    "tenant.deleted": "A tenant and everything it owned were erased (default tenant).",
-}
 
-
-def event_catalog(tenant_id: str) -> dict[str, dict[str, str]]:
-    """Every event type ``tenant_id`` knows: built-in, from connector plugins (both global),
-    and its own registered through the API."""
-    catalog = {
-        name: {"name": name, "description": text, "source": "builtin"}
-        for name, text in BUILTIN_EVENT_TYPES.items()
+def _entry(name: str, spec: EventSpec, source: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": spec.description,
+        "source": source,
+        "schema": spec.schema,
+        "examples": list(spec.examples),
     }
+
+
+def custom_type_entry(row: EventType) -> dict[str, Any]:
+    """A tenant's own event type as the catalog lists it."""
+    spec = EventSpec(row.description, row.payload_schema, tuple(row.examples or ()))
+    return {**_entry(row.name, spec, "custom"), "created_at": row.created_at}
+
+
+def event_catalog(tenant_id: str) -> dict[str, dict[str, Any]]:
+    """Every event type ``tenant_id`` knows, with its payload schema and examples: built-in,
+    from connector plugins (both global), and its own registered through the API."""
+    catalog = {name: _entry(name, spec, "builtin") for name, spec in BUILTIN_EVENT_TYPES.items()}
     registry = current_app.extensions.get("plugins")
     if registry is not None:
-        for name, text in registry.event_types().items():
-            catalog.setdefault(name, {"name": name, "description": text, "source": "connector"})
+        for name, spec in registry.event_specs().items():
+            catalog.setdefault(name, _entry(name, spec, "connector"))
     for row in EventType.of(tenant_id):
-        catalog.setdefault(
-            row.name, {"name": row.name, "description": row.description, "source": "custom"}
-        )
+        catalog.setdefault(row.name, custom_type_entry(row))
     return catalog
 
 
@@ -103,41 +93,65 @@ def emit_event(
     *,
     tenant_id: str,
     idempotency_key: str | None = None,
+    routes: Routes | None = None,
 ) -> Event:
     """Write an event of ``tenant_id`` and its deliveries (to that tenant's targets only) in
     this transaction; wake the dispatcher on commit."""
     assert database.in_transaction(), "emit_event must run inside database.atomic()"
-    event, rows = _outbox_rows(tenant_id, event_type, data, idempotency_key)
-    _insert(event, rows)
-    kinds.event_published(tenant_id, event.id, event_type, event.created_at, data)
-    if rows:
-        database.after_commit(lambda: wake_dispatcher(tenant_id))
+    routes = routes or current_routes()
+    event, rows = _outbox_rows(routes, tenant_id, event_type, data, idempotency_key)
+    _write(event, rows)
     return event
 
 
-def emit_event_alone(event_type: str, data: dict[str, Any], *, tenant_id: str) -> Event:
+def emit_event_alone(
+    event_type: str, data: dict[str, Any], *, tenant_id: str, routes: Routes | None = None
+) -> Event:
     """``emit_event`` in a transaction of its own (a custom event published through the API).
 
     On PostgreSQL the event and its deliveries are one ``INSERT``, which is a transaction by
     itself: no ``BEGIN`` and ``COMMIT`` round trips (or, on the rare publish that needs more
-    than one statement, an ordinary transaction).
+    than one statement, an ordinary transaction). Work for after the commit then runs at once.
     """
-    if not isinstance(database.obj, peewee.PostgresqlDatabase) or database.in_transaction():
+    routes = routes or current_routes()
+    event, rows = _outbox_rows(routes, tenant_id, event_type, data, None)
+    one_statement = (
+        isinstance(database.obj, peewee.PostgresqlDatabase)
+        and not database.in_transaction()
+        and len(rows) <= CHUNK
+    )
+    if one_statement:
+        _write(event, rows)
+    else:
         with database.atomic():
-            return emit_event(event_type, data, tenant_id=tenant_id)
-    event, rows = _outbox_rows(tenant_id, event_type, data, None)
-    if len(rows) > CHUNK:
-        with database.atomic():
-            return emit_event(event_type, data, tenant_id=tenant_id)
-    _insert(event, rows)  # committed when it returns
-    kinds.event_published(tenant_id, event.id, event_type, event.created_at, data)
-    if rows:
-        wake_dispatcher(tenant_id)
+            _write(event, rows)
     return event
 
 
+def _write(event: Event, rows: list[dict[str, Any]]) -> None:
+    """Insert the event and its deliveries (in this transaction, if one is open); fifo ones
+    enter their queues ``queued`` and, once committed, each whose queue has no head becomes
+    it (``app.events.fifo``). The dispatcher is woken on commit."""
+    tenant_id = str(event.tenant_id)
+    queues: dict[str, set[str]] = {}
+    for row in rows:
+        if row["ordering_key"] is not None:
+            row["status"] = "queued"
+            queues.setdefault(row["webhook"], set()).add(row["ordering_key"])
+    _insert(event, rows)
+    kinds.event_published(tenant_id, event.id, event.type, event.created_at, event.payload)
+    for webhook_id, keys in queues.items():
+        fifo.promote_after_commit(tenant_id, webhook_id, keys)
+    if rows:
+        database.after_commit(lambda: wake_dispatcher(tenant_id))
+
+
 def _outbox_rows(
-    tenant_id: str, event_type: str, data: dict[str, Any], idempotency_key: str | None
+    routes: Routes,
+    tenant_id: str,
+    event_type: str,
+    data: dict[str, Any],
+    idempotency_key: str | None,
 ) -> tuple[Event, list[dict[str, Any]]]:
     """The event (not yet saved) and its delivery rows, one per matching target."""
     event = Event(
@@ -148,7 +162,7 @@ def _outbox_rows(
         request_id=current_request_id(),
     )
     now = utcnow()
-    rows = [dict(target) for target in event_targets(event_type, tenant_id)]
+    rows = routes.deliveries(event_type, tenant_id, data)
     for row in rows:  # one INSERT for all: give every row the same columns
         row.update(
             id=new_id("dlv"),

@@ -45,8 +45,9 @@ import peewee
 import redis
 from flask import current_app
 
-from app.events import observe, progress
-from app.events.held import hold_pending
+from app.events import fifo, observe, progress
+from app.events.erasure import EVENT_ERASED
+from app.events.held import hold_pending, requeue
 from app.events.outbox import (
     ANNOUNCED,
     NUDGE_CHANNEL,
@@ -71,7 +72,9 @@ from app.store.models import (
 )
 from app.store.redis import get_redis
 from app.webhooks.backoff import retry_delay
-from app.webhooks.sender import SendResult, event_body, send_signed, signing_secrets
+from app.webhooks.client_credentials import TOKEN_URL_REFUSED
+from app.webhooks.endpoint import send_to_endpoint
+from app.webhooks.sender import SendResult, event_body
 from app.workers import stopping
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,7 @@ POLL_SECONDS = 0.02  # how often a job with sends in flight checks for announced
 RECHECK_SECONDS = 1.0  # ... and looks for due work anyway (retries, lapsed leases)
 WORKER_LOST = "worker lost: its lease lapsed while the attempt was in flight"
 WORKER_STOPPED = "worker stopped before the answer came: handed back to be sent again"
+ENDED = ("succeeded", "failed")  # a fifo queue's head that ends lets the next one go
 
 
 @dataclass
@@ -500,7 +504,9 @@ def hand_back_lost(leased: list[Delivery], reason: str) -> int:
     now = utcnow()
     attempts: list[dict[str, Any]] = []
     logs: list[dict[str, Any]] = []
+    failed: list[Delivery] = []
     with database.atomic():
+        fifo.lock_queues(fifo.queues_of(rows))
         for row in rows:
             token, lease_until = leases[row.id]
             if token is None or row.lease_token != token:
@@ -524,6 +530,8 @@ def hand_back_lost(leased: list[Delivery], reason: str) -> int:
             )
             if not released:
                 continue
+            if attempt >= row.max_attempts:
+                failed.append(row)
             attempts.append(
                 {
                     "tenant_id": row.tenant_id,
@@ -556,6 +564,7 @@ def hand_back_lost(leased: list[Delivery], reason: str) -> int:
                 )
         insert_rows(DeliveryAttempt, attempts)
         insert_rows(IntegrationLog, logs)
+        fifo.promote_ended(failed)
     if attempts:
         log.warning("%d deliveries handed back (%s); attempts recorded", len(attempts), reason)
         observe.logs_written(logs)
@@ -570,28 +579,13 @@ def requeue_refused(tenant_id: str, webhook_id: str) -> int:
     A refusal used no retry, so each gets at least one more attempt. A disabled webhook's
     come back ``held``, to be sent when it is enabled.
     """
-    webhook = Webhook.get_of(tenant_id, Webhook.id == webhook_id)
-    status = "pending" if webhook is not None and webhook.status == "active" else "held"
     more = peewee.Case(
         None,
         [(Delivery.max_attempts > Delivery.attempts, Delivery.max_attempts)],
         Delivery.attempts + 1,
     )
-    now = utcnow()
-    count = (
-        Delivery.update_of(
-            tenant_id, status=status, next_attempt_at=now, max_attempts=more, updated_at=now
-        )
-        .where(
-            (Delivery.webhook == webhook_id)
-            & (Delivery.status == "failed")
-            & (Delivery.last_error == REFUSED)
-        )
-        .execute()
-    )
-    if count and status == "pending":
-        database.after_commit(wake_dispatcher)
-    return int(count)
+    refused = (Delivery.status == "failed") & Delivery.last_error.in_([REFUSED, TOKEN_URL_REFUSED])
+    return requeue(tenant_id, webhook_id, refused, max_attempts=more)
 
 
 def _admit_rate_limited(batch: list[Claimed]) -> list[Claimed]:
@@ -716,13 +710,13 @@ def _send_loop(work: queue.SimpleQueue[Any]) -> None:
 def perform(item: Claimed) -> SendResult:
     """Attempt one delivery: a signed webhook POST, or a subscribed connector action."""
     event, webhook = item.event, item.webhook
+    if event.erased_at is not None:
+        return SendResult(False, None, 0.0, EVENT_ERASED, final=True)
     if webhook is not None:
         if webhook.status != "active":
             return SendResult(False, None, 0.0, "webhook is disabled", final=True)
         body = event_body(event.type, event.created_at, event.payload)
-        return send_signed(
-            webhook.url, signing_secrets(webhook), event.id, body, webhook.timeout_ms
-        )
+        return send_to_endpoint(webhook, event.id, body)
     from app.events.subscriptions import run_subscription
 
     return run_subscription(item.delivery, event)
@@ -774,6 +768,7 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
         writes.disabled = {row.id for row in inactive}
     alive: set[str] = set()
     with database.atomic():
+        fifo.lock_queues(fifo.queues_of(item.delivery for item in batch))
         _reset_streaks_of_clean_webhooks(batch, results, writes)
         for item, result in zip(batch, results, strict=True):
             events_to_emit += _record_one(item, result, schedule, disable_after, now, writes)
@@ -800,6 +795,8 @@ def record_outcomes(batch: list[Claimed], results: list[SendResult]) -> None:
         _save_failures(writes)
         for tenant_id, webhook_id in writes.newly_disabled:  # retries recorded above are held
             hold_pending(tenant_id, webhook_id)
+        ended = {i for (status, *_), ids in writes.outcomes.items() if status in ENDED for i in ids}
+        fifo.promote_ended(c.delivery for c in batch if c.delivery.id in ended & alive)
         # A delivery deleted mid-flight (its webhook or integration was deleted) has no row
         # left to hang its attempt on; everything else in the batch is still recorded. Those
         # updated above exist; only the rest (lease lost, or deleted) need looking up.

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import marshmallow as ma
 
 from app.web.api import UTCDateTime
 from app.web.keyset import KeysetArgsSchema, keyset_page_schema
 
 EVENT_TYPE_NAME = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
+
+
+def _schema_field(**kwargs: Any) -> ma.fields.Raw:
+    return ma.fields.Raw(
+        allow_none=True,
+        metadata={
+            "description": "JSON Schema (2020-12) of the payload (`data`): publishing an event "
+            "that breaks it is a 422 listing each failure by JSON pointer. Only local "
+            "references (`#/$defs/…`); at most 64 KiB",
+            "type": ["object", "boolean"],
+        },
+        **kwargs,
+    )
+
+
+def _examples_field(**kwargs: Any) -> ma.fields.List:
+    return ma.fields.List(
+        ma.fields.Dict(),
+        validate=ma.validate.Length(max=10),
+        metadata={"description": "Example payloads (`data`), each valid against `schema`"},
+        **kwargs,
+    )
 
 
 class EventTypeSchema(ma.Schema):
@@ -19,9 +43,17 @@ class EventTypeSchema(ma.Schema):
         ],
     )
     description = ma.fields.String(load_default="", validate=ma.validate.Length(max=1000))
+    schema = _schema_field(load_default=None)
+    examples = _examples_field(load_default=list)
     source = ma.fields.String(
         dump_only=True, metadata={"description": "builtin, connector, or custom"}
     )
+
+
+class EventTypeUpdateSchema(ma.Schema):
+    description = ma.fields.String(validate=ma.validate.Length(max=1000))
+    schema = _schema_field()
+    examples = _examples_field()
 
 
 class EventTypeListSchema(ma.Schema):
@@ -43,11 +75,45 @@ class PublishedSchema(ma.Schema):
 class EventSchema(ma.Schema):
     id = ma.fields.String(metadata={"description": "The receivers' webhook-id"})
     type = ma.fields.String()
-    data = ma.fields.Dict(attribute="payload")
+    data = ma.fields.Method(
+        "_data",
+        metadata={
+            "description": "The payload; null once erased",
+            "type": ["object", "null"],
+        },
+    )
+    erased_at = UTCDateTime(
+        allow_none=True,
+        metadata={"description": "When its payload was erased (DELETE /events/{id}, /erasure)"},
+    )
     request_id = ma.fields.String(
         allow_none=True, metadata={"description": "The API request that published it"}
     )
     created_at = UTCDateTime()
+
+    def _data(self, event: Any) -> Any:
+        return None if event.erased_at is not None else event.payload
+
+
+class EventErasureSchema(ma.Schema):
+    match = ma.fields.Dict(
+        required=True,
+        keys=ma.fields.String(validate=ma.validate.Length(min=1, max=200)),
+        metadata={
+            "description": "Dotted paths in the body and the value each must equal, e.g. "
+            '`{"data.customer.email": "ann@example.com"}` (all must match; an array holding '
+            "the value matches)"
+        },
+    )
+    since = UTCDateTime(
+        metadata={"description": "Only events published since (RFC 3339); default: all"}
+    )
+
+
+class EventErasureStartedSchema(ma.Schema):
+    job_id = ma.fields.String(
+        metadata={"description": "Poll `GET /api/v1/jobs/{job_id}`: its result counts the erased"}
+    )
 
 
 class EventQueryArgsSchema(KeysetArgsSchema):

@@ -28,6 +28,13 @@ class SubscriptionSchema(ma.Schema):
         load_default=dict,
         metadata={"description": "Action input; strings may use {{event.data.field}}"},
     )
+    filter = ma.fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "Run only for events whose body matches (the webhooks' `filter`, "
+            "see docs/webhook-features.md)"
+        },
+    )
 
 
 class IntegrationSchema(ma.Schema):

@@ -16,6 +16,7 @@ from app.connectors.configs import (
 from app.connectors.contract import Connector, config_errors, url_paths, values_at
 from app.connectors.extension import require_connector
 from app.events.catalog import event_catalog, is_valid_pattern
+from app.events.filters import FilterInvalid, compile_filter
 from app.oauth.sso import SSO_PROVIDER
 from app.outbound.guard import UnsafeURL
 from app.outbound.session import check_outbound_url, unsafe_url_reason
@@ -71,6 +72,12 @@ def _check_subscriptions(
         unknown = [p for p in sub["events"] if not is_valid_pattern(p, catalog)]
         if unknown:
             errors[f"subscriptions.{index}.events"] = ["unknown event types: " + ", ".join(unknown)]
+        try:
+            compile_filter(sub.get("filter"), f"subscriptions.{index}.filter")
+        except FilterInvalid as exc:
+            errors.update(exc.errors)
+        if not sub.get("filter"):
+            sub.pop("filter", None)  # {} and null: every event
     if errors:
         raise _reject(errors, "Invalid `subscriptions`; see errors.")
 

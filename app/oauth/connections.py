@@ -19,10 +19,10 @@ from app.connectors.configs import decrypt_config
 from app.connectors.contract import timeout_seconds
 from app.events.catalog import emit_event
 from app.oauth import states, tokens
-from app.oauth.client import ProviderError, describe, oauth_session
 from app.oauth.pages import checked_return_to, redirect_to, result_page
 from app.oauth.pkce import new_code_verifier
 from app.oauth.presets import effective_config
+from app.outbound.oauth import ProviderError, describe, oauth_session
 from app.store.db import database
 from app.store.models import Integration, IntegrationLog, utcnow
 from app.web.problems import Problem

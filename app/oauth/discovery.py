@@ -19,8 +19,8 @@ import requests
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from app.oauth.client import GrantRefused, ProviderError, ProviderUnavailable
 from app.outbound.guard import BlockedDestination
+from app.outbound.oauth import GrantRefused, ProviderError, ProviderUnavailable
 from app.outbound.session import outbound_session
 from app.store.redis import get_redis
 

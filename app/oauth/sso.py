@@ -33,11 +33,11 @@ from app.auth.issuing import issue_session_key, new_secret
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import timeout_seconds
 from app.oauth import states
-from app.oauth.client import ProviderError, describe, oauth_session
 from app.oauth.discovery import provider_metadata
 from app.oauth.idtoken import InvalidIdToken, verify_id_token
 from app.oauth.pages import checked_return_to, redirect_to
 from app.oauth.pkce import new_code_verifier
+from app.outbound.oauth import ProviderError, describe, oauth_session
 from app.store.db import database
 from app.store.models import Integration, Membership, SsoDomain, SsoIdentity, Tenant, User, utcnow
 from app.web.problems import Problem

@@ -26,9 +26,9 @@ from app.connectors.configs import decrypt_config
 from app.connectors.contract import TokenUnavailable, timeout_seconds
 from app.events.catalog import emit_event
 from app.metrics import instruments as metrics
-from app.oauth.client import GrantRefused, ProviderError, ProviderUnavailable, describe
-from app.oauth.client import oauth_session as make_session
 from app.oauth.presets import effective_config
+from app.outbound.oauth import GrantRefused, ProviderError, ProviderUnavailable, describe
+from app.outbound.oauth import oauth_session as make_session
 from app.store.db import database
 from app.store.models import Integration, IntegrationLog, OAuthToken, utcnow
 from app.store.redis import get_redis

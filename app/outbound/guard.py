@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import ssl
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -276,18 +277,30 @@ class _GuardedPoolManager(PoolManager):
 
 
 class GuardedAdapter(HTTPAdapter):
-    """Transport adapter whose every connection passes the SSRF guard; proxies are refused."""
+    """Transport adapter whose every connection passes the SSRF guard; proxies are refused.
 
-    __attrs__ = [*HTTPAdapter.__attrs__, "allowed_networks"]
+    With ``ssl_context`` (a client certificate, a private CA), HTTPS connections use that
+    context alone: it decides which certificates are trusted, not the default CA bundle.
+    """
 
-    def __init__(self, allowed_networks: NetworksLike = (), **kwargs: Any) -> None:
+    __attrs__ = [*HTTPAdapter.__attrs__, "allowed_networks", "ssl_context"]
+
+    def __init__(
+        self,
+        allowed_networks: NetworksLike = (),
+        ssl_context: ssl.SSLContext | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.allowed_networks = parse_networks(allowed_networks)
+        self.ssl_context = ssl_context
         super().__init__(**kwargs)
 
     def init_poolmanager(
         self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
     ) -> None:
         self._pool_connections, self._pool_maxsize, self._pool_block = connections, maxsize, block
+        if self.ssl_context is not None:
+            pool_kwargs.update(ssl_context=self.ssl_context, ca_certs=None)
         self.poolmanager = _GuardedPoolManager(
             self.allowed_networks,
             num_pools=connections,
@@ -295,6 +308,10 @@ class GuardedAdapter(HTTPAdapter):
             block=block,
             **pool_kwargs,
         )
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        if self.ssl_context is None:  # else the context verifies: no default bundle added
+            super().cert_verify(conn, url, verify, cert)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         # Through a proxy the guard could only see the proxy's address, never the target's.
@@ -318,13 +335,14 @@ class GuardedSession(requests.Session):
         *,
         pool_maxsize: int = 32,
         default_timeout: Timeout = (3.05, 30),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__()
         self.trust_env = False  # no *_PROXY, netrc or CA-bundle variables from the environment
         self.default_timeout = default_timeout
         self.allowed_networks = parse_networks(allowed_networks)
         adapter = self.guarded_adapter = GuardedAdapter(
-            self.allowed_networks, pool_maxsize=pool_maxsize
+            self.allowed_networks, ssl_context, pool_maxsize=pool_maxsize
         )
         self.mount("http://", adapter)
         self.mount("https://", adapter)
@@ -355,10 +373,15 @@ def make_session(
     pool_maxsize: int = 32,
     user_agent: str | None = None,
     default_timeout: Timeout = (3.05, 30),
+    ssl_context: ssl.SSLContext | None = None,
 ) -> GuardedSession:
-    """Build the guarded session used for every outbound HTTP call."""
+    """Build the guarded session used for every outbound HTTP call (``ssl_context``: see
+    :class:`GuardedAdapter`)."""
     session = GuardedSession(
-        allowed_networks, pool_maxsize=pool_maxsize, default_timeout=default_timeout
+        allowed_networks,
+        pool_maxsize=pool_maxsize,
+        default_timeout=default_timeout,
+        ssl_context=ssl_context,
     )
     session.headers["User-Agent"] = (
         user_agent or f"Switchboard python-requests/{requests.__version__}"

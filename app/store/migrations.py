@@ -98,43 +98,45 @@ def _0008_event_routes_version() -> None:
     # 64 bits.)
     postgres = isinstance(database.obj, peewee.PostgresqlDatabase)
     if postgres:
-        database.execute_sql("CREATE SEQUENCE IF NOT EXISTS event_routes_version_seq START 2")
         bump = "UPDATE event_routes_version SET version = nextval('event_routes_version_seq')"
-    else:
-        bump = "UPDATE event_routes_version SET version = random()"
-    if postgres:
+        database.execute_sql("CREATE SEQUENCE IF NOT EXISTS event_routes_version_seq START 2")
         database.execute_sql(
             "CREATE OR REPLACE FUNCTION bump_event_routes_version() RETURNS trigger"
             f" LANGUAGE plpgsql AS $$ BEGIN {bump}; RETURN NULL; END $$"
         )
     for table, columns in ROUTE_COLUMNS.items():
-        changed = " OR ".join(
-            f"OLD.{c} IS DISTINCT FROM NEW.{c}" if postgres else f"OLD.{c} IS NOT NEW.{c}"
-            for c in columns
-        )
-        triggers = {
-            f"{table}_routes_insert": ("AFTER INSERT", ""),
-            f"{table}_routes_delete": ("AFTER DELETE", ""),
-            f"{table}_routes_update": (
-                f"AFTER UPDATE OF {', '.join(columns)}",
-                f"WHEN ({changed})",
-            ),
-        }
-        if postgres:  # TRUNCATE fires no row trigger
-            triggers[f"{table}_routes_truncate"] = ("AFTER TRUNCATE", "")
-        for name, (timing, when) in triggers.items():
-            if postgres:
-                level = "STATEMENT" if "TRUNCATE" in timing else "ROW"
-                database.execute_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
-                database.execute_sql(
-                    f"CREATE TRIGGER {name} {timing} ON {table} FOR EACH {level} {when}"
-                    " EXECUTE FUNCTION bump_event_routes_version()"
-                )
-            else:
-                database.execute_sql(
-                    f"CREATE TRIGGER IF NOT EXISTS {name} {timing} ON {table} FOR EACH ROW"
-                    f" {when} BEGIN {bump}; END"
-                )
+        _route_triggers(table, columns)
+
+
+def _route_triggers(table: str, columns: tuple[str, ...]) -> None:
+    """(Re)create the triggers that bump ``event_routes_version`` when a row of ``table`` is
+    inserted or deleted, or one of ``columns`` changes (the bump itself: migration 0008)."""
+    postgres = isinstance(database.obj, peewee.PostgresqlDatabase)
+    changed = " OR ".join(
+        f"OLD.{c} IS DISTINCT FROM NEW.{c}" if postgres else f"OLD.{c} IS NOT NEW.{c}"
+        for c in columns
+    )
+    triggers = {
+        f"{table}_routes_insert": ("AFTER INSERT", ""),
+        f"{table}_routes_delete": ("AFTER DELETE", ""),
+        f"{table}_routes_update": (f"AFTER UPDATE OF {', '.join(columns)}", f"WHEN ({changed})"),
+    }
+    if postgres:  # TRUNCATE fires no row trigger
+        triggers[f"{table}_routes_truncate"] = ("AFTER TRUNCATE", "")
+    bump = "UPDATE event_routes_version SET version = random()"  # SQLite's: see migration 0008
+    for name, (timing, when) in triggers.items():
+        if postgres:
+            level = "STATEMENT" if "TRUNCATE" in timing else "ROW"
+            database.execute_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+            database.execute_sql(
+                f"CREATE TRIGGER {name} {timing} ON {table} FOR EACH {level} {when}"
+                " EXECUTE FUNCTION bump_event_routes_version()"
+            )
+        else:
+            database.execute_sql(f"DROP TRIGGER IF EXISTS {name}")
+            database.execute_sql(
+                f"CREATE TRIGGER {name} {timing} ON {table} FOR EACH ROW {when} BEGIN {bump}; END"
+            )
 
 
 def _columns(table: str) -> set[str]:
@@ -234,6 +236,78 @@ def _claim_existing_sso_domains(tenant_id: str) -> None:
             ).on_conflict_ignore().execute()
 
 
+def _add_columns(table: str, columns: dict[str, str]) -> None:
+    """``ALTER TABLE … ADD COLUMN`` each of ``columns`` (name → SQL type and default) that
+    ``table`` lacks (a database created after the migration has them already)."""
+    present = _columns(table)
+    for name, definition in columns.items():
+        if name not in present:
+            database.execute_sql(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+
+
+def _0010_event_type_schemas() -> None:
+    """event_types.payload_schema and examples: typed events. A schema change reaches every
+    process's routes cache (where validators are kept) through ``event_routes_version``."""
+    _add_columns("event_types", {"payload_schema": "TEXT", "examples": "TEXT"})
+    _route_triggers("event_types", ("payload_schema",))
+
+
+#: Deliveries of fifo webhooks: one queue per (webhook, ordering key), in ``ordering_seq`` order.
+ORDERING_INDEX = (
+    "CREATE INDEX IF NOT EXISTS deliveries_ordering_queue ON deliveries"
+    " (webhook_id, ordering_key, status, ordering_seq) WHERE ordering_key IS NOT NULL"
+)
+
+
+def _0011_webhook_filters_headers_auth_ordering() -> None:
+    """Webhooks get a payload filter, extra headers, endpoint auth and fifo ordering; their
+    deliveries a queue (``ordering_key``) and a position in it (``ordering_seq``).
+
+    The position comes from the database on insert, so that it follows commit order across
+    API processes whatever their clocks: a sequence on PostgreSQL, the row's ``rowid`` on
+    SQLite (one writer at a time). The routes version now also moves with a webhook's filter
+    and ordering, which the publish path reads from the routes cache.
+    """
+    _add_columns(
+        "webhooks",
+        {
+            "payload_filter": "TEXT",
+            "headers": "TEXT",
+            "auth": "TEXT",
+            "ordering": "VARCHAR(20) NOT NULL DEFAULT 'none'",
+            "ordering_key": "VARCHAR(200)",
+        },
+    )
+    _add_columns("deliveries", {"ordering_key": "VARCHAR(255)", "ordering_seq": "BIGINT"})
+    if isinstance(database.obj, peewee.PostgresqlDatabase):
+        database.execute_sql("CREATE SEQUENCE IF NOT EXISTS deliveries_ordering_seq")
+        database.execute_sql(
+            "ALTER TABLE deliveries ALTER COLUMN ordering_seq"
+            " SET DEFAULT nextval('deliveries_ordering_seq')"
+        )
+    else:
+        database.execute_sql(
+            "CREATE TRIGGER IF NOT EXISTS deliveries_ordering_seq AFTER INSERT ON deliveries"
+            " FOR EACH ROW WHEN NEW.ordering_key IS NOT NULL BEGIN"
+            " UPDATE deliveries SET ordering_seq = NEW.rowid WHERE rowid = NEW.rowid; END"
+        )
+    database.execute_sql(ORDERING_INDEX)
+    routed = ("payload_filter", "ordering", "ordering_key")
+    _route_triggers("webhooks", (*ROUTE_COLUMNS["webhooks"], *routed))
+
+
+def _0012_event_erasure_and_tenant_retention() -> None:
+    """events.erased_at (a GDPR erasure keeps the event's id, type and time), tenants.retention
+    (per-tenant periods), and the indexes per-tenant retention prunes logs and audit by."""
+    _add_columns("events", {"erased_at": "TIMESTAMP"})
+    _add_columns("tenants", {"retention": "TEXT"})
+    for table in ("integration_logs", "audit_log"):
+        database.execute_sql(
+            f"CREATE INDEX IF NOT EXISTS {table}_tenant_id_created_at ON {table}"
+            " (tenant_id, created_at)"
+        )
+
+
 MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0001_foundation", _0001_foundation),
     ("0002_events_and_webhooks", _0002_events_and_webhooks),
@@ -244,6 +318,9 @@ MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0007_history_indexes", _0007_history_indexes),
     ("0008_event_routes_version", _0008_event_routes_version),
     ("0009_tenants", _0009_tenants),
+    ("0010_event_type_schemas", _0010_event_type_schemas),
+    ("0011_webhook_filters_headers_auth_ordering", _0011_webhook_filters_headers_auth_ordering),
+    ("0012_event_erasure_and_tenant_retention", _0012_event_erasure_and_tenant_retention),
 ]
 
 

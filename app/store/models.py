@@ -65,6 +65,9 @@ class Tenant(BaseModel):
     status = peewee.CharField(max_length=20, default="active")  # see TENANT_STATUSES
     quotas = JSONField(default=dict)
     settings = JSONField(default=dict)
+    # Days kept per kind of history ({"events": 7, …}) overriding the global retention, within
+    # the operator's bounds; a kind not named here keeps the global period.
+    retention = JSONField(null=True)
     created_at = peewee.DateTimeField(default=utcnow)
     updated_at = peewee.DateTimeField(default=utcnow)
 
@@ -260,6 +263,10 @@ class EventType(TenantOwned):
     id = _id_field("evt")
     name = peewee.CharField(max_length=200)
     description = peewee.TextField(default="")
+    # A JSON Schema (2020-12) that published payloads (``data``) must satisfy (the API's
+    # ``schema``), and examples of payloads.
+    payload_schema = JSONField(null=True)
+    examples = JSONField(null=True)
     created_at = peewee.DateTimeField(default=utcnow)
 
     class Meta:
@@ -287,6 +294,16 @@ class Webhook(TenantOwned):
     consecutive_failures = peewee.IntegerField(default=0)
     # First failed attempt with no success since; failing this long disables the webhook.
     failing_since = peewee.DateTimeField(null=True)
+    # Which events it receives beyond their type (app.events.filters); ``filter`` is the API's
+    # name (a column named so would be an SQL keyword).
+    payload_filter = JSONField(null=True)
+    # Extra request headers [{name, value, secret}] and endpoint auth {type, …}: secret values
+    # encrypted (app.webhooks.credentials).
+    headers = JSONField(null=True)
+    auth = JSONField(null=True)
+    # "fifo": one delivery at a time in event order, per value at ``ordering_key`` if set.
+    ordering = peewee.CharField(max_length=20, default="none")
+    ordering_key = peewee.CharField(max_length=200, null=True)
     created_at = peewee.DateTimeField(default=utcnow)
     updated_at = peewee.DateTimeField(default=utcnow)
 
@@ -305,6 +322,8 @@ class Event(TenantOwned):
     # The API request that published it, so workers log deliveries with the same request id.
     request_id = peewee.CharField(max_length=64, null=True)
     created_at = peewee.DateTimeField(default=utcnow, index=True)
+    # Set when the payload was erased (GDPR): the row keeps its id, type and time.
+    erased_at = peewee.DateTimeField(null=True)
     #: Not a column: how many deliveries ``emit_event`` queued for this instance (else None).
     delivery_count: int | None = None
 
@@ -335,6 +354,7 @@ class Delivery(TenantOwned):
     # Attempts attached for API answers (see webhooks.resources), not a column.
     attempt_log: list[DeliveryAttempt]
     # pending | succeeded | failed | held (its webhook is disabled) | discarded (held, dropped)
+    # | queued (a fifo webhook's delivery waiting for the one before it, app.events.fifo)
     status = peewee.CharField(max_length=20, default="pending")
     attempts = peewee.IntegerField(default=0)
     max_attempts = peewee.IntegerField(default=4)
@@ -343,6 +363,11 @@ class Delivery(TenantOwned):
     lease_until = peewee.DateTimeField(null=True)
     last_status_code = peewee.IntegerField(null=True)
     last_error = peewee.TextField(null=True)
+    # A fifo webhook's deliveries: the queue (the value at the webhook's ``ordering_key``, ""
+    # without one) and the position in it, which the database assigns on insert (migration
+    # 0011, which also indexes both: an index declared here would break older migrations).
+    ordering_key = peewee.CharField(max_length=255, null=True)
+    ordering_seq = peewee.BigIntegerField(null=True)
     created_at = peewee.DateTimeField(default=utcnow)
     updated_at = peewee.DateTimeField(default=utcnow)
 

@@ -1,6 +1,9 @@
 """Retention: prune old events, deliveries (with their attempts), integration logs and audit.
 
-Each kind keeps ``SWITCHBOARD_RETENTION_DAYS_<KIND>`` days (0 keeps it forever) and is deleted
+Each kind keeps ``SWITCHBOARD_RETENTION_DAYS_<KIND>`` days (0 keeps it forever), unless a
+tenant set its own period (``tenants.retention``, ``PATCH /retention``), which counts within
+the operator's ``SWITCHBOARD_RETENTION_TENANT_RANGE_<KIND>`` (a value outside it is taken as
+the nearest bound). Rows are deleted
 in batches of ``SWITCHBOARD_RETENTION_BATCH_SIZE`` rows, one short transaction per batch, so
 pruning a large backlog never holds long locks or builds one huge transaction. A delivery that
 is still pending or held (for a disabled webhook), or leased by a worker, is never deleted; its
@@ -22,7 +25,7 @@ import peewee
 from flask import Flask
 
 from app.store.db import database
-from app.store.models import AuditLog, Delivery, Event, IntegrationLog, utcnow
+from app.store.models import AuditLog, Delivery, Event, IntegrationLog, Tenant, utcnow
 from app.store.redis import get_redis
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,7 @@ LOCK_KEY = "sb:retention:lock"
 def _deliveries(cutoff: datetime, now: datetime) -> Any:
     return (
         (Delivery.created_at < cutoff)
-        & Delivery.status.not_in(("pending", "held"))
+        & Delivery.status.not_in(("pending", "held", "queued"))
         & (Delivery.lease_until.is_null() | (Delivery.lease_until < now))
     )
 
@@ -60,10 +63,22 @@ KINDS: dict[str, tuple[str, peewee.Field, Callable[[datetime, datetime], Any]]] 
 }
 
 
-def prune_batch(kind: str, cutoff: datetime, batch_size: int) -> int:
-    """Delete up to ``batch_size`` prunable rows of ``kind`` in one transaction; return how many."""
+def tenant_days(config: Mapping[str, Any], kind: str, chosen: Any) -> int:
+    """The days a tenant keeps ``kind``: its own choice within the operator's range, or the
+    global period when it chose none (None)."""
+    if chosen is None:
+        return int(config[KINDS[kind][0]])
+    low, high = config[f"RETENTION_TENANT_RANGE_{kind.upper()}"]
+    return min(max(int(chosen), low), high)
+
+
+def prune_batch(kind: str, cutoff: datetime, batch_size: int, scope: Any = None) -> int:
+    """Delete up to ``batch_size`` prunable rows of ``kind`` (within ``scope``, a condition on
+    its tenant, if given) in one transaction; return how many."""
     _, key, prunable = KINDS[kind]
     condition = prunable(cutoff, utcnow())
+    if scope is not None:
+        condition &= scope
     batch = key.model.select(key).where(condition).limit(batch_size)
     with database.atomic():
         # The condition is checked again on each row deleted: one retried meanwhile stays.
@@ -71,22 +86,33 @@ def prune_batch(kind: str, cutoff: datetime, batch_size: int) -> int:
 
 
 def run_retention(config: Mapping[str, Any], now: datetime | None = None) -> dict[str, int]:
-    """Prune every kind that has a retention period; return the rows deleted per kind."""
+    """Prune every kind for every tenant with a retention period (its own, or the global
+    one); return the rows deleted per kind."""
     now = now or utcnow()
     batch_size = int(config["RETENTION_BATCH_SIZE"])
     deleted: dict[str, int] = {}
     with database.connection_context():
-        for kind, (setting, _, _) in KINDS.items():
-            days = int(config[setting])
-            if not days:
-                continue
-            cutoff = now - timedelta(days=days)
-            deleted[kind] = 0
-            while True:
-                count = prune_batch(kind, cutoff, batch_size)
-                deleted[kind] += count
-                if count < batch_size:
-                    break
+        chosen = {
+            t.id: t.retention
+            for t in Tenant.select(Tenant.id, Tenant.retention).where(
+                Tenant.retention.is_null(False)
+            )
+        }
+        for kind, (setting, key, _) in KINDS.items():
+            own = {t: r[kind] for t, r in chosen.items() if r.get(kind) is not None}
+            tenant_of = key.model.tenant_id
+            passes = [(int(config[setting]), tenant_of.not_in(list(own)) if own else None)]
+            passes += [(tenant_days(config, kind, days), tenant_of == t) for t, days in own.items()]
+            for days, scope in passes:
+                if not days:
+                    continue
+                cutoff = now - timedelta(days=days)
+                deleted.setdefault(kind, 0)
+                while True:
+                    count = prune_batch(kind, cutoff, batch_size, scope)
+                    deleted[kind] += count
+                    if count < batch_size:
+                        break
     return deleted
 
 

@@ -201,6 +201,36 @@ def get_publisher(app: Flask | None = None) -> Publisher:
     return publisher
 
 
+#: Entries read per page when looking for entries to delete.
+DELETE_PAGE = 1000
+
+
+def delete_entries(client: redis.Redis, wanted: Any) -> int:
+    """Delete every stream entry whose fields (decoded to ``str``) ``wanted`` accepts: what an
+    erasure removes from the live view too. Returns how many."""
+    deleted, cursor = 0, "-"
+    while True:
+        page: Any = client.xrange(STREAM_KEY, min=cursor, max="+", count=DELETE_PAGE)
+        if not page:
+            return deleted
+        doomed = [entry_id for entry_id, fields in page if wanted(_decoded(fields))]
+        if doomed:
+            deleted += int(client.xdel(STREAM_KEY, *doomed))
+        last = page[-1][0]
+        if len(page) < DELETE_PAGE:
+            return deleted
+        cursor = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+
+
+def _decoded(fields: dict[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else str(k)): (
+            v.decode() if isinstance(v, bytes) else str(v)
+        )
+        for k, v in fields.items()
+    }
+
+
 def publish(
     kind: str,
     data: dict[str, Any],

@@ -30,12 +30,11 @@ from app.store.models import DEFAULT_TENANT_ID, TENANT_OWNED, Tenant, TenantOwne
 from app.store.outage import WORKER_SURVIVES, describe
 from app.store.queues import get_queue
 from app.store.redis import get_redis
-from app.stream.publish import STREAM_KEY
+from app.stream.publish import delete_entries
 
 log = logging.getLogger(__name__)
 
 ERASURE_JOB_TIMEOUT = 3600
-STREAM_PAGE = 1000
 
 
 def start_erasure(tenant: Tenant, operator_tenant_id: str) -> str:
@@ -118,22 +117,7 @@ def _erase_redis(tenant_id: str) -> None:
     """The tenant's usage counters and its entries in the live stream."""
     client = get_redis()
     forget_tenant(client, tenant_id)
-    cursor = "-"
-    while True:
-        page: Any = client.xrange(STREAM_KEY, min=cursor, max="+", count=STREAM_PAGE)
-        if not page:
-            return
-        mine = [
-            entry_id
-            for entry_id, fields in page
-            if fields.get(b"t", fields.get("t")) in (tenant_id, tenant_id.encode())
-        ]
-        if mine:
-            client.xdel(STREAM_KEY, *mine)
-        last = page[-1][0].decode() if isinstance(page[-1][0], bytes) else str(page[-1][0])
-        if len(page) < STREAM_PAGE:
-            return
-        cursor = f"({last}"
+    delete_entries(client, lambda fields: fields.get("t") == tenant_id)
 
 
 def finish_erasures() -> list[str]:

@@ -19,12 +19,16 @@ from app.limits.usage import read_tenant
 from app.store.db import database
 from app.store.models import DEFAULT_TENANT_ID, Membership, Tenant, User, utcnow
 from app.store.redis import get_redis
+from app.store.retention import tenant_days
 from app.tenants.erasure import start_erasure
 from app.tenants.schemas import (
+    RETENTION_KINDS,
     ErasureSchema,
     MemberPageSchema,
     MemberSchema,
     MemberUpdateSchema,
+    RetentionSchema,
+    RetentionUpdateSchema,
     TenantPageSchema,
     TenantQueryArgsSchema,
     TenantSchema,
@@ -325,3 +329,51 @@ class MembersById(MethodView):
             membership.delete_instance()
             record_audit("member.removed", "user", user.id, {"email": user.email})
             bump_auth_epoch(required=True)
+
+
+def _retention_view(tenant: Tenant) -> dict[str, Any]:
+    config, chosen = current_app.config, tenant.retention or {}
+    view = {}
+    for kind in RETENTION_KINDS:
+        low, high = config[f"RETENTION_TENANT_RANGE_{kind.upper()}"]
+        view[kind] = {
+            "days": tenant_days(config, kind, chosen.get(kind)),
+            "chosen": chosen.get(kind),
+            "default": config[f"RETENTION_DAYS_{kind.upper()}"],
+            "min": low,
+            "max": high,
+        }
+    return view
+
+
+@blp.route("/retention")
+class Retention(MethodView):
+    @blp.auth("admin")
+    @blp.response(200, RetentionSchema)
+    def get(self) -> dict[str, Any]:
+        """This tenant's retention: days kept per kind, its choices and the operator's bounds."""
+        return _retention_view(Tenant.get_by_id(current_tenant_id()))
+
+    @blp.auth("admin")
+    @blp.arguments(RetentionUpdateSchema)
+    @blp.response(200, RetentionSchema)
+    def patch(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Choose how long this tenant's history is kept (null: the global period), within the
+        bounds the operator set (422 naming the kind otherwise); audited."""
+        config = current_app.config
+        errors = {}
+        for kind, days in data.items():
+            low, high = config[f"RETENTION_TENANT_RANGE_{kind.upper()}"]
+            if days is not None and not low <= days <= high:
+                errors[kind] = [f"must be from {low} to {high} days (the operator's bounds)"]
+        if errors:
+            kind = next(iter(errors))
+            raise Problem(422, f"Invalid `{kind}`: {errors[kind][0]}", errors=errors)
+        with database.atomic():
+            tenant = Tenant.get_by_id(current_tenant_id())
+            chosen = {**(tenant.retention or {}), **data}
+            tenant.retention = {k: v for k, v in chosen.items() if v is not None} or None
+            tenant.updated_at = utcnow()
+            tenant.save()
+            record_audit("retention.updated", "tenant", tenant.id, data)
+        return _retention_view(tenant)

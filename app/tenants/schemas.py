@@ -127,3 +127,43 @@ class MemberUpdateSchema(ma.Schema):
 
 
 MemberPageSchema = page_schema(MemberSchema, "MemberPage")
+
+
+RETENTION_KINDS = ("events", "deliveries", "logs", "audit")
+
+
+def _days(kind: str) -> ma.fields.Integer:
+    return ma.fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=ma.validate.Range(min=0, max=36500),
+        metadata={"description": f"Days to keep {kind}; null: the global period"},
+    )
+
+
+class RetentionUpdateSchema(ma.Schema):
+    """The periods a tenant chooses; a kind left out keeps its choice, null resets it."""
+
+    events = _days("events")
+    deliveries = _days("deliveries (with their attempts)")
+    logs = _days("integration logs")
+    audit = _days("audit entries")
+
+
+class RetentionKindSchema(ma.Schema):
+    days = ma.fields.Integer(
+        metadata={"description": "Days kept now (0: forever): the choice within the bounds"}
+    )
+    chosen = ma.fields.Integer(
+        allow_none=True, metadata={"description": "This tenant's choice, or null"}
+    )
+    default = ma.fields.Integer(metadata={"description": "The global period (0: forever)"})
+    min = ma.fields.Integer(metadata={"description": "The least a tenant may choose"})
+    max = ma.fields.Integer(metadata={"description": "The most a tenant may choose"})
+
+
+class RetentionSchema(ma.Schema):
+    events = ma.fields.Nested(RetentionKindSchema)
+    deliveries = ma.fields.Nested(RetentionKindSchema)
+    logs = ma.fields.Nested(RetentionKindSchema)
+    audit = ma.fields.Nested(RetentionKindSchema)

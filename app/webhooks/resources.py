@@ -12,6 +12,8 @@ from app.audit import record_audit, record_change, record_update
 from app.auth.access import current_tenant_id
 from app.events.catalog import emit_event, event_catalog, is_valid_pattern
 from app.events.dispatch import requeue_refused
+from app.events.fifo import promote_after_commit
+from app.events.filters import FilterInvalid, compile_filter, parse_path
 from app.events.held import hold_pending, recover_failed, recover_outage, release_held
 from app.events.outbox import wake_dispatcher
 from app.limits.quotas import check_room
@@ -32,6 +34,8 @@ from app.stream import kinds
 from app.web.api import Blueprint, created_links, paginate
 from app.web.keyset import paginate_keyset
 from app.web.problems import Problem
+from app.webhooks.credentials import CredentialsInvalid, prepare
+from app.webhooks.endpoint import send_to_endpoint
 from app.webhooks.schemas import (
     DeliveryPageSchema,
     DeliveryQueryArgsSchema,
@@ -48,7 +52,7 @@ from app.webhooks.schemas import (
     WebhookTestResultSchema,
     WebhookUpdateSchema,
 )
-from app.webhooks.sender import event_body, send_signed, signing_secrets
+from app.webhooks.sender import event_body
 from app.webhooks.signing import generate_secret
 
 blp = Blueprint("webhooks", __name__, url_prefix="/api/v1", description="Webhook endpoints")
@@ -68,8 +72,40 @@ def _invalid(field: str, message: str) -> Problem:
     return Problem(422, f"Invalid `{field}`: {message}", errors={field: [message]})
 
 
-def validate_target(data: dict[str, Any]) -> None:
-    """Check URL safety, event patterns and the integration (422 naming the field)."""
+def _invalid_fields(errors: dict[str, list[str]]) -> Problem:
+    field = next(iter(errors))
+    return Problem(422, f"Invalid `{field}`: {errors[field][0]}", errors=errors)
+
+
+def store_credentials(data: dict[str, Any], row: Webhook | None = None) -> None:
+    """``headers`` and ``auth`` of ``data`` in their stored form (see
+    ``app.webhooks.credentials.prepare``); 422 naming each bad field."""
+    try:
+        prepare(
+            data, row.url if row else None, row.auth if row else None, row.headers if row else None
+        )
+    except CredentialsInvalid as exc:
+        raise _invalid_fields(exc.errors) from exc
+
+
+def validate_target(data: dict[str, Any], ordering: str = "none") -> None:
+    """Check URL safety, event patterns, the integration, the filter and the ordering key
+    (422 naming the field; ``ordering``: the webhook's when ``data`` does not set it)."""
+    if "payload_filter" in data:
+        try:
+            compile_filter(data["payload_filter"])
+        except FilterInvalid as exc:
+            raise _invalid_fields(exc.errors) from exc
+        data["payload_filter"] = data["payload_filter"] or None  # {} is no filter
+    if data.get("ordering") == "none":
+        data.setdefault("ordering_key", None)  # a key means nothing without fifo
+    if data.get("ordering_key") is not None:
+        if data.get("ordering", ordering) != "fifo":
+            raise _invalid("ordering_key", "only applies with `ordering: fifo`")
+        try:
+            parse_path(data["ordering_key"])
+        except ValueError as exc:
+            raise _invalid("ordering_key", str(exc)) from exc
     if "url" in data:
         try:
             check_outbound_url(data["url"])
@@ -115,6 +151,7 @@ class Webhooks(MethodView):
     def post(self, data: dict[str, Any]) -> Webhook:
         """Create a webhook endpoint; its signing secret is returned only this once."""
         validate_target(data)
+        store_credentials(data)
         secret = data.pop("secret", None) or generate_secret()
         tenant_id = current_tenant_id()
         with database.atomic():
@@ -149,7 +186,9 @@ class WebhooksById(MethodView):
         held = data.pop("held", None)
         if held is not None and data.get("status") != "active":
             raise _invalid("held", "only applies with `status: active`")
-        validate_target(data)
+        current = get_webhook(webhook_id)  # checked outside the transaction: DNS, crypto
+        validate_target(data, current.ordering)
+        store_credentials(data, current)
         with database.atomic():
             row = get_webhook(webhook_id)
             _change(row, data, held or "send")
@@ -194,7 +233,7 @@ def _change(
             released["recovered"] = recover_failed(row, since)
         elif failing_since is not None and held == "send":
             released["recovered"] = recover_outage(row, failing_since)
-    if data.get("url", before["url"]) != before["url"]:
+    if data.get("url", before["url"]) != before["url"] or "auth" in data:
         requeue_refused(row.tenant_id, row.id)  # the SSRF guard may let the new URL through
     record_update("webhook", row.id, before, webhook_view(row), data)
     return released
@@ -252,7 +291,7 @@ def test_webhook(webhook_id: str) -> dict[str, Any]:
     test_event = Event(type="webhook.test", created_at=now)
     data = {"webhook_id": row.id, "message": "This is a test event from Switchboard."}
     body = event_body("webhook.test", now, data)
-    result = send_signed(row.url, signing_secrets(row), test_event.id, body, row.timeout_ms)
+    result = send_to_endpoint(row, test_event.id, body)
     logged = IntegrationLog.create(
         tenant_id=row.tenant_id,
         integration_id=row.integration_id,
@@ -333,9 +372,10 @@ def list_deliveries(args: dict[str, Any], webhook_id: str) -> dict[str, Any]:
 @blp.auth("webhooks:write")
 @blp.response(202, DeliverySchema)
 @blp.problem(404, "No such delivery")
-@blp.problem(409, "The delivery is already pending")
+@blp.problem(409, "The delivery is being attempted, or its event was erased")
 def retry_delivery(delivery_id: str) -> Delivery:
-    """Redeliver now (same webhook-id), whatever the earlier outcome."""
+    """Redeliver now (same webhook-id), whatever the earlier outcome; a fifo webhook's
+    delivery goes in its turn (after the one being sent, before later events)."""
     tenant_id = current_tenant_id()
     with database.atomic():
         row = (
@@ -346,12 +386,15 @@ def retry_delivery(delivery_id: str) -> Delivery:
         )
         if row is None:
             raise Problem(404, f"No delivery {delivery_id!r}.")
+        if row.event.erased_at is not None:
+            raise Problem(409, "This delivery's event was erased: there is nothing to send.")
         now = utcnow()
         free = Delivery.lease_until.is_null() | (Delivery.lease_until <= now)
+        in_queue = row.webhook_id is not None and row.ordering_key is not None
         updated = (
             Delivery.update_of(
                 tenant_id,
-                status="pending",
+                status="queued" if in_queue else "pending",  # a fifo one goes in its turn
                 next_attempt_at=now,
                 max_attempts=max(row.max_attempts, row.attempts + 1),
                 updated_at=now,
@@ -361,6 +404,8 @@ def retry_delivery(delivery_id: str) -> Delivery:
         )
         if not updated:
             raise Problem(409, "This delivery is being attempted right now.")
+        if in_queue:
+            promote_after_commit(tenant_id, str(row.webhook_id), [row.ordering_key])
         row = Delivery.of(tenant_id, Delivery, Event).join(Event).where(Delivery.id == row.id).get()
         record_audit("delivery.retried", "delivery", row.id, {})
         database.after_commit(wake_dispatcher)

@@ -8,12 +8,159 @@ import marshmallow as ma
 
 from app.web.api import PageArgsSchema, UTCDateTime, page_schema
 from app.web.keyset import KeysetArgsSchema, keyset_page_schema
+from app.webhooks.credentials import (
+    AUTH_TYPES,
+    MAX_HEADER_VALUE,
+    MAX_HEADERS,
+    REDACTED,
+    TOKEN_AUTH_METHODS,
+    shown_auth,
+    shown_headers,
+)
 from app.webhooks.sender import MAX_TIMEOUT_MS
 from app.webhooks.signing import secret_key
 
 WEBHOOK_STATUSES = ("active", "disabled")
-DELIVERY_STATUSES = ("pending", "held", "succeeded", "failed", "discarded")
+DELIVERY_STATUSES = ("pending", "queued", "held", "succeeded", "failed", "discarded")
 HELD_CHOICES = ("send", "discard")
+ORDERINGS = ("none", "fifo")
+_KEEP = f"omit it (or send `{REDACTED}`) to keep the stored one"
+
+
+class HeaderSchema(ma.Schema):
+    name = ma.fields.String(
+        required=True,
+        validate=ma.validate.Length(min=1, max=100),
+        metadata={
+            "description": "Not `webhook-*`, `Host`, `Content-*`, `User-Agent` or hop-by-hop"
+        },
+    )
+    value = ma.fields.String(
+        validate=ma.validate.Length(max=MAX_HEADER_VALUE),
+        metadata={
+            "description": f"Visible ASCII; a secret one reads back as `{REDACTED}`: {_KEEP}"
+        },
+    )
+    secret = ma.fields.Boolean(
+        load_default=False,
+        metadata={"description": "Encrypt the value at rest and never show it again"},
+    )
+
+
+class AuthSchema(ma.Schema):
+    type = ma.fields.String(required=True, validate=ma.validate.OneOf(AUTH_TYPES))
+    username = ma.fields.String(
+        validate=ma.validate.Length(min=1, max=200), metadata={"description": "basic"}
+    )
+    password = ma.fields.String(
+        validate=ma.validate.Length(min=1, max=1000),
+        metadata={"description": f"basic (secret: {_KEEP})"},
+    )
+    token = ma.fields.String(
+        validate=ma.validate.Length(min=1, max=4096),
+        metadata={"description": f"bearer (secret: {_KEEP})"},
+    )
+    token_url = ma.fields.Url(
+        schemes={"http", "https"},
+        require_tld=False,
+        validate=ma.validate.Length(max=2000),
+        metadata={"description": "oauth2_client_credentials: the token endpoint"},
+    )
+    client_id = ma.fields.String(
+        validate=ma.validate.Length(min=1, max=500),
+        metadata={"description": "oauth2_client_credentials"},
+    )
+    client_secret = ma.fields.String(
+        validate=ma.validate.Length(min=1, max=2000),
+        metadata={"description": f"oauth2_client_credentials (secret: {_KEEP})"},
+    )
+    scope = ma.fields.String(
+        validate=ma.validate.Length(max=1000),
+        metadata={"description": "oauth2_client_credentials: space-separated scopes"},
+    )
+    audience = ma.fields.String(
+        validate=ma.validate.Length(max=1000),
+        metadata={"description": "oauth2_client_credentials: sent as `audience` if set"},
+    )
+    token_auth_method = ma.fields.String(
+        validate=ma.validate.OneOf(TOKEN_AUTH_METHODS),
+        metadata={"description": "oauth2_client_credentials (default client_secret_basic)"},
+    )
+    certificate = ma.fields.String(
+        validate=ma.validate.Length(max=64 * 1024),
+        metadata={"description": "mtls: the client certificate (PEM, chain allowed)"},
+    )
+    private_key = ma.fields.String(
+        validate=ma.validate.Length(max=64 * 1024),
+        metadata={"description": f"mtls: its unencrypted PEM key (secret: {_KEEP})"},
+    )
+    ca_certificate = ma.fields.String(
+        validate=ma.validate.Length(max=64 * 1024),
+        metadata={"description": "mtls: the receiver's CA (PEM); only it is trusted if set"},
+    )
+    certificate_expires_at = ma.fields.String(
+        dump_only=True, metadata={"description": "mtls: when the client certificate expires"}
+    )
+
+
+def _filter_field(**kwargs: Any) -> ma.fields.Dict:
+    return ma.fields.Dict(
+        attribute="payload_filter",
+        allow_none=True,
+        metadata={
+            "description": "Deliver only events whose body matches, e.g. "
+            '`{"data": {"amount": {"$gte": 100}}}`: plain values must equal, '
+            "`$eq $neq $in $nin $gt $gte $lt $lte $exists $and $or $not` compare (see "
+            "docs/webhook-features.md); null or `{}` for every event"
+        },
+        **kwargs,
+    )
+
+
+def _headers_field(**kwargs: Any) -> ma.fields.List:
+    return ma.fields.List(
+        ma.fields.Nested(HeaderSchema),
+        allow_none=True,
+        validate=ma.validate.Length(max=MAX_HEADERS),
+        metadata={"description": "Extra request headers; secret values are encrypted"},
+        **kwargs,
+    )
+
+
+def _auth_field(**kwargs: Any) -> ma.fields.Nested:
+    return ma.fields.Nested(
+        AuthSchema,
+        allow_none=True,
+        metadata={
+            "description": "How the endpoint authenticates Switchboard: `basic`, `bearer`, "
+            "`oauth2_client_credentials` or `mtls` (https only); secrets read back as "
+            f"`{REDACTED}`"
+        },
+        **kwargs,
+    )
+
+
+def _ordering_field(**kwargs: Any) -> ma.fields.String:
+    return ma.fields.String(
+        validate=ma.validate.OneOf(ORDERINGS),
+        metadata={
+            "description": "`fifo`: one delivery at a time, in event order (per `ordering_key` "
+            "value if set); a delivery that fails for good lets the next one go"
+        },
+        **kwargs,
+    )
+
+
+def _ordering_key_field(**kwargs: Any) -> ma.fields.String:
+    return ma.fields.String(
+        allow_none=True,
+        validate=ma.validate.Length(min=1, max=200),
+        metadata={
+            "description": "With `fifo`: a dotted path in the body (`data.order_id`); "
+            "deliveries are ordered per value, different values go in parallel"
+        },
+        **kwargs,
+    )
 
 
 def _url_field(**kwargs: Any) -> ma.fields.Url:
@@ -66,6 +213,11 @@ class WebhookSchema(ma.Schema):
         metadata={"description": "Max deliveries per second; extra ones wait, never dropped"},
     )
     description = ma.fields.String(load_default="", validate=ma.validate.Length(max=1000))
+    filter = _filter_field(load_default=None)
+    headers = _headers_field(load_default=None)
+    auth = _auth_field(load_default=None)
+    ordering = _ordering_field(load_default="none")
+    ordering_key = _ordering_key_field(load_default=None)
     consecutive_failures = ma.fields.Integer(
         dump_only=True, metadata={"description": "Failed attempts since the last success"}
     )
@@ -91,6 +243,15 @@ class WebhookSchema(ma.Schema):
             secret_key(value)
         except ValueError as exc:
             raise ma.ValidationError(str(exc)) from exc
+
+    @ma.post_dump(pass_original=True)
+    def _redact(self, data: dict[str, Any], original: Any, **kwargs: Any) -> dict[str, Any]:
+        """Headers and auth as stored hold encrypted secrets: show them redacted."""
+        if "headers" in data:
+            data["headers"] = shown_headers(original.headers)
+        if "auth" in data:
+            data["auth"] = shown_auth(original.auth)
+        return data
 
 
 class WebhookCreatedSchema(WebhookSchema):
@@ -119,6 +280,11 @@ class WebhookUpdateSchema(ma.Schema):
         strict=True, allow_none=True, validate=ma.validate.Range(min=1, max=10000)
     )
     description = ma.fields.String(validate=ma.validate.Length(max=1000))
+    filter = _filter_field()
+    headers = _headers_field()
+    auth = _auth_field()
+    ordering = _ordering_field()
+    ordering_key = _ordering_key_field()
 
 
 class WebhookEnableSchema(ma.Schema):
@@ -199,9 +365,19 @@ class DeliverySchema(ma.Schema):
     created_at = UTCDateTime()
     updated_at = UTCDateTime()
     attempt_log = ma.fields.List(ma.fields.Nested(AttemptSchema), data_key="attempt_history")
+    erased = ma.fields.Method(
+        "_erased",
+        metadata={
+            "type": "boolean",
+            "description": "Its event was erased: outcomes kept, stored answers gone",
+        },
+    )
 
     def _event_type(self, obj: Any) -> str:
         return str(obj.event.type)
+
+    def _erased(self, obj: Any) -> bool:
+        return obj.event.erased_at is not None
 
 
 class DeliveryQueryArgsSchema(KeysetArgsSchema):

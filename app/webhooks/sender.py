@@ -11,7 +11,7 @@ from typing import Any
 import requests
 
 from app import __version__
-from app.outbound.guard import REFUSED, BlockedDestination
+from app.outbound.guard import REFUSED, BlockedDestination, GuardedSession
 from app.outbound.session import outbound_session
 from app.store import jsoncodec
 from app.store.models import Webhook, utcnow
@@ -59,11 +59,21 @@ def signing_secrets(webhook: Webhook) -> list[str]:
 
 
 def send_signed(
-    url: str, secrets: list[str], msg_id: str, body: bytes, timeout_ms: int
+    url: str,
+    secrets: list[str],
+    msg_id: str,
+    body: bytes,
+    timeout_ms: int,
+    *,
+    headers: dict[str, str] | None = None,
+    session: GuardedSession | None = None,
 ) -> SendResult:
-    """POST ``body`` to ``url`` with Standard Webhooks headers; never raises for HTTP trouble."""
+    """POST ``body`` to ``url`` with Standard Webhooks headers (after the endpoint's own
+    ``headers``), over ``session`` (default: the shared guarded one); never raises for HTTP
+    trouble."""
     timestamp = int(time.time())
     headers = {
+        **(headers or {}),
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signature_header(secrets, msg_id, timestamp, body),
@@ -73,7 +83,7 @@ def send_signed(
     timeout = timeout_ms / 1000
     started = time.perf_counter()
     try:
-        with outbound_session().post(
+        with (session or outbound_session()).post(
             url,
             data=body,
             headers=headers,
