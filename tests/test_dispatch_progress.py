@@ -124,7 +124,8 @@ def test_ready_reports_a_stall_when_due_work_is_not_claimed(app, api, integratio
             what="/ready reporting the stall",
         )
         assert stalled.json["checks"]["dispatch"] == "stalled", stalled.json
-        assert stalled.json["dispatch"]["oldest_unclaimed_age"] > 2
+        # Stalled past 2 s, reported to a tenth of a second (2.04 shows as 2.0).
+        assert stalled.json["dispatch"]["oldest_unclaimed_age"] >= 2
         assert stalled.json["detail"] == "Not ready: dispatch"
         metrics = api.get("/metrics").get_data(as_text=True)
         assert "switchboard_oldest_unclaimed_delivery_age_seconds" in metrics
