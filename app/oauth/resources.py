@@ -7,8 +7,9 @@ from typing import Any
 
 from flask import Response, g
 from flask.typing import ResponseReturnValue
+from flask.views import MethodView
 
-from app.oauth import connections, sso
+from app.oauth import connections, identities, sso
 from app.oauth.schemas import (
     AuthorizeRequestSchema,
     AuthorizeResultSchema,
@@ -17,10 +18,13 @@ from app.oauth.schemas import (
     RevokeResultSchema,
     SsoDiscoverArgsSchema,
     SsoDiscoverySchema,
+    SsoIdentityPageSchema,
+    SsoIdentitySchema,
     SsoLoginArgsSchema,
     SsoLoginResultSchema,
 )
-from app.web.api import Blueprint
+from app.store.models import SsoIdentity
+from app.web.api import Blueprint, PageArgsSchema, paginate
 
 blp = Blueprint(
     "oauth", __name__, url_prefix="/api/v1", description="OAuth2 connections and SSO login"
@@ -131,3 +135,44 @@ def sso_callback(args: dict[str, Any]) -> ResponseReturnValue:
     `#error=…&error_description=…` when the login is refused.
     """
     return sso.complete_login(args)
+
+
+@blp.route("/integrations/<integration_id>/sso/identities")
+class SsoIdentities(MethodView):
+    @blp.auth("admin")
+    @blp.arguments(PageArgsSchema, location="query")
+    @blp.response(200, SsoIdentityPageSchema)
+    @blp.problem(404, "No such integration")
+    @blp.problem(409, "The integration is not an SSO integration")
+    def get(self, args: dict[str, Any], integration_id: str) -> dict[str, Any]:
+        """List the provider identities that sign in through an SSO integration (admins)."""
+        row = identities.sso_integration_of_tenant(integration_id)
+        return paginate(identities.identities(row), args)
+
+    @blp.auth("admin")
+    @blp.arguments(SsoIdentitySchema)
+    @blp.response(201, SsoIdentitySchema)
+    @blp.problem(403, "The user is a platform admin and the caller is not an operator")
+    @blp.problem(404, "No such integration, or the user is no member of this tenant")
+    @blp.problem(409, "Not an SSO integration, or the identity is already linked")
+    def post(self, data: dict[str, Any], integration_id: str) -> SsoIdentity:
+        """Link a provider identity (`subject`) to a member explicitly (admins; audited).
+
+        SSO login never signs a new identity in to an account that has a password or an admin
+        role (nor, unless the integration opts in, to any existing account): such a login is
+        refused and its audit entry names the user and the `subject`. Linking it here lets
+        that identity sign in as the member; the integration's role mapping then applies to
+        them. A platform admin's account needs an operator's platform key.
+        """
+        row = identities.sso_integration_of_tenant(integration_id)
+        return identities.link(row, data["user_id"], data["subject"])
+
+
+@blp.route("/integrations/<integration_id>/sso/identities/<identity_id>", methods=["DELETE"])
+@blp.auth("admin")
+@blp.response(204)
+@blp.problem(404, "No such integration or identity")
+@blp.problem(409, "The integration is not an SSO integration")
+def unlink_sso_identity(integration_id: str, identity_id: str) -> None:
+    """Unlink a provider identity: it no longer signs in (admins; audited)."""
+    identities.unlink(identities.sso_integration_of_tenant(integration_id), identity_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 
 from app.auth.schemas import LoginResultSchema
-from app.web.api import UTCDateTime
+from app.web.api import UTCDateTime, page_schema
 
 _RETURN_TO = {
     "description": "Where the browser goes afterwards; its origin must be listed in "
@@ -104,3 +104,27 @@ class SsoDiscoverySchema(ma.Schema):
     integration_id = ma.fields.String()
     login_url = ma.fields.String(metadata={"description": "Open it in the browser to sign in"})
     tenant = ma.fields.Nested(SsoTenantSchema)
+
+
+class SsoIdentitySchema(ma.Schema):
+    id = ma.fields.String(dump_only=True)
+    user_id = ma.fields.String(
+        required=True,
+        validate=ma.validate.Length(min=1, max=64),
+        metadata={"description": "A member of this tenant"},
+    )
+    subject = ma.fields.String(
+        required=True,
+        validate=ma.validate.Length(min=1, max=255),
+        metadata={
+            "description": "The ID token's `sub` at the integration's issuer (a refused login's "
+            "audit entry `auth.sso_login_failed` names it)"
+        },
+    )
+    email = ma.fields.String(dump_only=True)
+    issuer = ma.fields.String(dump_only=True)
+    created_at = UTCDateTime(dump_only=True)
+    last_login_at = UTCDateTime(dump_only=True)
+
+
+SsoIdentityPageSchema = page_schema(SsoIdentitySchema, "SsoIdentityPage")

