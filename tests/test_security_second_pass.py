@@ -5,11 +5,15 @@ the credential throttles — each through the HTTP API as a user meets it."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.conftest import ApiClient, make_key, make_user
-from tests.oauth_peers import OidcProviderPeer
+from tests.oauth_peers import AuthorizationServerPeer, OidcProviderPeer, follow_authorization
+from tests.test_oauth_connections import CLIENT_ID as OAUTH_CLIENT_ID
+from tests.test_oauth_connections import CLIENT_SECRET as OAUTH_CLIENT_SECRET
+from tests.test_oauth_connections import create_connection, provider_url
 from tests.test_sso import CLIENT_ID, CLIENT_SECRET, create_sso, sign_in
 
 ADMIN_EMAIL = "ops@example.com"
@@ -19,6 +23,16 @@ ADMIN_EMAIL = "ops@example.com"
 def idp(app: Any) -> Any:
     peer = OidcProviderPeer(
         CLIENT_ID, CLIENT_SECRET, app.config["PUBLIC_URL"] + "/api/v1/auth/sso/callback"
+    )
+    yield peer
+    peer.close()
+
+
+@pytest.fixture()
+def provider(app: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "1")  # the peer's server side, over http
+    peer = AuthorizationServerPeer(
+        OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, app.config["PUBLIC_URL"] + "/api/v1/oauth/callback"
     )
     yield peer
     peer.close()
@@ -147,3 +161,33 @@ def test_a_two_at_address_is_refused_before_the_domain_check(
     assert [e["changes"]["error"] for e in _refusals(api)] == ["invalid_email"]
     emails = [m["email"] for m in api.get("/api/v1/members").json["items"]]
     assert not [e for e in emails if "evil" in e]
+
+
+def test_a_leaked_authorization_url_connects_nobody_else_s_account(
+    app: Any, api: ApiClient, provider: Any
+) -> None:
+    """Item 11: the connect flow is bound to the browser that opened its start link (the SSO
+    login's cookie); a leaked provider URL finished in another browser is refused."""
+    conn = create_connection(api, provider)
+    started = api.post(f"/api/v1/integrations/{conn['id']}/oauth/authorize", json={}).json
+    leaked = provider_url(api, started)  # the user's browser opened the link: bound
+    cookie = api.client.get_cookie("sb_oauth_binding", path="/api/v1/oauth/callback")
+    assert cookie is not None and cookie.http_only and cookie.same_site == "Lax"
+    link = urlsplit(started["authorization_url"])
+    again = api.client.get(f"{link.path}?{link.query}")
+    assert again.status_code == 400  # the start link works once
+
+    attacker = app.test_client()
+    path, _ = follow_authorization(leaked)  # the attacker approves with their own account
+    refused = attacker.get(path)
+    assert refused.status_code == 400 and "another browser" in refused.text
+    assert provider.token_requests == []  # no code was exchanged
+    assert api.get(f"/api/v1/integrations/{conn['id']}/oauth").json == {"connected": False}
+    failures = api.get("/api/v1/audit-log", query_string={"action": "oauth.connect_failed"})
+    assert [e["changes"]["error"] for e in failures.json["items"]] == ["browser_mismatch"]
+
+    # The user starts again, in their own browser: connected.
+    started = api.post(f"/api/v1/integrations/{conn['id']}/oauth/authorize", json={}).json
+    path, _ = follow_authorization(provider_url(api, started))
+    assert api.client.get(path).status_code == 200
+    assert api.get(f"/api/v1/integrations/{conn['id']}/oauth").json["connected"] is True

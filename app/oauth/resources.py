@@ -22,6 +22,7 @@ from app.oauth.schemas import (
     SsoIdentitySchema,
     SsoLoginArgsSchema,
     SsoLoginResultSchema,
+    StartArgsSchema,
 )
 from app.store.models import SsoIdentity
 from app.web.api import Blueprint, PageArgsSchema, paginate
@@ -51,9 +52,11 @@ _PAGE: dict[str, Any] = {
 def authorize(args: dict[str, Any], integration_id: str) -> dict[str, Any]:
     """Start connecting an OAuth2 integration: open `authorization_url` in the user's browser.
 
-    The URL carries a PKCE S256 challenge and a single-use `state` valid 10 minutes. The
-    provider sends the browser back to `SWITCHBOARD_PUBLIC_URL/api/v1/oauth/callback` (or the
-    config's `redirect_uri`), where Switchboard stores the tokens encrypted.
+    `authorization_url` is a single-use `/oauth/start` link: it binds the browser that opens
+    it (a cookie) and redirects to the provider with a PKCE S256 challenge and a single-use
+    `state`, valid 10 minutes. The provider sends the browser back to
+    `SWITCHBOARD_PUBLIC_URL/api/v1/oauth/callback` (or the config's `redirect_uri`), where
+    Switchboard stores the tokens encrypted — only in the browser that opened the link.
     """
     row = connections.oauth_integration(integration_id)
     return connections.start(row, g.principal, args.get("return_to"))
@@ -77,6 +80,20 @@ def connection(integration_id: str) -> dict[str, Any]:
 def revoke(integration_id: str) -> dict[str, Any]:
     """Revoke the tokens at the provider (when it has `revoke_url`) and delete them here."""
     return connections.revoke(connections.oauth_integration(integration_id))
+
+
+@blp.route("/oauth/start", methods=["GET"])
+@blp.arguments(StartArgsSchema, location="query")
+@blp.alt_response(302, **_REDIRECT)
+@blp.problem(400, "Unknown, expired or already used `ticket`")
+def oauth_start(args: dict[str, Any]) -> Response:
+    """The `authorization_url` of an OAuth2 connection: open it once, in the user's browser.
+
+    No key: the single-use `ticket` names the flow. It binds this browser to the flow (an
+    HttpOnly cookie the callback requires) and redirects to the provider, so a leaked provider
+    URL is useless in any other browser.
+    """
+    return connections.open_in_browser(args["ticket"])
 
 
 @blp.route("/oauth/callback", methods=["GET"])

@@ -26,7 +26,10 @@ class AuthorizeRequestSchema(ma.Schema):
 
 class AuthorizeResultSchema(ma.Schema):
     authorization_url = ma.fields.String(
-        metadata={"description": "Send the user's browser here to grant access"}
+        metadata={
+            "description": "Open it once in the user's browser: a single-use link to "
+            "`/oauth/start` that binds the browser and redirects to the provider"
+        }
     )
     state = ma.fields.String(metadata={"description": "Single-use, bound to this integration"})
     expires_at = UTCDateTime(metadata={"description": "The state is refused after this"})
@@ -45,6 +48,10 @@ class RevokeResultSchema(ma.Schema):
     provider_error = ma.fields.String(
         allow_none=True, metadata={"description": "Why the provider did not revoke, if it did not"}
     )
+
+
+class StartArgsSchema(ma.Schema):
+    ticket = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
 
 
 class CallbackArgsSchema(ma.Schema):

@@ -18,21 +18,19 @@ and cannot log in with one until it is set.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 import secrets
 from typing import Any
 
 import peewee
-from flask import Response, current_app, request
+from flask import Response, current_app
 
 from app.audit import record_audit
 from app.auth.access import ROLE_SCOPES, bump_auth_epoch
 from app.auth.issuing import issue_session_key, new_secret
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import timeout_seconds
-from app.oauth import states
+from app.oauth import binding, states
 from app.oauth.discovery import provider_metadata
 from app.oauth.idtoken import InvalidIdToken, verify_id_token
 from app.oauth.pages import checked_return_to, redirect_to
@@ -45,7 +43,6 @@ from app.web.problems import Problem
 FLOW = "sso"
 CALLBACK_PATH = "/api/v1/auth/sso/callback"
 SSO_PROVIDER = "oidc"
-BINDING_COOKIE = "sb_sso_binding"
 #: Higher wins when several role mappings match.
 ROLE_RANK = {"readonly": -1, "member": 0, "admin": 1}
 
@@ -130,7 +127,7 @@ def start_login(integration_id: str, return_to: str | None) -> Response:
     verifier, nonce = new_code_verifier(), secrets.token_urlsafe(32)
     # A browser login is bound to the browser that started it (login CSRF): the callback must
     # bring back this cookie, so nobody can make a victim's browser finish their own login.
-    binding = secrets.token_urlsafe(24) if return_to else None
+    bound = binding.new_binding() if return_to else None
     state, _ = states.issue(
         FLOW,
         {
@@ -139,7 +136,7 @@ def start_login(integration_id: str, return_to: str | None) -> Response:
             "nonce": nonce,
             "redirect_uri": config["redirect_uri"],
             "return_to": return_to,
-            "binding": _digest(binding) if binding else None,
+            "binding": bound[1] if bound else None,
         },
     )
     with _session(config) as session:
@@ -147,21 +144,9 @@ def start_login(integration_id: str, return_to: str | None) -> Response:
             metadata["authorization_endpoint"], state=state, code_verifier=verifier, nonce=nonce
         )
     response = redirect_to(url)
-    if binding:
-        response.set_cookie(
-            BINDING_COOKIE,
-            binding,
-            max_age=states.STATE_TTL_SECONDS,
-            path=CALLBACK_PATH,
-            secure=current_app.config["PUBLIC_URL"].startswith("https://"),
-            httponly=True,
-            samesite="Lax",  # sent on the provider's top-level redirect back
-        )
+    if bound:
+        binding.attach(response, bound[0], CALLBACK_PATH)
     return response
-
-
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def complete_login(args: dict[str, Any]) -> Response | dict[str, Any]:
@@ -176,9 +161,7 @@ def complete_login(args: dict[str, Any]) -> Response | dict[str, Any]:
     return_to = data.get("return_to")
     integration_id = data["integration_id"]
     try:
-        if data.get("binding") and not hmac.compare_digest(
-            data["binding"], _digest(request.cookies.get(BINDING_COOKIE, ""))
-        ):
+        if data.get("binding") and not binding.matches(data["binding"]):
             raise LoginRefused(400, "browser_mismatch", "the login was started in another browser")
         user, answer, summary = _login(integration_id, args, data)
     except LoginRefused as refused:
@@ -196,8 +179,7 @@ def complete_login(args: dict[str, Any]) -> Response | dict[str, Any]:
             response = redirect_to(
                 return_to, fragment={"error": refused.error, "error_description": refused.reason}
             )
-            response.delete_cookie(BINDING_COOKIE, path=CALLBACK_PATH)
-            return response
+            return binding.clear(response, CALLBACK_PATH)
         raise Problem(refused.status, f"SSO login refused: {refused.reason}.") from None
     if return_to:
         fragment = {
@@ -205,9 +187,7 @@ def complete_login(args: dict[str, Any]) -> Response | dict[str, Any]:
             "key_id": answer["key_id"],
             "expires_at": answer["expires_at"].isoformat() + "Z",
         }
-        response = redirect_to(return_to, fragment=fragment)
-        response.delete_cookie(BINDING_COOKIE, path=CALLBACK_PATH)
-        return response
+        return binding.clear(redirect_to(return_to, fragment=fragment), CALLBACK_PATH)
     return {
         **answer,
         "user": {"id": user.id, "email": user.email, "role": summary.pop("role")},
