@@ -4,13 +4,16 @@ the credential throttles — each through the HTTP API as a user meets it."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+from app import create_app
 from tests.conftest import ApiClient, make_key, make_user
 from tests.oauth_peers import AuthorizationServerPeer, OidcProviderPeer, follow_authorization
+from tests.peers import WorkerProcess
 from tests.test_oauth_connections import CLIENT_ID as OAUTH_CLIENT_ID
 from tests.test_oauth_connections import CLIENT_SECRET as OAUTH_CLIENT_SECRET
 from tests.test_oauth_connections import create_connection, provider_url
@@ -191,3 +194,55 @@ def test_a_leaked_authorization_url_connects_nobody_else_s_account(
     path, _ = follow_authorization(provider_url(api, started))
     assert api.client.get(path).status_code == 200
     assert api.get(f"/api/v1/integrations/{conn['id']}/oauth").json["connected"] is True
+
+
+def _until(condition: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_ready_shows_worker_hosts_and_pids_to_operators_only(
+    app: Any, client: Any, api: ApiClient, platform: ApiClient
+) -> None:
+    """Item 12: the probe's status is public, which hosts and pids run the workers is not."""
+    worker = WorkerProcess(app)
+    try:
+        seen = _until(lambda: (r := platform.get("/api/v1/ready")).json.get("workers") and r)
+        assert [w["pid"] for w in seen.json["workers"]] == [worker.proc.pid]
+        assert seen.json["workers"][0]["host"] and seen.json["workers"][0]["name"]
+        for who in (client, api, ApiClient(client, "sb_live_" + "x" * 40)):
+            res = who.get("/api/v1/ready")
+            assert res.status_code == seen.status_code, res.json
+            assert res.json["checks"] == seen.json["checks"]
+            (shown,) = res.json["workers"]
+            assert set(shown) <= {"state", "started_at", "last_heartbeat_age"}
+            assert str(worker.proc.pid) not in res.get_data(as_text=True)
+    finally:
+        worker.stop()
+
+
+def test_metrics_token_replaces_the_address_check(app: Any, client: Any, platform_key: str) -> None:
+    """Item 12: behind a proxy on the same host every scrape comes from loopback; with
+    SWITCHBOARD_METRICS_TOKEN set only the token (or an operator's key) opens /metrics."""
+    assert client.get("/metrics").status_code == 200  # loopback, no token set: as before
+    token = "m" * 40
+    guarded = create_app({**app.config, "METRICS_TOKEN": token}).test_client()
+    assert guarded.get("/metrics").status_code == 401  # loopback alone no longer suffices
+    wrong = guarded.get("/metrics", headers={"Authorization": "Bearer " + "n" * 40})
+    assert wrong.status_code == 401
+    scraped = guarded.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert scraped.status_code == 200 and b"switchboard_" in scraped.data
+    keyed = guarded.get("/metrics", headers={"Authorization": f"Bearer {platform_key}"})
+    assert keyed.status_code == 200
+
+
+def test_metrics_token_is_validated_and_never_shown(app: Any) -> None:
+    from app.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as refused:
+        load_config("/tmp", environ={"SWITCHBOARD_METRICS_TOKEN": "short-secret"})
+    assert "short-secret" not in str(refused.value) and "<redacted>" in str(refused.value)
