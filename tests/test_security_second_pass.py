@@ -4,7 +4,9 @@ the credential throttles — each through the HTTP API as a user meets it."""
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -246,3 +248,74 @@ def test_metrics_token_is_validated_and_never_shown(app: Any) -> None:
     with pytest.raises(ConfigError) as refused:
         load_config("/tmp", environ={"SWITCHBOARD_METRICS_TOKEN": "short-secret"})
     assert "short-secret" not in str(refused.value) and "<redacted>" in str(refused.value)
+
+
+WHOAMI = "/api/v1/auth/whoami"
+
+
+def _forged(secret: str) -> str:
+    return secret[:16] + "x" * (len(secret) - 16)
+
+
+def test_a_new_or_rotated_key_cannot_be_locked_out_before_its_first_use(
+    api: ApiClient, client: Any
+) -> None:
+    """Item 7: the prefix is shown in lists; wrong secrets against it throttle guessing, never
+    the key, even one not yet used."""
+    created = api.post("/api/v1/api-keys", json={"name": "fresh"}).json
+    assert created["key_prefix"] in str(api.get("/api/v1/api-keys").json)
+    codes = [
+        client.get(WHOAMI, headers={"X-API-Key": _forged(created["key"])}).status_code
+        for _ in range(11)
+    ]
+    assert codes == [401] * 10 + [429]
+    assert ApiClient(client, created["key"]).get(WHOAMI).status_code == 200  # first use
+
+    rotated = api.post(f"/api/v1/api-keys/{created['id']}/rotate", json={}).json
+    for _ in range(11):
+        client.get(WHOAMI, headers={"X-API-Key": _forged(rotated["key"])})
+    assert ApiClient(client, rotated["key"]).get(WHOAMI).status_code == 200
+
+
+def _concurrently(app: Any, count: int, request: Any) -> list[int]:
+    """``request(client)`` from ``count`` threads released at once; their status codes."""
+    barrier = threading.Barrier(count)
+
+    def one(_: int) -> int:
+        own = app.test_client()
+        barrier.wait(timeout=30)
+        return int(request(own).status_code)
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_concurrent_wrong_passwords_get_no_more_bcrypt_checks_than_the_limit(app: Any) -> None:
+    """Item 6: each 401 is one bcrypt check; a burst of 40 wrong passwords at once gets at most
+    ten (the rest 429 before any bcrypt), and the correct password still counts no failure."""
+    from app.auth.keys import hash_secret
+    from app.store.db import database
+    from app.store.models import User
+
+    make_user(app, "slow@example.com", password="right-password")
+    with app.app_context(), database.connection_context():  # a real cost: a wide race window
+        User.update(password_hash=hash_secret("right-password", 10)).execute()
+    body = {"email": "slow@example.com", "password": "wrong-password"}
+    codes = _concurrently(app, 40, lambda c: c.post("/api/v1/auth/login", json=body))
+    assert codes.count(401) == 10 and codes.count(429) == 30, sorted(codes)
+
+
+def test_concurrent_wrong_secrets_get_no_more_bcrypt_checks_than_the_limit(
+    app: Any, admin_user: Any
+) -> None:
+    """Item 6, for key prefixes: a burst of forged secrets at once gets ten bcrypt checks."""
+    from app.auth.keys import generate_key, hash_secret
+
+    secret = generate_key("live")
+    with app.app_context():
+        prepared = (secret, hash_secret(secret, 10))
+    make_key(app, admin_user, ["logs:read"], prepared=prepared)
+    forged = {"X-API-Key": _forged(secret)}
+    codes = _concurrently(app, 40, lambda c: c.get(WHOAMI, headers=forged))
+    assert codes.count(401) == 10 and codes.count(429) == 30, sorted(codes)
+    assert ApiClient(app.test_client(), secret).get(WHOAMI).status_code == 200
