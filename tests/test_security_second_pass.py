@@ -319,3 +319,29 @@ def test_concurrent_wrong_secrets_get_no_more_bcrypt_checks_than_the_limit(
     codes = _concurrently(app, 40, lambda c: c.get(WHOAMI, headers=forged))
     assert codes.count(401) == 10 and codes.count(429) == 30, sorted(codes)
     assert ApiClient(app.test_client(), secret).get(WHOAMI).status_code == 200
+
+
+def test_a_customer_s_identity_provider_never_mints_an_operator_key(
+    app: Any, client: Any, platform: ApiClient, idp: Any
+) -> None:
+    """Item 1, the path around the operator-only link: acme's admin links an identity of their
+    own provider to a member who is promoted to operator later; signing in through acme's
+    integration then gives a session of acme, never a platform key."""
+    acme = platform.post("/api/v1/tenants", json={"name": "Acme", "external_id": "acme"}).json
+    boss = make_user(app, "boss@example.com", role="admin", tenant_id=acme["id"])
+    acme_admin = ApiClient(client, make_key(app, boss, ["admin"], tenant_id=acme["id"]))
+    sso = create_sso(acme_admin, idp)
+    dana = make_user(app, "dana@example.com", role="member", tenant_id=acme["id"])
+    path = f"/api/v1/integrations/{sso['id']}/sso/identities"
+    assert (
+        acme_admin.post(path, json={"user_id": dana.id, "subject": "boss-alt"}).status_code == 201
+    )
+    result = app.test_cli_runner().invoke(args=["create-admin", "dana@example.com"])
+    assert result.exit_code == 0, result.output
+    idp.claims = {"sub": "boss-alt", "email": "dana@example.com", "email_verified": True}
+    res = sign_in(client, sso["id"])
+    assert res.status_code == 200, res.json
+    assert res.json["platform"] is False and res.json["tenant_id"] == acme["id"]
+    session = ApiClient(client, res.json["key"])
+    assert session.get("/api/v1/tenants").status_code == 403
+    assert session.get("/api/v1/auth/whoami").json["platform"] is False

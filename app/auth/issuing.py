@@ -65,10 +65,17 @@ def issue_key(
 
 
 def issue_session_key(
-    user: User, role: str, tenant_id: str, via: str, prepared: tuple[str, str] | None = None
+    user: User,
+    role: str,
+    tenant_id: str,
+    via: str,
+    prepared: tuple[str, str] | None = None,
+    *,
+    platform: bool | None = None,
 ) -> tuple[ApiKey, dict[str, Any]]:
     """A session key of ``tenant_id`` (``LOGIN_KEY_TTL``, the scopes of the user's ``role``
-    there; a platform key for platform admins) and the answer that shows it."""
+    there; a platform key for platform admins unless ``platform`` is False) and the answer
+    that shows it."""
     expires_at = utcnow() + timedelta(seconds=current_app.config["LOGIN_KEY_TTL"])
     scopes = sorted(ROLE_SCOPES[role])
     row, secret = issue_key(
@@ -76,7 +83,7 @@ def issue_session_key(
         owner=user,
         permissions=scopes,
         tenant_id=tenant_id,
-        platform=bool(user.platform_admin),
+        platform=bool(user.platform_admin) if platform is None else platform,
         expires_at=expires_at,
         kind="sess",
         prepared=prepared,

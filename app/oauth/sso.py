@@ -37,7 +37,16 @@ from app.oauth.pages import checked_return_to, redirect_to
 from app.oauth.pkce import new_code_verifier
 from app.outbound.oauth import ProviderError, describe, oauth_session
 from app.store.db import database
-from app.store.models import Integration, Membership, SsoDomain, SsoIdentity, Tenant, User, utcnow
+from app.store.models import (
+    DEFAULT_TENANT_ID,
+    Integration,
+    Membership,
+    SsoDomain,
+    SsoIdentity,
+    Tenant,
+    User,
+    utcnow,
+)
 from app.web.problems import Problem
 
 FLOW = "sso"
@@ -228,7 +237,12 @@ def _login(
         with database.atomic():
             user, identity, how = _find_or_create_user(row, config, claims, email)
             role = _apply_role(row, config, claims, user, identity)
-            key_row, answer = issue_session_key(user, role, row.tenant_id, "sso", prepared)
+            # A customer's identity provider never mints an operator's key: only an SSO
+            # integration of the operator's own (default) tenant signs a platform admin in as one.
+            operator = bool(user.platform_admin) and row.tenant_id == DEFAULT_TENANT_ID
+            key_row, answer = issue_session_key(
+                user, role, row.tenant_id, "sso", prepared, platform=operator
+            )
             summary: dict[str, Any] = {
                 "provisioned": how == "provisioned",
                 "linked": how == "linked",
