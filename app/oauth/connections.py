@@ -74,7 +74,7 @@ def start(row: Integration, principal: Principal, return_to: str | None) -> dict
     config = _settings(row)
     return_to = checked_return_to(return_to)
     verifier = new_code_verifier()
-    cookie, bound = binding.new_binding()
+    cookie, cookie_digest = binding.new_binding()
     state, expires_at = states.issue(
         FLOW,
         {
@@ -85,7 +85,7 @@ def start(row: Integration, principal: Principal, return_to: str | None) -> dict
             "return_to": return_to,
             "key_id": principal.key.id,
             "user_id": principal.user.id if principal.user else None,
-            "binding": bound,
+            "binding": cookie_digest,
         },
     )
     with _session(config) as session:
