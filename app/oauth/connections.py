@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlencode
 
 from flask import Response, current_app
 
@@ -32,9 +31,7 @@ from app.store.models import Integration, IntegrationLog, utcnow
 from app.web.problems import Problem
 
 FLOW = "connect"
-START_FLOW = "connect-start"
 CALLBACK_PATH = "/api/v1/oauth/callback"
-START_PATH = "/api/v1/oauth/start"
 
 
 def oauth_integration(integration_id: str) -> Integration:
@@ -95,25 +92,9 @@ def start(row: Integration, principal: Principal, return_to: str | None) -> dict
             code_verifier=verifier,
             **config["authorize_params"],
         )
-    ticket, _ = states.issue(START_FLOW, {"url": url, "binding": cookie})
-    start_url = current_app.config["PUBLIC_URL"] + START_PATH + "?" + urlencode({"ticket": ticket})
+    start_url = binding.start_link(url, cookie, CALLBACK_PATH)
     record_audit("oauth.authorize_started", "integration", row.id, {"return_to": return_to})
     return {"authorization_url": start_url, "state": state, "expires_at": expires_at}
-
-
-def open_in_browser(ticket: str | None) -> Response:
-    """The start link, opened once: bind this browser (cookie) and go to the provider."""
-    data = states.take(START_FLOW, ticket)
-    if data is None:
-        raise Problem(
-            400,
-            "This connection link is unknown, expired or already used: start again with "
-            "POST /api/v1/integrations/{id}/oauth/authorize.",
-            errors={"ticket": ["unknown, expired or already used"]},
-        )
-    response = redirect_to(data["url"])
-    binding.attach(response, data["binding"], CALLBACK_PATH)
-    return response
 
 
 def complete(args: dict[str, Any]) -> Response:

@@ -9,7 +9,7 @@ from flask import Response, g
 from flask.typing import ResponseReturnValue
 from flask.views import MethodView
 
-from app.oauth import connections, identities, sso
+from app.oauth import binding, connections, identities, sso
 from app.oauth.schemas import (
     AuthorizeRequestSchema,
     AuthorizeResultSchema,
@@ -87,13 +87,13 @@ def revoke(integration_id: str) -> dict[str, Any]:
 @blp.alt_response(302, **_REDIRECT)
 @blp.problem(400, "Unknown, expired or already used `ticket`")
 def oauth_start(args: dict[str, Any]) -> Response:
-    """The `authorization_url` of an OAuth2 connection: open it once, in the user's browser.
+    """A browser flow's `authorization_url` (OAuth2 connect, SSO link): open it once.
 
     No key: the single-use `ticket` names the flow. It binds this browser to the flow (an
     HttpOnly cookie the callback requires) and redirects to the provider, so a leaked provider
     URL is useless in any other browser.
     """
-    return connections.open_in_browser(args["ticket"])
+    return binding.open_start_link(args["ticket"])
 
 
 @blp.route("/oauth/callback", methods=["GET"])
