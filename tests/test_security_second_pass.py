@@ -56,10 +56,14 @@ def _create_admin(app: Any) -> tuple[str, str]:
     return user_id, result.output.strip().splitlines()[-1]
 
 
-def _refusals(api: ApiClient) -> list[dict[str, Any]]:
-    res = api.get("/api/v1/audit-log", query_string={"action": "auth.sso_login_failed"})
+def _audit(api: ApiClient, action: str) -> list[dict[str, Any]]:
+    res = api.get("/api/v1/audit-log", query_string={"action": action})
     assert res.status_code == 200, res.json
     return list(res.json["items"])
+
+
+def _refusals(api: ApiClient) -> list[dict[str, Any]]:
+    return _audit(api, "auth.sso_login_failed")
 
 
 def test_sso_login_with_the_create_admin_email_is_refused_until_an_operator_links_it(
@@ -348,3 +352,52 @@ def test_a_customer_s_identity_provider_never_mints_an_operator_key(
     session = ApiClient(client, res.json["key"])
     assert session.get("/api/v1/tenants").status_code == 403
     assert session.get("/api/v1/auth/whoami").json["platform"] is False
+
+
+def _open_link(browser: Any, started: dict[str, Any]) -> str:
+    """Open a single-use start link in ``browser``; the provider URL it goes on to."""
+    link = urlsplit(started["authorization_url"])
+    opened = browser.get(f"{link.path}?{link.query}")
+    assert opened.status_code == 302, opened.json
+    return str(opened.headers["Location"])
+
+
+def test_a_user_links_their_own_identity_from_their_own_browser_only(
+    app: Any, api: ApiClient, client: Any, idp: Any, admin_user: Any
+) -> None:
+    """Item 1, the user's own explicit link: signed in with their password, the admin links
+    their identity at the provider; a leaked provider URL links nobody else's."""
+    sso = create_sso(api, idp)
+    idp.claims = {"sub": "admin-entra", "email": "admin@example.com"}
+    assert sign_in(client, sso["id"]).status_code == 403  # never by email
+    login = client.post(
+        "/api/v1/auth/login", json={"email": "admin@example.com", "password": "correct horse"}
+    )
+    session = ApiClient(client, login.json["key"])
+    link = f"/api/v1/auth/sso/{sso['id']}/link"
+
+    leaked = _open_link(client, session.post(link, json={}).json)
+    path, _ = follow_authorization(leaked)
+    stolen = app.test_client().get(path)  # the attacker's browser, the attacker's account
+    assert stolen.status_code == 400 and "another browser" in stolen.json["detail"]
+    assert api.get(f"/api/v1/integrations/{sso['id']}/sso/identities").json["total"] == 0
+
+    path, _ = follow_authorization(_open_link(client, session.post(link, json={}).json))
+    linked = client.get(path)
+    assert linked.status_code == 200, linked.json
+    assert linked.json["user"]["id"] == admin_user.id and linked.json["linked"] is True
+    assert sign_in(app.test_client(), sso["id"]).json["user"]["id"] == admin_user.id
+    actions = [e["changes"].get("by") for e in _audit(api, "sso.identity_linked")]
+    assert actions == ["the user"]
+
+    # The identity is the admin's now: nobody else links it to themselves.
+    make_user(app, "pat@example.com", password="pat-password")
+    pat_login = client.post(
+        "/api/v1/auth/login", json={"email": "pat@example.com", "password": "pat-password"}
+    )
+    pat = ApiClient(client, pat_login.json["key"])
+    path, _ = follow_authorization(_open_link(client, pat.post(link, json={}).json))
+    taken = client.get(path)
+    assert taken.status_code == 409 and "another user" in taken.json["detail"]
+    ownerless = ApiClient(client, make_key(app, None, ["admin"]))
+    assert ownerless.post(link, json={}).status_code == 403

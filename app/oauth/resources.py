@@ -9,6 +9,7 @@ from flask import Response, g
 from flask.typing import ResponseReturnValue
 from flask.views import MethodView
 
+from app.auth.access import current_principal
 from app.oauth import binding, connections, identities, sso
 from app.oauth.schemas import (
     AuthorizeRequestSchema,
@@ -26,6 +27,7 @@ from app.oauth.schemas import (
 )
 from app.store.models import SsoIdentity
 from app.web.api import Blueprint, PageArgsSchema, paginate
+from app.web.problems import Problem
 
 blp = Blueprint(
     "oauth", __name__, url_prefix="/api/v1", description="OAuth2 connections and SSO login"
@@ -133,6 +135,31 @@ def sso_discover(args: dict[str, Any]) -> dict[str, Any]:
 def sso_login(args: dict[str, Any], integration_id: str) -> ResponseReturnValue:
     """Sign in with the organisation's identity provider (OpenID Connect, PKCE, nonce)."""
     return sso.start_login(integration_id, args.get("return_to"))
+
+
+@blp.route("/auth/sso/<integration_id>/link", methods=["POST"])
+@blp.auth(None)
+@blp.arguments(AuthorizeRequestSchema)
+@blp.response(200, AuthorizeResultSchema)
+@blp.problem(403, "The key is not a user's own")
+@blp.problem(404, "No such integration")
+@blp.problem(409, "Not an SSO integration, or switched off (inactive)")
+@blp.problem(422, "`return_to` is not on an allowed origin")
+@blp.problem(502, "The identity provider's discovery document is unusable")
+def sso_link(args: dict[str, Any], integration_id: str) -> dict[str, Any]:
+    """Link your own identity at the SSO integration's provider to your account.
+
+    Needs your own key (a login session, say). Open `authorization_url` once, in your browser:
+    it binds that browser and sends it to the provider; signing in there links the identity to
+    you (audited as `sso.identity_linked`) and answers a session like any SSO login. This is
+    how an account with a password or an admin role, which SSO never links by email, starts
+    signing in with SSO. An identity already linked to someone else is refused (`409`).
+    """
+    principal = current_principal()
+    if principal.user is None:
+        raise Problem(403, "Only a user's own key can link that user's identity.")
+    row = identities.sso_integration_of_tenant(integration_id)
+    return sso.start_link(row.id, principal.user, args.get("return_to"))
 
 
 @blp.route("/auth/sso/callback", methods=["GET"])
