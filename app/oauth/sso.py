@@ -14,8 +14,8 @@ integration's tenant by their provider identity (issuer + subject). A new identi
 
 Anything else is refused, with an audit entry (the rules: ``sso_accounts``). The claim → role
 mapping sets the role in this tenant of users this integration provisioned or linked, never
-anyone else's. The answer is a session key of the tenant exactly like ``/auth/login``'s. Users created here have no password
-and cannot log in with one until it is set.
+anyone else's. The answer is a session key of the tenant exactly like ``/auth/login``'s. Users
+created here have no password and cannot log in with one until it is set.
 """
 
 from __future__ import annotations
