@@ -151,6 +151,13 @@ def _exact_origins(raw: str) -> list[str]:
     return origins
 
 
+def _token(raw: str) -> str:
+    token = raw.strip()
+    if len(token) < 32 or not all(33 <= ord(c) <= 126 for c in token):
+        raise ValueError(raw)
+    return token
+
+
 def _public_url(raw: str) -> str:
     return _url("http", "https")(raw).rstrip("/")
 
@@ -495,6 +502,13 @@ SETTINGS: tuple[Setting, ...] = (
         _join,
     ),
     Setting(
+        "METRICS_TOKEN",
+        "SWITCHBOARD_METRICS_TOKEN",
+        None,  # unset: scrapers are let in by address (METRICS_ALLOWED_NETWORKS)
+        _token,
+        "at least 32 printable characters without spaces (e.g. `openssl rand -hex 32`)",
+    ),
+    Setting(
         "STREAM_URL",
         "SWITCHBOARD_STREAM_URL",
         "",
@@ -606,11 +620,15 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+#: Settings whose values are never shown, even when they are invalid.
+SECRET_SETTINGS = ("SECRET_KEYS", "METRICS_TOKEN")
+
+
 def _parse(setting: Setting, raw: str, source: str) -> Any:
     try:
         return setting.parse(raw)
     except (ValueError, TypeError):
-        shown = "<redacted>" if setting.key == "SECRET_KEYS" else repr(raw)
+        shown = "<redacted>" if setting.key in SECRET_SETTINGS else repr(raw)
         raise ConfigError(f"{source}={shown} is invalid: expected {setting.accepted}") from None
 
 

@@ -150,6 +150,7 @@ OPERATOR_WIDE = {
     "app.auth.access": "a presented key (found by its prefix) is what names the tenant",
     "app.connectors.inbound": "the integration id in the URL is what names the tenant",
     "app.oauth.sso": "the SSO integration, by id or claimed domain, names the tenant",
+    "app.oauth.sso_accounts": "an admin role in any tenant keeps an account from email linking",
     "app.integrations.service": "an email domain may be claimed by one tenant only",
     "app.gateway.resources": "runs the SQL of a scoped query, built once (Model.raw)",
 }

@@ -65,14 +65,28 @@ def test_child_of_restricted_key_inherits_its_limits(app, client):
     assert within.json["rate_limit"] == 3
 
 
-def test_a_login_session_does_not_pass_on_its_expiry(app, client):
-    make_user(app, "ui@example.com", password="ui-password")
+def test_a_login_session_passes_on_its_expiry_unless_a_longer_one_is_asked_for(app, client):
+    """Issue 24 item 12: a 24 h session key no longer mints never-expiring keys by default; a
+    key that outlives the session is asked for explicitly and audited."""
+    make_user(app, "ui@example.com", role="admin", password="ui-password")
     login = client.post(
         "/api/v1/auth/login", json={"email": "ui@example.com", "password": "ui-password"}
     )
     session = ApiClient(client, login.json["key"])
-    res = session.post(KEYS, json={"name": "ci", "permissions": ["logs:read"]})
-    assert res.status_code == 201 and res.json["expires_at"] is None
+    res = session.post(KEYS, json={"name": "scratch", "permissions": ["logs:read"]})
+    assert res.status_code == 201 and res.json["expires_at"] == login.json["expires_at"]
+    later = (datetime.now(UTC) + timedelta(days=90)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for name, expires_at in (("ci", None), ("quarter", later)):
+        body = {"name": name, "permissions": ["logs:read"], "expires_at": expires_at}
+        res = session.post(KEYS, json=body)
+        assert res.status_code == 201, res.json
+        assert res.json["expires_at"] == expires_at
+    audit = session.get("/api/v1/audit-log", query_string={"action": "api_key.outlives_session"})
+    entries = audit.json["items"]
+    assert sorted(e["changes"]["expires_at"] or "never" for e in entries) == sorted(
+        ["never", later]
+    )
+    assert {e["changes"]["session_key_id"] for e in entries} == {login.json["key_id"]}
 
 
 WHOAMI = "/api/v1/auth/whoami"

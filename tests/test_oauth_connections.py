@@ -64,12 +64,22 @@ def create_connection(api: Any, provider: Any, **config: Any) -> dict[str, Any]:
     return dict(res.json)
 
 
+def provider_url(api: Any, started: dict[str, Any]) -> str:
+    """Open the single-use start link in this browser (the test client, which keeps the
+    binding cookie); return the provider URL it redirects to."""
+    link = urlsplit(started["authorization_url"])
+    assert link.path == "/api/v1/oauth/start", started
+    opened = api.client.get(f"{link.path}?{link.query}")
+    assert opened.status_code == 302, opened.json
+    return str(opened.headers["Location"])
+
+
 def connect(api: Any, provider: Any, integration_id: str, return_to: str | None = None) -> Any:
     """Authorize, let the provider redirect, and deliver the callback; return its response."""
     body = {"return_to": return_to} if return_to else {}
     started = api.post(f"/api/v1/integrations/{integration_id}/oauth/authorize", json=body)
     assert started.status_code == 200, started.json
-    path, _ = follow_authorization(started.json["authorization_url"])
+    path, _ = follow_authorization(provider_url(api, started.json))
     return api.client.get(path)
 
 
@@ -102,7 +112,8 @@ def test_connect_stores_tokens_encrypted(app: Any, api: Any, provider: Any) -> N
     conn = create_connection(api, provider)
     started = api.post(f"/api/v1/integrations/{conn['id']}/oauth/authorize", json={})
     assert started.status_code == 200
-    query = parse_qs(urlsplit(started.json["authorization_url"]).query)
+    url = provider_url(api, started.json)
+    query = parse_qs(urlsplit(url).query)
     assert query["code_challenge_method"] == ["S256"]
     assert query["state"] == [started.json["state"]]
     assert query["scope"] == ["read write"]
@@ -111,7 +122,7 @@ def test_connect_stores_tokens_encrypted(app: Any, api: Any, provider: Any) -> N
         assert 0 < get_redis().ttl(f"sb:oauth:state:connect:{started.json['state']}") <= 600
     assert query["code_challenge"] == [code_challenge(remembered["code_verifier"])]
 
-    path, _ = follow_authorization(started.json["authorization_url"])
+    path, _ = follow_authorization(url)
     done = api.client.get(path)
     assert done.status_code == 200 and done.mimetype == "text/html"
     assert "is connected" in done.text
@@ -141,7 +152,8 @@ def test_server_checks_pkce(app: Any, api: Any, provider: Any) -> None:
         data = json.loads(get_redis().get(key))
         data["code_verifier"] = "x" * 64
         get_redis().set(key, json.dumps(data), ex=600)
-    path, _ = follow_authorization(started["authorization_url"])
+    url = provider_url(api, started)
+    path, _ = follow_authorization(url)
     res = api.client.get(path)
     assert res.status_code == 502 and "invalid_grant" in res.text
     assert provider.grant_types() == ["authorization_code"]
@@ -150,7 +162,7 @@ def test_server_checks_pkce(app: Any, api: Any, provider: Any) -> None:
         log = IntegrationLog.get(IntegrationLog.event_type == "oauth.connect")
         assert log.status == "error" and "Code challenge failed" in log.error_message
     # and a request without a challenge never gets a code from this server
-    bare = started["authorization_url"].replace("code_challenge=", "no_challenge=")
+    bare = url.replace("code_challenge=", "no_challenge=")
     _, query = follow_authorization(bare)
     assert query["error"] == "invalid_request" and "code" not in query
 
@@ -158,7 +170,7 @@ def test_server_checks_pkce(app: Any, api: Any, provider: Any) -> None:
 def test_state_replay_refused(app: Any, api: Any, provider: Any) -> None:
     conn = create_connection(api, provider)
     started = api.post(f"/api/v1/integrations/{conn['id']}/oauth/authorize", json={}).json
-    path, _ = follow_authorization(started["authorization_url"])
+    path, _ = follow_authorization(provider_url(api, started))
     assert api.client.get(path).status_code == 200
     version = stored(app, conn["id"]).version
     replay = api.client.get(path)
@@ -181,7 +193,7 @@ def test_state_replay_refused(app: Any, api: Any, provider: Any) -> None:
 def test_provider_error_is_recorded_and_shown(app: Any, api: Any, provider: Any) -> None:
     conn = create_connection(api, provider)
     started = api.post(f"/api/v1/integrations/{conn['id']}/oauth/authorize", json={}).json
-    path, query = follow_authorization(started["authorization_url"] + "&deny=1")
+    path, query = follow_authorization(provider_url(api, started) + "&deny=1")
     assert query["error"] == "access_denied"
     res = api.client.get(path)
     assert res.status_code == 400 and "access_denied" in res.text
@@ -360,7 +372,7 @@ def test_presets_are_data(api: Any) -> None:
     )
     assert res.status_code == 201, res.json
     started = api.post(f"/api/v1/integrations/{res.json['id']}/oauth/authorize", json={}).json
-    url = urlsplit(started["authorization_url"])
+    url = urlsplit(provider_url(api, started))
     assert (url.scheme, url.netloc, url.path) == ("https", "github.com", "/login/oauth/authorize")
     entra = api.post(
         "/api/v1/integrations",
@@ -373,7 +385,7 @@ def test_presets_are_data(api: Any) -> None:
         },
     ).json
     started = api.post(f"/api/v1/integrations/{entra['id']}/oauth/authorize", json={}).json
-    assert started["authorization_url"].startswith(
+    assert provider_url(api, started).startswith(
         "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/authorize?"
     )
     no_urls = api.post(

@@ -34,6 +34,10 @@ NOT_TENANT_SCOPED = {
 BODIES: dict[tuple[str, str], Any] = {
     ("post", "/api/v1/webhooks/{webhook_id}/recover"): {"since": "2020-01-01T00:00:00Z"},
     ("patch", "/api/v1/members/{user_id}"): {"role": "member"},
+    ("post", "/api/v1/integrations/{integration_id}/sso/identities"): {
+        "user_id": "usr_x",
+        "subject": "s",
+    },
     ("post", "/api/v1/integrations/{integration_id}/actions/{action}"): {
         "method": "GET",
         "path": "/",
@@ -92,6 +96,24 @@ def world(app: Any, client: Any, platform: ApiClient, receiver: Any) -> dict[str
         json={"method": "GET", "path": "/"},
     ).json
     member = api_a.post("/api/v1/members", json={"email": "m@a.test", "role": "member"}).json
+    sso = api_a.post(
+        "/api/v1/integrations",
+        json={
+            "name": "a-marker-sso",
+            "type": "sso",
+            "provider": "oidc",
+            "config": {
+                "issuer": "http://127.0.0.1:9/a",
+                "client_id": "a-client",
+                "client_secret": "a-secret",
+                "allowed_domains": ["a.test"],
+            },
+        },
+    ).json
+    identity = api_a.post(
+        f"/api/v1/integrations/{sso['id']}/sso/identities",
+        json={"user_id": member["user_id"], "subject": "amarker-subject"},
+    ).json
     keys_b = {
         role: ApiClient(
             client,
@@ -112,6 +134,7 @@ def world(app: Any, client: Any, platform: ApiClient, receiver: Any) -> dict[str
         "rule_id": rule["id"],
         "job_id": job["job_id"],
         "user_id": member["user_id"],
+        "identity_id": identity["id"],
         "tenant_id": a["id"],
         "event_type": "amarker.thing",
         "event_id": event["id"],
@@ -120,7 +143,15 @@ def world(app: Any, client: Any, platform: ApiClient, receiver: Any) -> dict[str
     }
     markers = [*params.values(), event["id"], "a-marker", "amarker", "owner@a.test", "m@a.test"]
     markers = [m for m in markers if m not in ("request", "anything")]
-    return {"a": a, "b": b, "api_a": api_a, "keys_b": keys_b, "params": params, "markers": markers}
+    return {
+        "a": a,
+        "b": b,
+        "api_a": api_a,
+        "keys_b": keys_b,
+        "params": params,
+        "markers": markers,
+        "sso_id": sso["id"],
+    }
 
 
 def _call(api: ApiClient, method: str, url: str, body: Any) -> Any:
@@ -268,3 +299,35 @@ def test_another_tenant_s_alert_rules_never_fire_for_a_s_subjects(
     fired = world["api_a"].get(f"/api/v1/alert-rules/{rule_a}/firings").json["items"]
     assert [f["subject"] for f in fired] == [f"webhook:{hook_id}"]
     assert b.get(f"/api/v1/alert-rules/{theirs['id']}/firings").json["items"] == []
+
+
+def test_another_tenant_cannot_see_unlink_or_link_a_s_sso_identities(world: dict[str, Any]) -> None:
+    """A's SSO identities (on A's SSO integration) are as unknown to B as missing ones, and
+    B's admin cannot link A's member to B's own SSO integration."""
+    b = world["keys_b"]["admin"]
+    sso, identity = world["sso_id"], world["params"]["identity_id"]
+    for method, url in (
+        ("get", f"/api/v1/integrations/{sso}/sso/identities"),
+        ("delete", f"/api/v1/integrations/{sso}/sso/identities/{identity}"),
+    ):
+        assert _call(b, method, url, None).status_code == 404, url
+    link = {"user_id": world["params"]["user_id"], "subject": "b-subject"}
+    assert b.post(f"/api/v1/integrations/{sso}/sso/identities", json=link).status_code == 404
+    own = b.post(
+        "/api/v1/integrations",
+        json={
+            "name": "b-sso",
+            "type": "sso",
+            "provider": "oidc",
+            "config": {
+                "issuer": "http://127.0.0.1:9/b",
+                "client_id": "b-client",
+                "client_secret": "b-secret",
+                "allowed_domains": ["b.test"],
+            },
+        },
+    ).json
+    refused = b.post(f"/api/v1/integrations/{own['id']}/sso/identities", json=link)
+    assert refused.status_code == 404 and "member" in refused.json["detail"]
+    listed = world["api_a"].get(f"/api/v1/integrations/{sso}/sso/identities").json
+    assert [i["subject"] for i in listed["items"]] == ["amarker-subject"]

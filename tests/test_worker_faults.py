@@ -143,7 +143,8 @@ def test_workers_survive_a_redis_restart_under_load(
     workers: list[Worker] = []
     try:
         faulty = create_app({**app.config, "REDIS_URL": private.url()})
-        key = make_key(app, make_user(app, "ops@example.com", role="admin"), ["admin"])
+        operator = make_user(app, "ops@example.com", role="admin", platform_admin=True)
+        key = make_key(app, operator, ["admin"], platform=True)  # sees the workers' pids
         api = ApiClient(faulty.test_client(), key)
         assert api.post("/api/v1/event-types", json={"name": "order.paid"}).status_code == 201
         hook = {"url": slow_receiver.url, "events": ["order.paid"], "retry_count": 8}
@@ -235,7 +236,7 @@ def test_workers_and_api_survive_a_postgres_restart(
         wait_until(
             lambda: (
                 sorted(
-                    w["pid"] for w in requests.get(f"{base}/ready", timeout=10).json()["workers"]
+                    w["pid"] for w in session.get(f"{base}/ready", timeout=10).json()["workers"]
                 )
                 == pids
             ),
@@ -303,10 +304,15 @@ def test_a_fixed_name_restarts_at_once_after_sigkill(app: Any, tmp_path: Path) -
 
 
 def test_ready_reports_workers_and_lag_and_fails_without_a_worker(
-    app: Any, api: ApiClient, integration: dict[str, Any], receiver: Receiver, tmp_path: Path
+    app: Any,
+    api: ApiClient,
+    platform_key: str,
+    integration: dict[str, Any],
+    receiver: Receiver,
+    tmp_path: Path,
 ) -> None:
     strict = create_app({**app.config, "WORKER_STALE_AFTER": 2, "READY_REQUIRES_WORKER": True})
-    ready = strict.test_client()
+    ready = ApiClient(strict.test_client(), platform_key)  # an operator sees the workers
     assert api.post("/api/v1/event-types", json={"name": "order.paid"}).status_code == 201
     hook = {"url": receiver.url, "events": ["order.paid"], "integration_id": integration["id"]}
     assert api.post("/api/v1/webhooks", json=hook).status_code == 201

@@ -33,7 +33,9 @@ def bound_child(
     Fields the caller set (``explicit``) must stay within the creator's: ``allowed_ips`` inside
     its networks, ``rate_limit`` no higher (admins excepted: capacity is theirs to grant),
     ``expires_at`` no later; otherwise 422 naming the field. Unset fields take the creator's
-    value where it is the stricter one. A session key (``sb_sess_``) passes on no expiry.
+    value where it is the stricter one. A session key (``sb_sess_``) passes on its expiry
+    only as the default: a key that outlives the session is asked for with an explicit
+    ``expires_at`` (a later date, or null for never) — see :func:`outlives_session`.
     """
     data = dict(data)
     errors: dict[str, list[str]] = {}
@@ -49,8 +51,11 @@ def bound_child(
             errors["rate_limit"] = [f"exceeds the creating key's rate_limit ({creator.rate_limit})"]
         else:
             data["rate_limit"] = creator.rate_limit
-    # A login session's expiry ends the session, not the user's authority: it bounds no child.
-    if creator.expires_at is not None and not creator.key_prefix.startswith("sb_sess_"):
+    # A login session's expiry ends the session, not the user's authority: a child may outlive
+    # it when asked to explicitly, but never by default.
+    if is_session(creator) and "expires_at" not in explicit:
+        data["expires_at"] = creator.expires_at
+    elif creator.expires_at is not None and not is_session(creator):
         if data["expires_at"] is None:
             data["expires_at"] = creator.expires_at
         elif data["expires_at"] > creator.expires_at:
@@ -64,3 +69,15 @@ def bound_child(
             errors={"json": errors},
         )
     return data
+
+
+def is_session(key: ApiKey) -> bool:
+    """True for a login session's key (``/auth/login``, SSO)."""
+    return bool(key.key_prefix.startswith("sb_sess_"))
+
+
+def outlives_session(data: dict[str, Any], creator: ApiKey) -> bool:
+    """True when a key made by the session key ``creator`` expires after it (or never)."""
+    if not is_session(creator) or creator.expires_at is None:
+        return False
+    return data["expires_at"] is None or data["expires_at"] > creator.expires_at

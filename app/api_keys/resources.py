@@ -10,7 +10,7 @@ import redis
 from flask import request
 from flask.views import MethodView
 
-from app.api_keys.bounds import bound_child
+from app.api_keys.bounds import bound_child, outlives_session
 from app.api_keys.schemas import (
     USAGE_WINDOWS,
     ApiKeyCreatedSchema,
@@ -21,7 +21,7 @@ from app.api_keys.schemas import (
     RotateSchema,
     UsageArgsSchema,
 )
-from app.audit import record_change
+from app.audit import record_audit, record_change
 from app.auth.access import bump_auth_epoch, current_principal
 from app.auth.issuing import issue_key, new_secret, rotate_key
 from app.limits.enforce import usage_buffer
@@ -104,7 +104,10 @@ class ApiKeys(MethodView):
 
         The new key never exceeds the calling key: its `allowed_ips` lie within the caller's,
         its `expires_at` is no later (non-admins: its `rate_limit` is no higher), else 422;
-        left unset, these take the caller's values.
+        left unset, these take the caller's values. A login session's key (`sb_sess_…`)
+        passes on its expiry as the default; a key that outlives the session needs an explicit
+        `expires_at` (a later time, or `null` for never), audited as
+        `api_key.outlives_session`.
         """
         principal = current_principal()
         missing = sorted(set(data["permissions"]) - principal.scopes)
@@ -137,6 +140,17 @@ class ApiKeys(MethodView):
             )
             view = key_event_data(row)
             record_change("api_key", "created", row.id, view, view)
+            if outlives_session(data, principal.key):
+                record_audit(
+                    "api_key.outlives_session",
+                    "api_key",
+                    row.id,
+                    {
+                        "session_key_id": principal.key.id,
+                        "session_expires_at": key_event_data(principal.key)["expires_at"],
+                        "expires_at": view["expires_at"],
+                    },
+                )
         row.key = secret
         return row
 

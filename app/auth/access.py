@@ -17,7 +17,7 @@ from flask import Flask, current_app, g, request
 
 from app.auth import known_good
 from app.auth.keys import KeySnapshot, VerifiedKeyCache, key_prefix
-from app.auth.throttle import record_failure, retry_after, too_many
+from app.auth.throttle import give_back, take_slot, too_many
 from app.config import ALL_SCOPES
 from app.limits.enforce import enforce as enforce_rate_limit
 from app.limits.limiter import SharedLimit
@@ -246,23 +246,24 @@ def snapshot_of(row: ApiKey, epoch: str) -> KeySnapshot:
 def _secret_matches(raw: str, hashed: str, attempt: str) -> bool:
     """Check ``raw`` against ``hashed``; wrong secrets are throttled per prefix and address.
 
-    Each wrong secret costs a bcrypt check, so ten from one address within the window stop
-    further bcrypt work for that prefix and address (429). A secret already verified (in this
-    process or, via Redis, in any) is compared by digest and still gets in, so knowing a key's
-    prefix cannot lock the key out; only a key never used successfully can be held off.
+    Each wrong secret costs a bcrypt check, so a slot is taken before it: ten from one address
+    within the window stop further bcrypt work for that prefix and address (429), however many
+    arrive at once. A secret known to be right (minted or verified, in this process or, via
+    Redis, in any) is compared by digest and still gets in, so knowing a key's prefix cannot
+    lock the key out.
     """
     cache = _key_cache()
     if cache.verified(raw, hashed):
         return True
-    wait = retry_after(key_attempt=attempt)
+    wait = take_slot(key_attempt=attempt)
     if wait is not None:
         if not known_good.is_known_good(raw, hashed):
             raise too_many(wait)
         cache.accept(raw, hashed)
         return True
     if not cache.verify(raw, hashed):
-        record_failure(key_attempt=attempt)
-        return False
+        return False  # the slot stays taken: a failure
+    give_back(key_attempt=attempt)
     known_good.remember(raw, hashed)
     return True
 

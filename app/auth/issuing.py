@@ -1,4 +1,9 @@
-"""Issuing API keys: the one place that creates and rotates key secrets."""
+"""Issuing API keys: the one place that creates and rotates key secrets.
+
+A secret made here is recorded as known-good at once (``known_good``): the service knows it is
+right, so wrong secrets tried against the new prefix can never lock it out, even before its
+first use.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 
 from flask import current_app
 
+from app.auth import known_good
 from app.auth.access import ROLE_SCOPES, bump_auth_epoch
 from app.auth.keys import check_secret, generate_key, hash_secret, key_prefix
 from app.store.models import DEFAULT_TENANT_ID, ApiKey, Membership, User, new_id, utcnow
@@ -54,14 +60,22 @@ def issue_key(
         allowed_ips=allowed_ips or None,
         created_by=owner,
     )
+    known_good.remember(secret, hashed)
     return row, secret
 
 
 def issue_session_key(
-    user: User, role: str, tenant_id: str, via: str, prepared: tuple[str, str] | None = None
+    user: User,
+    role: str,
+    tenant_id: str,
+    via: str,
+    prepared: tuple[str, str] | None = None,
+    *,
+    platform: bool | None = None,
 ) -> tuple[ApiKey, dict[str, Any]]:
     """A session key of ``tenant_id`` (``LOGIN_KEY_TTL``, the scopes of the user's ``role``
-    there; a platform key for platform admins) and the answer that shows it."""
+    there; a platform key for platform admins unless ``platform`` is False) and the answer
+    that shows it."""
     expires_at = utcnow() + timedelta(seconds=current_app.config["LOGIN_KEY_TTL"])
     scopes = sorted(ROLE_SCOPES[role])
     row, secret = issue_key(
@@ -69,7 +83,7 @@ def issue_session_key(
         owner=user,
         permissions=scopes,
         tenant_id=tenant_id,
-        platform=bool(user.platform_admin),
+        platform=bool(user.platform_admin) if platform is None else platform,
         expires_at=expires_at,
         kind="sess",
         prepared=prepared,
@@ -97,6 +111,7 @@ def rotate_key(row: ApiKey, grace_period_seconds: int, prepared: tuple[str, str]
     row.key_prefix = secret[: len(row.key_prefix)]
     row.key_hash = hashed
     row.save()
+    known_good.remember(secret, hashed)
     return secret
 
 

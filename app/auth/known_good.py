@@ -1,7 +1,8 @@
 """Key secrets known to be correct, shared by every process through Redis.
 
-After bcrypt accepts a key, a SHA-256 of the secret is kept in Redis under a fingerprint of the
-stored hash (so a rotation forgets it) for ``KNOWN_GOOD_TTL`` seconds. When wrong secrets have
+When the service mints or rotates a key (``app.auth.issuing``) and each time bcrypt accepts
+one, a SHA-256 of the secret is kept in Redis under a fingerprint of the stored hash (so a
+rotation forgets the old one) for ``KNOWN_GOOD_TTL`` seconds. When wrong secrets have
 throttled a key prefix from an address, a presented secret matching this digest still gets in,
 checked without bcrypt: knowing a key's prefix is not enough to lock the key out. Key secrets
 are 238-bit random strings, so their SHA-256 gives nothing away.
@@ -31,7 +32,7 @@ def _digest(raw: str) -> str:
 
 
 def remember(raw: str, hashed: str) -> None:
-    """Record that bcrypt accepted ``raw`` against ``hashed``."""
+    """Record that ``raw`` is the secret of ``hashed`` (minted here, or accepted by bcrypt)."""
     try:
         get_redis().set(_name(hashed), _digest(raw), ex=KNOWN_GOOD_TTL)
     except redis.RedisError as exc:

@@ -10,7 +10,7 @@ from app.auth.access import client_ip, current_principal
 from app.auth.issuing import issue_session_key, new_secret
 from app.auth.passwords import authenticate_user
 from app.auth.schemas import LoginResultSchema, LoginSchema, WhoAmISchema
-from app.auth.throttle import record_failure, refuse_if_throttled
+from app.auth.throttle import give_back, refuse_or_take_slot
 from app.store.db import database
 from app.tenants.directory import choose_seat
 from app.web.api import Blueprint
@@ -34,11 +34,11 @@ def login(credentials: dict[str, Any]) -> dict[str, Any]:
     device = credentials["device_token"]
     known = devices.trusted(device, email)
     idents = {"device": device} if known and device else {"email": email, "ip": client_ip()}
-    refuse_if_throttled(**idents)
+    refuse_or_take_slot(**idents)  # before bcrypt: concurrent guesses cannot overrun it
     user = authenticate_user(credentials["email"], credentials["password"])
     if user is None:
-        record_failure(**idents)
-        raise Problem(401, "Wrong email or password.")
+        raise Problem(401, "Wrong email or password.")  # the slot stays taken: a failure
+    give_back(**idents)
     seat, choices = choose_seat(user, credentials.get("tenant"))
     prepared = new_secret("sess")  # bcrypt before the transaction: SQLite's write lock stays short
     with database.atomic():

@@ -1,8 +1,10 @@
 """Throttling of failed credentials: slows password guessing and bcrypt exhaustion.
 
-Failures are counted in Redis per identity (an email, a client address, a key prefix) in a
-fixed window; past the limit the caller gets 429 before any bcrypt work is done. When Redis is
-unavailable the throttle steps aside (the rate limiter reports Redis outages on its own).
+Attempts are counted in Redis per identity (an email, a client address, a key prefix) in a fixed
+window. A caller takes a slot (one atomic increment per identity) *before* any bcrypt work: past
+the limit it gets 429 and no bcrypt runs, however many requests arrive at once. A correct
+credential gives its slot back, so only failures use up the window. When Redis is unavailable
+the throttle steps aside (the rate limiter reports Redis outages on its own).
 """
 
 from __future__ import annotations
@@ -20,26 +22,58 @@ log = logging.getLogger(__name__)
 WINDOW_SECONDS = 15 * 60
 MAX_FAILURES = 10
 
+# Take a slot of every identity (a new window opens with the first); when any is over the
+# limit, give them all back (no attempt is made) and answer the longest wait, else 0.
+_TAKE = """
+local over = false
+for _, key in ipairs(KEYS) do
+    local count = redis.call('INCR', key)
+    if count == 1 then redis.call('EXPIRE', key, ARGV[1]) end
+    if count > tonumber(ARGV[2]) then over = true end
+end
+if not over then return 0 end
+local wait = 1
+for _, key in ipairs(KEYS) do
+    if tonumber(redis.call('DECR', key)) >= tonumber(ARGV[2]) then
+        wait = math.max(wait, redis.call('TTL', key))
+    end
+end
+return wait
+"""
+# Give a slot back, never reviving a window that has ended meanwhile.
+_GIVE_BACK = """
+for _, key in ipairs(KEYS) do
+    if redis.call('EXISTS', key) == 1 then redis.call('DECR', key) end
+end
+return 0
+"""
+
 
 def _key(kind: str, ident: str) -> str:
     return f"sb:authfail:{kind}:{hashlib.sha256(ident.encode()).hexdigest()[:32]}"
 
 
-def retry_after(**idents: str) -> int | None:
-    """Seconds until ``kind=identity`` may try again when any has too many recent failures."""
+def _keys(idents: dict[str, str]) -> list[str]:
+    return [_key(kind, ident) for kind, ident in idents.items()]
+
+
+def take_slot(**idents: str) -> int | None:
+    """Take one attempt of each ``kind=identity``; the seconds to wait when any is used up
+    (then nothing is taken and no bcrypt may run), else None."""
     try:
-        pipe = get_redis().pipeline(transaction=False)
-        for kind, ident in idents.items():
-            pipe.get(_key(kind, ident))
-            pipe.ttl(_key(kind, ident))
-        replies = pipe.execute()
+        wait = get_redis().eval(_TAKE, len(idents), *_keys(idents), WINDOW_SECONDS, MAX_FAILURES)
     except redis.RedisError as exc:
         log.warning("credential throttle unavailable: %s", exc)
         return None
-    for count, ttl in zip(replies[::2], replies[1::2], strict=True):
-        if count is not None and int(count) >= MAX_FAILURES:
-            return max(int(ttl), 1)
-    return None
+    return int(wait) or None
+
+
+def give_back(**idents: str) -> None:
+    """Return the slots of an attempt whose credential was correct."""
+    try:
+        get_redis().eval(_GIVE_BACK, len(idents), *_keys(idents))
+    except redis.RedisError as exc:
+        log.warning("credential throttle unavailable: %s", exc)
 
 
 def too_many(wait: int) -> Problem:
@@ -51,20 +85,8 @@ def too_many(wait: int) -> Problem:
     )
 
 
-def refuse_if_throttled(**idents: str) -> None:
-    """Raise 429 when any of ``kind=identity`` has too many recent failures."""
-    wait = retry_after(**idents)
+def refuse_or_take_slot(**idents: str) -> None:
+    """Take a slot of each ``kind=identity``, or raise 429 when any is used up."""
+    wait = take_slot(**idents)
     if wait is not None:
         raise too_many(wait)
-
-
-def record_failure(**idents: str) -> None:
-    """Count one failed attempt for each ``kind=identity``."""
-    try:
-        pipe = get_redis().pipeline(transaction=False)
-        for kind, ident in idents.items():
-            pipe.set(_key(kind, ident), 0, ex=WINDOW_SECONDS, nx=True)  # the window opens
-            pipe.incr(_key(kind, ident))
-        pipe.execute()
-    except redis.RedisError as exc:
-        log.warning("credential throttle unavailable: %s", exc)

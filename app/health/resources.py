@@ -1,4 +1,9 @@
-"""``/health`` (liveness) and ``/ready`` (database and Redis reachable, a worker live)."""
+"""``/health`` (liveness) and ``/ready`` (database and Redis reachable, a worker live).
+
+Both answer without a key: probes and load balancers read the status code. Which hosts and
+processes run the workers (``name``, ``pid``, ``host``) is shown only to an operator (a
+platform key with ``admin``): the infrastructure of every tenant is no one else's business.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import marshmallow as ma
 import redis
 from flask import current_app
 
+from app.auth.access import authenticate, presented_key
 from app.events.progress import dispatch_progress
 from app.store.db import database
 from app.store.models import Delivery, utcnow
@@ -27,10 +33,15 @@ class HealthSchema(ma.Schema):
     checks = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())
 
 
+_OPERATORS_ONLY = {"description": "Shown to an operator's platform key with `admin` only"}
+#: What anyone may see of a live worker.
+PUBLIC_WORKER_FIELDS = ("state", "started_at", "last_heartbeat_age")
+
+
 class WorkerSchema(ma.Schema):
-    name = ma.fields.String()
-    pid = ma.fields.Integer()
-    host = ma.fields.String()
+    name = ma.fields.String(metadata=_OPERATORS_ONLY)
+    pid = ma.fields.Integer(metadata=_OPERATORS_ONLY)
+    host = ma.fields.String(metadata=_OPERATORS_ONLY)
     state = ma.fields.String(metadata={"description": "starting, working or reconnecting"})
     started_at = ma.fields.String()
     last_heartbeat_age = ma.fields.Float(metadata={"description": "seconds"})
@@ -83,7 +94,11 @@ class NotReadySchema(ProblemSchema):
     "are not being claimed although workers are live (`checks.dispatch: stalled`)",
 )
 def ready() -> dict[str, Any]:
-    """Readiness: the stores answer, a worker heartbeated recently, and due work is claimed."""
+    """Readiness: the stores answer, a worker heartbeated recently, and due work is claimed.
+
+    No key needed. The workers' names, pids and hosts are shown to an operator's platform key
+    with the `admin` scope only.
+    """
     checks = {"database": "ok", "redis": "ok", "workers": "ok", "dispatch": "ok"}
     report: dict[str, Any] = {"workers": [], "oldest_due_delivery_age": None}
     try:
@@ -102,6 +117,11 @@ def ready() -> dict[str, Any]:
     if checks["redis"] == "ok" and not report["workers"]:
         checks["workers"] = "none live"
     checks["dispatch"] = _dispatch_check(checks, report)
+    if not _operator_asks():
+        report["workers"] = [
+            {k: v for k, v in worker.items() if k in PUBLIC_WORKER_FIELDS}
+            for worker in report["workers"]
+        ]
     failing = [k for k, v in checks.items() if v not in ("ok", "unknown")]
     if not current_app.config["READY_REQUIRES_WORKER"] and checks["workers"] == "none live":
         failing.remove("workers")
@@ -126,6 +146,18 @@ def _dispatch_check(checks: dict[str, str], report: dict[str, Any]) -> str:
     if report["workers"] and seen.stalled(current_app.config["DISPATCH_STALL_AFTER"]):
         return "stalled"
     return "ok"
+
+
+def _operator_asks() -> bool:
+    """True when the request carries an operator's admin key (any other key, or a key that
+    fails, gets the public answer: the probe's status never depends on a key)."""
+    if not presented_key():
+        return False
+    try:
+        principal = authenticate()
+    except Exception:  # noqa: BLE001 - a bad key or a store down: the public answer
+        return False
+    return principal.platform and principal.is_admin
 
 
 def _rounded(seconds: float | None) -> float | None:

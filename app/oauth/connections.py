@@ -3,7 +3,10 @@
 
 The state remembers the integration, the PKCE verifier, the redirect URI, the allowed
 ``return_to`` and the API key and user that asked, so the callback (which carries no API key)
-is authenticated by the state alone and audited as that caller.
+is authenticated by the state and audited as that caller. The flow is bound to one browser, as
+SSO login is (``binding``): ``authorization_url`` is Switchboard's own single-use start link,
+which sets the binding cookie and redirects to the provider, and the callback refuses a browser
+without that cookie — a leaked provider URL connects nobody else's account.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from app.auth.access import Principal, current_tenant_id
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import timeout_seconds
 from app.events.catalog import emit_event
-from app.oauth import states, tokens
+from app.oauth import binding, states, tokens
 from app.oauth.pages import checked_return_to, redirect_to, result_page
 from app.oauth.pkce import new_code_verifier
 from app.oauth.presets import effective_config
@@ -68,6 +71,7 @@ def start(row: Integration, principal: Principal, return_to: str | None) -> dict
     config = _settings(row)
     return_to = checked_return_to(return_to)
     verifier = new_code_verifier()
+    cookie, cookie_digest = binding.new_binding()
     state, expires_at = states.issue(
         FLOW,
         {
@@ -78,6 +82,7 @@ def start(row: Integration, principal: Principal, return_to: str | None) -> dict
             "return_to": return_to,
             "key_id": principal.key.id,
             "user_id": principal.user.id if principal.user else None,
+            "binding": cookie_digest,
         },
     )
     with _session(config) as session:
@@ -87,8 +92,9 @@ def start(row: Integration, principal: Principal, return_to: str | None) -> dict
             code_verifier=verifier,
             **config["authorize_params"],
         )
+    start_url = binding.start_link(url, cookie, CALLBACK_PATH)
     record_audit("oauth.authorize_started", "integration", row.id, {"return_to": return_to})
-    return {"authorization_url": url, "state": state, "expires_at": expires_at}
+    return {"authorization_url": start_url, "state": state, "expires_at": expires_at}
 
 
 def complete(args: dict[str, Any]) -> Response:
@@ -112,6 +118,12 @@ def complete(args: dict[str, Any]) -> Response:
     row = Integration.get_of(tenant_id, Integration.id == integration_id)
     if row is None or row.provider != tokens.OAUTH_PROVIDER:
         return _failed(return_to, integration_id, 404, "not_found", "The integration is gone.")
+    if not binding.matches(str(data.get("binding"))):
+        message = "the connection was started in another browser"
+        _record_failure(row, message, "browser_mismatch", actor, 0.0)
+        return _failed(
+            return_to, row.id, 400, "browser_mismatch", f"Not connected: {message}; start again."
+        )
     if args.get("error"):
         error = str(args["error"])[:100]
         description = " ".join(str(args.get("error_description") or "").split())[:300]
@@ -151,8 +163,10 @@ def complete(args: dict[str, Any]) -> Response:
         emit_event("oauth.connected", summary, tenant_id=tenant_id)
         record_audit("oauth.connected", "integration", row.id, summary, **actor)
     if return_to:
-        return redirect_to(return_to, query={"integration_id": row.id, "oauth": "connected"})
-    return result_page(200, "Connected", f"Integration {row.name} is connected.")
+        answer = redirect_to(return_to, query={"integration_id": row.id, "oauth": "connected"})
+    else:
+        answer = result_page(200, "Connected", f"Integration {row.name} is connected.")
+    return binding.clear(answer, CALLBACK_PATH)
 
 
 def _exchange(config: dict[str, Any], code: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -203,8 +217,10 @@ def _failed(
 ) -> Response:
     if return_to:
         query = {"integration_id": integration_id, "oauth": "error", "error": error}
-        return redirect_to(return_to, query=query)
-    return result_page(status, "Not connected", message)
+        answer = redirect_to(return_to, query=query)
+    else:
+        answer = result_page(status, "Not connected", message)
+    return binding.clear(answer, CALLBACK_PATH)
 
 
 def status(row: Integration) -> dict[str, Any]:

@@ -7,8 +7,10 @@ from typing import Any
 
 from flask import Response, g
 from flask.typing import ResponseReturnValue
+from flask.views import MethodView
 
-from app.oauth import connections, sso
+from app.auth.access import current_principal
+from app.oauth import binding, connections, identities, sso
 from app.oauth.schemas import (
     AuthorizeRequestSchema,
     AuthorizeResultSchema,
@@ -17,10 +19,15 @@ from app.oauth.schemas import (
     RevokeResultSchema,
     SsoDiscoverArgsSchema,
     SsoDiscoverySchema,
+    SsoIdentityPageSchema,
+    SsoIdentitySchema,
     SsoLoginArgsSchema,
     SsoLoginResultSchema,
+    StartArgsSchema,
 )
-from app.web.api import Blueprint
+from app.store.models import SsoIdentity
+from app.web.api import Blueprint, PageArgsSchema, paginate
+from app.web.problems import Problem
 
 blp = Blueprint(
     "oauth", __name__, url_prefix="/api/v1", description="OAuth2 connections and SSO login"
@@ -47,9 +54,11 @@ _PAGE: dict[str, Any] = {
 def authorize(args: dict[str, Any], integration_id: str) -> dict[str, Any]:
     """Start connecting an OAuth2 integration: open `authorization_url` in the user's browser.
 
-    The URL carries a PKCE S256 challenge and a single-use `state` valid 10 minutes. The
-    provider sends the browser back to `SWITCHBOARD_PUBLIC_URL/api/v1/oauth/callback` (or the
-    config's `redirect_uri`), where Switchboard stores the tokens encrypted.
+    `authorization_url` is a single-use `/oauth/start` link: it binds the browser that opens
+    it (a cookie) and redirects to the provider with a PKCE S256 challenge and a single-use
+    `state`, valid 10 minutes. The provider sends the browser back to
+    `SWITCHBOARD_PUBLIC_URL/api/v1/oauth/callback` (or the config's `redirect_uri`), where
+    Switchboard stores the tokens encrypted — only in the browser that opened the link.
     """
     row = connections.oauth_integration(integration_id)
     return connections.start(row, g.principal, args.get("return_to"))
@@ -73,6 +82,20 @@ def connection(integration_id: str) -> dict[str, Any]:
 def revoke(integration_id: str) -> dict[str, Any]:
     """Revoke the tokens at the provider (when it has `revoke_url`) and delete them here."""
     return connections.revoke(connections.oauth_integration(integration_id))
+
+
+@blp.route("/oauth/start", methods=["GET"])
+@blp.arguments(StartArgsSchema, location="query")
+@blp.alt_response(302, **_REDIRECT)
+@blp.problem(400, "Unknown, expired or already used `ticket`")
+def oauth_start(args: dict[str, Any]) -> Response:
+    """A browser flow's `authorization_url` (OAuth2 connect, SSO link): open it once.
+
+    No key: the single-use `ticket` names the flow. It binds this browser to the flow (an
+    HttpOnly cookie the callback requires) and redirects to the provider, so a leaked provider
+    URL is useless in any other browser.
+    """
+    return binding.open_start_link(args["ticket"])
 
 
 @blp.route("/oauth/callback", methods=["GET"])
@@ -114,6 +137,31 @@ def sso_login(args: dict[str, Any], integration_id: str) -> ResponseReturnValue:
     return sso.start_login(integration_id, args.get("return_to"))
 
 
+@blp.route("/auth/sso/<integration_id>/link", methods=["POST"])
+@blp.auth(None)
+@blp.arguments(AuthorizeRequestSchema)
+@blp.response(200, AuthorizeResultSchema)
+@blp.problem(403, "The key is not a user's own")
+@blp.problem(404, "No such integration")
+@blp.problem(409, "Not an SSO integration, or switched off (inactive)")
+@blp.problem(422, "`return_to` is not on an allowed origin")
+@blp.problem(502, "The identity provider's discovery document is unusable")
+def sso_link(args: dict[str, Any], integration_id: str) -> dict[str, Any]:
+    """Link your own identity at the SSO integration's provider to your account.
+
+    Needs your own key (a login session, say). Open `authorization_url` once, in your browser:
+    it binds that browser and sends it to the provider; signing in there links the identity to
+    you (audited as `sso.identity_linked`) and answers a session like any SSO login. This is
+    how an account with a password or an admin role, which SSO never links by email, starts
+    signing in with SSO. An identity already linked to someone else is refused (`409`).
+    """
+    principal = current_principal()
+    if principal.user is None:
+        raise Problem(403, "Only a user's own key can link that user's identity.")
+    row = identities.sso_integration_of_tenant(integration_id)
+    return sso.start_link(row.id, principal.user, args.get("return_to"))
+
+
 @blp.route("/auth/sso/callback", methods=["GET"])
 @blp.arguments(CallbackArgsSchema, location="query")
 @blp.response(200, SsoLoginResultSchema)
@@ -131,3 +179,44 @@ def sso_callback(args: dict[str, Any]) -> ResponseReturnValue:
     `#error=…&error_description=…` when the login is refused.
     """
     return sso.complete_login(args)
+
+
+@blp.route("/integrations/<integration_id>/sso/identities")
+class SsoIdentities(MethodView):
+    @blp.auth("admin")
+    @blp.arguments(PageArgsSchema, location="query")
+    @blp.response(200, SsoIdentityPageSchema)
+    @blp.problem(404, "No such integration")
+    @blp.problem(409, "The integration is not an SSO integration")
+    def get(self, args: dict[str, Any], integration_id: str) -> dict[str, Any]:
+        """List the provider identities that sign in through an SSO integration (admins)."""
+        row = identities.sso_integration_of_tenant(integration_id)
+        return paginate(identities.identities(row), args)
+
+    @blp.auth("admin")
+    @blp.arguments(SsoIdentitySchema)
+    @blp.response(201, SsoIdentitySchema)
+    @blp.problem(403, "The user is a platform admin and the caller is not an operator")
+    @blp.problem(404, "No such integration, or the user is no member of this tenant")
+    @blp.problem(409, "Not an SSO integration, or the identity is already linked")
+    def post(self, data: dict[str, Any], integration_id: str) -> SsoIdentity:
+        """Link a provider identity (`subject`) to a member explicitly (admins; audited).
+
+        SSO login never signs a new identity in to an account that has a password or an admin
+        role (nor, unless the integration opts in, to any existing account): such a login is
+        refused and its audit entry names the user and the `subject`. Linking it here lets
+        that identity sign in as the member; the integration's role mapping then applies to
+        them. A platform admin's account needs an operator's platform key.
+        """
+        row = identities.sso_integration_of_tenant(integration_id)
+        return identities.link(row, data["user_id"], data["subject"])
+
+
+@blp.route("/integrations/<integration_id>/sso/identities/<identity_id>", methods=["DELETE"])
+@blp.auth("admin")
+@blp.response(204)
+@blp.problem(404, "No such integration or identity")
+@blp.problem(409, "The integration is not an SSO integration")
+def unlink_sso_identity(integration_id: str, identity_id: str) -> None:
+    """Unlink a provider identity: it no longer signs in (admins; audited)."""
+    identities.unlink(identities.sso_integration_of_tenant(integration_id), identity_id)

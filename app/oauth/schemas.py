@@ -5,7 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 
 from app.auth.schemas import LoginResultSchema
-from app.web.api import UTCDateTime
+from app.web.api import UTCDateTime, page_schema
 
 _RETURN_TO = {
     "description": "Where the browser goes afterwards; its origin must be listed in "
@@ -26,7 +26,10 @@ class AuthorizeRequestSchema(ma.Schema):
 
 class AuthorizeResultSchema(ma.Schema):
     authorization_url = ma.fields.String(
-        metadata={"description": "Send the user's browser here to grant access"}
+        metadata={
+            "description": "Open it once in the user's browser: a single-use link to "
+            "`/oauth/start` that binds the browser and redirects to the provider"
+        }
     )
     state = ma.fields.String(metadata={"description": "Single-use, bound to this integration"})
     expires_at = UTCDateTime(metadata={"description": "The state is refused after this"})
@@ -45,6 +48,10 @@ class RevokeResultSchema(ma.Schema):
     provider_error = ma.fields.String(
         allow_none=True, metadata={"description": "Why the provider did not revoke, if it did not"}
     )
+
+
+class StartArgsSchema(ma.Schema):
+    ticket = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
 
 
 class CallbackArgsSchema(ma.Schema):
@@ -104,3 +111,27 @@ class SsoDiscoverySchema(ma.Schema):
     integration_id = ma.fields.String()
     login_url = ma.fields.String(metadata={"description": "Open it in the browser to sign in"})
     tenant = ma.fields.Nested(SsoTenantSchema)
+
+
+class SsoIdentitySchema(ma.Schema):
+    id = ma.fields.String(dump_only=True)
+    user_id = ma.fields.String(
+        required=True,
+        validate=ma.validate.Length(min=1, max=64),
+        metadata={"description": "A member of this tenant"},
+    )
+    subject = ma.fields.String(
+        required=True,
+        validate=ma.validate.Length(min=1, max=255),
+        metadata={
+            "description": "The ID token's `sub` at the integration's issuer (a refused login's "
+            "audit entry `auth.sso_login_failed` names it)"
+        },
+    )
+    email = ma.fields.String(dump_only=True)
+    issuer = ma.fields.String(dump_only=True)
+    created_at = UTCDateTime(dump_only=True)
+    last_login_at = UTCDateTime(dump_only=True)
+
+
+SsoIdentityPageSchema = page_schema(SsoIdentitySchema, "SsoIdentityPage")

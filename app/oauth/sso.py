@@ -5,62 +5,59 @@ challenge. ``complete_login`` exchanges the code, validates the ID token (``idto
 the email address and its domain (and Entra ID's ``tid``), and finds the user in the
 integration's tenant by their provider identity (issuer + subject). A new identity signs in:
 
+- the signed-in user who asked to link their own identity (``start_link``: an API call that
+  hands out a single-use start link, so only the browser opening it can finish);
 - an existing account with that email only when the integration opts in
   (``link_existing_by_email``), the provider asserts ``email_verified: true``, and the account
   has no password and no admin role anywhere (those are linked explicitly, never by email);
 - else a new account, when auto-provisioning is on, as a member of this tenant only.
 
-Anything else is refused, with an audit entry. The claim → role mapping sets the role in this
-tenant of users this integration provisioned or linked, never anyone else's. The answer is a
-session key of the tenant exactly like ``/auth/login``'s. Users created here have no password
-and cannot log in with one until it is set.
+Anything else is refused, with an audit entry (the rules: ``sso_accounts``). The claim → role
+mapping sets the role in this tenant of users this integration provisioned or linked, never
+anyone else's. The answer is a session key of the tenant exactly like ``/auth/login``'s. Users
+created here have no password and cannot log in with one until it is set.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
 import secrets
+from datetime import timedelta
 from typing import Any
 
 import peewee
-from flask import Response, current_app, request
+from flask import Response, current_app
 
 from app.audit import record_audit
-from app.auth.access import ROLE_SCOPES, bump_auth_epoch
 from app.auth.issuing import issue_session_key, new_secret
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import timeout_seconds
-from app.oauth import states
+from app.oauth import binding, states
 from app.oauth.discovery import provider_metadata
 from app.oauth.idtoken import InvalidIdToken, verify_id_token
 from app.oauth.pages import checked_return_to, redirect_to
 from app.oauth.pkce import new_code_verifier
+from app.oauth.sso_accounts import (
+    LoginRefused,
+    apply_role,
+    checked_email,
+    find_or_create_user,
+    valid_email,
+)
 from app.outbound.oauth import ProviderError, describe, oauth_session
 from app.store.db import database
-from app.store.models import Integration, Membership, SsoDomain, SsoIdentity, Tenant, User, utcnow
+from app.store.models import (
+    DEFAULT_TENANT_ID,
+    Integration,
+    SsoDomain,
+    Tenant,
+    User,
+    utcnow,
+)
 from app.web.problems import Problem
 
 FLOW = "sso"
 CALLBACK_PATH = "/api/v1/auth/sso/callback"
 SSO_PROVIDER = "oidc"
-BINDING_COOKIE = "sb_sso_binding"
-#: Higher wins when several role mappings match.
-ROLE_RANK = {"readonly": -1, "member": 0, "admin": 1}
-
-
-class LoginRefused(Exception):
-    """The login is refused with an HTTP status and a reason that is safe to show."""
-
-    def __init__(
-        self, status: int, error: str, reason: str, audit: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.error = error
-        self.reason = reason
-        self.audit = audit or {}
 
 
 def sso_integration_row(integration_id: str) -> Integration | None:
@@ -122,15 +119,17 @@ def _session(config: dict[str, Any]) -> Any:
     )
 
 
-def start_login(integration_id: str, return_to: str | None) -> Response:
-    """Redirect the browser to the identity provider."""
-    row, config = _sso_integration(integration_id)
-    return_to = checked_return_to(return_to)
+def _provider_url(
+    row: Integration,
+    config: dict[str, Any],
+    return_to: str | None,
+    bound: str | None,
+    link_user_id: str | None = None,
+) -> str:
+    """Remember a new login's state (``bound``: its binding digest) and return the provider's
+    authorization URL for it."""
     metadata = _metadata(config)
     verifier, nonce = new_code_verifier(), secrets.token_urlsafe(32)
-    # A browser login is bound to the browser that started it (login CSRF): the callback must
-    # bring back this cookie, so nobody can make a victim's browser finish their own login.
-    binding = secrets.token_urlsafe(24) if return_to else None
     state, _ = states.issue(
         FLOW,
         {
@@ -139,29 +138,41 @@ def start_login(integration_id: str, return_to: str | None) -> Response:
             "nonce": nonce,
             "redirect_uri": config["redirect_uri"],
             "return_to": return_to,
-            "binding": _digest(binding) if binding else None,
+            "binding": bound,
+            "link_user_id": link_user_id,
         },
     )
     with _session(config) as session:
         url, _ = session.create_authorization_url(
             metadata["authorization_endpoint"], state=state, code_verifier=verifier, nonce=nonce
         )
-    response = redirect_to(url)
-    if binding:
-        response.set_cookie(
-            BINDING_COOKIE,
-            binding,
-            max_age=states.STATE_TTL_SECONDS,
-            path=CALLBACK_PATH,
-            secure=current_app.config["PUBLIC_URL"].startswith("https://"),
-            httponly=True,
-            samesite="Lax",  # sent on the provider's top-level redirect back
-        )
+    return str(url)
+
+
+def start_login(integration_id: str, return_to: str | None) -> Response:
+    """Redirect the browser to the identity provider."""
+    row, config = _sso_integration(integration_id)
+    return_to = checked_return_to(return_to)
+    # A browser login is bound to the browser that started it (login CSRF): the callback must
+    # bring back this cookie, so nobody can make a victim's browser finish their own login.
+    bound = binding.new_binding() if return_to else None
+    response = redirect_to(_provider_url(row, config, return_to, bound[1] if bound else None))
+    if bound:
+        binding.attach(response, bound[0], CALLBACK_PATH)
     return response
 
 
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
+def start_link(integration_id: str, user: User, return_to: str | None) -> dict[str, Any]:
+    """Start linking ``user``'s own identity at the provider (asked with their key): a
+    single-use link that binds the browser opening it, so only that browser's login links."""
+    row, config = _sso_integration(integration_id)
+    return_to = checked_return_to(return_to)
+    cookie, cookie_digest = binding.new_binding()
+    url = _provider_url(row, config, return_to, cookie_digest, link_user_id=user.id)
+    return {
+        "authorization_url": binding.start_link(url, cookie, CALLBACK_PATH),
+        "expires_at": utcnow() + timedelta(seconds=states.STATE_TTL_SECONDS),
+    }
 
 
 def complete_login(args: dict[str, Any]) -> Response | dict[str, Any]:
@@ -176,9 +187,7 @@ def complete_login(args: dict[str, Any]) -> Response | dict[str, Any]:
     return_to = data.get("return_to")
     integration_id = data["integration_id"]
     try:
-        if data.get("binding") and not hmac.compare_digest(
-            data["binding"], _digest(request.cookies.get(BINDING_COOKIE, ""))
-        ):
+        if data.get("binding") and not binding.matches(data["binding"]):
             raise LoginRefused(400, "browser_mismatch", "the login was started in another browser")
         user, answer, summary = _login(integration_id, args, data)
     except LoginRefused as refused:
@@ -196,8 +205,7 @@ def complete_login(args: dict[str, Any]) -> Response | dict[str, Any]:
             response = redirect_to(
                 return_to, fragment={"error": refused.error, "error_description": refused.reason}
             )
-            response.delete_cookie(BINDING_COOKIE, path=CALLBACK_PATH)
-            return response
+            return binding.clear(response, CALLBACK_PATH)
         raise Problem(refused.status, f"SSO login refused: {refused.reason}.") from None
     if return_to:
         fragment = {
@@ -205,9 +213,7 @@ def complete_login(args: dict[str, Any]) -> Response | dict[str, Any]:
             "key_id": answer["key_id"],
             "expires_at": answer["expires_at"].isoformat() + "Z",
         }
-        response = redirect_to(return_to, fragment=fragment)
-        response.delete_cookie(BINDING_COOKIE, path=CALLBACK_PATH)
-        return response
+        return binding.clear(redirect_to(return_to, fragment=fragment), CALLBACK_PATH)
     return {
         **answer,
         "user": {"id": user.id, "email": user.email, "role": summary.pop("role")},
@@ -242,17 +248,33 @@ def _login(
         raise LoginRefused(502, exc.error or "provider_error", exc.message) from None
     except InvalidIdToken as exc:
         raise LoginRefused(401, "invalid_id_token", exc.reason) from None
-    email = _checked_email(config, claims)
+    email = checked_email(config, claims)
     try:
         prepared = new_secret("sess")  # bcrypt before the transaction (SQLite's write lock)
         with database.atomic():
-            user, identity, how = _find_or_create_user(row, config, claims, email)
-            role = _apply_role(row, config, claims, user, identity)
-            key_row, answer = issue_session_key(user, role, row.tenant_id, "sso", prepared)
+            user, identity, how = find_or_create_user(
+                row, config, claims, email, data.get("link_user_id")
+            )
+            role = apply_role(row, config, claims, user, identity)
+            # A customer's identity provider never mints an operator's key: only an SSO
+            # integration of the operator's own (default) tenant signs a platform admin in as one.
+            operator = bool(user.platform_admin) and row.tenant_id == DEFAULT_TENANT_ID
+            key_row, answer = issue_session_key(
+                user, role, row.tenant_id, "sso", prepared, platform=operator
+            )
             summary: dict[str, Any] = {
                 "provisioned": how == "provisioned",
                 "linked": how == "linked",
             }
+            if how == "linked" and data.get("link_user_id"):
+                record_audit(
+                    "sso.identity_linked",
+                    "user",
+                    user.id,
+                    {"integration_id": row.id, "subject": identity.subject, "by": "the user"},
+                    tenant_id=row.tenant_id,
+                    actor_user_id=user.id,
+                )
             record_audit(
                 "auth.sso_login",
                 "api_key",
@@ -282,160 +304,3 @@ def _exchange(config: dict[str, Any], metadata: dict[str, Any], code: str, verif
     if not isinstance(id_token, str):
         raise InvalidIdToken("the identity provider returned no ID token")
     return id_token
-
-
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-def valid_email(value: Any) -> str | None:
-    """``value`` as a lower-case email address with one ``@`` and a well-formed domain, or None.
-
-    Checked before any domain rule: ``eve@evil.com@example.com`` has two ``@`` and is no
-    address of ``example.com``.
-    """
-    if not isinstance(value, str):
-        return None
-    email = value.strip().lower()
-    if email.count("@") != 1 or len(email) > 320:
-        return None
-    local, domain = email.split("@")
-    labels = domain.split(".")
-    if not local or any(c.isspace() or ord(c) < 32 for c in local):
-        return None
-    if len(domain) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
-        return None
-    return email
-
-
-def _checked_email(config: dict[str, Any], claims: dict[str, Any]) -> str:
-    """The user's email, well formed, not known to be unverified and in an allowed domain (and
-    the Entra tenant matches)."""
-    tenant = config.get("tenant_id")
-    if tenant and claims.get("tid") != tenant:
-        raise LoginRefused(403, "wrong_tenant", "the account belongs to another Entra ID tenant")
-    raw = claims.get(config.get("email_claim", "email"))
-    if not isinstance(raw, str) or not raw.strip():
-        raise LoginRefused(403, "no_email", "the identity provider sent no email address")
-    email = valid_email(raw)
-    if email is None:
-        raise LoginRefused(403, "invalid_email", "the email address is malformed")
-    if claims.get("email_verified") is False:
-        raise LoginRefused(403, "email_unverified", "the email address is not verified")
-    if len(str(claims["sub"])) > 255:
-        raise LoginRefused(403, "invalid_claims", "the subject is too long")
-    allowed = {domain.lower() for domain in config.get("allowed_domains", [])}
-    if email.rsplit("@", 1)[1] not in allowed:
-        raise LoginRefused(403, "domain_not_allowed", "the email domain is not allowed")
-    return email
-
-
-def _find_or_create_user(
-    row: Integration, config: dict[str, Any], claims: dict[str, Any], email: str
-) -> tuple[User, SsoIdentity, str]:
-    """The user this login signs in, their identity at this provider, and how they were found:
-    ``known`` (their identity), ``linked`` (an existing account, by email) or
-    ``provisioned`` (a new account)."""
-    tenant_id = row.tenant_id
-    identity = SsoIdentity.get_of(
-        tenant_id, SsoIdentity.issuer == claims["iss"], SsoIdentity.subject == claims["sub"]
-    )
-    how = "known"
-    user: User | None
-    if identity is not None:
-        user = User.get_by_id(identity.user_id)
-        identity.email, identity.last_login_at = email, utcnow()
-        identity.save()
-    else:
-        user = User.get_or_none(User.email == email)
-        if user is not None:
-            _check_link(config, claims, user)
-            how = "linked"
-        elif not config.get("auto_provision", False):
-            raise LoginRefused(403, "no_account", "there is no Switchboard account for this email")
-        else:
-            user = User.create(email=email, password_hash="")
-            how = "provisioned"
-        identity = SsoIdentity.create(
-            tenant_id=tenant_id,
-            user=user,
-            integration=row.id,
-            issuer=claims["iss"],
-            subject=claims["sub"],
-            email=email,
-        )
-    if user.disabled:
-        raise LoginRefused(403, "user_disabled", "this user is disabled")
-    return user, identity, how
-
-
-def _check_link(config: dict[str, Any], claims: dict[str, Any], user: User) -> None:
-    """Refuse to sign a new identity in to an existing account unless linking is safe."""
-    why: str | None = None
-    if not config.get("link_existing_by_email", False):
-        why = "this SSO integration does not link existing accounts by email"
-    elif claims.get("email_verified") is not True:
-        why = "the identity provider does not assert that the email address is verified"
-    elif user.password_hash:
-        why = "the account has a password: it must be linked explicitly"
-    elif (
-        user.platform_admin
-        or (
-            Membership.select().where((Membership.user == user.id) & (Membership.role == "admin"))
-        ).exists()
-    ):
-        why = "the account has an admin role: it must be linked explicitly"
-    if why is not None:
-        raise LoginRefused(
-            403,
-            "account_exists",
-            f"an account with this email already exists and was not signed in: {why}",
-            audit={"user_id": user.id, "subject": str(claims.get("sub"))[:255]},
-        )
-
-
-def _claim_has(value: Any, wanted: str) -> bool:
-    if isinstance(value, list):
-        return wanted in [str(item) for item in value]
-    return value is not None and str(value) == wanted
-
-
-def _mapped_role(config: dict[str, Any], claims: dict[str, Any]) -> str | None:
-    """The role the mapping gives these claims; None when the integration maps no roles."""
-    mapping = config.get("role_mapping") or []
-    if not mapping:
-        return None
-    matched = [
-        entry["role"]
-        for entry in mapping
-        if entry["role"] in ROLE_SCOPES
-        and _claim_has(claims.get(entry.get("claim", "groups")), entry["value"])
-    ]
-    if not matched:
-        return str(config.get("default_role", "member"))
-    return max(matched, key=lambda role: ROLE_RANK.get(role, 0))
-
-
-def _apply_role(
-    row: Integration,
-    config: dict[str, Any],
-    claims: dict[str, Any],
-    user: User,
-    identity: SsoIdentity,
-) -> str:
-    """The user's role in the integration's tenant after this login.
-
-    A user without a membership there gets the mapped (or default) role. With a role mapping,
-    every login sets the role — only of users this integration provisioned or linked (their
-    identity is its own), never of anyone it did not bring in. Platform admins stay admins.
-    """
-    tenant_id = row.tenant_id
-    membership = Membership.get_of(tenant_id, Membership.user == user.id)
-    mapped = _mapped_role(config, claims)
-    if membership is None:
-        role = mapped or str(config.get("default_role", "member"))
-        membership = Membership.create(tenant_id=tenant_id, user=user, role=role)
-    elif mapped is not None and mapped != membership.role and identity.integration_id == row.id:
-        membership.role = mapped
-        membership.save()
-        bump_auth_epoch()  # the user's existing keys must see the new role at once
-    return "admin" if user.platform_admin else str(membership.role)
