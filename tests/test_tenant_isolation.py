@@ -92,6 +92,7 @@ def world(app: Any, client: Any, platform: ApiClient, receiver: Any) -> dict[str
         json={"method": "GET", "path": "/"},
     ).json
     member = api_a.post("/api/v1/members", json={"email": "m@a.test", "role": "member"}).json
+    portal = api_a.post("/api/v1/portal-sessions", json={"read_only": True}).json
     keys_b = {
         role: ApiClient(
             client,
@@ -115,6 +116,7 @@ def world(app: Any, client: Any, platform: ApiClient, receiver: Any) -> dict[str
         "tenant_id": a["id"],
         "event_type": "amarker.thing",
         "event_id": event["id"],
+        "session_id": portal["id"],
         "action": "request",
         "path": "anything",
     }
