@@ -14,6 +14,7 @@ from flask import current_app, g, request
 from werkzeug.test import Client
 
 from app.auth.access import DELEGATED_PRINCIPAL, Principal
+from app.logs.structured import bind_request_id
 
 
 @dataclass
@@ -74,4 +75,5 @@ def call_api(
         body = response.get_json(silent=True) if response.data else None
     finally:
         response.close()
+        bind_request_id(g.get("request_id"))  # the inner request's end unbound it
     return Answer(response.status_code, body)
