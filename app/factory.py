@@ -69,9 +69,9 @@ def _resource_modules() -> tuple[Any, ...]:
 
 def _page_blueprints() -> tuple[Any, ...]:
     """The server-rendered pages: the tenant portal and the console."""
-    from app.console import portal
+    from app.console import console, portal
 
-    return (portal.bp,)
+    return (portal.bp, console.bp)
 
 
 def build_app(test_config: dict[str, Any] | None = None) -> Flask:

@@ -6,12 +6,13 @@ over the tenant's delivery attempts (scoped by tenant like every other read).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import peewee
-from peewee import fn
+from peewee import SQL, fn
 
 from app.console.pages import Seat
 from app.store.db import database
@@ -20,9 +21,9 @@ from app.store.models import Delivery, DeliveryAttempt, utcnow
 WIDTH, HEIGHT, PAD = 320, 90, 4
 
 
-def _bucket_expression(seconds: int) -> Any:
-    """The attempt's time bucket: whole ``seconds`` since the epoch, in this database's SQL."""
-    column = DeliveryAttempt.created_at
+def _bucket_expression(seconds: int, column: Any = DeliveryAttempt.created_at) -> Any:
+    """A row's time bucket: whole ``seconds`` since the epoch of ``column``, in this
+    database's SQL."""
     if isinstance(database.obj, peewee.PostgresqlDatabase):
         return fn.FLOOR(fn.date_part("epoch", column) / seconds)
     return fn.strftime("%s", column).cast("INTEGER") / seconds
@@ -82,11 +83,33 @@ def health_series(tenant_id: str, span: timedelta, buckets: int = 24) -> dict[st
     return series
 
 
+def per_minute(query: Any, column: Any, minutes: int = 60) -> list[float | None]:
+    """How many rows of ``query`` (already scoped to a tenant) fall in each of the last
+    ``minutes`` minutes by ``column``, oldest first."""
+    now = utcnow()
+    bucket = _bucket_expression(60, column)
+    rows = (
+        query.select(bucket.alias("bucket"), fn.COUNT(SQL("*")))
+        .where(column >= now - timedelta(minutes=minutes))
+        .group_by(bucket)
+        .tuples()
+    )
+    first = _epoch(now) // 60 - minutes + 1
+    counts: list[float | None] = [0.0] * minutes
+    for index, count in rows:
+        slot = int(index) - first
+        if 0 <= slot < minutes:
+            counts[slot] = float(count)
+    return counts
+
+
 def _epoch(naive_utc: datetime) -> int:
     return int((naive_utc - datetime(1970, 1, 1)).total_seconds())
 
 
-def bar_chart(values: list[float | None], maximum: float, label: str, unit: str) -> dict[str, Any]:
+def bar_chart(
+    values: Sequence[float | None], maximum: float, label: str, unit: str
+) -> dict[str, Any]:
     """Bars for ``values`` (None: no data, drawn flat) scaled to ``maximum``: what the
     ``charts.html`` macro draws as SVG (the template escapes every text)."""
     step = (WIDTH - 2 * PAD) / max(1, len(values))

@@ -59,6 +59,13 @@ class Seat:
     def csrf(self) -> str:
         return csrf_token(self.cookie)
 
+    def switchable_tenants(self) -> list[dict[str, Any]]:
+        """The tenants an operator can switch the console to (none for anyone else)."""
+        if self.kind != "console" or not self.principal.platform:
+            return []
+        answer = self.api("GET", "/tenants", query={"limit": 100})
+        return list(answer.body["items"]) if answer.ok else []
+
     def api(self, method: str, path: str, **kwargs: Any) -> Answer:
         """Call the REST API as this seat (see ``app.console.delegate``)."""
         return call_api(self.principal, method, path, **kwargs)

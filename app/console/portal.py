@@ -6,24 +6,20 @@ before anything is called, and again by the API, which gives it no write scope.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from flask import Blueprint, Response, g, redirect, request, url_for
+from flask import Blueprint, Response, current_app, g, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
-from app.console import live
 from app.console import webhook_pages as forms
-from app.console.charts import endpoint_health
 from app.console.pages import (
     PageRefused,
     Seat,
     portal_frame_ancestors,
     portal_principal,
     refused_page,
-    render,
     security_headers,
 )
 from app.console.sessions import LinkRefused, redeem_link, session_for_cookie
+from app.console.webhook_pages import add_webhook_pages
 from app.store.models import Tenant, utcnow
 
 COOKIE = "sb_portal"
@@ -83,7 +79,6 @@ def start() -> ResponseReturnValue:
         row, cookie = redeem_link(request.args.get("token", ""))
     except LinkRefused as exc:
         raise PageRefused(403, "This link cannot be used", str(exc)) from exc
-    from flask import current_app
 
     response = redirect(url_for("portal.endpoints"))
     response.set_cookie(
@@ -111,55 +106,4 @@ def theme_css() -> Response:
     return Response(css, mimetype="text/css")
 
 
-@bp.route("/endpoints")
-def endpoints() -> ResponseReturnValue:
-    return forms.endpoint_list(g.seat, "portal")
-
-
-@bp.route("/endpoints/new", methods=["GET", "POST"])
-def new_endpoint() -> ResponseReturnValue:
-    return forms.endpoint_create(g.seat, "portal")
-
-
-@bp.route("/endpoints/<webhook_id>", methods=["GET", "POST"])
-def endpoint(webhook_id: str) -> ResponseReturnValue:
-    return forms.endpoint_detail(g.seat, "portal", webhook_id)
-
-
-@bp.route("/endpoints/<webhook_id>/<action>", methods=["GET", "POST"])
-def endpoint_action(webhook_id: str, action: str) -> ResponseReturnValue:
-    return forms.endpoint_action(g.seat, "portal", webhook_id, action)
-
-
-@bp.route("/deliveries")
-def deliveries() -> ResponseReturnValue:
-    return forms.delivery_list(g.seat, "portal")
-
-
-@bp.route("/deliveries/<delivery_id>/resend", methods=["POST"])
-def resend(delivery_id: str) -> ResponseReturnValue:
-    return forms.delivery_resend(g.seat, "portal", delivery_id)
-
-
-@bp.route("/test-event", methods=["GET", "POST"])
-def test_event() -> ResponseReturnValue:
-    return forms.send_test_event(g.seat, "portal")
-
-
-@bp.route("/live")
-def live_page() -> ResponseReturnValue:
-    return render("portal/live.html", after=live.latest_id(), section="live")
-
-
-@bp.route("/live/feed")
-def live_feed() -> ResponseReturnValue:
-    rows, after = live.deliveries_after(g.seat.tenant.id, request.args.get("after", ""))
-    return render("portal/live_rows.html", rows=rows, after=after)
-
-
-@bp.route("/health")
-def health() -> ResponseReturnValue:
-    window = request.args.get("window", "24h")
-    span = timedelta(days=7) if window == "7d" else timedelta(hours=24)
-    charts = endpoint_health(g.seat, span)
-    return render("portal/health.html", charts=charts, window=window, section="health")
+add_webhook_pages(bp)

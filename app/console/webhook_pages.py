@@ -4,12 +4,14 @@ deliveries and test events, each acting through the REST API as the seat."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import redirect, request
+from flask import Blueprint, g, redirect, request
 from flask.typing import ResponseReturnValue
 
+from app.console import live
+from app.console.charts import endpoint_health
 from app.console.delegate import Answer
 from app.console.pages import PageRefused, Seat, check_csrf, render
 from app.store import jsoncodec
@@ -35,7 +37,7 @@ def check_write(seat: Seat) -> None:
         )
 
 
-def _must(answer: Answer) -> Any:
+def must(answer: Answer) -> Any:
     """The body of a successful answer; a failed one becomes a plain error page."""
     if not answer.ok:
         titles = {404: "Not found", 403: "Not allowed", 429: "Slow down"}
@@ -46,7 +48,7 @@ def _must(answer: Answer) -> Any:
 
 
 def _catalog(seat: Seat) -> list[dict[str, Any]]:
-    items = _must(seat.api("GET", "/event-types"))["items"]
+    items = must(seat.api("GET", "/event-types"))["items"]
     for item in items:
         examples = item.get("examples") or []
         item["example_json"] = jsoncodec.dumps(examples[0], indent=2) if examples else ""
@@ -55,12 +57,12 @@ def _catalog(seat: Seat) -> list[dict[str, Any]]:
 
 def _integrations(seat: Seat) -> list[dict[str, Any]]:
     answer = seat.api("GET", "/integrations", query={"type": "webhook", "limit": 100})
-    return list(_must(answer)["items"])
+    return list(must(answer)["items"])
 
 
-def endpoint_list(seat: Seat, area: str) -> ResponseReturnValue:
+def endpoint_list(seat: Seat) -> ResponseReturnValue:
     """Every endpoint of the tenant, newest first."""
-    page = _must(seat.api("GET", "/webhooks", query={"limit": 100}))
+    page = must(seat.api("GET", "/webhooks", query={"limit": 100}))
     return render("webhooks/list.html", endpoints=page["items"], section="endpoints")
 
 
@@ -97,7 +99,7 @@ def _form_page(seat: Seat, **context: Any) -> ResponseReturnValue:
     )
 
 
-def endpoint_create(seat: Seat, area: str) -> ResponseReturnValue:
+def endpoint_create(seat: Seat) -> ResponseReturnValue:
     """The new-endpoint form; on success the signing secret is shown once."""
     if request.method == "GET":
         return _form_page(seat, values={"events": []}, errors={})
@@ -122,9 +124,9 @@ def endpoint_create(seat: Seat, area: str) -> ResponseReturnValue:
     )
 
 
-def endpoint_detail(seat: Seat, area: str, webhook_id: str) -> ResponseReturnValue:
+def endpoint_detail(seat: Seat, webhook_id: str) -> ResponseReturnValue:
     """One endpoint with its settings form (POST saves it) and actions."""
-    current = _must(seat.api("GET", f"/webhooks/{webhook_id}"))
+    current = must(seat.api("GET", f"/webhooks/{webhook_id}"))
     if request.method == "GET":
         return _detail_page(seat, current, current, {})
     data, errors = _endpoint_form()
@@ -157,19 +159,19 @@ def _detail_page(
     )
 
 
-def endpoint_action(seat: Seat, area: str, webhook_id: str, action: str) -> ResponseReturnValue:
+def endpoint_action(seat: Seat, webhook_id: str, action: str) -> ResponseReturnValue:
     """disable, enable, rotate-secret, recover and delete (GET: its confirmation page)."""
     if action == "delete":
-        endpoint = _must(seat.api("GET", f"/webhooks/{webhook_id}"))
+        endpoint = must(seat.api("GET", f"/webhooks/{webhook_id}"))
         if request.method == "GET":
             return render("webhooks/delete.html", endpoint=endpoint, section="endpoints")
-        _must(seat.api("DELETE", f"/webhooks/{webhook_id}"))
+        must(seat.api("DELETE", f"/webhooks/{webhook_id}"))
         return redirect(seat.url("endpoints", deleted=webhook_id), 303)
     if request.method != "POST" or action not in ("disable", "enable", "rotate-secret", "recover"):
         raise PageRefused(404, "Not found", "There is no such page.")
     if action == "rotate-secret":
-        body = _must(seat.api("POST", f"/webhooks/{webhook_id}/rotate-secret"))
-        endpoint = _must(seat.api("GET", f"/webhooks/{webhook_id}"))
+        body = must(seat.api("POST", f"/webhooks/{webhook_id}/rotate-secret"))
+        endpoint = must(seat.api("GET", f"/webhooks/{webhook_id}"))
         return render(
             "webhooks/secret.html",
             endpoint=endpoint,
@@ -192,7 +194,7 @@ def endpoint_action(seat: Seat, area: str, webhook_id: str, action: str) -> Resp
         answer = seat.api("POST", f"/webhooks/{webhook_id}/recover", json={"since": since})
         done = f"{answer.body.get('requeued', 0)} failed deliveries re-queued." if answer.ok else ""
     if not answer.ok:
-        endpoint = _must(seat.api("GET", f"/webhooks/{webhook_id}"))
+        endpoint = must(seat.api("GET", f"/webhooks/{webhook_id}"))
         return _detail_page(seat, endpoint, endpoint, {}, answer.detail)
     return redirect(seat.url("endpoint", webhook_id=webhook_id, done=done), 303)
 
@@ -206,9 +208,9 @@ def _local_time(value: str) -> str:
         return value
 
 
-def delivery_list(seat: Seat, area: str) -> ResponseReturnValue:
+def delivery_list(seat: Seat) -> ResponseReturnValue:
     """Deliveries of one endpoint, filtered by status, event type and time, with attempts."""
-    endpoints = _must(seat.api("GET", "/webhooks", query={"limit": 100}))["items"]
+    endpoints = must(seat.api("GET", "/webhooks", query={"limit": 100}))["items"]
     args = request.args
     chosen = args.get("webhook") or (endpoints[0]["id"] if endpoints else "")
     filters = {k: args.get(k, "") for k in ("status", "event_type", "since", "until")}
@@ -244,7 +246,7 @@ def delivery_list(seat: Seat, area: str) -> ResponseReturnValue:
     )
 
 
-def delivery_resend(seat: Seat, area: str, delivery_id: str) -> ResponseReturnValue:
+def delivery_resend(seat: Seat, delivery_id: str) -> ResponseReturnValue:
     answer = seat.api("POST", f"/deliveries/{delivery_id}/retry")
     if answer.status == 404:
         raise PageRefused(404, "Not found", answer.detail)
@@ -253,7 +255,7 @@ def delivery_resend(seat: Seat, area: str, delivery_id: str) -> ResponseReturnVa
     return redirect(seat.url("deliveries", webhook=back, done=done), 303)
 
 
-def send_test_event(seat: Seat, area: str) -> ResponseReturnValue:
+def send_test_event(seat: Seat) -> ResponseReturnValue:
     """Publish an event of a catalog type with an editable payload (its example)."""
     catalog = _catalog(seat)
     values = {"type": request.form.get("type", ""), "payload": request.form.get("payload", "")}
@@ -282,3 +284,46 @@ def send_test_event(seat: Seat, area: str) -> ResponseReturnValue:
         result=result,
         section="test",
     )
+
+
+def live_page(seat: Seat) -> ResponseReturnValue:
+    """Delivery attempts as they arrive (htmx asks ``live_feed`` every two seconds)."""
+    return render("webhooks/live.html", after=live.latest_id(), section="live")
+
+
+def live_feed(seat: Seat) -> ResponseReturnValue:
+    rows, after = live.deliveries_after(seat.tenant.id, request.args.get("after", ""))
+    return render("webhooks/live_rows.html", rows=rows, after=after)
+
+
+def health(seat: Seat) -> ResponseReturnValue:
+    """Success rate and latency per endpoint over 24 hours or 7 days, as SVG charts."""
+    window = request.args.get("window", "24h")
+    span = timedelta(days=7) if window == "7d" else timedelta(hours=24)
+    charts = endpoint_health(seat, span)
+    return render("webhooks/health.html", charts=charts, window=window, section="health")
+
+
+#: (rule, view name, function, methods): the same pages in the portal and the console.
+PAGES = (
+    ("/endpoints", "endpoints", endpoint_list, ["GET"]),
+    ("/endpoints/new", "new_endpoint", endpoint_create, ["GET", "POST"]),
+    ("/endpoints/<webhook_id>", "endpoint", endpoint_detail, ["GET", "POST"]),
+    ("/endpoints/<webhook_id>/<action>", "endpoint_action", endpoint_action, ["GET", "POST"]),
+    ("/deliveries", "deliveries", delivery_list, ["GET"]),
+    ("/deliveries/<delivery_id>/resend", "resend", delivery_resend, ["POST"]),
+    ("/test-event", "test_event", send_test_event, ["GET", "POST"]),
+    ("/live", "live_page", live_page, ["GET"]),
+    ("/live/feed", "live_feed", live_feed, ["GET"]),
+    ("/health", "health", health, ["GET"]),
+)
+
+
+def add_webhook_pages(bp: Blueprint, prefix: str = "") -> None:
+    """Register :data:`PAGES` on ``bp`` under ``prefix``, each called with ``g.seat``."""
+    for rule, name, page, methods in PAGES:
+
+        def view(_page: Any = page, **values: Any) -> ResponseReturnValue:
+            return _page(g.seat, **values)
+
+        bp.add_url_rule(prefix + rule, name, view, methods=methods)

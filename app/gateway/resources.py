@@ -45,7 +45,7 @@ blp = Blueprint("gateway", __name__, url_prefix="/api/v1", description="API gate
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def _balancer() -> UpstreamBalancer:
+def gateway_balancer() -> UpstreamBalancer:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     balancer: UpstreamBalancer | None = app.extensions.get("balancer")
     if balancer is None:
@@ -184,7 +184,7 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
     def send(headers: list[tuple[str, str]]) -> Any:
         return send_with_retries(
             session=outbound_session(),
-            balancer=_balancer(),
+            balancer=gateway_balancer(),
             pool_id=row.id,
             upstreams=upstreams,
             method=request.method,
