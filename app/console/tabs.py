@@ -12,8 +12,7 @@ from flask.typing import ResponseReturnValue
 from app.console.charts import bar_chart, per_minute
 from app.console.pages import PageRefused, Seat, render
 from app.console.webhook_pages import must
-from app.gateway.balancer import Upstream
-from app.gateway.resources import gateway_balancer
+from app.gateway.balancer import Upstream, gateway_balancer
 from app.store.models import AlertFiring, Delivery, Event
 
 
