@@ -65,6 +65,7 @@ def call_api(
     params = {k: v for k, v in (query or {}).items() if v not in (None, "")}
     response = Client(current_app).open(
         "/api/v1" + path,
+        base_url=request.host_url,  # links the API builds name the host the browser uses
         method=method,
         json=json,
         query_string=params,
