@@ -44,10 +44,12 @@ def test_an_operator_walks_the_console(
     receiver: Any,
     tmp_path: Path,
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    wait = WebDriverWait(browser, WAIT_SECONDS)
+    wait = WebDriverWait(browser, WAIT_SECONDS, ignored_exceptions=[StaleElementReferenceException])
+    browser.set_window_size(1100, 800)  # screenshots of a laptop's screen, kept small
     acme = platform.post("/api/v1/tenants", json={"name": "Acme", "external_id": "acme"}).json
     as_acme = {"Switchboard-Tenant": acme["id"]}
     integration = platform.post(
@@ -72,17 +74,19 @@ def test_an_operator_walks_the_console(
     screenshot(browser, "console-sign-in", tmp_path)
     sign_in(browser, server, "operator@example.com")
     screenshot(browser, "console-overview", tmp_path)
-    browser.find_element(By.LINK_TEXT, "SSO").click()
+    wait.until(lambda d: d.find_elements(By.LINK_TEXT, "SSO"))[0].click()
     wait.until(lambda d: d.find_elements(By.ID, "logins"))
     assert "console.login" in browser.find_element(By.ID, "logins").text
     screenshot(browser, "console-sso", tmp_path)
 
+    wait.until(lambda d: d.find_elements(By.ID, "logins") and "/sso" in d.current_url)
     browser.find_element(By.LINK_TEXT, "Multi-Tenancy").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'section[data-id="{acme["id"]}"]'))
     screenshot(browser, "console-tenants", tmp_path)
 
     Select(browser.find_element(By.ID, "tenant-switch")).select_by_value(acme["id"])
     browser.find_element(By.CSS_SELECTOR, "form.switcher button").click()
+    wait.until(lambda d: f"tenant={acme['id']}" in d.current_url)
     browser.find_element(By.LINK_TEXT, "Webhooks").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-id="{hook["id"]}"]'))
     assert f"tenant={acme['id']}" in browser.current_url  # a shareable URL of the view

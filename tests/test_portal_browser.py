@@ -47,10 +47,12 @@ def test_a_customer_manages_their_webhooks_in_the_portal(
     worker: Any,
     tmp_path: Path,
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    wait = WebDriverWait(browser, WAIT_SECONDS)
+    wait = WebDriverWait(browser, WAIT_SECONDS, ignored_exceptions=[StaleElementReferenceException])
+    browser.set_window_size(1100, 800)  # screenshots of a laptop's screen, kept small
     event_type = {"name": "order.paid", "description": "An order was paid", "examples": [{"id": 7}]}
     assert api.post("/api/v1/event-types", json=event_type).status_code == 201
     link = portal_link(server, admin_key, theme={"accent": "#7a3bd1"})
@@ -91,6 +93,7 @@ def test_a_customer_manages_their_webhooks_in_the_portal(
     receiver.wait_for(lambda got: len(got) >= 1, timeout=WAIT_SECONDS)
 
     browser.find_element(By.LINK_TEXT, "Deliveries").click()
+    wait.until(lambda d: "/portal/deliveries" in d.current_url)
     resend = wait.until(
         lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-event-id="{event_id}"] .resend')
     )
@@ -103,15 +106,16 @@ def test_a_customer_manages_their_webhooks_in_the_portal(
     assert {r.headers["webhook-id"] for r in received} == {event_id}  # the same event again
 
     browser.find_element(By.LINK_TEXT, "Endpoints").click()
-    browser.find_element(By.PARTIAL_LINK_TEXT, receiver.url).click()
+    wait.until(lambda d: d.find_elements(By.PARTIAL_LINK_TEXT, receiver.url))[0].click()
     wait.until(lambda d: d.find_elements(By.ID, "rotate"))
     screenshot(browser, "portal-endpoint", tmp_path)
     browser.find_element(By.ID, "rotate").click()
-    browser.find_element(By.ID, "reveal").click()
+    wait.until(lambda d: d.find_elements(By.ID, "reveal"))[0].click()
     second_secret = wait.until(lambda d: d.find_element(By.ID, "secret").text)
     assert second_secret.startswith("whsec_") and second_secret != first_secret
 
     browser.find_element(By.LINK_TEXT, "Health").click()
+    wait.until(lambda d: "/portal/health" in d.current_url)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "section.health svg rect"))
     screenshot(browser, "portal-health", tmp_path)
     browser.set_window_size(375, 900)
@@ -130,10 +134,11 @@ def test_a_read_only_session_and_a_used_link(
     integration: dict[str, Any],
     receiver: Any,
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, WAIT_SECONDS)
+    wait = WebDriverWait(browser, WAIT_SECONDS, ignored_exceptions=[StaleElementReferenceException])
     assert api.post("/api/v1/event-types", json={"name": "order.paid"}).status_code == 201
     hook = api.post(
         "/api/v1/webhooks",
