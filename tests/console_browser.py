@@ -8,9 +8,9 @@ from typing import Any
 
 from tests.peers import ROOT
 
-#: Set (e.g. ``SWITCHBOARD_SCREENSHOTS=docs/console``) to save each page's screenshot there:
+#: Set (e.g. ``SCREENSHOTS_DIR=docs/console``) to save each page's screenshot there:
 #: how the PNGs in docs/console are made (see docs/console.md).
-SCREENSHOTS = os.environ.get("SWITCHBOARD_SCREENSHOTS")
+SCREENSHOTS = os.environ.get("SCREENSHOTS_DIR")
 
 
 def screenshot(driver: Any, name: str, tmp_path: Path) -> None:
