@@ -11,13 +11,17 @@ from flask import Response, current_app, g, make_response, render_template, requ
 from app.auth.access import ROLE_SCOPES, Principal
 from app.console.delegate import Answer, call_api
 from app.console.sessions import csrf_matches, csrf_token
+from app.limits.enforce import enforce as enforce_rate_limit
+from app.limits.quotas import requests_limit
 from app.store.models import ApiKey, ConsoleSession, Tenant, User
+from app.web.problems import Problem
 
 #: What a portal session may do in its tenant (read-only sessions: the reads alone).
 PORTAL_READ_SCOPES = frozenset({"webhooks:read", "integrations:read", "logs:read"})
 PORTAL_WRITE_SCOPES = PORTAL_READ_SCOPES | {"webhooks:write", "events:write"}
-#: A session's key stand-in: its requests count against this per-hour limit like a key's.
-SESSION_RATE_LIMIT = 3600
+#: A session's key stand-in: its page views count against this per-hour limit like a key's
+#: requests (the Live page alone asks every two seconds: 1800 an hour).
+SESSION_RATE_LIMIT = 7200
 
 
 class PageRefused(Exception):
@@ -103,6 +107,20 @@ def user_principal(session: ConsoleSession, tenant: Tenant, user: User, role: st
     return session_principal(
         session, tenant, ROLE_SCOPES[role], user=user, role=role, platform=user.platform_admin
     )
+
+
+def count_request(seat: Seat) -> None:
+    """Count a page view against the session's rate limit and its tenant's hourly quota (an
+    operator's, like a platform key's, spends none of the tenant's)."""
+    tenant_limit = None if seat.principal.platform else requests_limit(seat.tenant)
+    try:
+        enforce_rate_limit(seat.session.id, SESSION_RATE_LIMIT, tenant_limit=tenant_limit)
+    except Problem as exc:
+        if exc.code == 429:
+            raise PageRefused(
+                429, "Slow down", "Too many requests from this session: wait a minute and retry."
+            ) from exc
+        raise PageRefused(503, "Unavailable", str(exc.description)) from exc
 
 
 def check_csrf(seat: Seat) -> None:

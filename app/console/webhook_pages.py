@@ -13,7 +13,7 @@ from flask.typing import ResponseReturnValue
 from app.console import live
 from app.console.charts import endpoint_health
 from app.console.delegate import Answer
-from app.console.pages import PageRefused, Seat, check_csrf, render
+from app.console.pages import PageRefused, Seat, check_csrf, count_request, render
 from app.store import jsoncodec
 
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -25,7 +25,9 @@ def is_colour(value: str) -> bool:
 
 
 def check_write(seat: Seat) -> None:
-    """A state change needs the session's CSRF token and a session that may change things."""
+    """Count the request; a state change also needs the session's CSRF token and a session
+    that may change things."""
+    count_request(seat)
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
     check_csrf(seat)
