@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ApiClient, create_github_integration, make_key, make_tenant, make_user
+from tests.test_sso import create_sso, idp  # noqa: F401
 
 
 def sign_in(browser: Any, email: str, password: str = "correct horse") -> Any:
@@ -138,3 +139,33 @@ def test_the_tabs_show_what_they_promise(
     assert "orders-api" in text and receiver.url in text and "healthy" in text
     assert "GET /ping" in text
     assert "test key" in text  # the admin's key, with its usage chart
+
+
+def test_an_admin_signs_in_with_sso(app: Any, api: ApiClient, idp: Any) -> None:  # noqa: F811
+    from urllib.parse import parse_qs, urlsplit
+
+    from tests.oauth_peers import follow_authorization
+
+    sso = create_sso(api, idp, default_role="admin")
+    public = app.config["PUBLIC_URL"]
+    browser = app.test_client()
+    start = browser.get("/console/sso-start?email=ada@example.com", base_url=public)
+    assert start.status_code == 303
+    login = urlsplit(start.headers["Location"])
+    assert login.path == f"/api/v1/auth/sso/{sso['id']}/login"
+    to_idp = browser.get(f"{login.path}?{login.query}", base_url=public)
+    callback, _ = follow_authorization(to_idp.headers["Location"])
+    back = browser.get(callback, base_url=public)
+    target = urlsplit(back.headers["Location"])
+    assert f"{target.scheme}://{target.netloc}{target.path}" == f"{public}/console/sso-return"
+    page = browser.get(target.path, base_url=public)
+    assert page.status_code == 200 and "console-sso.js" in page.get_data(as_text=True)
+    key = parse_qs(target.fragment)["key"][0]
+    signed_in = browser.post(target.path, data={"key": key}, base_url=public)
+    assert signed_in.status_code == 303 and "sb_console=" in signed_in.headers["Set-Cookie"]
+    assert browser.get("/console/", base_url=public).status_code == 200
+    assert ApiClient(api.client, key).get("/api/v1/auth/whoami").status_code == 401  # traded in
+    again = browser.post(target.path, data={"key": key}, base_url=public)
+    assert again.status_code == 401
+    unknown = browser.get("/console/sso-start?email=bob@nowhere.test", base_url=public)
+    assert unknown.status_code == 404 and "No SSO sign-in" in unknown.get_data(as_text=True)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, g, redirect, request, url_for
+from flask import Blueprint, Response, current_app, g, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
 from app.audit import record_audit
-from app.auth.access import client_ip, role_of
+from app.auth.access import check_key, client_ip, load_key, role_of
 from app.auth.passwords import authenticate_user
 from app.auth.throttle import record_failure, refuse_if_throttled
 from app.console import tabs
@@ -27,8 +27,14 @@ from app.console.pages import (
     security_headers,
     user_principal,
 )
-from app.console.sessions import end_session, open_console_session, session_for_cookie
+from app.console.sessions import (
+    end_session,
+    open_console_session,
+    revoke_key,
+    session_for_cookie,
+)
 from app.console.webhook_pages import add_webhook_pages, check_write
+from app.oauth.sso import discover
 from app.store.db import database
 from app.store.models import Membership, User
 from app.tenants.directory import choose_seat, find_tenant
@@ -44,7 +50,7 @@ bp = Blueprint(
     static_folder="static",
     static_url_path="/static",
 )
-_OPEN = {"console.login", "console.static"}
+_OPEN = {"console.login", "console.static", "console.sso_start", "console.sso_return"}
 
 
 def _console_role(user: User, tenant_id: str) -> str | None:
@@ -132,6 +138,59 @@ def login() -> ResponseReturnValue:
             tenant_id=seat.tenant.id,
             actor_user_id=user.id,
         )
+    return _signed_in(target, cookie)
+
+
+@bp.route("/sso-start")
+def sso_start() -> ResponseReturnValue:
+    """Sign in with SSO: find the email's SSO integration and go through its login, which
+    comes back to ``sso_return`` with a session key in the URL fragment."""
+    email = request.args.get("email", "").strip()
+    try:
+        found = discover(email)
+    except Problem as exc:
+        return render("console/login.html", 404, next="", email=email, problem=exc.description)
+    back = current_app.config["PUBLIC_URL"] + url_for("console.sso_return")
+    login = url_for("oauth.sso_login", integration_id=found["integration_id"], return_to=back)
+    return redirect(login, 303)
+
+
+@bp.route("/sso-return", methods=["GET", "POST"])
+def sso_return() -> ResponseReturnValue:
+    """GET: a page whose script posts the key from the URL fragment (which browsers never
+    send); POST: trade that SSO session key for a console session (and revoke the key)."""
+    if request.method == "GET":
+        return render("console/sso_return.html")
+    if not _same_origin():
+        raise PageRefused(403, "Not allowed", "Sign in from this site's own sign-in page.")
+    error = request.form.get("error_description") or request.form.get("error")
+    if error:
+        raise PageRefused(401, "SSO sign-in refused", f"The sign-in was refused: {error}.")
+    raw = request.form.get("key", "")
+    try:
+        snapshot = load_key(raw)
+        check_key(snapshot, raw)
+    except Problem as exc:
+        raise PageRefused(401, "SSO sign-in failed", str(exc.description)) from exc
+    user = snapshot.user
+    if user is None or snapshot.role != "admin":
+        raise PageRefused(403, "Admins only", "The console is for admins of a tenant.")
+    with database.atomic():
+        revoke_key(snapshot.row)  # the console session replaces it
+        row, cookie = open_console_session(snapshot.tenant.id, user.id, SESSION_LIFETIME)
+        record_audit(
+            "console.login",
+            "console_session",
+            row.id,
+            {"user": user.email, "via": "sso"},
+            tenant_id=snapshot.tenant.id,
+            actor_user_id=user.id,
+        )
+    return _signed_in(url_for("console.overview"), cookie)
+
+
+def _signed_in(target: str, cookie: str) -> ResponseReturnValue:
+    """Go to ``target`` with the console session's cookie set."""
     response = redirect(target, 303)
     response.set_cookie(
         COOKIE,

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
+from app.auth.access import bump_auth_epoch
 from app.store.db import database
-from app.store.models import ConsoleSession, utcnow
+from app.store.models import ApiKey, ConsoleSession, utcnow
 
 #: How long a portal link may wait before it is redeemed.
 LINK_TTL = timedelta(minutes=5)
-_ACCENT = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
 def digest(token: str) -> str:
@@ -127,5 +126,7 @@ def end_session(row: ConsoleSession, now: datetime | None = None) -> None:
     ).execute()
 
 
-def valid_accent(value: str) -> bool:
-    return bool(_ACCENT.match(value))
+def revoke_key(row: ApiKey) -> None:
+    """Revoke a key at once in every process (an SSO session key the console traded in)."""
+    ApiKey.update_of(row.tenant_id, revoked_at=utcnow()).where(ApiKey.id == row.id).execute()
+    bump_auth_epoch(required=True)
