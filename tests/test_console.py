@@ -164,6 +164,15 @@ def test_an_admin_signs_in_with_sso(app: Any, api: ApiClient, idp: Any) -> None:
     signed_in = browser.post(target.path, data={"key": key}, base_url=public)
     assert signed_in.status_code == 303 and "sb_console=" in signed_in.headers["Set-Cookie"]
     assert browser.get("/console/", base_url=public).status_code == 200
+    tab = browser.get("/console/sso", base_url=public)
+    assert "company login" in tab.get_data(as_text=True)
+    assert "auth.sso_login" in tab.get_data(as_text=True)  # the sign-in, from the audit log
+    tested = browser.post(
+        "/console/sso",
+        data={"csrf_token": csrf(tab), "integration_id": sso["id"]},
+        base_url=public,
+    )
+    assert tested.status_code == 200 and "passed" in tested.get_data(as_text=True)
     assert ApiClient(api.client, key).get("/api/v1/auth/whoami").status_code == 401  # traded in
     again = browser.post(target.path, data={"key": key}, base_url=public)
     assert again.status_code == 401

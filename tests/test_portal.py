@@ -242,3 +242,29 @@ def test_the_theme_comes_from_the_session(browser: Any, api: ApiClient) -> None:
     )
     res = api.post("/api/v1/portal-sessions", json={"theme": {"accent": "red;}"}})
     assert res.status_code == 422
+
+
+def test_embedding_settings_shape_the_headers_and_cookie(
+    app: Any, browser: Any, api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(app.config, "PORTAL_FRAME_ANCESTORS", ["https://app.example.com"])
+    monkeypatch.setitem(app.config, "PORTAL_COOKIE_SAMESITE", "none")
+    res = api.post("/api/v1/portal-sessions", json={})
+    link = urlsplit(res.json["url"])
+    opened = browser.get(f"{link.path}?{link.query}", base_url="https://sb.example.com")
+    cookie = opened.headers["Set-Cookie"]
+    assert "SameSite=None" in cookie and "Secure" in cookie  # served over HTTPS
+    page = browser.get("/portal/endpoints", base_url="https://sb.example.com")
+    assert "frame-ancestors https://app.example.com" in page.headers["Content-Security-Policy"]
+
+
+def test_a_tenant_s_stored_theme_applies_unless_the_session_overrides_it(
+    app: Any, browser: Any, api: ApiClient, platform: ApiClient
+) -> None:
+    theme = {"portal_theme": {"accent": "#445566", "logo_url": "https://cdn.example.com/t.png"}}
+    assert platform.patch("/api/v1/tenants/default", json={"settings": theme}).status_code == 200
+    open_portal(browser, api)
+    assert "#445566" in browser.get("/portal/theme.css").get_data(as_text=True)
+    open_portal(browser, api, theme={"accent": "#778899"})
+    assert "#778899" in browser.get("/portal/theme.css").get_data(as_text=True)
+    assert "t.png" in browser.get("/portal/endpoints").get_data(as_text=True)
