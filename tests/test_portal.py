@@ -268,3 +268,23 @@ def test_a_tenant_s_stored_theme_applies_unless_the_session_overrides_it(
     open_portal(browser, api, theme={"accent": "#778899"})
     assert "#778899" in browser.get("/portal/theme.css").get_data(as_text=True)
     assert "t.png" in browser.get("/portal/endpoints").get_data(as_text=True)
+
+
+def test_retention_deletes_sessions_a_day_after_they_ended(
+    app: Any, browser: Any, api: ApiClient
+) -> None:
+    from datetime import timedelta
+
+    from app.store.db import database
+    from app.store.models import ConsoleSession, utcnow
+    from app.store.retention import run_retention
+
+    ended = open_portal(browser, api)
+    live = open_portal(browser, api)
+    with app.app_context(), database.connection_context():
+        ConsoleSession.update_of("ten_default", expires_at=utcnow() - timedelta(days=2)).where(
+            ConsoleSession.id == ended["id"]
+        ).execute()
+        assert run_retention(app.config)["console_sessions"] == 1
+        left = [row.id for row in ConsoleSession.of("ten_default")]
+    assert left == [live["id"]]
