@@ -288,3 +288,36 @@ def test_retention_deletes_sessions_a_day_after_they_ended(
         assert run_retention(app.config)["console_sessions"] == 1
         left = [row.id for row in ConsoleSession.of("ten_default")]
     assert left == [live["id"]]
+
+
+def test_the_live_feed_shows_the_session_tenant_s_attempts_only(
+    app: Any, browser: Any, api: ApiClient
+) -> None:
+    from app.store.db import database
+    from app.stream import kinds
+    from app.stream.publish import get_publisher
+
+    open_portal(browser, api)
+    page = browser.get("/portal/live").get_data(as_text=True)
+    after = re.search(r"after=([0-9-]+)", page)
+    assert after, "the Live page asks for what arrives after the newest entry"
+    with app.app_context(), database.connection_context():
+        for tenant, delivery in (("ten_other", "dlv_theirs"), ("ten_default", "dlv_mine")):
+            kinds.delivery_attempted(
+                tenant_id=tenant,
+                delivery_id=delivery,
+                event_id="msg_x",
+                event_type="order.paid",
+                webhook_id="wh_x",
+                integration_id="int_x",
+                attempt=1,
+                status="succeeded",
+                status_code=200,
+                error=None,
+                response_time_ms=12.0,
+                next_attempt_at=None,
+            )
+        get_publisher(app).flush()
+    feed = browser.get(f"/portal/live/feed?after={after.group(1)}").get_data(as_text=True)
+    assert "dlv_mine" in feed and "dlv_theirs" not in feed
+    assert re.search(r'hx-get="/portal/live/feed\?after=\d+-\d+"', feed)  # it asks again

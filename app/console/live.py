@@ -3,6 +3,7 @@ serves) for its tenant's delivery attempts; htmx asks for what arrived every two
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -43,5 +44,6 @@ def deliveries_after(tenant_id: str, after: str) -> tuple[list[dict[str, Any]], 
         entry = parse_entry(raw_id, fields)
         after = entry.id
         if entry.tenant_id == tenant_id and entry.kind == "delivery.attempted" and entry.webhook_id:
-            rows.append(jsoncodec.loads(entry.data))
+            at = datetime.fromtimestamp(entry_id_key(entry.id)[0] / 1000, UTC)
+            rows.append({**jsoncodec.loads(entry.data), "at": at.strftime("%H:%M:%S")})
     return rows, after
