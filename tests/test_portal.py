@@ -321,3 +321,14 @@ def test_the_live_feed_shows_the_session_tenant_s_attempts_only(
     feed = browser.get(f"/portal/live/feed?after={after.group(1)}").get_data(as_text=True)
     assert "dlv_mine" in feed and "dlv_theirs" not in feed
     assert re.search(r'hx-get="/portal/live/feed\?after=\d+-\d+"', feed)  # it asks again
+
+
+def test_a_suspended_tenant_s_portal_is_closed(
+    app: Any, browser: Any, platform: ApiClient
+) -> None:
+    make_tenant(app, "acme-b")
+    open_portal(browser, platform, tenant="acme-b")
+    assert browser.get("/portal/endpoints").status_code == 200
+    assert platform.post("/api/v1/tenants/acme-b/suspend").status_code == 200
+    res = browser.get("/portal/endpoints")
+    assert res.status_code == 403 and "not available" in res.get_data(as_text=True)
