@@ -323,9 +323,7 @@ def test_the_live_feed_shows_the_session_tenant_s_attempts_only(
     assert re.search(r'hx-get="/portal/live/feed\?after=\d+-\d+"', feed)  # it asks again
 
 
-def test_a_suspended_tenant_s_portal_is_closed(
-    app: Any, browser: Any, platform: ApiClient
-) -> None:
+def test_a_suspended_tenant_s_portal_is_closed(app: Any, browser: Any, platform: ApiClient) -> None:
     make_tenant(app, "acme-b")
     open_portal(browser, platform, tenant="acme-b")
     assert browser.get("/portal/endpoints").status_code == 200
