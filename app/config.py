@@ -462,6 +462,22 @@ SETTINGS: tuple[Setting, ...] = (
         _join,
     ),
     Setting(
+        "PORTAL_FRAME_ANCESTORS",
+        "SWITCHBOARD_PORTAL_FRAME_ANCESTORS",
+        "",
+        _exact_origins,
+        "comma-separated origins allowed to embed /portal in an iframe, such as "
+        "https://app.example.com (empty: none)",
+        _join,
+    ),
+    Setting(
+        "PORTAL_COOKIE_SAMESITE",
+        "SWITCHBOARD_PORTAL_COOKIE_SAMESITE",
+        "lax",
+        _choice("lax", "strict", "none"),
+        "lax, strict or none (none: needed in a cross-site iframe; requires HTTPS)",
+    ),
+    Setting(
         "OAUTH_REFRESH_INTERVAL",
         "SWITCHBOARD_OAUTH_REFRESH_INTERVAL",
         "300",

@@ -35,6 +35,7 @@ def _resource_modules() -> tuple[Any, ...]:
     from app.auth import resources as auth
     from app.connectors import inbound
     from app.connectors import resources as connectors
+    from app.console import resources as portal_sessions
     from app.events import resources as publishing
     from app.gateway import resources as gateway
     from app.health import resources as health
@@ -62,7 +63,15 @@ def _resource_modules() -> tuple[Any, ...]:
         stream,
         alerts,
         tenants,
+        portal_sessions,
     )
+
+
+def _page_blueprints() -> tuple[Any, ...]:
+    """The server-rendered pages: the tenant portal and the console."""
+    from app.console import console, portal
+
+    return (portal.bp, console.bp)
 
 
 def build_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -108,6 +117,8 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
     for module in _resource_modules():
         api.register_blueprint(module.blp)
     app.extensions["api"] = api
+    for pages in _page_blueprints():
+        app.register_blueprint(pages)
     cli.init_app(app)
     return app
 

@@ -178,6 +178,7 @@ def _all_models() -> list[Any]:
         *models.EVENT_MODELS,
         *models.OAUTH_MODELS,
         *models.ALERT_MODELS,
+        *models.CONSOLE_MODELS,
     ]
 
 

@@ -153,6 +153,8 @@ OPERATOR_WIDE = {
     "app.oauth.sso_accounts": "an admin role in any tenant keeps an account from email linking",
     "app.integrations.service": "an email domain may be claimed by one tenant only",
     "app.gateway.resources": "runs the SQL of a scoped query, built once (Model.raw)",
+    "app.console.sessions": "a presented portal link or console cookie names the tenant",
+    "app.console.resources": "operators revoke any tenant's portal session by its id",
 }
 #: Calls that read, change or delete rows without naming a tenant.
 _UNSCOPED = {"select", "update", "delete", "get", "get_or_none", "get_by_id", "raw", "delete_by_id"}

@@ -81,6 +81,7 @@ def seed_resources(client: Any, auth: dict[str, str], peer: str) -> dict[str, st
     call("POST", "/api/v1/event-types", {"name": "fuzz.happened"}, also_ok=409)  # 409: seen
     event = call("POST", "/api/v1/events", {"type": "fuzz.happened", "data": {}})
     deliveries = call("GET", f"/api/v1/webhooks/{webhook['id']}/deliveries")["items"]
+    portal = call("POST", "/api/v1/portal-sessions", {"read_only": True})
     return {
         "integration_id": integration["id"],
         "webhook_id": webhook["id"],
@@ -89,6 +90,7 @@ def seed_resources(client: Any, auth: dict[str, str], peer: str) -> dict[str, st
         "delivery_id": deliveries[0]["id"],
         "event_id": event["id"],
         "event_type": "fuzz.happened",
+        "session_id": portal["id"],
         "name": "rest",
         "action": "request",
     }

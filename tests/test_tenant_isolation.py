@@ -114,6 +114,7 @@ def world(app: Any, client: Any, platform: ApiClient, receiver: Any) -> dict[str
         f"/api/v1/integrations/{sso['id']}/sso/identities",
         json={"user_id": member["user_id"], "subject": "amarker-subject"},
     ).json
+    portal = api_a.post("/api/v1/portal-sessions", json={"read_only": True}).json
     keys_b = {
         role: ApiClient(
             client,
@@ -138,6 +139,7 @@ def world(app: Any, client: Any, platform: ApiClient, receiver: Any) -> dict[str
         "tenant_id": a["id"],
         "event_type": "amarker.thing",
         "event_id": event["id"],
+        "session_id": portal["id"],
         "action": "request",
         "path": "anything",
     }

@@ -237,3 +237,24 @@ def test_scopes(app, client, admin_user, integration):
     )
     assert res.status_code == 403
     assert reader.post("/api/v1/events", json={"type": "x.y", "data": {}}).status_code == 403
+
+
+def test_deliveries_filter_by_event_type_and_time(api: ApiClient, integration: dict) -> None:
+    for name in ("order.paid", "order.refunded"):
+        assert api.post("/api/v1/event-types", json={"name": name}).status_code == 201
+    hook = api.post(
+        "/api/v1/webhooks",
+        json={
+            "url": "http://127.0.0.1:9/",
+            "events": ["order.*"],
+            "integration_id": integration["id"],
+        },
+    ).json["id"]
+    for name in ("order.paid", "order.refunded", "order.paid"):
+        assert api.post("/api/v1/events", json={"type": name, "data": {}}).status_code == 202
+    url = f"/api/v1/webhooks/{hook}/deliveries"
+    paid = api.get(url, query_string={"event_type": "order.paid"}).json["items"]
+    assert len(paid) == 2 and {d["event_type"] for d in paid} == {"order.paid"}
+    assert len(api.get(url, query_string={"since": "2000-01-01T00:00:00Z"}).json["items"]) == 3
+    assert api.get(url, query_string={"until": "2000-01-01T00:00:00Z"}).json["items"] == []
+    assert api.get(url, query_string={"since": "yesterday"}).status_code == 422

@@ -41,6 +41,10 @@ ROLE_SCOPES = {
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
+#: The WSGI environ key through which the console's pages call the API as their signed-in
+#: session (``app.console.delegate``); environ keys with a dot cannot come from a client.
+DELEGATED_PRINCIPAL = "switchboard.principal"
+
 #: Platform keys name the tenant a request acts on with this header (Stripe's
 #: ``Stripe-Account``): a tenant's id or its ``external_id``.
 TENANT_HEADER = "Switchboard-Tenant"
@@ -421,6 +425,11 @@ def authenticate() -> Principal:
     principal: Principal | None = g.get("principal")
     if principal is not None:
         return principal
+    delegated = request.environ.get(DELEGATED_PRINCIPAL)
+    if isinstance(delegated, Principal):  # set in-process only: no client can send it
+        g.principal = delegated
+        g.tenant_id = delegated.tenant_id
+        return delegated
     raw = presented_key()
     if not raw:
         raise _unauthorized("An API key is required: send `Authorization: Bearer <key>`.")

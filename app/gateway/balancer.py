@@ -46,9 +46,11 @@ from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from flask import current_app
 from redis import Redis
 
 from app.metrics import instruments as metrics
+from app.store.redis import get_redis
 
 __all__ = ["Pick", "Upstream", "UpstreamBalancer"]
 
@@ -380,3 +382,19 @@ class UpstreamBalancer:
                 }
             )
         return result
+
+
+def gateway_balancer() -> UpstreamBalancer:
+    """This app's balancer (made on first use from the gateway settings)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    balancer: UpstreamBalancer | None = app.extensions.get("balancer")
+    if balancer is None:
+        balancer = UpstreamBalancer(
+            get_redis(),
+            failure_threshold=app.config["GATEWAY_FAILURE_THRESHOLD"],
+            cooldown_seconds=app.config["GATEWAY_COOLDOWN_SECONDS"],
+            clean_cache_seconds=app.config["GATEWAY_HEALTH_CACHE_SECONDS"],
+            probe_interval_seconds=app.config["GATEWAY_PROBE_INTERVAL"],
+        )
+        app.extensions["balancer"] = balancer
+    return balancer

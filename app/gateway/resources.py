@@ -15,7 +15,7 @@ from flask.typing import ResponseReturnValue
 from app.auth.access import current_tenant_id
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import TokenUnavailable
-from app.gateway.balancer import Upstream, UpstreamBalancer
+from app.gateway.balancer import Upstream, gateway_balancer
 from app.gateway.logwriter import gateway_log_writer
 from app.gateway.proxy import (
     LOGGED_BODY_BYTES,
@@ -36,28 +36,12 @@ from app.oauth.tokens import access_token
 from app.outbound.session import outbound_session
 from app.store.db import database
 from app.store.models import Integration
-from app.store.redis import get_redis
 from app.web.api import Blueprint
 from app.web.problems import Problem
 
 blp = Blueprint("gateway", __name__, url_prefix="/api/v1", description="API gateway")
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-
-
-def _balancer() -> UpstreamBalancer:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    balancer: UpstreamBalancer | None = app.extensions.get("balancer")
-    if balancer is None:
-        balancer = UpstreamBalancer(
-            get_redis(),
-            failure_threshold=app.config["GATEWAY_FAILURE_THRESHOLD"],
-            cooldown_seconds=app.config["GATEWAY_COOLDOWN_SECONDS"],
-            clean_cache_seconds=app.config["GATEWAY_HEALTH_CACHE_SECONDS"],
-            probe_interval_seconds=app.config["GATEWAY_PROBE_INTERVAL"],
-        )
-        app.extensions["balancer"] = balancer
-    return balancer
 
 
 _ID_PLACEHOLDER = "\x00integration\x00"
@@ -184,7 +168,7 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
     def send(headers: list[tuple[str, str]]) -> Any:
         return send_with_retries(
             session=outbound_session(),
-            balancer=_balancer(),
+            balancer=gateway_balancer(),
             pool_id=row.id,
             upstreams=upstreams,
             method=request.method,

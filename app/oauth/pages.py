@@ -30,7 +30,9 @@ def checked_return_to(url: str | None) -> str | None:
         return None
     parts = urlsplit(url)
     origin = f"{parts.scheme}://{parts.netloc}"
-    allowed = current_app.config["RETURN_TO_ORIGINS"]
+    public = urlsplit(current_app.config["PUBLIC_URL"])
+    # Switchboard's own pages (the console's SSO sign-in) may always be returned to.
+    allowed = [*current_app.config["RETURN_TO_ORIGINS"], f"{public.scheme}://{public.netloc}"]
     if parts.scheme not in ("http", "https") or origin not in allowed:
         raise Problem(
             422,

@@ -164,8 +164,11 @@ def _0009_tenants() -> None:
     models.Tenant.insert(
         id=default, name="default", external_id="default"
     ).on_conflict_ignore().execute()
+    existing = set(database.get_tables())
     for model in models.TENANT_OWNED:
         table = model._meta.table_name
+        if table not in existing:  # a table later migrations create, with its tenant_id
+            continue
         if "tenant_id" not in _columns(table):
             database.execute_sql(
                 f"ALTER TABLE {table} ADD COLUMN tenant_id VARCHAR(40) NOT NULL DEFAULT '{default}'"
@@ -201,7 +204,7 @@ def _0009_tenants() -> None:
     database.execute_sql("DROP INDEX IF EXISTS events_idempotency_key")
     database.execute_sql("DROP INDEX IF EXISTS sso_identities_issuer_subject")
     tables: list[type[peewee.Model]] = [*models.TENANT_OWNED, *models.TENANT_MODELS]
-    for table_model in tables:
+    for table_model in (t for t in tables if t._meta.table_name in existing):
         for index in table_model._meta.fields_to_index():
             database.execute_sql(*_index_sql(table_model, index))
     _claim_existing_sso_domains(default)
@@ -308,6 +311,11 @@ def _0012_event_erasure_and_tenant_retention() -> None:
         )
 
 
+def _0013_console_sessions() -> None:
+    """console_sessions: portal links and the cookies they become, console sign-ins."""
+    database.create_tables(models.CONSOLE_MODELS, safe=True)
+
+
 MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0001_foundation", _0001_foundation),
     ("0002_events_and_webhooks", _0002_events_and_webhooks),
@@ -321,6 +329,7 @@ MIGRATIONS: list[tuple[str, Callable[[], None]]] = [
     ("0010_event_type_schemas", _0010_event_type_schemas),
     ("0011_webhook_filters_headers_auth_ordering", _0011_webhook_filters_headers_auth_ordering),
     ("0012_event_erasure_and_tenant_retention", _0012_event_erasure_and_tenant_retention),
+    ("0013_console_sessions", _0013_console_sessions),
 ]
 
 

@@ -546,6 +546,33 @@ class AlertNotification(TenantOwned):
 
 ALERT_MODELS = [AlertRule, AlertFiring, AlertNotification]
 
+
+class ConsoleSession(TenantOwned):
+    """A browser's session in ``/portal`` (a tenant's, opened by a single-use link) or
+    ``/console`` (a signed-in user's); only SHA-256 digests of its link and cookie are kept."""
+
+    id = _id_field("cs")
+    kind = peewee.CharField(max_length=20)  # portal | console
+    user_id = peewee.CharField(max_length=40, null=True)  # console: who signed in
+    created_by_key = peewee.CharField(max_length=40, null=True)  # portal: the key that asked
+    read_only = peewee.BooleanField(default=False)
+    link_digest = peewee.CharField(max_length=64, null=True, unique=True)
+    link_expires_at = peewee.DateTimeField(null=True)
+    redeemed_at = peewee.DateTimeField(null=True)
+    cookie_digest = peewee.CharField(max_length=64, null=True, unique=True)
+    expires_at = peewee.DateTimeField()
+    revoked_at = peewee.DateTimeField(null=True)
+    return_url = peewee.TextField(null=True)
+    theme = JSONField(null=True)  # {logo_url, accent}
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "console_sessions"
+        indexes = ((("tenant_id", "created_at"), False),)
+
+
+CONSOLE_MODELS = [ConsoleSession]
+
 TENANT_MODELS = [Tenant, Membership, SsoDomain]
 
 #: Every tenant-owned table, children before parents (the order erasure deletes them in).
@@ -556,6 +583,7 @@ TENANT_OWNED: list[type[TenantOwned]] = [
     AlertNotification,
     AlertFiring,
     AlertRule,
+    ConsoleSession,
     OAuthToken,
     SsoIdentity,
     SsoDomain,

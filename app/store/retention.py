@@ -10,7 +10,8 @@ is still pending or held (for a disabled webhook), or leased by a worker, is nev
 attempts go with it (the foreign key cascades); an event goes only once none of its deliveries
 is left. Workers run a
 pass every ``SWITCHBOARD_RETENTION_INTERVAL`` seconds (a Redis lock lets one of many do it);
-``flask --app app retention run`` runs one by hand.
+``flask --app app retention run`` runs one by hand. Portal and console sessions that ended
+more than a day ago are deleted in the same pass.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ import peewee
 from flask import Flask
 
 from app.store.db import database
-from app.store.models import AuditLog, Delivery, Event, IntegrationLog, Tenant, utcnow
+from app.store.models import (
+    AuditLog,
+    ConsoleSession,
+    Delivery,
+    Event,
+    IntegrationLog,
+    Tenant,
+    utcnow,
+)
 from app.store.redis import get_redis
 
 log = logging.getLogger(__name__)
@@ -113,7 +122,26 @@ def run_retention(config: Mapping[str, Any], now: datetime | None = None) -> dic
                     deleted[kind] += count
                     if count < batch_size:
                         break
+        deleted["console_sessions"] = _prune_ended_sessions(now, batch_size)
     return deleted
+
+
+#: Portal and console sessions are kept this long after they ended (expired or revoked).
+ENDED_SESSIONS_KEPT = timedelta(days=1)
+
+
+def _prune_ended_sessions(now: datetime, batch_size: int) -> int:
+    """Delete sessions that ended more than ``ENDED_SESSIONS_KEPT`` ago, in batches."""
+    cutoff = now - ENDED_SESSIONS_KEPT
+    ended = (ConsoleSession.expires_at < cutoff) | (ConsoleSession.revoked_at < cutoff)
+    deleted = 0
+    while True:
+        batch = ConsoleSession.select(ConsoleSession.id).where(ended).limit(batch_size)
+        with database.atomic():
+            count = int(ConsoleSession.delete().where(ConsoleSession.id.in_(batch)).execute())
+        deleted += count
+        if count < batch_size:
+            return deleted
 
 
 def start_retention(app: Flask) -> threading.Thread:

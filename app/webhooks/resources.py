@@ -363,6 +363,12 @@ def list_deliveries(args: dict[str, Any], webhook_id: str) -> dict[str, Any]:
     )
     if args.get("status"):
         query = query.where(Delivery.status == args["status"])
+    if args.get("event_type"):
+        query = query.where(Event.type == args["event_type"])
+    if args.get("since"):
+        query = query.where(Delivery.created_at >= args["since"])
+    if args.get("until"):
+        query = query.where(Delivery.created_at < args["until"])
     page = paginate_keyset(query, args, [Delivery.created_at, Delivery.id], "deliveries")
     page["items"] = _with_attempts(page["items"])
     return page

@@ -382,6 +382,12 @@ class DeliverySchema(ma.Schema):
 
 class DeliveryQueryArgsSchema(KeysetArgsSchema):
     status = ma.fields.String(validate=ma.validate.OneOf(DELIVERY_STATUSES))
+    event_type = ma.fields.String(
+        validate=ma.validate.Length(min=1, max=200),
+        metadata={"description": "Only deliveries of events of this type"},
+    )
+    since = UTCDateTime(metadata={"description": "Only deliveries created at or after this time"})
+    until = UTCDateTime(metadata={"description": "Only deliveries created before this time"})
 
 
 WebhookPageSchema = page_schema(WebhookSchema, "WebhookPage")
