@@ -372,7 +372,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "GATEWAY_UPSTREAM_CONNECTIONS",
         "SWITCHBOARD_GATEWAY_UPSTREAM_CONNECTIONS",
-        "256",
+        "1000",
         _integer(1, 10000),
         "an integer from 1 to 10000 (connections per upstream per process)",
     ),

@@ -72,7 +72,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/8"
 TARGET_RATIO = 0.5  # gateway / health
 TARGET_ADDED_MS = 1.0
 UPSTREAM_BODY = b'{"ok":true,"service":"upstream","items":[1,2,3]}'
-HOLD_SECONDS = 30.0  # how long the upstream holds a /hold request (the memory measurement)
+HOLD_SECONDS = 20.0  # how long the upstream holds a /hold request (the memory measurement)
+UPSTREAM_TIMEOUT_MS = 60_000  # the integration's timeout: longer than a hold
 TARGET_SLOW_RATIO = 0.8  # gateway / direct with a slow upstream
 TARGET_SLOW_P99_MS = 50.0  # gateway p99 - upstream delay
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
@@ -167,7 +168,7 @@ def create_rest_integration(client: Any, key: str, upstream: str) -> str:
             "type": "api",
             "provider": "rest",
             "status": "active",
-            "config": {"upstreams": [{"url": upstream}], "timeout_ms": 5000},
+            "config": {"upstreams": [{"url": upstream}], "timeout_ms": UPSTREAM_TIMEOUT_MS},
         },
         headers={"Authorization": f"Bearer {key}"},
     )
@@ -209,6 +210,7 @@ def memory_per_request(
         f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {key}\r\n\r\n"
     ).encode()
     before = worker_rss_kib(master_pid)
+    already = int(requests.get(upstream + "/held", timeout=10).text)
     clients = []
     held = 0
     try:
@@ -218,7 +220,7 @@ def memory_per_request(
             clients.append(sock)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            held = int(requests.get(upstream + "/held", timeout=10).text)
+            held = int(requests.get(upstream + "/held", timeout=10).text) - already
             if held >= count:
                 break
             time.sleep(0.2)
