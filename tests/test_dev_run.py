@@ -44,7 +44,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = Path(sys.executable).parent / "flask"
-START_TIMEOUT = 20.0
+START_TIMEOUT = 40.0  # four processes start (API, stream and gateway services, worker)
 STOP_TIMEOUT = 20.0
 HTTP_TIMEOUT = 10.0  # generous: CI machines run this next to the rest of the suite
 
