@@ -2,40 +2,42 @@
 
 Usage::
 
-    .venv/bin/python bench/gateway.py                       # both worker classes, ~1.5 minutes
-    .venv/bin/python bench/gateway.py --worker-class gthread --duration 10 --connections 32
+    .venv/bin/python bench/gateway.py                       # the gevent gateway service
+    .venv/bin/python bench/gateway.py --upstream-delay 0.1 --connections 256   # slow upstream
+    .venv/bin/python bench/gateway.py --worker-class all    # sync, gthread and gevent side by side
+    .venv/bin/python bench/gateway.py --worker-class gthread --gthreads 8 --duration 10
     .venv/bin/python bench/gateway.py --python-client       # ignore wrk even if installed
-    .venv/bin/python bench/gateway.py --lease-seconds 0.1   # rate-limit leases switched on
+    .venv/bin/python bench/gateway.py --lease-seconds 0     # rate-limit leases switched off
     PYTHONPATH=/tmp/exp .venv/bin/python bench/gateway.py --app "mod:create()"  # experiments
     REDIS_URL=redis://127.0.0.1:6379/8 .venv/bin/python bench/gateway.py
 
 What it does, all in one run so the ratios compare like with like:
 
-1. starts a fast local upstream in its own process (``ThreadingHTTPServer``, HTTP/1.1 keep-alive,
-   one buffered write per response) answering every GET with a small JSON body;
+1. starts a local upstream in its own process: a bare gevent socket server (HTTP/1.1
+   keep-alive) answering every request with a small JSON body after ``--upstream-delay``
+   seconds, so it holds thousands of slow requests on one core;
 2. migrates a throwaway SQLite database in a temp dir, flushes only Redis db 8 (``REDIS_URL``),
    creates an admin key (bcrypt at the default cost) with ``rate_limit = 100_000_000`` (rate
-   limiting stays ON: every proxied request is counted in Redis) and a ``rest`` integration
-   (status active, ``{"upstreams": [{"url": upstream}], "timeout_ms": 5000}``) through the API;
-3. for each gunicorn worker class (``sync``, and ``gthread --threads 4``; both unless
-   ``--worker-class`` picks one) starts ``gunicorn -w 2 "app:create_app()"``, warms up, then
-   measures, interleaved over ``--rounds`` rounds, requests/s and p50 latency of GET upstream
-   ``/ping`` directly and through the gateway with the same load generator settings (``wrk
-   -t2 -c16 -d5s`` when wrk is installed, else a multi-process Python client; the output says
-   which), and a sequential single-connection run of ``--sequential`` requests each way for
-   clean p50s; ``GET /api/v1/health`` (no key, no upstream) is loaded the same way, as the
-   app's own floor (``gw/health``): the upstream is a bare socket server, so even an app that
-   did nothing could not come near it;
-4. prints a table per worker class and, for the better class (higher gateway requests/s), the
-   throughput ratio gateway/health (median of per-round ratios; target >= 0.5: a proxied request
-   may cost the app at most about twice what its cheapest answer costs) and the p50 latency the
-   gateway adds in the sequential run (gateway p50 - direct p50; target <= 1 ms), each with
-   PASS/MISS; gateway/direct is printed too, for reference.
+   limiting stays ON: every proxied request is counted in Redis, through the default leases)
+   and a ``rest`` integration in front of the upstream through the API;
+3. for each gunicorn worker class (``gevent`` with ``--worker-connections``, as the gateway
+   service runs; ``sync`` and ``gthread`` with ``--worker-class both|all``) starts
+   ``gunicorn -w 2 "app:create_app()"``, warms up, then measures, interleaved over
+   ``--rounds`` rounds, requests/s, p50 and p99 of GET upstream ``/ping`` directly (the
+   upstream's own capacity, checked in the same run) and through the gateway with the same
+   load generator settings (``wrk -t2 -c16 -d5s`` when wrk is installed, else a multi-process
+   Python client), and a sequential single-connection run for clean p50s; ``GET
+   /api/v1/health`` is loaded the same way, as the app's own floor (``gw/health``);
+4. under gevent, holds ``--memory-requests`` (1,000) proxied requests open at once (the
+   upstream holds each for 20 s) and prints the workers' resident memory per held request;
+5. prints a table per worker class and, for the better class (higher gateway requests/s), the
+   targets with PASS/MISS. With an instant upstream: gateway/health >= 0.5 (median of per-round
+   ratios) and p50 added by the gateway in the sequential run <= 1 ms. With a slow upstream
+   (``--upstream-delay``): gateway/direct >= 0.8, no errors, and gateway p99 <= the upstream's
+   delay + 50 ms.
 
-Worker class: both are measured because neither always wins; gthread keeps client connections
-alive, sync closes after every response (wrk reconnects), and on a shared 2-core machine the
-difference is within the noise. Exit status 1 if gunicorn logged a traceback. Every child
-process is killed on exit. Timings are measurements, never test assertions.
+Exit status 1 if gunicorn logged a traceback. Every child process is killed on exit. Timings
+are measurements, never test assertions; on a shared machine compare ratios within one run.
 """
 
 from __future__ import annotations
