@@ -107,6 +107,12 @@ def serve_upstream(port_file: str) -> None:
     canned = answer(UPSTREAM_BODY)
 
     def handle(sock: Any, _: Any) -> None:
+        try:
+            serve_connection(sock)
+        except OSError:  # a client gone mid-request (wrk ends its run by closing)
+            pass
+
+    def serve_connection(sock: Any) -> None:
         nonlocal held
         buffer = b""
         while True:
