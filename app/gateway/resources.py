@@ -176,10 +176,17 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
             "(SWITCHBOARD_GATEWAY_MAX_IN_FLIGHT); retry shortly.",
             headers={"Retry-After": "1"},
         )
+    timeout = float(config.get("timeout_ms", 10000)) / 1000
+    waits = bound_client_waits(request.environ, timeout)
+
+    def done() -> None:
+        counter.leave(row.id)
+        waits.restore()
+
     try:
-        return _forward(app, row, config, path, started, lambda: counter.leave(row.id))
+        return _forward(app, row, config, path, timeout, started, done)
     except BaseException:
-        counter.leave(row.id)  # no answer to stream: the request ends here
+        done()  # no answer to stream: the request ends here
         raise
 
 
@@ -188,6 +195,7 @@ def _forward(  # noqa: PLR0915 - one request's life, step by step
     row: Integration,
     config: dict[str, Any],
     path: str,
+    timeout: float,
     started: float,
     done: Callable[[], None],
 ) -> ResponseReturnValue:
@@ -212,8 +220,6 @@ def _forward(  # noqa: PLR0915 - one request's life, step by step
         else None
     )
     record: dict[str, Any] = {"method": request.method, "path": "/" + path}
-    timeout = float(config.get("timeout_ms", 10000)) / 1000
-    client = bound_client_waits(request.environ, timeout)
     release_connection()  # the upstream call may be long: the database is not needed there
     sent = time.perf_counter()
 
@@ -292,7 +298,6 @@ def _forward(  # noqa: PLR0915 - one request's life, step by step
             return
         finished = True
         done()
-        client.restore()
         if not streamed:  # the server sent no body: HEAD, 204, 304, or a client gone early
             if request_method == "HEAD" or upstream_response.status in (204, 304):
                 upstream_response.drain_conn()  # nothing to read: keep the connection
