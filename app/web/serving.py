@@ -11,9 +11,24 @@ the gateway route split is the load balancer's (docs/operations.md).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def cooperative() -> bool:
     """True in a gevent-patched process (gunicorn ``-k gevent``), where waiting is cheap."""
     monkey = sys.modules.get("gevent.monkey")
     return bool(monkey is not None and monkey.is_module_patched("socket"))
+
+
+def off_the_loop(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)``; in a gevent process, in gevent's thread pool, so that CPU-bound work
+    which releases the GIL (bcrypt) does not stop every other request of the process."""
+    if not cooperative():
+        return function(*args)
+    import gevent
+
+    result: T = gevent.get_hub().threadpool.apply(function, args)
+    return result
