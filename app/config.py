@@ -377,6 +377,28 @@ SETTINGS: tuple[Setting, ...] = (
         "a non-negative integer (bytes)",
     ),
     Setting(
+        "GATEWAY_UPSTREAM_CONNECTIONS",
+        "SWITCHBOARD_GATEWAY_UPSTREAM_CONNECTIONS",
+        "1000",
+        _integer(1, 10000),
+        "an integer from 1 to 10000 (connections per upstream per process)",
+    ),
+    Setting(
+        "GATEWAY_QUEUE_SECONDS",
+        "SWITCHBOARD_GATEWAY_QUEUE_SECONDS",
+        "0.5",
+        _seconds(0, 30),
+        "a number of seconds from 0 to 30",
+        _number,
+    ),
+    Setting(
+        "GATEWAY_MAX_IN_FLIGHT",
+        "SWITCHBOARD_GATEWAY_MAX_IN_FLIGHT",
+        "1000",
+        _integer(1, 100000),
+        "an integer from 1 to 100000 (requests per integration per process)",
+    ),
+    Setting(
         "GATEWAY_FAILURE_THRESHOLD",
         "SWITCHBOARD_GATEWAY_FAILURE_THRESHOLD",
         "3",
@@ -440,7 +462,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "RATELIMIT_LEASE_SECONDS",
         "SWITCHBOARD_RATELIMIT_LEASE_SECONDS",
-        "0",
+        "0.1",
         _seconds(0, 5),
         "a number of seconds from 0 to 5",
         _number,

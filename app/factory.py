@@ -25,6 +25,7 @@ from app.store import db, secretbox
 from app.store import redis as redis_store
 from app.web import cors, docs, hygiene, problems
 from app.web.api import Api
+from app.web.serving import cooperative
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -99,7 +100,7 @@ def build_app(test_config: dict[str, Any] | None = None) -> Flask:
         hops = app.config["TRUSTED_PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
 
-    db.init_app(app)
+    db.init_app(app, cooperative=cooperative())
     redis_store.init_app(app)
     secretbox.init_app(app)
     problems.init_app(app)

@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python bench/auth.py                     # defaults below
     .venv/bin/python bench/auth.py --worker-class sync --duration 10 --connections 32
-    .venv/bin/python bench/auth.py --lease-seconds 0.1   # rate-limit leases switched on
+    .venv/bin/python bench/auth.py --lease-seconds 0     # rate-limit leases switched off
     REDIS_URL=redis://127.0.0.1:6379/8 .venv/bin/python bench/auth.py
 
 What it does, all in one run so the ratios compare like with like:
@@ -72,7 +72,7 @@ def prepare(database_url: str, redis_url: str, secret_key: str) -> str:
     """Migrate a fresh database, create an admin + high-limit admin key and 200 integrations."""
     from app import create_app
     from app.store.db import database
-    from app.store.models import Integration
+    from app.store.models import DEFAULT_TENANT_ID, Integration
 
     app = create_app(
         {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "SECRET_KEYS": [secret_key]}
@@ -82,6 +82,7 @@ def prepare(database_url: str, redis_url: str, secret_key: str) -> str:
         Integration.insert_many(
             [
                 {
+                    "tenant_id": DEFAULT_TENANT_ID,
                     "name": f"bench integration {i:03d}",
                     "type": "api",
                     "provider": "rest",
@@ -136,15 +137,20 @@ def main() -> int:
     parser.add_argument(
         "--lease-seconds",
         type=float,
-        default=0.0,
-        help="SWITCHBOARD_RATELIMIT_LEASE_SECONDS for the server (default 0: no leases)",
+        default=None,
+        help="SWITCHBOARD_RATELIMIT_LEASE_SECONDS for the server (default: the app's, 0.1)",
     )
     args = parser.parse_args()
 
     redis_url, _ = flushed_redis(DEFAULT_REDIS_URL)  # flushes only the chosen database
     use_wrk = shutil.which("wrk") is not None and not args.python_client
     tmp = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    env = bench_env(tmp, redis_url, SWITCHBOARD_RATELIMIT_LEASE_SECONDS=str(args.lease_seconds))
+    leasing = (
+        {}
+        if args.lease_seconds is None
+        else {"SWITCHBOARD_RATELIMIT_LEASE_SECONDS": str(args.lease_seconds)}
+    )
+    env = bench_env(tmp, redis_url, **leasing)
     os.environ.update({k: env[k] for k in ("SWITCHBOARD_INSTANCE_PATH", "SWITCHBOARD_LOG_LEVEL")})
     os.environ.pop("SWITCHBOARD_BCRYPT_ROUNDS", None)  # the default cost (12) is what we time
     try:
@@ -183,7 +189,13 @@ def main() -> int:
         f"{args.duration:g}s"
     )
     workers = "gthread, 4 threads each" if args.worker_class == "gthread" else "sync"
-    leases = f"leases of {args.lease_seconds:g} s" if args.lease_seconds else "no leases"
+    leases = (
+        "the default leases (0.1 s)"
+        if args.lease_seconds is None
+        else f"leases of {args.lease_seconds:g} s"
+        if args.lease_seconds
+        else "no leases"
+    )
     print(f"\ngunicorn -w 2 ({workers}), rate limiting on ({leases}), SQLite, {redis_url}")
     print(
         f"load: {generator}, {args.rounds} interleaved rounds (median), warm-up {args.warmup:g}s\n"

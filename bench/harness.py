@@ -60,6 +60,7 @@ class LoadResult:
     p50_ms: float | None
     errors: int  # non-2xx responses and socket errors
     cpu_ms_per_request: float | None = None  # server workers' CPU, when the script measures it
+    p99_ms: float | None = None  # wrk only
 
 
 # --- setup ----------------------------------------------------------------------------------
@@ -244,14 +245,18 @@ def gunicorn(
     *,
     threads: int = 4,
     app: str = "app:create_app()",
+    worker_connections: int = 1000,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Run ``app`` under ``gunicorn -w 2`` (``gthread`` with ``threads`` threads, or ``sync``),
-    logging to ``log_path`` (appended); yield (base URL, master process) once
-    ``GET /api/v1/health`` answers 200; always stop its whole process group."""
+    """Run ``app`` under ``gunicorn -w 2`` (``gthread`` with ``threads`` threads, ``gevent``
+    with ``worker_connections``, or ``sync``), logging to ``log_path`` (appended); yield (base
+    URL, master process) once ``GET /api/v1/health`` answers 200; always stop its whole process
+    group."""
     port = free_port()
     command = [str(Path(sys.executable).parent / "gunicorn"), "-w", "2"]
     if worker_class == "gthread":
         command += ["-k", "gthread", "--threads", str(threads)]
+    elif worker_class == "gevent":
+        command += ["-k", "gevent", "--worker-connections", str(worker_connections)]
     command += ["-b", f"127.0.0.1:{port}", "--log-level", "warning", app]
     with log_path.open("ab") as log_file:
         proc = subprocess.Popen(
@@ -338,16 +343,24 @@ def serve_on_free_port(handler: type[BaseHTTPRequestHandler], port_file: str) ->
 
 _WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 _WRK_P50 = re.compile(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_WRK_P99 = re.compile(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 _WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
 def run_wrk(
-    url: str, headers: dict[str, str], threads: int, connections: int, seconds: float
+    url: str,
+    headers: dict[str, str],
+    threads: int,
+    connections: int,
+    seconds: float,
+    timeout: float = 2.0,
 ) -> LoadResult:
-    """Load ``url`` with wrk and parse its summary."""
+    """Load ``url`` with wrk and parse its summary (a request slower than ``timeout`` seconds
+    counts as an error)."""
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    command.append(f"--timeout={timeout:g}s")
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
@@ -355,6 +368,7 @@ def run_wrk(
     if rps is None:
         raise RuntimeError("could not parse wrk output:\n" + output)
     p50 = _WRK_P50.search(output)
+    p99 = _WRK_P99.search(output)
     errors = int(m.group(1)) if (m := _WRK_ERRORS.search(output)) else 0
     if socket_errors := _WRK_SOCKET.search(output):
         errors += sum(int(n) for n in socket_errors.groups())
@@ -362,6 +376,7 @@ def run_wrk(
         float(rps.group(1)),
         float(p50.group(1)) * _UNIT_MS[p50.group(2)] if p50 else None,
         errors,
+        p99_ms=float(p99.group(1)) * _UNIT_MS[p99.group(2)] if p99 else None,
     )
 
 

@@ -82,6 +82,7 @@ class Receiver:
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+            request_queue_size = 256  # many connections at once must not overflow the backlog
 
             def process_request(self, request: Any, client_address: Any) -> None:
                 receiver.connections.append(request)
@@ -224,3 +225,80 @@ class GunicornServer:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+
+
+#: gunicorn options of the gateway service (``make run``'s, docs/operations.md's).
+GEVENT_OPTIONS = (
+    "-k",
+    "gevent",
+    "--worker-connections",
+    "1000",
+    "-c",
+    "python:app.web.gunicorn_conf",
+)
+
+
+class HttpResponse:
+    """A ``requests`` answer with the attributes tests read from Flask's test responses."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+        self.status_code: int = response.status_code
+        self.headers = response.headers
+        self.data: bytes = response.content
+        self.text: str = response.text
+        self.content_type: str | None = response.headers.get("Content-Type")
+
+    @property
+    def json(self) -> Any:
+        return self.response.json() if self.content_type and "json" in self.content_type else None
+
+    def get_data(self, as_text: bool = False) -> bytes | str:
+        return self.text if as_text else self.data
+
+    def close(self) -> None:
+        self.response.close()
+
+
+class HttpApiClient:
+    """``ApiClient``'s interface over real HTTP to a running server (keep-alive session)."""
+
+    def __init__(self, base: str, key: str) -> None:
+        import requests
+
+        self.base = base
+        self.key = key
+        self.session = requests.Session()
+        del self.session.headers["Accept-Encoding"]  # like the test client: none of requests'
+
+    def _open(self, method: str, url: str, headers: dict[str, str] | None, **kw: Any) -> Any:
+        response = self.session.request(
+            method,
+            self.base + url,
+            headers={"Authorization": f"Bearer {self.key}", **(headers or {})},
+            allow_redirects=False,
+            timeout=60,
+            **kw,
+        )
+        return HttpResponse(response)
+
+    def get(self, url: str, headers: dict[str, str] | None = None, **kw: Any) -> Any:
+        return self._open("GET", url, headers, **kw)
+
+    def post(
+        self, url: str, json: Any = None, headers: dict[str, str] | None = None, **kw: Any
+    ) -> Any:
+        return self._open("POST", url, headers, json=json, **kw)
+
+    def patch(
+        self, url: str, json: Any = None, headers: dict[str, str] | None = None, **kw: Any
+    ) -> Any:
+        return self._open("PATCH", url, headers, json=json, **kw)
+
+    def put(
+        self, url: str, json: Any = None, headers: dict[str, str] | None = None, **kw: Any
+    ) -> Any:
+        return self._open("PUT", url, headers, json=json, **kw)
+
+    def delete(self, url: str, headers: dict[str, str] | None = None, **kw: Any) -> Any:
+        return self._open("DELETE", url, headers, **kw)

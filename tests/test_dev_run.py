@@ -45,7 +45,8 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = Path(sys.executable).parent / "flask"
 # Generous: CI runs these beside the rest of the suite on a busy 2-core machine, where starting
-# five processes took over 20 s. How fast a worker stops is bounded in test_worker_stop.py.
+# the API, stream and gateway services, a worker and Redis took over 20 s. How fast a worker
+# stops is bounded in test_worker_stop.py.
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 45.0
 HTTP_TIMEOUT = 10.0  # generous: CI machines run this next to the rest of the suite

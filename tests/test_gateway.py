@@ -1,5 +1,8 @@
 """The API gateway through the HTTP API: balancing, ejection, retries, transforms, hygiene,
-logging, SSRF, and 50 MiB streamed both ways through a real gunicorn without buffering."""
+logging, SSRF, and 50 MiB streamed both ways through a real gunicorn without buffering.
+
+``api`` here is real HTTP to the gateway service as production runs it (gunicorn with a gevent
+worker, one per test module); tests that need other settings build their own app."""
 
 from __future__ import annotations
 
@@ -13,7 +16,24 @@ import requests
 
 from app import create_app
 from tests.conftest import ApiClient, make_key
-from tests.peers import GunicornServer, Receiver
+from tests.peers import GEVENT_OPTIONS, GunicornServer, HttpApiClient, Receiver
+
+
+@pytest.fixture(scope="module")
+def gateway_service(app, tmp_path_factory):
+    """The gateway service: the app under gunicorn's gevent worker, sharing the test stores."""
+    server = GunicornServer(
+        app, tmp_path_factory.mktemp("gateway") / "gunicorn.log", options=GEVENT_OPTIONS
+    )
+    server.start()
+    yield server
+    server.stop()
+    assert "Traceback" not in server.log_path.read_text()
+
+
+@pytest.fixture()
+def api(gateway_service, admin_key):
+    return HttpApiClient(gateway_service.base, admin_key)
 
 
 def _named(name, status=200):
@@ -379,7 +399,7 @@ def test_large_bodies_stream_without_buffering(app, api, admin_key, tmp_path):
 
     upstream = BigUpstream()
     gw = _rest(api, [(upstream.url, 1)], timeout_ms=60000)
-    server = GunicornServer(app, tmp_path / "gunicorn.log", workers=1)
+    server = GunicornServer(app, tmp_path / "gunicorn.log", workers=1, options=GEVENT_OPTIONS)
     try:
         base = server.start()
         worker_pid = server.worker_pids()[0]
@@ -445,7 +465,11 @@ def test_logs_are_batched_off_the_request_path_and_flushed_on_graceful_exit(
     gw = _rest(api, [(a.url, 1)])
     # A flush interval far longer than the test: only the exit-time flush can write the rows.
     server = GunicornServer(
-        app, tmp_path / "gunicorn.log", workers=2, SWITCHBOARD_GATEWAY_LOG_FLUSH_INTERVAL="600"
+        app,
+        tmp_path / "gunicorn.log",
+        workers=2,
+        options=GEVENT_OPTIONS,
+        SWITCHBOARD_GATEWAY_LOG_FLUSH_INTERVAL="600",
     )
     headers = {"Authorization": f"Bearer {admin_key}"}
     try:

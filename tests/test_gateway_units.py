@@ -278,6 +278,39 @@ def test_a_clean_single_upstream_is_picked_locally_for_a_bounded_time(
     assert _pick(there, "int_plain", [B]) is None
 
 
+def test_a_burst_after_the_clean_cache_ends_costs_one_round_trip(r: redis.Redis) -> None:
+    """Twenty requests at once find the cache just expired: one asks Redis, the others keep
+    picking the clean upstream meanwhile."""
+    import threading
+
+    balancer = UpstreamBalancer(r, clean_cache_seconds=1.0)
+    assert balancer.pick("int_burst", [A]) == Pick(A, False)
+    time.sleep(1.05)  # past the cache's end
+    trips: list[int] = []
+    script = balancer._pick
+
+    def slow(*args: object, **kwargs: object) -> object:
+        trips.append(1)
+        time.sleep(0.2)
+        return script(*args, **kwargs)
+
+    balancer._pick = slow  # type: ignore[assignment]
+    barrier = threading.Barrier(20)
+    picks: list[object] = []
+
+    def one() -> None:
+        barrier.wait()
+        picks.append(balancer.pick("int_burst", [A]))
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert picks == [Pick(A, False)] * 20
+    assert len(trips) == 1
+
+
 def test_a_failure_reported_during_a_pick_keeps_it_from_being_cached(r: redis.Redis) -> None:
     balancer = UpstreamBalancer(r, failure_threshold=1, clean_cache_seconds=30)
     script = balancer._pick

@@ -369,3 +369,60 @@ def test_usage_hourly_buckets(r: redis.Redis) -> None:
         usage.read(r, "key_u", 0)
     with pytest.raises(ValueError):
         usage.read(r, "key_u", usage.MAX_HOURS + 1)
+
+
+def _slow_round_trips(limiter: RateLimiter, seconds: float) -> list[int]:
+    """Count the limiter's round trips and make each take ``seconds`` (a distant Redis), so
+    concurrent requests overlap them."""
+    calls: list[int] = []
+    script = limiter._script
+
+    def slow(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        time.sleep(seconds)
+        return script(*args, **kwargs)
+
+    limiter._script = slow  # type: ignore[assignment]
+    return calls
+
+
+def _burst(limiter: RateLimiter, key_id: str, limit: int, count: int) -> list[RateLimitDecision]:
+    """``count`` threads hitting ``key_id`` at the same moment."""
+    import threading
+
+    barrier = threading.Barrier(count)
+    decisions: list[RateLimitDecision] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        barrier.wait()
+        decision = limiter.hit(key_id, limit)
+        with lock:
+            decisions.append(decision)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return decisions
+
+
+def test_a_burst_renews_a_lease_with_one_round_trip_at_a_time(r: redis.Redis) -> None:
+    """Forty requests at once: one asks Redis while the others wait for its lease, instead of
+    forty round trips (the herd a gevent worker sends when an upstream answers them together)."""
+    limiter = RateLimiter(r, lease_seconds=5)
+    trips = _slow_round_trips(limiter, 0.05)
+    decisions = _burst(limiter, "key_burst", 1_000_000, 40)
+    assert len(decisions) == 40 and all(d.allowed for d in decisions)
+    assert len(trips) <= 8  # leases of 1, 2, 4, 8, 16, 32: six, a couple more if threads lag
+    counted = sum(_counted(r, limiter.key("key_burst")).values())
+    assert 40 <= counted < 40 + MAX_LEASE
+
+
+def test_a_burst_past_the_limit_is_still_exact_with_leases(r: redis.Redis) -> None:
+    limiter = RateLimiter(r, lease_seconds=5)
+    _slow_round_trips(limiter, 0.005)
+    decisions = _burst(limiter, "key_exact", 50, 80)
+    assert sum(d.allowed for d in decisions) == 50
+    assert sum(_counted(r, limiter.key("key_exact")).values()) == 50

@@ -29,7 +29,9 @@ Passive health (per pool and upstream URL, one Redis hash each):
 A pool of one upstream has no schedule to share, only health. Once a pick finds its upstream
 clean (no failures, not ejected, not on trial), this process picks it locally for
 ``clean_cache_seconds`` without asking Redis; a failure reported here ends that at once, and an
-ejection decided by another process is seen here within that bound.
+ejection decided by another process is seen here within that bound (plus one round trip: once
+the time is up, one request asks Redis again while the others of this process keep picking it
+locally, so a burst of concurrent requests costs one round trip, not one each).
 
 Every decision runs atomically in one Lua script (one round trip) on the Redis server's clock
 (``TIME``), so processes with drifting clocks agree. Every key carries a TTL: state untouched
@@ -258,7 +260,9 @@ class UpstreamBalancer:
         self._clean_until: dict[tuple[str, str], float] = {}
         # (pool, url) -> monotonic time of the last failure reported here
         self._failed_at: dict[tuple[str, str], float] = {}
-        self._local = threading.Lock()  # guards both dicts
+        # (pool, url) of clean one-upstream pools whose expired cache one request is renewing
+        self._refreshing: set[tuple[str, str]] = set()
+        self._local = threading.Lock()  # guards the three
         self._pick = redis.register_script(_PICK_LUA)
         self._failure = redis.register_script(_FAILURE_LUA)
         self._success = redis.register_script(_SUCCESS_LUA)
@@ -300,8 +304,31 @@ class UpstreamBalancer:
             return None
         only = upstreams[0] if len(upstreams) == 1 and not exclude else None
         asked = time.monotonic()
-        if only is not None and self._clean_until.get((pool_id, only.url), 0) > asked:
-            return Pick(only, False)
+        refreshing = None
+        if only is not None:
+            slot = (pool_id, only.url)
+            with self._local:
+                until = self._clean_until.get(slot, 0)
+                if until > asked or (until and slot in self._refreshing):
+                    return Pick(only, False)
+                if until:  # expired: this request asks Redis, the others wait for no one
+                    refreshing = slot
+                    self._refreshing.add(slot)
+        try:
+            return self._pick_in_redis(pool_id, upstreams, exclude, only, asked)
+        finally:
+            if refreshing is not None:
+                with self._local:
+                    self._refreshing.discard(refreshing)
+
+    def _pick_in_redis(
+        self,
+        pool_id: str,
+        upstreams: Sequence[Upstream],
+        exclude: Set[str],
+        only: Upstream | None,
+        asked: float,
+    ) -> Pick | None:
         keys = [self._key(pool_id, "wrr")]
         keys += [self.health_key(pool_id, u.url) for u in upstreams]
         keys += [self.trial_key(pool_id, u.url) for u in upstreams]

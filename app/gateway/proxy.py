@@ -4,7 +4,9 @@ Kong-like semantics: the caller's key and hop-by-hop headers never reach the ups
 request transformer runs (remove → rename → replace → add → append); upstream credentials come
 from the integration's config; ``X-Forwarded-*`` and the request id are added. Bodies stream
 both ways in 64 KiB chunks. Only idempotent requests whose body was not sent are retried, and
-only on a connection error or a 502/503/504, each time on another upstream.
+only on a connection error or a 502/503/504, each time on another upstream. An upstream whose
+connections are all busy (see ``app.gateway.capacity``) is never sent to: the request moves to
+another upstream, or is refused as saturated.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from flask import Request
 from urllib3 import Timeout
 from urllib3.exceptions import (
     ConnectTimeoutError,
+    EmptyPoolError,
     HTTPError,
     NewConnectionError,
     ProtocolError,
@@ -70,6 +73,13 @@ class UpstreamFailed(Exception):
         super().__init__(message)
         self.status = status
         self.upstream = upstream
+
+
+class UpstreamSaturated(UpstreamFailed):
+    """Every upstream that could take the request has all its connections busy."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__("upstream saturated: every connection to it is busy", 503, upstream)
 
 
 @dataclass
@@ -201,11 +211,13 @@ def send_with_retries(
     query: list[tuple[str, str]],
     body: CountingStream | None,
     timeout: float,
+    queue_seconds: float,
 ) -> ProxyAttempt:
     """Send to upstreams picked by the balancer until one answers (or retrying must stop).
 
     The request goes straight through the session's guarded urllib3 pool (keep-alive, the
-    SSRF guard on every new connection), without ``requests``' per-call overhead.
+    SSRF guard on every new connection), without ``requests``' per-call overhead. A pool with
+    no free connection for ``queue_seconds`` counts as saturated, not failed.
     """
     tried: set[str] = set()
     merged = _merge(headers, body)
@@ -229,7 +241,11 @@ def send_with_retries(
                 preload_content=False,
                 decode_content=False,
                 timeout=limits,
+                pool_timeout=queue_seconds,
             )
+        except EmptyPoolError:
+            last_error = UpstreamSaturated(upstream.url)  # nothing was sent: try another
+            continue
         except BlockedDestination as exc:
             reason = str(exc).rsplit(": ", 1)[-1]  # not the resolved address: that stays in logs
             raise UpstreamFailed(
@@ -256,7 +272,7 @@ def send_with_retries(
             balancer.report_failure(pool_id, upstream, probe=picked.probe)
             retryable = response.status in RETRY_STATUSES and may_retry
             if retryable and (body is None or body.sent == 0) and len(tried) < len(upstreams):
-                response.close()
+                discard(response)
                 last_error = UpstreamFailed(
                     f"upstream answered {response.status}", response.status, upstream.url
                 )
@@ -284,7 +300,15 @@ def stream_body(response: BaseHTTPResponse, on_chunk: Any) -> Iterator[bytes]:
             on_chunk(chunk)
             yield chunk
     finally:
-        response.close()
+        discard(response)
+
+
+def discard(response: BaseHTTPResponse) -> None:
+    """Close ``response`` and give its pool slot back: the connection if the body was read to
+    its end (already back then), else a closed one that the pool reopens when next needed. (A
+    closed response alone keeps its slot, and a blocking pool would run out of them.)"""
+    response.close()
+    response.release_conn()
 
 
 def elapsed_ms(started: float) -> float:

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
 import peewee
 import redis
-from flask import Response, current_app, g, has_app_context, request, stream_with_context
+from flask import Flask, Response, current_app, g, has_app_context, request, stream_with_context
 from flask.typing import ResponseReturnValue
 
 from app.auth.access import current_tenant_id
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import TokenUnavailable
 from app.gateway.balancer import Upstream, gateway_balancer
+from app.gateway.capacity import bound_client_waits, gateway_session, in_flight
 from app.gateway.logwriter import gateway_log_writer
 from app.gateway.proxy import (
     LOGGED_BODY_BYTES,
     AllUpstreamsDown,
     CountingStream,
     UpstreamFailed,
+    UpstreamSaturated,
+    discard,
     elapsed_ms,
     outgoing_headers,
     redact_text,
@@ -33,8 +37,8 @@ from app.gateway.proxy import (
 from app.limits.enforce import usage_buffer
 from app.metrics import instruments as metrics
 from app.oauth.tokens import access_token
-from app.outbound.session import outbound_session
-from app.store.db import database
+from app.outbound.session import allowed_networks
+from app.store.db import database, release_connection
 from app.store.models import Integration
 from app.web.api import Blueprint
 from app.web.problems import Problem
@@ -132,18 +136,56 @@ def _log(row: Integration, status: str, data: dict[str, Any], error: str | None,
 @blp.problem(404, "No such rest integration")
 @blp.problem(409, "The integration is inactive")
 @blp.problem(502, "The upstream failed or could not be reached, or its OAuth2 token is gone")
-@blp.problem(503, "Every upstream is ejected, Redis is unavailable, or a token refresh failed")
+@blp.problem(
+    503,
+    "Every upstream is ejected, Redis is unavailable, a token refresh failed, or the upstream "
+    "or the integration is at its concurrency limit (with `Retry-After`)",
+)
 @blp.problem(504, "The upstream did not answer in time")
 def proxy(integration_id: str, path: str) -> ResponseReturnValue:
     """Proxy a request to the integration's upstreams."""
-    from plugins.rest import build_auth_headers, oauth_integration_id
-
     started = time.perf_counter()
     try:
         path = safe_path(path)
     except ValueError as exc:
         raise Problem(400, f"Invalid gateway path: {exc}.") from exc
     row, config = _rest_integration(integration_id)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    counter = in_flight(app)
+    if not counter.enter(row.id):
+        metrics.gateway_refused(row.id, "in_flight_limit")
+        raise Problem(
+            503,
+            f"This integration has {counter.limit} requests in flight here, its limit "
+            "(SWITCHBOARD_GATEWAY_MAX_IN_FLIGHT); retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+    timeout = float(config.get("timeout_ms", 10000)) / 1000
+    waits = bound_client_waits(request.environ, timeout)
+
+    def done() -> None:
+        counter.leave(row.id)
+        waits.restore()
+
+    try:
+        return _forward(app, row, config, path, timeout, started, done)
+    except BaseException:
+        done()  # no answer to stream: the request ends here
+        raise
+
+
+def _forward(  # noqa: PLR0915 - one request's life, step by step
+    app: Flask,
+    row: Integration,
+    config: dict[str, Any],
+    path: str,
+    timeout: float,
+    started: float,
+    done: Callable[[], None],
+) -> ResponseReturnValue:
+    """Send the request upstream and stream the answer back; ``done`` runs once it ended."""
+    from plugins.rest import build_auth_headers, oauth_integration_id
+
     weights: dict[str, int] = {}  # the same URL listed twice is one upstream, weights added
     for upstream in config["upstreams"]:
         weights[upstream["url"]] = weights.get(upstream["url"], 0) + int(upstream.get("weight", 1))
@@ -162,12 +204,12 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
         else None
     )
     record: dict[str, Any] = {"method": request.method, "path": "/" + path}
-    timeout = float(config.get("timeout_ms", 10000)) / 1000
+    release_connection()  # the upstream call may be long: the database is not needed there
     sent = time.perf_counter()
 
     def send(headers: list[tuple[str, str]]) -> Any:
         return send_with_retries(
-            session=outbound_session(),
+            session=gateway_session(app, allowed_networks()),
             balancer=gateway_balancer(),
             pool_id=row.id,
             upstreams=upstreams,
@@ -177,18 +219,29 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
             query=query,
             body=body,
             timeout=timeout,
+            queue_seconds=float(app.config["GATEWAY_QUEUE_SECONDS"]),
         )
 
     try:
         attempt = send(headers)
         if attempt.response.status == 401 and oauth_integration_id(config) and body is None:
             # The provider revoked or expired the token early: refresh once (forced) and retry.
-            attempt.response.close()
+            discard(attempt.response)
             rejected = credentials["Authorization"].removeprefix("Bearer ")
             credentials = _credentials(build_auth_headers, row, config, rejected)
             headers, query = outgoing_headers(request, config, credentials, g.request_id)
             attempt = send(headers)
             record["token_refreshed"] = True
+    except UpstreamSaturated as exc:
+        record["upstream"] = exc.upstream
+        metrics.gateway_refused(row.id, "upstream_saturated")
+        metrics.gateway_request(row.id, exc.upstream, 503, None)
+        _log(row, "error", record, str(exc), elapsed_ms(started))
+        raise Problem(
+            503,
+            "Upstream saturated: every connection to it is busy; retry shortly.",
+            headers={"Retry-After": "1"},
+        ) from exc
     except AllUpstreamsDown as exc:
         metrics.gateway_request(row.id, None, 503, None)
         _log(row, "error", record, str(exc), elapsed_ms(started))
@@ -220,7 +273,6 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
         if log_bodies and len(kept) < LOGGED_BODY_BYTES:
             kept.extend(chunk[: LOGGED_BODY_BYTES - len(kept)])
 
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
     streamed, finished = False, False
 
     def finish() -> None:
@@ -229,12 +281,13 @@ def proxy(integration_id: str, path: str) -> ResponseReturnValue:
         if finished:
             return
         finished = True
+        done()
         if not streamed:  # the server sent no body: HEAD, 204, 304, or a client gone early
             if request_method == "HEAD" or upstream_response.status in (204, 304):
                 upstream_response.drain_conn()  # nothing to read: keep the connection
                 upstream_response.release_conn()
             else:
-                upstream_response.close()
+                discard(upstream_response)
         record["bytes_in"] = body.sent if body else 0
         if log_bodies:
             record["request_body"] = (

@@ -42,6 +42,10 @@ BUCKETS = 60
 LEASE_SHARE = 64
 #: The most requests one lease covers.
 MAX_LEASE = 64
+#: With leases, a request whose key's lease is being renewed by another request of this process
+#: waits for that round trip (at most this long) rather than making its own: a burst of
+#: concurrent requests costs one round trip, not one each.
+FLIGHT_WAIT_SECONDS = 1.0
 
 # KEYS[1]  hash: slice number -> requests admitted in that slice
 # KEYS[2]  a key read along (the caller's cache epoch, see ``hit(watch=…)``); may not exist
@@ -271,6 +275,9 @@ class RateLimiter:
         self._slice_us = -(-window_seconds * _MICROS // BUCKETS)
         self._script = redis.register_script(_SLIDING_WINDOW_LUA)
         self._leases: dict[str, _Lease] = {}
+        # key id -> set once the round trip under way for it (renewing its lease) is back
+        self._flights: dict[str, threading.Event] = {}
+        self._owed: dict[str, tuple[int, int]] = {}  # key id -> (unused, slice) to give back
         self._lock = threading.Lock()
         self._generation = 0  # moved by forget_leases: a grant from before it is not kept
 
@@ -311,12 +318,49 @@ class RateLimiter:
         if limit < 1 or (shared is not None and shared.limit < 1):
             raise ValueError("limit must be >= 1")
         wanted, back, back_slice, generation = 1, 0, 0, 0
+        flight: threading.Event | None = None
         if self.lease_seconds:
-            leased, wanted, back, back_slice, generation = self._from_lease(
-                key_id, limit, shared, expect
+            deadline = time.monotonic() + FLIGHT_WAIT_SECONDS
+            while True:
+                leased, wanted, back, back_slice, generation = self._from_lease(
+                    key_id, limit, shared, expect
+                )
+                if leased is not None:
+                    return leased
+                with self._lock:
+                    if back:  # only this caller may give these back: the next round trip will
+                        owed = self._owed.get(key_id, (0, back_slice))
+                        self._owed[key_id] = (owed[0] + back, back_slice)
+                    other = self._flights.get(key_id)
+                    if other is None or time.monotonic() > deadline:
+                        flight = self._flights[key_id] = threading.Event()
+                        back, back_slice = self._owed.pop(key_id, (0, 0))
+                        break
+                other.wait(max(0.0, deadline - time.monotonic()))
+        try:
+            return self._ask_redis(
+                key_id, limit, shared, watch, expect, wanted, back, back_slice, generation
             )
-            if leased is not None:
-                return leased
+        finally:
+            if flight is not None:
+                with self._lock:
+                    if self._flights.get(key_id) is flight:
+                        del self._flights[key_id]
+                flight.set()
+
+    def _ask_redis(
+        self,
+        key_id: str,
+        limit: int,
+        shared: SharedLimit | None,
+        watch: str | None,
+        expect: str | None,
+        wanted: int,
+        back: int,
+        back_slice: int,
+        generation: int,
+    ) -> RateLimitDecision:
+        """One round trip: count this request (and ``wanted - 1`` ahead, kept as a lease)."""
         asked = time.monotonic()
         reply = self._script(
             keys=[

@@ -133,6 +133,13 @@ GATEWAY_EJECTIONS = Counter(
     ["integration", "upstream"],
     registry=REGISTRY,
 )
+GATEWAY_REFUSED = Counter(
+    "switchboard_gateway_refused_total",
+    "Gateway requests refused with 503 for capacity, by integration id and reason "
+    "(upstream_saturated|in_flight_limit).",
+    ["integration", "reason"],
+    registry=REGISTRY,
+)
 OAUTH_REFRESHES = Counter(
     "switchboard_oauth_refreshes_total",
     "OAuth2 token refreshes by outcome (success|failure).",
@@ -212,6 +219,11 @@ def gateway_request(
 def gateway_ejection(integration_id: str, upstream: str) -> None:
     """Passive health checks ejected an upstream."""
     GATEWAY_EJECTIONS.labels(_integration_label(integration_id), _upstream_label(upstream)).inc()
+
+
+def gateway_refused(integration_id: str, reason: str) -> None:
+    """A gateway request was refused for capacity (``upstream_saturated``, ``in_flight_limit``)."""
+    GATEWAY_REFUSED.labels(_integration_label(integration_id), reason).inc()
 
 
 def oauth_refresh(success: bool) -> None:

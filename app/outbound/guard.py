@@ -334,6 +334,7 @@ class GuardedSession(requests.Session):
         allowed_networks: NetworksLike = (),
         *,
         pool_maxsize: int = 32,
+        pool_block: bool = False,
         default_timeout: Timeout = (3.05, 30),
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -342,7 +343,11 @@ class GuardedSession(requests.Session):
         self.default_timeout = default_timeout
         self.allowed_networks = parse_networks(allowed_networks)
         adapter = self.guarded_adapter = GuardedAdapter(
-            self.allowed_networks, ssl_context, pool_maxsize=pool_maxsize
+            self.allowed_networks,
+            ssl_context,
+            pool_connections=max(10, pool_maxsize),
+            pool_maxsize=pool_maxsize,
+            pool_block=pool_block,
         )
         self.mount("http://", adapter)
         self.mount("https://", adapter)
@@ -371,15 +376,19 @@ def make_session(
     allowed_networks: NetworksLike = (),
     *,
     pool_maxsize: int = 32,
+    pool_block: bool = False,
     user_agent: str | None = None,
     default_timeout: Timeout = (3.05, 30),
     ssl_context: ssl.SSLContext | None = None,
 ) -> GuardedSession:
     """Build the guarded session used for every outbound HTTP call (``ssl_context``: see
-    :class:`GuardedAdapter`)."""
+    :class:`GuardedAdapter`). ``pool_maxsize`` connections are kept per host; with
+    ``pool_block`` they are also the most a host gets at once (a caller waits for one, up to
+    urllib3's ``pool_timeout``), else more are opened and closed after use."""
     session = GuardedSession(
         allowed_networks,
         pool_maxsize=pool_maxsize,
+        pool_block=pool_block,
         default_timeout=default_timeout,
         ssl_context=ssl_context,
     )

