@@ -532,6 +532,27 @@ SETTINGS: tuple[Setting, ...] = (
         "an integer from 1 to 1000000 (stream entries)",
     ),
     Setting(
+        "STREAM_CLIENT_BUFFER_BYTES",
+        "SWITCHBOARD_STREAM_CLIENT_BUFFER_BYTES",
+        "1048576",
+        _integer(1024, 1 << 30),
+        "an integer of bytes from 1024 to 1073741824",
+    ),
+    Setting(
+        "STREAM_MAX_PER_KEY",
+        "SWITCHBOARD_STREAM_MAX_PER_KEY",
+        "20",
+        _integer(1, 1_000_000),
+        "an integer from 1 to 1000000 (open streams of one API key, across processes)",
+    ),
+    Setting(
+        "STREAM_MAX_PER_USER",
+        "SWITCHBOARD_STREAM_MAX_PER_USER",
+        "50",
+        _integer(1, 1_000_000),
+        "an integer from 1 to 1000000 (open streams of one user's keys, across processes)",
+    ),
+    Setting(
         "STREAM_MAX_CLIENTS",
         "SWITCHBOARD_STREAM_MAX_CLIENTS",
         "1000",

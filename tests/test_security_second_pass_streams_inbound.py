@@ -3,6 +3,9 @@ unauthenticated inbound endpoint (throttled, aggregated rejections), through rea
 
 from __future__ import annotations
 
+import json
+import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,7 +14,7 @@ import pytest
 import requests
 
 from app.store.models import User
-from tests.conftest import ApiClient, make_key
+from tests.conftest import ApiClient, make_key, make_user
 from tests.peers import GunicornServer
 from tests.sse import SSEClient
 
@@ -20,7 +23,14 @@ from tests.sse import SSEClient
 def stream_base(app: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The stream service as deployed: gunicorn with a gevent worker."""
     log = tmp_path_factory.mktemp("stream") / "gunicorn.log"
-    server = GunicornServer(app, log, SWITCHBOARD_STREAM_HEARTBEAT="0.3")
+    server = GunicornServer(
+        app,
+        log,
+        SWITCHBOARD_STREAM_HEARTBEAT="0.3",
+        SWITCHBOARD_STREAM_MAX_PER_KEY="3",
+        SWITCHBOARD_STREAM_MAX_PER_USER="4",
+        SWITCHBOARD_STREAM_CLIENT_BUFFER_BYTES="65536",
+    )
     server.command[1:1] = ["-k", "gevent", "--worker-connections", "200"]
     yield server.start()
     server.stop()
@@ -86,3 +96,84 @@ def test_a_stream_on_the_old_secret_closes_when_its_grace_period_ends(
     )
     assert res.status_code == 200
     assert "grace period is over" in _closed(client, timeout=20)
+
+
+def test_one_key_and_one_user_hold_a_bounded_number_of_streams(
+    stream_base: str, app: Any, admin_user: User
+) -> None:
+    url = f"{stream_base}/api/v1/stream"
+    first, second = (make_key(app, admin_user, ["logs:read"], name=n) for n in ("a", "b"))
+    someone_else = make_key(app, make_user(app, "m@example.com"), ["logs:read"])
+    held = [SSEClient(url, _auth(first)) for _ in range(3)]
+    assert [c.status for c in held] == [200] * 3
+    refused = requests.get(url, headers=_auth(first), timeout=10)
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    assert "key already holds its maximum of 3" in refused.json()["detail"]
+    token = requests.post(f"{url}/tokens", headers=_auth(first), timeout=10).json()
+    assert requests.get(token["url"], timeout=10).status_code == 429  # tokens count the same
+
+    held.append(SSEClient(url, _auth(second)))  # the user's fourth stream, on another key
+    assert held[-1].status == 200
+    refused = requests.get(url, headers=_auth(second), timeout=10)
+    assert refused.status_code == 429 and "user already holds" in refused.json()["detail"]
+    other = SSEClient(url, _auth(someone_else))  # other users are not held back
+    assert other.status == 200
+
+    held.pop(0).close()  # a slot comes back when its stream closes
+    reopened: list[SSEClient] = []
+
+    def reopen() -> bool:
+        attempt = SSEClient(url, _auth(first))
+        if attempt.status == 200:
+            reopened.append(attempt)
+        return attempt.status == 200
+
+    _wait_until(reopen)
+    for client in held + reopened + [other]:
+        client.close()
+
+
+def _metric(base: str, sample: str) -> float:
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(sample)]
+    return sum(values)
+
+
+def test_a_client_that_stops_reading_is_dropped_with_a_gap_notice(
+    stream_base: str, api: ApiClient, admin_key: str
+) -> None:
+    assert api.post("/api/v1/event-types", json={"name": "big.thing"}).status_code == 201
+    dropped = 'switchboard_stream_connections_total{phase="dropped",reason="slow"}'
+    before = _metric(stream_base, dropped)
+    host, port = stream_base.split("//")[1].split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing, holds little
+    sock.connect((host, int(port)))
+    sock.sendall(
+        f"GET /api/v1/stream?types=event.published HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {admin_key}\r\n\r\n".encode()
+    )
+    deadline = time.monotonic() + 60
+    published = 0
+    while _metric(stream_base, dropped) <= before:  # 200 KB events until the server gives up
+        assert time.monotonic() < deadline and published < 400, "never dropped"
+        for _ in range(5):
+            res = api.post(
+                "/api/v1/events", json={"type": "big.thing", "data": {"x": "y" * 200_000}}
+            )
+            assert res.status_code == 202
+            published += 1
+    sock.settimeout(10)
+    received = b""
+    while chunk := sock.recv(1 << 20):
+        received += chunk
+    sock.close()
+    messages = received.split(b"\r\n\r\n", 1)[1].decode(errors="replace")
+    ids = re.findall(r"^id: (\S+)$", messages, re.MULTILINE)
+    assert ids and len(ids) < published
+    notice = messages.rsplit("event: stream.gap\ndata: ", 1)[1]
+    assert json.loads(re.split(r"\r?\n", notice)[0]) == {
+        "last_event_id": ids[-1],  # resume from here with Last-Event-ID: nothing is lost
+        "reason": "slow_client",
+    }

@@ -22,6 +22,7 @@ from app.stream.hub import get_hub
 from app.stream.schemas import StreamArgsSchema, StreamTokenSchema
 from app.stream.serving import cooperative
 from app.stream.session import Filters, StreamSession
+from app.stream.slots import claim
 from app.web.api import Blueprint
 from app.web.problems import Problem
 
@@ -81,7 +82,7 @@ def _resume_point(args: dict[str, Any]) -> str | None:
 )
 @blp.problem(400, "Malformed Last-Event-ID or filter")
 @blp.problem(401, "Missing, invalid, used or expired key or token")
-@blp.problem(429, "Rate limit exceeded")
+@blp.problem(429, "Rate limit exceeded, or the key or its owner holds its maximum of streams")
 @blp.problem(503, "This process serves its maximum number of streams; retry")
 def stream(args: dict[str, Any]) -> ResponseReturnValue:
     """Open the live stream (Server-Sent Events)."""
@@ -103,12 +104,21 @@ def stream(args: dict[str, Any]) -> ResponseReturnValue:
         args.get("integration_id"),
         args.get("webhook_id"),
     )
+    slot = claim(
+        hub.client,
+        principal.key.id,
+        principal.user.id if principal.user is not None else None,
+        current_app.config["STREAM_MAX_PER_KEY"],
+        current_app.config["STREAM_MAX_PER_USER"],
+    )
     if not database.is_closed():
         database.close()  # a stream lives long: it must not keep a database connection
     session = StreamSession(
         app, hub, principal, secret_prefix, filters, current_app.config["STREAM_HEARTBEAT"]
     )
-    subscriber, start_after = hub.subscribe(request.environ.get("gunicorn.socket"), session.visible)
+    subscriber, start_after = hub.subscribe(
+        request.environ.get("gunicorn.socket"), session.visible, slot
+    )
     metrics.stream_connection("opened")
     response = Response(
         stream_with_context(session.run(subscriber, start_after, last_event_id)),

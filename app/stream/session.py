@@ -6,6 +6,9 @@ already sent are skipped — so a reconnect sees no gap and no duplicate. When t
 older than what retention kept, or than the stream itself (Redis restarted empty since), a
 ``stream.gap`` event says so before the rest.
 
+A client that fell too far behind (see :mod:`app.stream.hub`) gets a ``stream.gap`` notice
+with ``reason: slow_client`` and the id to resume from, and its stream ends.
+
 Every entry is checked against the key's scopes and the client's filters before it is sent.
 When the auth epoch moves (a key was revoked, rotated, changed), or the key's expiry or the
 grace period of the secret the stream was opened with passes, the key is loaded again: a key,
@@ -138,6 +141,7 @@ class StreamSession:
                 entries = subscriber.take(self.heartbeat)
                 if subscriber.dropped:
                     reason = "slow"
+                    yield _control("stream.gap", {"last_event_id": sent, "reason": "slow_client"})
                     return
                 closed = self._still_allowed()  # before anything more is sent, busy or idle
                 if closed is not None:
