@@ -532,6 +532,20 @@ SETTINGS: tuple[Setting, ...] = (
         "an integer from 1 to 1000000 (stream entries)",
     ),
     Setting(
+        "INBOUND_REJECTIONS_PER_MINUTE",
+        "SWITCHBOARD_INBOUND_REJECTIONS_PER_MINUTE",
+        "30",
+        _integer(1, 1_000_000),
+        "an integer from 1 to 1000000 (rejected inbound requests per integration and address)",
+    ),
+    Setting(
+        "INBOUND_REJECTION_LOG_INTERVAL",
+        "SWITCHBOARD_INBOUND_REJECTION_LOG_INTERVAL",
+        "60",
+        _integer(1, 86400),
+        "an integer of seconds from 1 to 86400",
+    ),
+    Setting(
         "STREAM_CLIENT_BUFFER_BYTES",
         "SWITCHBOARD_STREAM_CLIENT_BUFFER_BYTES",
         "1048576",

@@ -3,18 +3,29 @@ unauthenticated inbound endpoint (throttled, aggregated rejections), through rea
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 import requests
 
 from app.store.models import User
-from tests.conftest import ApiClient, make_key, make_user
+from app.stream.publish import STREAM_KEY
+from tests.conftest import (
+    ApiClient,
+    create_github_integration,
+    make_key,
+    make_user,
+    session_redis_url,
+)
 from tests.peers import GunicornServer
 from tests.sse import SSEClient
 
@@ -177,3 +188,61 @@ def test_a_client_that_stops_reading_is_dropped_with_a_gap_notice(
         "last_event_id": ids[-1],  # resume from here with Last-Event-ID: nothing is lost
         "reason": "slow_client",
     }
+
+
+def _github_post(client: Any, integration_id: str, secret: str, address: str) -> Any:
+    body = json.dumps({"action": "completed", "n": uuid.uuid4().hex}).encode()
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return client.post(
+        f"/api/v1/inbound/{integration_id}",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "ping",
+            "X-GitHub-Delivery": str(uuid.uuid4()),
+            "X-Hub-Signature-256": signature,
+        },
+        environ_base={"REMOTE_ADDR": address},
+    )
+
+
+def test_rejected_inbound_requests_are_throttled_and_logged_once_per_interval(
+    app: Any,
+    api: ApiClient,
+    client: Any,
+    worker: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(app.config, "INBOUND_REJECTIONS_PER_MINUTE", 5)
+    monkeypatch.setitem(app.config, "INBOUND_REJECTION_LOG_INTERVAL", 3)
+    secret = "s" * 24
+    integration = create_github_integration(api, secret)
+    iid = integration["id"]
+    stream = redis.Redis.from_url(session_redis_url())
+    entries_before = stream.xlen(STREAM_KEY)
+
+    answers = [_github_post(client, iid, "wrong" * 5, "10.0.0.1") for _ in range(12)]
+    assert [a.status_code for a in answers] == [401] * 5 + [429] * 7
+    assert 0 < int(answers[-1].headers["Retry-After"]) <= 60
+    assert answers[-1].mimetype == "application/problem+json"
+    # A valid delivery is never throttled: not from that address, nor from another.
+    assert _github_post(client, iid, secret, "10.0.0.1").status_code == 200
+    assert _github_post(client, iid, secret, "10.0.0.2").status_code == 200
+    assert _github_post(client, iid, "wrong" * 5, "10.0.0.2").status_code == 401  # not 429
+
+    def rows(event_type: str) -> list[dict[str, Any]]:
+        query = {"event_type": event_type, "limit": 100}
+        return list(api.get(f"/api/v1/integrations/{iid}/logs", query_string=query).json["items"])
+
+    assert rows("inbound.request") and all(
+        r["status"] == "success" for r in rows("inbound.request")
+    )
+    _wait_until(lambda: sum(r["event_data"]["count"] for r in rows("inbound.rejected")) == 13)
+    summaries = rows("inbound.rejected")
+    assert len(summaries) <= 3  # one per 3-second interval, not one per request
+    assert {reason for r in summaries for reason in r["event_data"]["reasons"]} == {"rejected"}
+    assert all(r["status"] == "error" and "rejected" in r["error_message"] for r in summaries)
+    published = stream.xlen(STREAM_KEY) - entries_before  # events, logs: a few, not 13 more
+    assert published < 13
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'switchboard_inbound_rejections_total{reason="rejected"}' in metrics

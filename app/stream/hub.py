@@ -14,6 +14,8 @@ its clients.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import socket
@@ -162,6 +164,7 @@ class Hub:
         self.buffer_limit = buffer_limit
         self.drop_grace = drop_grace
         self.read_count = READ_COUNT
+        self._freed = False  # buffers were let go since memory was last handed back
         self.subscribers: set[Subscriber] = set()
         self.lock = threading.Lock()
         self.last_id = "0-0"
@@ -188,6 +191,7 @@ class Hub:
         """Forget a client and give its stream slot back."""
         with self.lock:
             self.subscribers.discard(subscriber)
+            self._freed = True
         if subscriber.slot is not None:
             release(self.client, subscriber.slot)
 
@@ -244,9 +248,30 @@ class Hub:
             subscribers = list(self.subscribers)
         for subscriber in subscribers:
             subscriber.shut_down_if_stuck(now)
+        if self._freed or any(s.dropped for s in subscribers):
+            self._freed = False
+            return_memory()
         slots = [s.slot for s in subscribers if s.slot is not None]
         if renew_slots and slots:
             renew(self.client, slots)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_trim = _malloc_trim()
+
+
+def return_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc keeps them otherwise: buffers of
+    large entries, once let go, would leave the process at its peak size)."""
+    if _trim is not None:
+        _trim(0)
 
 
 _hub_lock = threading.Lock()
