@@ -464,3 +464,56 @@ def test_logs_are_batched_off_the_request_path_and_flushed_on_graceful_exit(
         f"/n{n}" for n in range(120)
     )
     assert "Traceback" not in (tmp_path / "gunicorn.log").read_text()
+
+
+def test_risky_upstream_headers_stay_off_the_api_origin(api):
+    """Cookies and CORS headers from an upstream are dropped (cookies may be allowed), Location
+    is rewritten into the gateway or dropped, nosniff is added, and "//" reaches the upstream."""
+
+    def respond(req, n):
+        locations = {
+            "/base/inside": None,  # filled below: an absolute URL inside the upstream
+            "/base/relative": "/base/items/3",
+            "/base/outside": "https://evil.example/steal",
+            "/base/sibling": "/elsewhere",
+        }
+        headers = {
+            "Content-Type": "text/plain",
+            "Set-Cookie": "sb_session=planted; Path=/",
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Allow-Credentials": "true",
+            "X-Content-Type-Options": "whatever",
+        }
+        path = req.path.split("?")[0]
+        location = f"{upstream.url}/base/items/2?x=1" if path == "/base/inside" else None
+        location = location or locations.get(path)
+        if location:
+            headers["Location"] = location
+        return (302 if location else 200), headers, b"ok"
+
+    upstream = Receiver(respond)
+    try:
+        integration = _rest(api, [(upstream.url + "/base", 1)])
+        gateway = f"/api/v1/gateway/{integration['id']}"
+        answer = api.get(f"{gateway}/inside", headers={"Origin": "https://evil.example"})
+        assert answer.status_code == 302
+        assert answer.headers["Location"] == f"{gateway}/items/2?x=1"
+        assert "Set-Cookie" not in answer.headers
+        assert not [h for h in answer.headers.keys() if h.lower().startswith("access-control")]
+        assert answer.headers.getlist("X-Content-Type-Options") == ["nosniff"]
+        assert api.get(f"{gateway}/relative").headers["Location"] == f"{gateway}/items/3"
+        for elsewhere in ("outside", "sibling"):
+            answer = api.get(f"{gateway}/{elsewhere}")
+            assert answer.status_code == 302 and "Location" not in answer.headers
+
+        for path, upstream_path in (("a//b", "/base/a//b"), ("/x", "/base//x")):
+            answer = api.get(f"{gateway}/{path}")
+            assert answer.status_code == 200, (path, answer.status_code, answer.data[:200])
+            assert upstream.requests[-1].path == upstream_path
+
+        allowing = _rest(api, [(upstream.url + "/base", 1)], allow_cookies=True)
+        answer = api.get(f"/api/v1/gateway/{allowing['id']}/plain")
+        assert answer.headers["Set-Cookie"] == "sb_session=planted; Path=/"
+        assert "Access-Control-Allow-Origin" not in answer.headers
+    finally:
+        upstream.close()

@@ -183,7 +183,7 @@ _PATH_SAFE = "/!$&'()*+,;=:@"
 
 def upstream_url(base: str, path: str, query: list[tuple[str, str]]) -> str:
     """``base`` + the percent-encoded ``path`` + the encoded ``query``."""
-    url = base.rstrip("/") + "/" + quote(path.lstrip("/"), safe=_PATH_SAFE)
+    url = base.rstrip("/") + "/" + quote(path, safe=_PATH_SAFE)  # "//" stays: the client's
     if query:
         url += "?" + urlencode(query)
     return url
