@@ -34,12 +34,12 @@ from app.gateway.proxy import (
     UpstreamFailed,
     elapsed_ms,
     outgoing_headers,
-    redact_text,
     safe_path,
     send_with_retries,
     stream_body,
     upstream_url,
 )
+from app.gateway.redaction import redact_text
 from app.limits.enforce import usage_buffer
 from app.metrics import instruments as metrics
 from app.oauth.tokens import access_token
