@@ -100,9 +100,10 @@ class EventErasureSchema(ma.Schema):
         required=True,
         keys=ma.fields.String(validate=ma.validate.Length(min=1, max=200)),
         metadata={
+            "minProperties": 1,
             "description": "Dotted paths in the body and the value each must equal, e.g. "
             '`{"data.customer.email": "ann@example.com"}` (all must match; an array holding '
-            "the value matches)"
+            "the value matches)",
         },
     )
     since = UTCDateTime(

@@ -26,6 +26,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
 from app.web import problems
+from app.web.constraints import nul_free_strings
 from app.web.dumping import accelerate
 from app.web.hygiene import parse_json_body
 
@@ -76,16 +77,46 @@ class PathNulPlugin(BasePlugin):
                 }
 
 
+class RequestLimitsPlugin(BasePlugin):
+    """Documents what any request may get before it reaches an operation: 414 for an over-long
+    URL, 431 for oversized headers (``app.web.gunicorn_conf``)."""
+
+    def operation_helper(
+        self, path: str | None = None, operations: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        for operation in (operations or {}).values():
+            responses = operation.setdefault("responses", {})
+            for status, description in (
+                ("414", "The URL is too long"),
+                ("431", "The request's header fields are too large"),
+            ):
+                responses.setdefault(
+                    status,
+                    {
+                        "description": description,
+                        "content": {PROBLEM_CONTENT_TYPE: {"schema": ProblemSchema}},
+                    },
+                )
+
+
+class ConstrainedMarshmallowPlugin(MarshmallowPlugin):
+    """apispec's marshmallow plugin, publishing that no string may hold NUL."""
+
+    def init_spec(self, spec: Any) -> None:
+        super().init_spec(spec)
+        assert self.converter is not None
+        self.converter.add_attribute_function(nul_free_strings)
+
+
 class Api(_Api):
     """flask-smorest ``Api`` answering and documenting errors as problem+json."""
 
     ERROR_SCHEMA = ProblemSchema
 
     def __init__(self, app: Any = None) -> None:
-        plugin = MarshmallowPlugin(schema_name_resolver=schema_name)
-        super().__init__(
-            app, spec_kwargs={"marshmallow_plugin": plugin, "extra_plugins": [PathNulPlugin()]}
-        )
+        plugin = ConstrainedMarshmallowPlugin(schema_name_resolver=schema_name)
+        extra = [PathNulPlugin(), RequestLimitsPlugin()]
+        super().__init__(app, spec_kwargs={"marshmallow_plugin": plugin, "extra_plugins": extra})
 
     def handle_http_exception(self, error):
         return problems.handle_http_exception(error)
