@@ -35,7 +35,26 @@ class AlertRuleSchema(ma.Schema):
             '"action": "send_message", "input": {…}}` runs a connector action, `input` '
             "rendered from `{{alert.text}}`, `{{alert.summary}}`, `{{alert.subject}}`, "
             "`{{alert.status}}`, `{{alert.rule}}`, `{{alert.details.…}}` (default "
-            '`{"text": "{{alert.text}}"}`).'
+            '`{"text": "{{alert.text}}"}`).',
+            "oneOf": [
+                {
+                    "type": "object",
+                    "properties": {"type": {"const": "webhook"}},
+                    "required": ["type"],
+                    "additionalProperties": False,
+                },
+                {
+                    "type": "object",
+                    "properties": {
+                        "type": {"const": "action"},
+                        "integration_id": {"type": "string", "maxLength": 40},
+                        "action": {"type": "string", "maxLength": 200},
+                        "input": {"type": "object"},
+                    },
+                    "required": ["type", "integration_id", "action"],
+                    "additionalProperties": False,
+                },
+            ],
         },
     )
     cooldown_seconds = ma.fields.Integer(

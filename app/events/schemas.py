@@ -7,6 +7,7 @@ from typing import Any
 import marshmallow as ma
 
 from app.web.api import UTCDateTime
+from app.web.constraints import NUL_FREE
 from app.web.keyset import KeysetArgsSchema, keyset_page_schema
 
 EVENT_TYPE_NAME = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
@@ -101,6 +102,11 @@ class EventErasureSchema(ma.Schema):
         keys=ma.fields.String(validate=ma.validate.Length(min=1, max=200)),
         metadata={
             "minProperties": 1,
+            "additionalProperties": {
+                "type": ["string", "number", "boolean", "null"],
+                "pattern": NUL_FREE,
+            },
+            "propertyNames": {"minLength": 1, "maxLength": 200},
             "description": "Dotted paths in the body and the value each must equal, e.g. "
             '`{"data.customer.email": "ann@example.com"}` (all must match; an array holding '
             "the value matches)",

@@ -74,8 +74,21 @@ def _resume_point(args: dict[str, Any]) -> str | None:
     "retention window; `: heartbeat` comments keep idle connections open.",
     responses={
         "200": {
-            "description": "An endless `text/event-stream`",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "An endless `text/event-stream`: each message has an `event` name, "
+            "`data` (JSON text) and, for entries, an `id` to resume from",
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "event": {"type": "string"},
+                            "data": {"type": "string"},
+                            "id": {"type": "string"},
+                            "retry": {"type": "integer"},
+                        },
+                    }
+                }
+            },
         },
         "307": {"description": "Streams are served by the stream service at `Location`"},
     },

@@ -26,7 +26,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
 from app.web import problems
-from app.web.constraints import nul_free_strings
+from app.web.constraints import dict_key_constraints, nul_free_strings
 from app.web.dumping import accelerate
 from app.web.hygiene import parse_json_body
 
@@ -106,6 +106,19 @@ class ConstrainedMarshmallowPlugin(MarshmallowPlugin):
         super().init_spec(spec)
         assert self.converter is not None
         self.converter.add_attribute_function(nul_free_strings)
+        self.converter.add_attribute_function(dict_key_constraints)
+
+
+class SchemaExtrasPlugin(BasePlugin):
+    """Publishes a schema class's ``JSON_SCHEMA_EXTRA`` (full, not partial, variants only)."""
+
+    def schema_helper(self, name: str, definition: Any, **kwargs: Any) -> dict[str, Any] | None:
+        schema = kwargs.get("schema")
+        if schema is None or (not isinstance(schema, type) and schema.partial):
+            return None
+        cls = schema if isinstance(schema, type) else type(schema)
+        extra: dict[str, Any] | None = getattr(cls, "JSON_SCHEMA_EXTRA", None)
+        return extra
 
 
 class Api(_Api):
@@ -115,7 +128,7 @@ class Api(_Api):
 
     def __init__(self, app: Any = None) -> None:
         plugin = ConstrainedMarshmallowPlugin(schema_name_resolver=schema_name)
-        extra = [PathNulPlugin(), RequestLimitsPlugin()]
+        extra = [PathNulPlugin(), RequestLimitsPlugin(), SchemaExtrasPlugin()]
         super().__init__(app, spec_kwargs={"marshmallow_plugin": plugin, "extra_plugins": extra})
 
     def handle_http_exception(self, error):

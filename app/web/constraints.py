@@ -1,6 +1,9 @@
 """Input constraints defined once: each pattern below is both what the server enforces and what
 the OpenAPI document publishes, so the spec tells clients exactly what is accepted.
 
+- a ``Dict`` field's keys are described by ``propertyNames`` (:func:`dict_key_constraints`);
+- a schema's ``JSON_SCHEMA_EXTRA`` (relations between its fields, e.g. ``if``/``then``) is
+  published with it (``app.web.api.SchemaExtrasPlugin``); the server checks the same rule;
 - every string anywhere (body, query, path) is free of NUL (``app.web.hygiene`` refuses it):
   :func:`nul_free_strings` adds :data:`NUL_FREE` to each string field that has no pattern;
 - :class:`HttpUrl`: an ``http(s)`` URL with a host name or IPv4 address, an optional port and
@@ -52,6 +55,16 @@ def nul_free_strings(converter: Any, field: ma.fields.Field, ret: dict[str, Any]
         if "format" not in ret:
             return {"pattern": NUL_FREE}
     return {}
+
+
+def dict_key_constraints(
+    converter: Any, field: ma.fields.Field, ret: dict[str, Any]
+) -> dict[str, Any]:
+    """apispec attribute function: a ``Dict`` field's ``keys`` field becomes ``propertyNames``."""
+    if not isinstance(field, ma.fields.Dict) or field.key_field is None:
+        return {}
+    names = converter.field2property(field.key_field)
+    return {"propertyNames": names} if names else {}
 
 
 class HttpUrl(ma.fields.String):

@@ -186,6 +186,12 @@ def _events_field(**kwargs: Any) -> ma.fields.List:
 
 
 class WebhookSchema(ma.Schema):
+    # An ordering_key only goes with ordering fifo (checked in app.webhooks.resources too).
+    JSON_SCHEMA_EXTRA = {
+        "if": {"properties": {"ordering_key": {"type": "string"}}, "required": ["ordering_key"]},
+        "then": {"properties": {"ordering": {"const": "fifo"}}, "required": ["ordering"]},
+    }
+
     id = ma.fields.String(dump_only=True)
     url = _url_field(required=True)
     events = _events_field(required=True)
