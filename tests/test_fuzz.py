@@ -248,6 +248,28 @@ def test_every_operation_conforms_to_the_spec(
         pytest.fail("\n\n".join(failures))
 
 
+def test_every_id_bearing_operation_is_reached_by_a_link() -> None:
+    """The stateful pass can reach every operation that takes an id: some answer links to it."""
+    spec = jsoncodec.loads((ROOT / "openapi" / "openapi.json").read_bytes())
+    targets = {
+        link["operationRef"]
+        for item in spec["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict)
+        for response in operation.get("responses", {}).values()
+        for link in (response.get("links") or {}).values()
+    }
+    unreached = [
+        f"{method.upper()} {path}"
+        for path, item in spec["paths"].items()
+        if PATH_PARAMETER.search(path)
+        for method in item
+        if method in {"get", "put", "post", "patch", "delete"}
+        and "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method not in targets
+    ]
+    assert unreached == []
+
+
 def test_stateful_create_then_use_links(app: Any, fuzz_key: str, peer: str) -> None:
     """Follow the spec's links (create → the operations on what was created) with every
     check, stateful ones too (positive data acceptance with ``UNEXPRESSIBLE``'s exceptions)."""

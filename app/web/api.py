@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import http
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -261,21 +262,25 @@ class Blueprint(_Blueprint):
         return decorator
 
 
-def created_links(item_path: str, parameter: str, methods: tuple[str, ...]) -> dict[str, Any]:
-    """OpenAPI ``links`` from a create operation's 201 to the operations on the new item.
+def links_to(
+    parameter: str, *operations: str, status: str = "201", value: str = "$response.body#/id"
+) -> dict[str, Any]:
+    """OpenAPI ``links`` from this operation's ``status`` answer to ``operations`` (each
+    ``"METHOD /path"``), passing ``value`` (an id the answer holds) as their ``{parameter}``.
 
-    They let clients (and schemathesis' stateful tests) follow ``id`` from the created object
-    into ``item_path``'s ``{parameter}``.
+    They let clients (and schemathesis' stateful tests) follow the id from the answer into
+    every operation on that resource.
     """
-    ref = "#/paths/" + item_path.replace("~", "~0").replace("/", "~1")
-    links = {
-        f"{method.capitalize()}Created": {
-            "operationRef": f"{ref}/{method}",
-            "parameters": {parameter: "$response.body#/id"},
+    links = {}
+    for operation in operations:
+        method, path = operation.split(" ", 1)
+        ref = "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method.lower()
+        words = re.split(r"[^A-Za-z]+", path.removeprefix("/api/v1"))
+        links[method.capitalize() + "".join(word.capitalize() for word in words)] = {
+            "operationRef": ref,
+            "parameters": {parameter: value},
         }
-        for method in methods
-    }
-    return {"responses": {"201": {"links": links}}}
+    return {"responses": {status: {"links": links}}}
 
 
 class UTCDateTime(ma.fields.DateTime):
