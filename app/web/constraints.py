@@ -6,8 +6,8 @@ the OpenAPI document publishes, so the spec tells clients exactly what is accept
   published with it (``app.web.api.SchemaExtrasPlugin``); the server checks the same rule;
 - every string anywhere (body, query, path) is free of NUL (``app.web.hygiene`` refuses it):
   :func:`nul_free_strings` adds :data:`NUL_FREE` to each string field that has no pattern;
-- :class:`HttpUrl`: an ``http(s)`` URL with a host name or IPv4 address, an optional port and
-  anything printable after it;
+- :class:`HttpUrl`: an ``http(s)`` URL with a host name, IPv4 or [IPv6] address, an optional
+  port and anything printable after it;
 - :class:`IpNetwork`: an IPv4 or IPv6 address, or a CIDR network of either.
 """
 
@@ -24,7 +24,6 @@ _LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 _PORT = "(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-HTTP_URL = rf"^https?://(?:{_LABEL}(?:\.{_LABEL})*)(?::{_PORT})?(?:[/?#][!-~]*)?$"
 
 _H = "[0-9A-Fa-f]{1,4}"
 _IPV6 = (
@@ -42,6 +41,7 @@ _IPV6 = (
     rf"|::(?:[Ff]{{4}}(?::0{{1,4}})?:)?{_IPV4}"
     ")"
 )
+HTTP_URL = rf"^https?://(?:{_LABEL}(?:\.{_LABEL})*|\[{_IPV6}\])(?::{_PORT})?(?:[/?#][!-~]*)?$"
 IP_NETWORK = (
     rf"^(?:{_IPV4}(?:/(?:3[0-2]|[12]?[0-9]))?"
     rf"|{_IPV6}(?:/(?:12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)$"
