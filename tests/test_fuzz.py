@@ -38,6 +38,9 @@ FUZZ_SETTINGS = settings(
     print_blob=False,
 )
 PATH_PARAMETER = re.compile(r"{(\w+)}")
+#: How long an event stream (``GET /stream``) is read before the check: it never ends, and
+#: heartbeats (every quarter of this) let the reader see the time pass.
+STREAM_READ_SECONDS = 1.0
 
 
 @pytest.fixture()
@@ -120,15 +123,24 @@ _ALL_LISTS = {
     "parameters",
     "cursor": "an opaque value the server issued with an earlier page",
 }
+_FILTER = (
+    "the filter grammar ($and, $or, operators by field) is recursive: a schema the generators "
+    "cannot draw from"
+)
 UNEXPRESSIBLE: dict[str, dict[str, str]] = {
     "POST /api/v1/api-keys": {"expires_at": "must be in the future: the server's clock"},
     "POST /api/v1/webhooks/{webhook_id}/enable": {"since": "must not be in the future"},
     "POST /api/v1/webhooks/{webhook_id}/recover": {"since": "must not be in the future"},
     "POST /api/v1/events": {"type": _STATE},
-    "POST /api/v1/integrations": {"provider": _STATE, "config": "the connector's own schema"},
+    "POST /api/v1/integrations": {
+        "provider": _STATE,
+        "config": "the connector's own schema",
+        "subscriptions": _FILTER,
+    },
     "PATCH /api/v1/integrations/{integration_id}": {
         "provider": _STATE,
         "type": "the type of the connector named by provider",
+        "subscriptions": _FILTER,
         "config": "the connector's own schema",
     },
     "POST /api/v1/integrations/{integration_id}/actions/{action}": {
@@ -141,11 +153,13 @@ UNEXPRESSIBLE: dict[str, dict[str, str]] = {
         "url": "must resolve to an address the operator's SSRF policy allows",
         "events": _STATE,
         "integration_id": _STATE,
+        "filter": _FILTER,
     },
     "PATCH /api/v1/webhooks/{webhook_id}": {
         "url": "must resolve to an address the operator's SSRF policy allows",
         "events": _STATE,
         "held": "only while the webhook is active: its current state",
+        "filter": _FILTER,
         "ordering_key": "only with fifo ordering: the webhook's current ordering",
     },
     "GET /api/v1/auth/sso/callback": {"state": "a single-use value the server issued"},
@@ -193,6 +207,7 @@ def fuzz_operation(operation: Any, mode: Any, auth: dict[str, str], ids: dict[st
     def fuzz(case: Any) -> None:
         case.call_and_validate(
             headers=auth,
+            timeout=STREAM_READ_SECONDS,
             excluded_checks=[schemathesis.checks.positive_data_acceptance],
             additional_checks=[status_code_listed, strict_json, accepts_valid_data],
         )
@@ -223,8 +238,16 @@ def test_every_operation_of_the_spec_is_fuzzed() -> None:
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[" ".join(o) for o in OPERATIONS])
 def test_every_operation_conforms_to_the_spec(
-    app: Any, client: Any, fuzz_key: str, peer: str, method: str, path: str, mode: Any
+    app: Any,
+    client: Any,
+    fuzz_key: str,
+    peer: str,
+    method: str,
+    path: str,
+    mode: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setitem(app.config, "STREAM_HEARTBEAT", STREAM_READ_SECONDS / 4)
     if id(app) not in _schemas:
         _schemas[id(app)] = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
     operation = _schemas[id(app)][path][method]  # one schemathesis cannot use fails here
@@ -270,15 +293,18 @@ def test_every_id_bearing_operation_is_reached_by_a_link() -> None:
     assert unreached == []
 
 
-def test_stateful_create_then_use_links(app: Any, fuzz_key: str, peer: str) -> None:
+def test_stateful_create_then_use_links(
+    app: Any, fuzz_key: str, peer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Follow the spec's links (create → the operations on what was created) with every
     check, stateful ones too (positive data acceptance with ``UNEXPRESSIBLE``'s exceptions)."""
+    monkeypatch.setitem(app.config, "STREAM_HEARTBEAT", STREAM_READ_SECONDS / 4)
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
     auth = {"Authorization": f"Bearer {fuzz_key}"}
 
     class Machine(schema.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
-            return {"headers": auth}
+            return {"headers": auth, "timeout": STREAM_READ_SECONDS}
 
         def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
             case.validate_response(

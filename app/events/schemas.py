@@ -6,6 +6,7 @@ from typing import Any
 
 import marshmallow as ma
 
+from app.events.filters import DOTTED_PATH
 from app.web.api import UTCDateTime
 from app.web.constraints import NUL_FREE
 from app.web.keyset import KeysetArgsSchema, keyset_page_schema
@@ -99,7 +100,9 @@ class EventSchema(ma.Schema):
 class EventErasureSchema(ma.Schema):
     match = ma.fields.Dict(
         required=True,
-        keys=ma.fields.String(validate=ma.validate.Length(min=1, max=200)),
+        keys=ma.fields.String(
+            validate=[ma.validate.Length(min=1, max=200), ma.validate.Regexp(DOTTED_PATH)]
+        ),
         metadata={
             "minProperties": 1,
             "additionalProperties": {

@@ -6,6 +6,7 @@ from typing import Any
 
 import marshmallow as ma
 
+from app.events.filters import DOTTED_PATH
 from app.web.api import PageArgsSchema, UTCDateTime, page_schema
 from app.web.constraints import HttpUrl
 from app.web.keyset import KeysetArgsSchema, keyset_page_schema
@@ -152,7 +153,7 @@ def _ordering_field(**kwargs: Any) -> ma.fields.String:
 def _ordering_key_field(**kwargs: Any) -> ma.fields.String:
     return ma.fields.String(
         allow_none=True,
-        validate=ma.validate.Length(min=1, max=200),
+        validate=[ma.validate.Length(min=1, max=200), ma.validate.Regexp(DOTTED_PATH)],
         metadata={
             "description": "With `fifo`: a dotted path in the body (`data.order_id`); "
             "deliveries are ordered per value, different values go in parallel"
