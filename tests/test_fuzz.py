@@ -271,6 +271,12 @@ def test_every_operation_conforms_to_the_spec(
         pytest.fail("\n\n".join(failures))
 
 
+#: Id-bearing operations no link reaches: their ids come only from lists, whose contents differ
+#: from one example of the state machine to the next (hypothesis refuses data generation that
+#: depends on it). ``test_every_operation_conforms_to_the_spec`` runs them with seeded ids.
+ONLY_LISTED_IDS = {"POST /api/v1/deliveries/{delivery_id}/retry", "GET /api/v1/connectors/{name}"}
+
+
 def test_every_id_bearing_operation_is_reached_by_a_link() -> None:
     """The stateful pass can reach every operation that takes an id: some answer links to it."""
     spec = jsoncodec.loads((ROOT / "openapi" / "openapi.json").read_bytes())
@@ -290,7 +296,7 @@ def test_every_id_bearing_operation_is_reached_by_a_link() -> None:
         if method in {"get", "put", "post", "patch", "delete"}
         and "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method not in targets
     ]
-    assert unreached == []
+    assert sorted(unreached) == sorted(ONLY_LISTED_IDS)
 
 
 def test_stateful_create_then_use_links(

@@ -15,7 +15,7 @@ from app.connectors.jobs import job_tenant
 from app.connectors.schemas import ConnectorListSchema, ConnectorSchema, JobSchema
 from app.store import jsoncodec
 from app.store.redis import get_redis
-from app.web.api import Blueprint, links_to
+from app.web.api import Blueprint
 from app.web.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,6 @@ def _catalog() -> list[dict[str, Any]]:
 @blp.route("/connectors", methods=["GET"])
 @blp.auth("integrations:read")
 @blp.response(200, ConnectorListSchema)
-@blp.doc(
-    **links_to(
-        "name", "GET /api/v1/connectors/{name}", status="200", value="$response.body#/items/0/name"
-    )
-)
 def list_connectors() -> dict[str, Any]:
     """List installed connectors with schemas, actions, event types and load status (a plugin
     that failed to load shows its error: ``integrations:read``, like the integrations)."""

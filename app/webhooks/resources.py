@@ -360,14 +360,6 @@ def _with_attempts(deliveries: list[Delivery]) -> list[Delivery]:
 @blp.auth("webhooks:read")
 @blp.arguments(DeliveryQueryArgsSchema, location="query")
 @blp.response(200, DeliveryPageSchema)
-@blp.doc(
-    **links_to(
-        "delivery_id",
-        "POST /api/v1/deliveries/{delivery_id}/retry",
-        status="200",
-        value="$response.body#/items/0/id",
-    )
-)
 @blp.problem(404, "No such webhook")
 def list_deliveries(args: dict[str, Any], webhook_id: str) -> dict[str, Any]:
     """List a webhook's deliveries with every attempt, newest first."""
