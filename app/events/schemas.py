@@ -101,7 +101,8 @@ class EventErasureSchema(ma.Schema):
     match = ma.fields.Dict(
         required=True,
         keys=ma.fields.String(
-            validate=[ma.validate.Length(min=1, max=200), ma.validate.Regexp(DOTTED_PATH)]
+            validate=ma.validate.Length(min=1, max=200),
+            metadata={"pattern": DOTTED_PATH},  # checked by parse_path, with its own message
         ),
         metadata={
             "minProperties": 1,

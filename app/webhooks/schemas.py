@@ -153,10 +153,11 @@ def _ordering_field(**kwargs: Any) -> ma.fields.String:
 def _ordering_key_field(**kwargs: Any) -> ma.fields.String:
     return ma.fields.String(
         allow_none=True,
-        validate=[ma.validate.Length(min=1, max=200), ma.validate.Regexp(DOTTED_PATH)],
+        validate=ma.validate.Length(min=1, max=200),
         metadata={
+            "pattern": DOTTED_PATH,  # checked by parse_path (app.webhooks.resources)
             "description": "With `fifo`: a dotted path in the body (`data.order_id`); "
-            "deliveries are ordered per value, different values go in parallel"
+            "deliveries are ordered per value, different values go in parallel",
         },
         **kwargs,
     )
