@@ -117,6 +117,9 @@ def stream(args: dict[str, Any]) -> ResponseReturnValue:
         args.get("integration_id"),
         args.get("webhook_id"),
     )
+    session = StreamSession(
+        app, hub, principal, secret_prefix, filters, current_app.config["STREAM_HEARTBEAT"]
+    )
     slot = claim(
         hub.client,
         principal.key.id,
@@ -126,9 +129,6 @@ def stream(args: dict[str, Any]) -> ResponseReturnValue:
     )
     if not database.is_closed():
         database.close()  # a stream lives long: it must not keep a database connection
-    session = StreamSession(
-        app, hub, principal, secret_prefix, filters, current_app.config["STREAM_HEARTBEAT"]
-    )
     subscriber, start_after = hub.subscribe(
         request.environ.get("gunicorn.socket"), session.visible, slot
     )
@@ -137,6 +137,8 @@ def stream(args: dict[str, Any]) -> ResponseReturnValue:
         stream_with_context(session.run(subscriber, start_after, last_event_id)),
         mimetype="text/event-stream",
     )
+    # A stream whose body never started (the client left first) still gives its slot back.
+    response.call_on_close(lambda: hub.unsubscribe(subscriber))
     response.headers["Cache-Control"] = "no-cache, no-transform"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass events through at once
     return response
