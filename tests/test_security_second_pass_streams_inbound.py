@@ -246,3 +246,25 @@ def test_rejected_inbound_requests_are_throttled_and_logged_once_per_interval(
     assert published < 13
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'switchboard_inbound_rejections_total{reason="rejected"}' in metrics
+
+
+def test_stream_slots_are_counted_per_key_and_user_and_expire_with_their_lease() -> None:
+    from app.stream import slots
+    from app.web.problems import Problem
+
+    client = redis.Redis.from_url(session_redis_url())
+    held = [slots.claim(client, "key_a", "usr_1", per_key=2, per_user=3) for _ in range(2)]
+    with pytest.raises(Problem) as refused:
+        slots.claim(client, "key_a", "usr_1", per_key=2, per_user=3)
+    assert refused.value.code == 429
+    held.append(slots.claim(client, "key_b", "usr_1", per_key=2, per_user=3))
+    with pytest.raises(Problem):  # the user's third stream fills the user's cap
+        slots.claim(client, "key_c", "usr_1", per_key=2, per_user=3)
+    assert slots.claim(client, "key_c", None, per_key=2, per_user=3)  # no owner: key cap only
+    slots.release(client, held.pop(0))
+    held.append(slots.claim(client, "key_a", "usr_1", per_key=2, per_user=3))
+    slots.renew(client, held)
+    # A process that died without giving its slots back: they lapse with the lease.
+    for name in ("sb:stream:slots:key:key_a", "sb:stream:slots:user:usr_1"):
+        client.zadd(name, {member: 1 for member in client.zrange(name, 0, -1)})
+    assert slots.claim(client, "key_a", "usr_1", per_key=2, per_user=3)
