@@ -130,6 +130,12 @@ CONFIG_SCHEMA: dict[str, Any] = {
         },
         "transform": {k: v for k, v in TRANSFORM_SCHEMA.items() if k != "$schema"},
         "log_bodies": {"type": "boolean", "default": False},
+        "allow_cookies": {
+            "type": "boolean",
+            "default": False,
+            "description": "Pass the upstream's Set-Cookie headers to gateway clients (they "
+            "land on Switchboard's own origin, so only for an upstream you trust with it)",
+        },
     },
     "required": ["upstreams"],
     "additionalProperties": False,

@@ -620,8 +620,9 @@ def test_a_secret_that_is_itself_a_url_is_kept_on_update(app, api, receiver):
     assert moved.status_code == 422 and list(moved.json["errors"]) == ["config.signing_secret"]
 
 
-def test_inactive_integrations_let_nothing_through(app, api, client, worker):
+def test_inactive_integrations_let_nothing_through(app, api, client, worker, monkeypatch):
     """One rule: `inactive` refuses inbound webhooks, actions, subscriptions (and the gateway)."""
+    monkeypatch.setitem(app.config, "INBOUND_REJECTION_LOG_INTERVAL", 1)
     peer = slack_peer()
     try:
         github = create_github_integration(api, GITHUB_SECRET)
@@ -641,8 +642,14 @@ def test_inactive_integrations_let_nothing_through(app, api, client, worker):
         assert action.status_code == 409 and action.content_type == "application/problem+json"
         with app.app_context(), database.connection_context():
             assert Event.select().where(Event.type == RUN_COMPLETED).count() == 0
-        logs = api.get(f"{INTS}/{github['id']}/logs").json["items"]
-        assert logs[0]["error_message"] == "integration is inactive"
+        # Rejections are logged as one row per interval (here 1 s), written by the worker.
+        rejected_logs = f"{INTS}/{github['id']}/logs?event_type=inbound.rejected"
+        deadline = time.monotonic() + 20
+        while not (logs := api.get(rejected_logs).json["items"]):
+            assert time.monotonic() < deadline, "no inbound.rejected log row"
+            time.sleep(0.1)
+        assert logs[0]["event_data"]["reasons"] == {"inactive": 1}
+        assert "integration is inactive" in logs[0]["error_message"]
 
         # GitHub back on, Slack still off: the event is published, the subscription is not run.
         api.patch(f"{INTS}/{github['id']}", json={"status": "active"})

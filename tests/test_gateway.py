@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from app import create_app
-from tests.conftest import ApiClient, make_key
+from tests.conftest import ApiClient, make_key, make_user
 from tests.peers import GEVENT_OPTIONS, GunicornServer, HttpApiClient, Receiver
 
 
@@ -330,6 +330,62 @@ def test_logging_with_redacted_bodies(api, receiver):
     assert usage["totals"]["gateway_bytes"] >= 2
 
 
+# Secret shapes a logged body may hold; every secret value contains "S3KRIT".
+SECRET_CORPUS = [
+    ("application/json", '{"password": "S3KRIT1", "sku": "visible-42"}'),
+    ("application/json", '{"Auth": {"Private_Key": "S3KRIT2"}, "PWD": "S3KRIT3"}'),
+    ("application/json", '[{"api-key": "S3KRIT4"}, {"list": [{"Client_Secret": "S3KRIT5"}]}]'),
+    ("application/json", json.dumps({"payload": json.dumps({"client_secret": "S3KRIT6"})})),
+    ("text/plain", "GET / HTTP/1.1\r\nAuthorization: Bearer S3KRIT7\r\nAccept: */*\r\n"),
+    ("application/x-www-form-urlencoded", "password=S3KRIT8&sku=visible"),
+    ("application/xml", '<auth><password>S3KRIT9</password><token t="x">S3KRIT10</token></auth>'),
+    ("application/xml", '<cred secret="S3KRIT11" name="visible"/>'),
+    ("application/json", '{"password": "S3KRIT12", "pad": "' + "x" * 5000 + '"}'),  # cut at 4 KiB
+    ("text/plain", "call it with Bearer S3KRIT13 please"),
+    (
+        "application/json",
+        '{"refresh_token": "S3KRIT14", "SESSION": "S3KRIT15", "x-api-key": "S3KRIT16", '
+        '"Cookie": "sid=S3KRIT17", "access_token": 12345678}',
+    ),
+    (
+        "application/json",
+        json.dumps({"payload": json.dumps({"password": "S3KRIT18"}), "pad": "x" * 5000}),
+    ),
+]
+
+
+def test_logged_bodies_mask_every_secret_shape_and_only_admins_read_them(app, api):
+    """Structural redaction over a corpus of secret shapes, both ways; read-only users' logs:read
+    keys get the entries without the bodies."""
+    echo = Receiver(lambda req, n: (200, {"Content-Type": "text/plain"}, req.body))
+    try:
+        gw = _rest(api, [(echo.url, 1)], log_bodies=True)
+        for content_type, body in SECRET_CORPUS:
+            res = api.post(
+                f"/api/v1/gateway/{gw['id']}/echo",
+                data=body,
+                headers={"Content-Type": content_type},
+            )
+            assert res.status_code == 200
+        logs = _gateway_logs(api, gw["id"], len(SECRET_CORPUS))
+        assert len(logs) == len(SECRET_CORPUS)
+        assert "S3KRIT" not in json.dumps(logs)
+        bodies = [entry["event_data"]["request_body"] for entry in logs]
+        assert any("visible-42" in body for body in bodies)  # only credentials are masked
+        assert all("[redacted]" in entry["event_data"]["response_body"] for entry in logs)
+
+        reader = make_user(app, "reader@example.com", role="readonly")
+        readonly = ApiClient(app.test_client(), make_key(app, reader, ["logs:read"]))
+        seen = readonly.get(f"/api/v1/integrations/{gw['id']}/logs").json["items"]
+        assert len(seen) == len(SECRET_CORPUS)
+        assert not any(
+            "request_body" in e["event_data"] or "response_body" in e["event_data"] for e in seen
+        )
+        assert all(e["event_data"]["path"] == "/echo" for e in seen)
+    finally:
+        echo.close()
+
+
 def test_scope_ssrf_and_non_rest(app, api, admin_user, receiver):
     gw = _rest(api, [(receiver.url, 1)])
     reader = ApiClient(app.test_client(), make_key(app, admin_user, ["integrations:read"]))
@@ -488,3 +544,56 @@ def test_logs_are_batched_off_the_request_path_and_flushed_on_graceful_exit(
         f"/n{n}" for n in range(120)
     )
     assert "Traceback" not in (tmp_path / "gunicorn.log").read_text()
+
+
+def test_risky_upstream_headers_stay_off_the_api_origin(api):
+    """Cookies and CORS headers from an upstream are dropped (cookies may be allowed), Location
+    is rewritten into the gateway or dropped, nosniff is added, and "//" reaches the upstream."""
+
+    def respond(req, n):
+        locations = {
+            "/base/inside": None,  # filled below: an absolute URL inside the upstream
+            "/base/relative": "/base/items/3",
+            "/base/outside": "https://evil.example/steal",
+            "/base/sibling": "/elsewhere",
+        }
+        headers = {
+            "Content-Type": "text/plain",
+            "Set-Cookie": "sb_session=planted; Path=/",
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Allow-Credentials": "true",
+            "X-Content-Type-Options": "whatever",
+        }
+        path = req.path.split("?")[0]
+        location = f"{upstream.url}/base/items/2?x=1" if path == "/base/inside" else None
+        location = location or locations.get(path)
+        if location:
+            headers["Location"] = location
+        return (302 if location else 200), headers, b"ok"
+
+    upstream = Receiver(respond)
+    try:
+        integration = _rest(api, [(upstream.url + "/base", 1)])
+        gateway = f"/api/v1/gateway/{integration['id']}"
+        answer = api.get(f"{gateway}/inside", headers={"Origin": "https://evil.example"})
+        assert answer.status_code == 302
+        assert answer.headers["Location"] == f"{gateway}/items/2?x=1"
+        assert "Set-Cookie" not in answer.headers
+        assert not [h for h in answer.headers.keys() if h.lower().startswith("access-control")]
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"  # once, not repeated
+        assert api.get(f"{gateway}/relative").headers["Location"] == f"{gateway}/items/3"
+        for elsewhere in ("outside", "sibling"):
+            answer = api.get(f"{gateway}/{elsewhere}")
+            assert answer.status_code == 302 and "Location" not in answer.headers
+
+        for path, upstream_path in (("a//b", "/base/a//b"), ("/x", "/base//x")):
+            answer = api.get(f"{gateway}/{path}")
+            assert answer.status_code == 200, (path, answer.status_code, answer.data[:200])
+            assert upstream.requests[-1].path == upstream_path
+
+        allowing = _rest(api, [(upstream.url + "/base", 1)], allow_cookies=True)
+        answer = api.get(f"/api/v1/gateway/{allowing['id']}/plain")
+        assert answer.headers["Set-Cookie"] == "sb_session=planted; Path=/"
+        assert "Access-Control-Allow-Origin" not in answer.headers
+    finally:
+        upstream.close()

@@ -427,3 +427,24 @@ def test_lost_trial_expires(r: redis.Redis) -> None:
     assert _eventually(lambda: _pick(balancer, "int_lost", [A])) == A  # trial never reported
     assert _pick(balancer, "int_lost", [A]) is None  # held by the trial lock ...
     assert _eventually(lambda: _pick(balancer, "int_lost", [A])) == A  # ... until it expires
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("http://up.test/base/items/2?x=1#f", "/gw/items/2?x=1#f"),
+        ("/base/items/3", "/gw/items/3"),
+        ("items/4", "/gw/a/items/4"),  # relative to the requested /base/a/b
+        ("http://UP.test/base", "/gw/"),
+        ("https://up.test/base/x", None),  # another scheme is another origin
+        ("http://up.test/base2/x", None),  # a sibling that only shares a prefix
+        ("/elsewhere", None),
+        ("//evil.test/base/x", None),
+        ("http://other.test:8080/x", "/gw/x"),  # the second upstream
+    ],
+)
+def test_locations_outside_the_upstreams_are_dropped(location, expected):
+    from app.gateway.answer_headers import gateway_location
+
+    bases = ["http://up.test/base/", "http://other.test:8080"]
+    assert gateway_location(location, "http://up.test/base/a/b", bases, "/gw/") == expected

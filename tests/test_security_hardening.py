@@ -191,7 +191,8 @@ def test_captured_github_payload_cannot_be_replayed(api, client):
     stale = _github_post(client, gh["id"], _push(int(time.time()) - 7200), "d-3")
     assert stale.status_code == 401 and "replay window" in stale.json["detail"]
     logs = api.get(f"/api/v1/logs?integration_id={gh['id']}").json["items"]
-    assert [log["status"] for log in logs] == ["error", "error", "success"]  # newest first
+    # Rejections are counted into one row per interval, which a worker writes later.
+    assert [log["status"] for log in logs] == ["success"]
     # Configurable: 0 turns both checks off.
     config = {"webhook_secret": "s" * 24, "replay_window_seconds": 0}
     assert api.patch(f"/api/v1/integrations/{gh['id']}", json={"config": config}).status_code == 200

@@ -12,7 +12,7 @@ import redis
 import requests
 
 from app.store.models import DEFAULT_TENANT_ID, User
-from app.stream.hub import Hub
+from app.stream.hub import BufferLimit, Hub
 from app.stream.publish import ORIGIN_KEY, STREAM_KEY, TRIMMED_KEY, Entry, Publisher
 from tests.conftest import ApiClient, make_key, session_redis_url
 from tests.peers import GunicornServer
@@ -260,27 +260,36 @@ def test_resuming_after_redis_came_back_empty_reports_the_gap(
     assert [(m.event, m.json()["n"]) for m in got] == [("test.entry", 6), ("test.entry", 7)]
 
 
-def test_a_client_that_stops_reading_is_dropped_not_buffered() -> None:
+@pytest.mark.parametrize(
+    ("limit", "padding"),
+    [(BufferLimit(entries=5, size=1 << 20), 0), (BufferLimit(entries=1000, size=20_000), 4000)],
+    ids=["entries", "bytes"],
+)
+def test_a_client_that_stops_reading_is_dropped_not_buffered(
+    limit: BufferLimit, padding: int
+) -> None:
     client = redis.Redis.from_url(session_redis_url())
-    hub = Hub(client, buffer_limit=5)
+    hub = Hub(client, limit, drop_grace=0.5)
     hub.start()
     ours, theirs = socket.socketpair()
     try:
         slow, _ = hub.subscribe(ours)
         fast, _ = hub.subscribe()
         for n in range(20):
+            data = {"n": n, "padding": "x" * padding}
             client.xadd(
-                STREAM_KEY, Entry(DEFAULT_TENANT_ID, "test.entry", "logs:read", {"n": n}).fields()
+                STREAM_KEY, Entry(DEFAULT_TENANT_ID, "test.entry", "logs:read", data).fields()
             )
             taken = fast.take(2)
             assert len(taken) == 1
+            assert slow.dropped or slow.size <= limit.size  # never past the bound
         deadline = time.monotonic() + 10
         while not slow.dropped and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert slow.dropped and len(slow.entries) == 0  # nothing kept for it
+        assert slow.dropped and len(slow.entries) == 0 and slow.size == 0  # nothing kept for it
         assert not fast.dropped
-        theirs.settimeout(5)
-        assert theirs.recv(10) == b""  # its connection was shut down
+        theirs.settimeout(10)
+        assert theirs.recv(10) == b""  # it never took its notice: its connection was shut down
     finally:
         hub.stop()
         assert hub._thread is not None

@@ -22,7 +22,7 @@ from app.connectors.extension import get_registry
 from app.connectors.runtime import render_template
 from app.store.db import database
 from app.store.models import AlertFiring, AlertNotification, AlertRule, Integration, utcnow
-from app.web.api import Blueprint, paginate
+from app.web.api import Blueprint, links_to, paginate
 from app.web.problems import Problem
 
 blp = Blueprint("alerts", __name__, url_prefix="/api/v1/alert-rules", description="Alerts")
@@ -122,6 +122,13 @@ class AlertRules(MethodView):
     @blp.arguments(AlertRuleSchema)
     @blp.response(201, AlertRuleSchema)
     @blp.problem(422, "Unknown condition type, bad parameters, or a target that cannot work")
+    @blp.doc(
+        **links_to(
+            "rule_id",
+            *(f"{m} /api/v1/alert-rules/{{rule_id}}" for m in ("GET", "PATCH", "DELETE")),
+            "GET /api/v1/alert-rules/{rule_id}/firings",
+        )
+    )
     def post(self, data: dict[str, Any]) -> AlertRule:
         """Create an alert rule: a condition the workers watch and a target to notify."""
         data["condition"] = _check_condition(data["condition"])

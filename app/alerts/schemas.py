@@ -7,6 +7,11 @@ import marshmallow as ma
 from app.alerts.conditions import CONDITIONS
 from app.web.api import PageArgsSchema, UTCDateTime, page_schema
 
+# Each condition type's own parameters, as the server checks them (app.alerts.conditions).
+_CONDITION_SCHEMAS = [
+    {**spec.schema, "properties": {**spec.schema["properties"], "type": {"const": name}}}
+    for name, spec in CONDITIONS.items()
+]
 _CONDITION_HELP = "; ".join(f"`{name}`: {spec.description}" for name, spec in CONDITIONS.items())
 
 
@@ -18,7 +23,8 @@ class AlertRuleSchema(ma.Schema):
         required=True,
         metadata={
             "description": '`{"type": …, parameters}`; windows are in seconds (60 to 7 days). '
-            + _CONDITION_HELP
+            + _CONDITION_HELP,
+            "oneOf": _CONDITION_SCHEMAS,
         },
     )
     target = ma.fields.Dict(
@@ -29,7 +35,26 @@ class AlertRuleSchema(ma.Schema):
             '"action": "send_message", "input": {…}}` runs a connector action, `input` '
             "rendered from `{{alert.text}}`, `{{alert.summary}}`, `{{alert.subject}}`, "
             "`{{alert.status}}`, `{{alert.rule}}`, `{{alert.details.…}}` (default "
-            '`{"text": "{{alert.text}}"}`).'
+            '`{"text": "{{alert.text}}"}`).',
+            "oneOf": [
+                {
+                    "type": "object",
+                    "properties": {"type": {"const": "webhook"}},
+                    "required": ["type"],
+                    "additionalProperties": False,
+                },
+                {
+                    "type": "object",
+                    "properties": {
+                        "type": {"const": "action"},
+                        "integration_id": {"type": "string", "maxLength": 40},
+                        "action": {"type": "string", "maxLength": 200},
+                        "input": {"type": "object"},
+                    },
+                    "required": ["type", "integration_id", "action"],
+                    "additionalProperties": False,
+                },
+            ],
         },
     )
     cooldown_seconds = ma.fields.Integer(

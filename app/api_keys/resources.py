@@ -30,7 +30,7 @@ from app.limits.usage import STATUS_FIELDS, read
 from app.store.db import database
 from app.store.models import DEFAULT_TENANT_ID, ApiKey, utcnow
 from app.store.redis import get_redis
-from app.web.api import Blueprint, created_links, paginate
+from app.web.api import Blueprint, links_to, paginate
 from app.web.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,15 @@ class ApiKeys(MethodView):
     @blp.arguments(ApiKeySchema)
     @blp.response(201, ApiKeyCreatedSchema)
     @blp.problem(422, "Invalid fields, or `expires_at` not in the future (see `errors`)")
-    @blp.doc(**created_links("/api/v1/api-keys/{key_id}", "key_id", ("get", "delete")))
+    @blp.doc(
+        **links_to(
+            "key_id",
+            "GET /api/v1/api-keys/{key_id}",
+            "DELETE /api/v1/api-keys/{key_id}",
+            "POST /api/v1/api-keys/{key_id}/rotate",
+            "GET /api/v1/api-keys/{key_id}/usage",
+        )
+    )
     def post(self, data: dict[str, Any]) -> ApiKey:
         """Create an API key; the secret is in `key`, returned only this once.
 

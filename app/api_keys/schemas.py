@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 import marshmallow as ma
@@ -10,15 +9,7 @@ import marshmallow as ma
 from app.config import ALL_SCOPES
 from app.store.models import utcnow
 from app.web.api import PageArgsSchema, UTCDateTime, page_schema
-
-
-def validate_cidrs(values: list[str]) -> None:
-    """Reject anything that is not an IPv4/IPv6 address or CIDR network."""
-    for value in values:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError as exc:
-            raise ma.ValidationError(f"{value!r} is not an IP address or CIDR network") from exc
+from app.web.constraints import IpNetwork
 
 
 class ApiKeySchema(ma.Schema):
@@ -39,10 +30,10 @@ class ApiKeySchema(ma.Schema):
         metadata={"description": "Requests per hour"},
     )
     allowed_ips = ma.fields.List(
-        ma.fields.String(),
+        IpNetwork(),
         allow_none=True,
         load_default=None,
-        validate=[ma.validate.Length(max=100), validate_cidrs],
+        validate=ma.validate.Length(max=100),
         metadata={"description": "CIDR allow-list; other client addresses get 403"},
     )
     expires_at = UTCDateTime(allow_none=True, load_default=None)

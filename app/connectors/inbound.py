@@ -1,8 +1,10 @@
 """``POST /inbound/{integration_id}``: provider webhooks verified by the connector itself.
 
 No API key: the connector checks the provider's own signature. Accepted requests become
-Switchboard events (only types the connector declares); a repeated delivery id is answered
-200 without a second event.
+Switchboard events (only types the connector declares) and are logged one by one; a repeated
+delivery id is answered 200 without a second event. Rejected requests are counted and logged
+once per interval, and a sender rejected too often gets 429 (see
+:mod:`app.connectors.inbound_rejections`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from app.connectors.configs import decrypt_config
 from app.connectors.contract import Event as EventData
 from app.connectors.contract import InboundRejected, InboundRequest, InboundResult
 from app.connectors.extension import connector_context, get_registry, unavailable
+from app.connectors.inbound_rejections import rejected
 from app.events.catalog import emit_event
 from app.events.progress import paused_tenants
 from app.store import jsoncodec
@@ -84,6 +87,11 @@ def _log(
     kinds.log_created(logged.to_dict())
 
 
+def _rejected(integration: Integration, reason: str, status: int, detail: str) -> Problem:
+    """The problem answering a rejected request, counted (not logged one by one)."""
+    return rejected(integration.id, integration.tenant_id, client_ip(), reason, status, detail)
+
+
 def _result_problem(result: Any) -> str | None:
     """What keeps ``handle_inbound``'s result from being published and answered, or None."""
     if not isinstance(result, InboundResult) or not isinstance(result.events, list):
@@ -115,6 +123,7 @@ def _result_problem(result: Any) -> str | None:
 @blp.problem(403, "The sender's address is not allowed")
 @blp.problem(404, "No such integration, or it does not accept inbound requests")
 @blp.problem(409, "The integration is inactive, or the payload is a replay")
+@blp.problem(429, "Too many rejected requests from this address for this integration")
 @blp.problem(503, "The integration's connector failed to load, or returned a broken result")
 def receive_inbound(integration_id: str) -> ResponseReturnValue:
     """Receive a signed webhook from a provider (no API key; the connector verifies it)."""
@@ -133,11 +142,19 @@ def receive_inbound(integration_id: str) -> ResponseReturnValue:
     if integration is None or connector is None or not connector.accepts_inbound:
         raise Problem(404, f"No integration {integration_id!r} accepting inbound requests.")
     if integration.status == "inactive":  # switched off: nothing flows through it
-        _log(integration, "error", {"ip": client_ip()}, "integration is inactive", started)
-        raise Problem(409, "This integration is inactive; set its status to active to receive.")
+        raise _rejected(
+            integration,
+            "inactive",
+            409,
+            "This integration is inactive; set its status to active to receive.",
+        )
     if not ip_allowed(client_ip(), integration.allowed_ips):
-        _log(integration, "error", {"ip": client_ip()}, "sender address not allowed", started)
-        raise Problem(403, "Requests from your address are not accepted for this integration.")
+        raise _rejected(
+            integration,
+            "address_not_allowed",
+            403,
+            "Requests from your address are not accepted for this integration.",
+        )
     inbound = InboundRequest(
         method=request.method,
         headers=dict(request.headers),
@@ -152,12 +169,11 @@ def receive_inbound(integration_id: str) -> ResponseReturnValue:
             connector_context(integration.id, integration.tenant_id),
         )
     except InboundRejected as exc:
-        _log(integration, "error", {"ip": client_ip()}, exc.message, started)
-        raise Problem(exc.status, exc.message) from exc
+        raise _rejected(integration, "rejected", exc.status, exc.message) from exc
     except Exception as exc:  # noqa: BLE001 - a payload the connector chokes on is bad input
         log.exception("connector %s failed on an inbound request", connector.name)
-        _log(integration, "error", {"ip": client_ip()}, type(exc).__name__, started)
-        raise Problem(400, "The connector could not process this request.") from exc
+        detail = f"The connector could not process this request ({type(exc).__name__})."
+        raise _rejected(integration, "unreadable", 400, detail) from exc
     problem = _result_problem(result)
     if problem is not None:  # a plugin bug: the provider retries a 503 once it is fixed
         log.error("connector %s: handle_inbound returned %s", connector.name, problem)
@@ -171,8 +187,12 @@ def receive_inbound(integration_id: str) -> ResponseReturnValue:
     ):
         return jsonify({"ok": True, "duplicate": True, "events": []})
     if _replayed(integration.id, result):
-        _log(integration, "error", {"ip": client_ip()}, "replayed payload", started)
-        raise Problem(409, "This payload was already received under another delivery id.")
+        raise _rejected(
+            integration,
+            "replay",
+            409,
+            "This payload was already received under another delivery id.",
+        )
     emitted: list[str] = []
     try:
         with database.atomic():

@@ -62,6 +62,13 @@ class FilterInvalid(ValueError):
         self.errors = errors
 
 
+#: What :func:`parse_path` accepts (NUL aside, refused everywhere), as the spec publishes it.
+DOTTED_PATH = (
+    f"^[^.\\u0000]{{1,{MAX_SEGMENT_LENGTH}}}"
+    f"(?:\\.[^.\\u0000]{{1,{MAX_SEGMENT_LENGTH}}}){{0,{MAX_PATH_SEGMENTS - 1}}}$"
+)
+
+
 def parse_path(text: str) -> Path:
     """A dotted path (``data.customer.tier``) as its segments; ValueError when malformed."""
     segments = tuple(text.split("."))

@@ -39,7 +39,7 @@ from app.limits.quotas import count_event
 from app.store.db import database
 from app.store.models import Delivery, Event, EventType, utcnow
 from app.stream.kinds import hidden_event_families
-from app.web.api import Blueprint
+from app.web.api import Blueprint, links_to
 from app.web.keyset import paginate_keyset
 from app.web.problems import Problem
 
@@ -70,6 +70,14 @@ def _check_payload_schema(schema: Any, examples: list[Any] | None) -> None:
 @blp.auth("events:write")
 @blp.arguments(EventTypeSchema)
 @blp.response(201, EventTypeSchema)
+@blp.doc(
+    **links_to(
+        "event_type",
+        "GET /api/v1/event-types/{event_type}",
+        "PATCH /api/v1/event-types/{event_type}",
+        value="$response.body#/name",
+    )
+)
 @blp.problem(409, "The event type already exists")
 def create_event_type(data: dict[str, Any]) -> dict[str, Any]:
     """Register a custom event type (e.g. `order.paid`), optionally with a JSON Schema of its
@@ -193,6 +201,7 @@ def _answer(event: Event, duplicate: bool) -> dict[str, Any]:
 @blp.auth("events:write")
 @blp.arguments(PublishSchema)
 @blp.response(202, PublishedSchema)
+@blp.doc(**links_to("event_id", "DELETE /api/v1/events/{event_id}", status="202"))
 @blp.problem(413, "The event payload is over 256 KiB")
 @blp.problem(
     422,

@@ -6,7 +6,9 @@ from typing import Any
 
 import marshmallow as ma
 
+from app.events.filters import DOTTED_PATH
 from app.web.api import UTCDateTime
+from app.web.constraints import NUL_FREE
 from app.web.keyset import KeysetArgsSchema, keyset_page_schema
 
 EVENT_TYPE_NAME = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
@@ -98,11 +100,20 @@ class EventSchema(ma.Schema):
 class EventErasureSchema(ma.Schema):
     match = ma.fields.Dict(
         required=True,
-        keys=ma.fields.String(validate=ma.validate.Length(min=1, max=200)),
+        keys=ma.fields.String(
+            validate=ma.validate.Length(min=1, max=200),
+            metadata={"pattern": DOTTED_PATH},  # checked by parse_path, with its own message
+        ),
         metadata={
+            "minProperties": 1,
+            "additionalProperties": {
+                "type": ["string", "number", "boolean", "null"],
+                "pattern": NUL_FREE,
+            },
+            "propertyNames": {"minLength": 1, "maxLength": 200},
             "description": "Dotted paths in the body and the value each must equal, e.g. "
             '`{"data.customer.email": "ann@example.com"}` (all must match; an array holding '
-            "the value matches)"
+            "the value matches)",
         },
     )
     since = UTCDateTime(

@@ -10,12 +10,23 @@ from typing import Any
 
 import peewee
 import redis
-from flask import Flask, Response, current_app, g, has_app_context, request, stream_with_context
+from flask import (
+    Flask,
+    Response,
+    current_app,
+    g,
+    has_app_context,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
+from werkzeug.routing import PathConverter
 
 from app.auth.access import current_tenant_id
 from app.connectors.configs import decrypt_config
 from app.connectors.contract import TokenUnavailable
+from app.gateway.answer_headers import client_headers
 from app.gateway.balancer import Upstream, gateway_balancer
 from app.gateway.capacity import bound_client_waits, gateway_session, in_flight
 from app.gateway.logwriter import gateway_log_writer
@@ -28,12 +39,12 @@ from app.gateway.proxy import (
     discard,
     elapsed_ms,
     outgoing_headers,
-    redact_text,
-    response_headers,
     safe_path,
     send_with_retries,
     stream_body,
+    upstream_url,
 )
+from app.gateway.redaction import redact_text
 from app.limits.enforce import usage_buffer
 from app.metrics import instruments as metrics
 from app.oauth.tokens import access_token
@@ -111,8 +122,21 @@ def _log(row: Integration, status: str, data: dict[str, Any], error: str | None,
     )
 
 
-@blp.route("/gateway/<integration_id>/", defaults={"path": ""}, methods=METHODS)
-@blp.route("/gateway/<integration_id>/<path:path>", methods=METHODS)
+class GatewayPath(PathConverter):
+    """Any path, empty segments (``//``) and a leading ``/`` included: what the client sent
+    goes to the upstream as it is, never merged and redirected."""
+
+    regex = ".*?"
+    part_isolating = False  # it spans segments (werkzeug infers that only from a "/" in regex)
+
+
+blp.record_once(lambda state: state.app.url_map.converters.update(gateway_path=GatewayPath))
+
+
+@blp.route(
+    "/gateway/<integration_id>/", defaults={"path": ""}, methods=METHODS, merge_slashes=False
+)
+@blp.route("/gateway/<integration_id>/<gateway_path:path>", methods=METHODS, merge_slashes=False)
 @blp.auth("gateway:use")
 @blp.doc(
     description="Requires scope `gateway:use`. Proxies to the `rest` integration's upstreams "
@@ -320,7 +344,13 @@ def _forward(  # noqa: PLR0915 - one request's life, step by step
     response = Response(
         stream_with_context(body_then_log()),
         status=upstream_response.status,
-        headers=response_headers(upstream_response),
+        headers=client_headers(
+            upstream_response,
+            upstream_url(attempt.upstream.url, path, query),
+            [upstream.url for upstream in upstreams],
+            url_for("gateway.proxy", integration_id=row.id, path=""),
+            bool(config.get("allow_cookies")),
+        ),
         direct_passthrough=True,
     )
     response.call_on_close(finish)  # also when the body is never iterated

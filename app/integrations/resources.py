@@ -29,8 +29,10 @@ from app.logs.schemas import LogPageSchema, LogQueryArgsSchema
 from app.store.db import database
 from app.store.models import Integration, IntegrationLog, utcnow
 from app.stream import kinds
-from app.web.api import Blueprint, created_links, paginate
+from app.web.api import Blueprint, links_to, paginate
 from app.web.problems import Problem
+
+INTEGRATION = "/api/v1/integrations/{integration_id}"
 
 blp = Blueprint(
     "integrations", __name__, url_prefix="/api/v1/integrations", description="Integrations"
@@ -70,8 +72,22 @@ class Integrations(MethodView):
     @blp.response(201, IntegrationSchema)
     @blp.problem(422, "Invalid fields, an unknown provider, or a config its connector refuses")
     @blp.doc(
-        **created_links(
-            "/api/v1/integrations/{integration_id}", "integration_id", ("get", "patch", "delete")
+        **links_to(
+            "integration_id",
+            *(f"{m} {INTEGRATION}" for m in ("GET", "PATCH", "DELETE")),
+            f"POST {INTEGRATION}/test",
+            f"GET {INTEGRATION}/logs",
+            f"POST {INTEGRATION}/actions/{{action}}",
+            f"GET {INTEGRATION}/oauth",
+            f"POST {INTEGRATION}/oauth/authorize",
+            f"POST {INTEGRATION}/oauth/revoke",
+            "GET /api/v1/auth/sso/{integration_id}/login",
+            "POST /api/v1/inbound/{integration_id}",
+            *(
+                f"{m} /api/v1/gateway/{{integration_id}}{tail}"
+                for m in ("GET", "POST", "PUT", "PATCH", "DELETE")
+                for tail in ("/", "/{path}")
+            ),
         )
     )
     def post(self, data: dict[str, Any]) -> Integration:
@@ -179,6 +195,9 @@ def test_integration(integration_id: str) -> dict[str, Any]:
 @blp.auth("integrations:write")
 @blp.arguments(ActionInputSchema)
 @blp.response(202, JobAcceptedSchema)
+@blp.doc(
+    **links_to("job_id", "GET /api/v1/jobs/{job_id}", status="202", value="$response.body#/job_id")
+)
 @blp.problem(404, "No such integration or action")
 @blp.problem(409, "The integration is inactive")
 @blp.problem(503, "The job queue is unavailable, or the connector failed to load")

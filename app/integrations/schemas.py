@@ -6,9 +6,9 @@ from typing import Any
 
 import marshmallow as ma
 
-from app.api_keys.schemas import validate_cidrs
 from app.connectors.configs import redact_config
 from app.web.api import PageArgsSchema, UTCDateTime, page_schema
+from app.web.constraints import IpNetwork
 
 INTEGRATION_TYPES = ("sso", "webhook", "api", "notification")
 INTEGRATION_STATUSES = ("active", "inactive", "error")
@@ -68,10 +68,10 @@ class IntegrationSchema(ma.Schema):
         metadata={"description": "Run a connector action when matching events happen"},
     )
     allowed_ips = ma.fields.List(
-        ma.fields.String(),
+        IpNetwork(),
         allow_none=True,
         load_default=None,
-        validate=[ma.validate.Length(max=500), validate_cidrs],
+        validate=ma.validate.Length(max=500),
         metadata={"description": "CIDR allow-list for inbound requests"},
     )
     created_at = UTCDateTime(dump_only=True)

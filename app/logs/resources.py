@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.auth.access import current_tenant_id
+from app.auth.access import current_principal, current_tenant_id
+from app.logs.bodies import BODIES_SCOPE, without_bodies
 from app.logs.schemas import (
     AuditPageSchema,
     AuditQueryArgsSchema,
@@ -19,12 +20,17 @@ blp = Blueprint("logs", __name__, url_prefix="/api/v1", description="Logs and au
 
 
 def log_page(args: dict[str, Any]) -> dict[str, Any]:
-    """One page of the integration logs matching the filters in ``args``, newest first."""
+    """One page of the integration logs matching the filters in ``args``, newest first (logged
+    bodies only for keys that may read them, see :mod:`app.logs.bodies`)."""
     query = IntegrationLog.of(current_tenant_id())
     for field in ("integration_id", "status", "event_type"):
         if args.get(field):
             query = query.where(getattr(IntegrationLog, field) == args[field])
-    return paginate_keyset(query, args, [IntegrationLog.id], "logs")
+    page = paginate_keyset(query, args, [IntegrationLog.id], "logs")
+    if not current_principal().has(BODIES_SCOPE):
+        for row in page["items"]:
+            row.event_data = without_bodies(row.event_data)
+    return page
 
 
 @blp.route("/logs", methods=["GET"])

@@ -159,6 +159,13 @@ STREAM_CONNECTIONS = Counter(
     ["phase", "reason"],
     registry=REGISTRY,
 )
+INBOUND_REJECTIONS = Counter(
+    "switchboard_inbound_rejections_total",
+    "Inbound webhook requests rejected, by reason (rejected: the connector refused it, e.g. "
+    "a bad signature; address_not_allowed, inactive, replay, unreadable).",
+    ["reason"],
+    registry=REGISTRY,
+)
 ALERTS = Counter(
     "switchboard_alerts_total",
     "Alert firings and resolutions by condition type.",
@@ -239,6 +246,11 @@ def stream_entries(outcome: str, count: int) -> None:
 def stream_connection(phase: str, reason: str = "") -> None:
     """A live-stream connection opened, or closed for ``reason``."""
     STREAM_CONNECTIONS.labels(phase, reason).inc()
+
+
+def inbound_rejection(reason: str) -> None:
+    """An inbound webhook request was rejected for ``reason``."""
+    INBOUND_REJECTIONS.labels(reason).inc()
 
 
 def alert(condition: str, phase: str) -> None:

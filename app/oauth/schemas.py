@@ -6,6 +6,7 @@ import marshmallow as ma
 
 from app.auth.schemas import LoginResultSchema
 from app.web.api import UTCDateTime, page_schema
+from app.web.constraints import HttpUrl
 
 _RETURN_TO = {
     "description": "Where the browser goes afterwards; its origin must be listed in "
@@ -14,14 +15,7 @@ _RETURN_TO = {
 
 
 class AuthorizeRequestSchema(ma.Schema):
-    return_to = ma.fields.Url(
-        load_default=None,
-        allow_none=True,
-        schemes={"http", "https"},
-        require_tld=False,
-        validate=ma.validate.Length(max=2000),
-        metadata=_RETURN_TO,
-    )
+    return_to = HttpUrl(load_default=None, allow_none=True, metadata=_RETURN_TO)
 
 
 class AuthorizeResultSchema(ma.Schema):
@@ -67,10 +61,7 @@ class CallbackArgsSchema(ma.Schema):
 
 
 class SsoLoginArgsSchema(ma.Schema):
-    return_to = ma.fields.Url(
-        schemes={"http", "https"},
-        require_tld=False,
-        validate=ma.validate.Length(max=2000),
+    return_to = HttpUrl(
         metadata={
             **_RETURN_TO,
             "description": _RETURN_TO["description"]

@@ -13,7 +13,7 @@ read the same facts through the REST API:
   ``held``): ``webhooks:read`` for webhooks, ``integrations:read`` for subscribed actions.
 - ``integration.status_changed`` and ``job.state_changed`` (connector action jobs:
   ``queued``, ``started``, ``finished``, ``retrying``, ``failed``) — ``integrations:read``.
-- ``log.created`` — an integration log entry — ``logs:read``.
+- ``log.created`` — an integration log entry (without logged bodies) — ``logs:read``.
 - ``alert.fired`` and ``alert.resolved`` — ``alerts:read``.
 """
 
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from app.logs.bodies import without_bodies
 from app.stream.publish import publish
 
 _EVENT_FAMILY_SCOPES = {
@@ -164,7 +165,7 @@ def log_created(row: dict[str, Any]) -> None:
             "status": row.get("status"),
             "error_message": row.get("error_message"),
             "response_time_ms": row.get("response_time_ms"),
-            "event_data": row.get("event_data"),
+            "event_data": without_bodies(row.get("event_data")),
         },
         tenant_id=row["tenant_id"],
         scope="logs:read",

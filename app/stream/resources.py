@@ -10,7 +10,8 @@ from urllib.parse import urlencode
 from flask import Response, current_app, g, redirect, request, stream_with_context, url_for
 from flask.typing import ResponseReturnValue
 
-from app.auth.access import Principal, authenticate, current_principal
+from app.auth.access import Principal, authenticate, current_principal, presented_key
+from app.auth.keys import key_prefix
 from app.limits.enforce import enforce as enforce_rate_limit
 from app.limits.quotas import requests_limit
 from app.metrics import instruments as metrics
@@ -20,6 +21,7 @@ from app.stream.access import TOKEN_TTL, issue_token, principal_for_key, redeem_
 from app.stream.hub import get_hub
 from app.stream.schemas import StreamArgsSchema, StreamTokenSchema
 from app.stream.session import Filters, StreamSession
+from app.stream.slots import claim
 from app.web.api import Blueprint
 from app.web.problems import Problem
 from app.web.serving import cooperative
@@ -33,16 +35,23 @@ def _patterns(raw: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (raw or "").split(",") if p.strip())
 
 
-def _caller(args: dict[str, Any]) -> Principal:
+def _caller(args: dict[str, Any]) -> tuple[Principal, str]:
+    """The stream's principal and the prefix of the secret it was opened with."""
     token = args.get("token")
     if not token:
-        return authenticate()
-    principal = principal_for_key(*redeem_token(token))
+        return authenticate(), _presented_prefix()
+    key_id, tenant_id, secret_prefix = redeem_token(token)
+    principal = principal_for_key(key_id, tenant_id, secret_prefix)
     tenant_limit = None if principal.platform else requests_limit(principal.tenant)
     enforce_rate_limit(principal.key.id, principal.key.rate_limit, tenant_limit=tenant_limit)
     g.principal = principal
     g.tenant_id = principal.tenant_id
-    return principal
+    return principal, secret_prefix
+
+
+def _presented_prefix() -> str:
+    """The prefix of the key this request authenticated with (well-formed: it was accepted)."""
+    return key_prefix(presented_key() or "") or ""
 
 
 def _resume_point(args: dict[str, Any]) -> str | None:
@@ -65,15 +74,28 @@ def _resume_point(args: dict[str, Any]) -> str | None:
     "retention window; `: heartbeat` comments keep idle connections open.",
     responses={
         "200": {
-            "description": "An endless `text/event-stream`",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "An endless `text/event-stream`: each message has an `event` name, "
+            "`data` (JSON text) and, for entries, an `id` to resume from",
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "event": {"type": "string"},
+                            "data": {"type": "string"},
+                            "id": {"type": "string"},
+                            "retry": {"type": "integer"},
+                        },
+                    }
+                }
+            },
         },
         "307": {"description": "Streams are served by the stream service at `Location`"},
     },
 )
 @blp.problem(400, "Malformed Last-Event-ID or filter")
 @blp.problem(401, "Missing, invalid, used or expired key or token")
-@blp.problem(429, "Rate limit exceeded")
+@blp.problem(429, "Rate limit exceeded, or the key or its owner holds its maximum of streams")
 @blp.problem(503, "This process serves its maximum number of streams; retry")
 def stream(args: dict[str, Any]) -> ResponseReturnValue:
     """Open the live stream (Server-Sent Events)."""
@@ -82,7 +104,7 @@ def stream(args: dict[str, Any]) -> ResponseReturnValue:
         query = request.query_string.decode()
         return redirect(target + ("?" + query if query else ""), code=307)
     last_event_id = _resume_point(args)
-    principal = _caller(args)
+    principal, secret_prefix = _caller(args)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     hub = get_hub(app)
     if hub.client_count() >= current_app.config["STREAM_MAX_CLIENTS"]:
@@ -95,15 +117,28 @@ def stream(args: dict[str, Any]) -> ResponseReturnValue:
         args.get("integration_id"),
         args.get("webhook_id"),
     )
+    session = StreamSession(
+        app, hub, principal, secret_prefix, filters, current_app.config["STREAM_HEARTBEAT"]
+    )
+    slot = claim(
+        hub.client,
+        principal.key.id,
+        principal.user.id if principal.user is not None else None,
+        current_app.config["STREAM_MAX_PER_KEY"],
+        current_app.config["STREAM_MAX_PER_USER"],
+    )
     if not database.is_closed():
         database.close()  # a stream lives long: it must not keep a database connection
-    session = StreamSession(app, hub, principal, filters, current_app.config["STREAM_HEARTBEAT"])
-    subscriber, start_after = hub.subscribe(request.environ.get("gunicorn.socket"), session.visible)
+    subscriber, start_after = hub.subscribe(
+        request.environ.get("gunicorn.socket"), session.visible, slot
+    )
     metrics.stream_connection("opened")
     response = Response(
         stream_with_context(session.run(subscriber, start_after, last_event_id)),
         mimetype="text/event-stream",
     )
+    # A stream whose body never started (the client left first) still gives its slot back.
+    response.call_on_close(lambda: hub.unsubscribe(subscriber))
     response.headers["Cache-Control"] = "no-cache, no-transform"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass events through at once
     return response
@@ -116,7 +151,7 @@ def stream(args: dict[str, Any]) -> ResponseReturnValue:
 def create_stream_token() -> dict[str, Any]:
     """Trade the key for a single-use stream token valid for 60 seconds (for EventSource)."""
     principal = current_principal()
-    token = issue_token(principal.key.id, principal.tenant_id)
+    token = issue_token(principal.key.id, principal.tenant_id, _presented_prefix())
     base = current_app.config["STREAM_URL"] or url_for("stream.stream", _external=True)
     return {
         "token": token,

@@ -28,10 +28,11 @@ class StreamArgsSchema(ma.Schema):
         metadata={"description": "A stream token (for EventSource, which cannot send headers)"}
     )
     last_event_id = ma.fields.String(
+        validate=ma.validate.Regexp(r"^$|^[0-9]{1,20}-[0-9]{1,20}$"),
         metadata={
             "description": "Resume after this entry id, like the `Last-Event-ID` header "
             "(which wins when both are sent)"
-        }
+        },
     )
 
 

@@ -6,15 +6,20 @@ already sent are skipped — so a reconnect sees no gap and no duplicate. When t
 older than what retention kept, or than the stream itself (Redis restarted empty since), a
 ``stream.gap`` event says so before the rest.
 
+A client that fell too far behind (see :mod:`app.stream.hub`) gets a ``stream.gap`` notice
+with ``reason: slow_client`` and the id to resume from, and its stream ends.
+
 Every entry is checked against the key's scopes and the client's filters before it is sent.
-When the auth epoch moves (a key was revoked, rotated, changed), the key is loaded again: a
-key that is no longer valid ends the stream with a ``stream.closed`` event.
+When the auth epoch moves (a key was revoked, rotated, changed), or the key's expiry or the
+grace period of the secret the stream was opened with passes, the key is loaded again: a key,
+or a secret, that is no longer valid ends the stream with a ``stream.closed`` event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import redis
 from flask import Flask
@@ -23,9 +28,9 @@ from app.auth.access import Principal
 from app.metrics import instruments as metrics
 from app.store import jsoncodec
 from app.store.db import database
-from app.store.models import utcnow
+from app.store.models import ApiKey, utcnow
 from app.store.redis import connect
-from app.stream.access import principal_for_key
+from app.stream.access import principal_for_key, secret_valid_until
 from app.stream.hub import Hub, StreamEntry, Subscriber, entry_id_key, parse_entry
 from app.stream.kinds import pattern_matches
 from app.stream.publish import ORIGIN_KEY, STREAM_KEY, TRIMMED_KEY
@@ -99,15 +104,18 @@ class StreamSession:
         app: Flask,
         hub: Hub,
         principal: Principal,
+        secret_prefix: str,
         filters: Filters,
         heartbeat: float,
     ) -> None:
         self.app = app
         self.hub = hub
         self.principal = principal
+        self.secret_prefix = secret_prefix
         self.filters = filters
         self.heartbeat = heartbeat
         self.epoch = hub.epoch
+        self.valid_until = _valid_until(principal.key, secret_prefix)
 
     def visible(self, entry: StreamEntry) -> bool:
         return (
@@ -133,13 +141,14 @@ class StreamSession:
                 entries = subscriber.take(self.heartbeat)
                 if subscriber.dropped:
                     reason = "slow"
+                    yield _control("stream.gap", {"last_event_id": sent, "reason": "slow_client"})
+                    return
+                closed = self._still_allowed()  # before anything more is sent, busy or idle
+                if closed is not None:
+                    reason = "revoked"
+                    yield closed
                     return
                 if not entries:
-                    closed = self._still_allowed()
-                    if closed is not None:
-                        reason = "revoked"
-                        yield closed
-                        return
                     yield ": heartbeat\n\n"
                     continue
                 floor = entry_id_key(sent)
@@ -169,15 +178,30 @@ class StreamSession:
                     yield message(entry)
 
     def _still_allowed(self) -> str | None:
-        """None while the key is valid; else the ``stream.closed`` message to end with."""
-        key = self.principal.key
-        expired = key.expires_at is not None and key.expires_at <= utcnow()
-        if not expired and self.hub.epoch == self.epoch:
+        """None while the key and the secret the stream was opened with are valid; else the
+        ``stream.closed`` message to end with.
+
+        The key is loaded again when the auth epoch moved (a key was revoked, rotated or
+        changed anywhere) or when the key's expiry or the secret's grace period has passed.
+        """
+        due = self.valid_until is not None and self.valid_until <= utcnow()
+        if not due and self.hub.epoch == self.epoch:
             return None
         self.epoch = self.hub.epoch
+        key = self.principal.key
         try:
             with self.app.app_context(), database.connection_context():
-                self.principal = principal_for_key(key.id, self.principal.tenant_id)
+                self.principal = principal_for_key(
+                    key.id, self.principal.tenant_id, self.secret_prefix
+                )
         except Problem as exc:
             return _control("stream.closed", {"reason": exc.description})
+        self.valid_until = _valid_until(self.principal.key, self.secret_prefix)
         return None
+
+
+def _valid_until(key: ApiKey, secret_prefix: str) -> datetime | None:
+    """When the key expires or the (valid) secret's grace period ends, whichever is first."""
+    ends = (key.expires_at, secret_valid_until(key, secret_prefix))
+    known = [end for end in ends if end is not None]
+    return min(known) if known else None

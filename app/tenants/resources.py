@@ -35,7 +35,7 @@ from app.tenants.schemas import (
     UsageArgsSchema,
     UsageSchema,
 )
-from app.web.api import Blueprint, PageArgsSchema, created_links, paginate
+from app.web.api import Blueprint, PageArgsSchema, links_to, paginate
 from app.web.problems import Problem
 
 blp = Blueprint("tenants", __name__, url_prefix="/api/v1", description="Tenants and members")
@@ -95,7 +95,15 @@ class Tenants(MethodView):
     @blp.response(201, TenantSchema)
     @blp.problem(403, "Not an operator's platform key")
     @blp.problem(409, "The external_id is taken")
-    @blp.doc(**created_links("/api/v1/tenants/{tenant_id}", "tenant_id", ("get", "patch")))
+    @blp.doc(
+        **links_to(
+            "tenant_id",
+            *(f"{m} /api/v1/tenants/{{tenant_id}}" for m in ("GET", "PATCH", "DELETE")),
+            "POST /api/v1/tenants/{tenant_id}/suspend",
+            "POST /api/v1/tenants/{tenant_id}/resume",
+            "GET /api/v1/tenants/{tenant_id}/usage",
+        )
+    )
     def post(self, data: dict[str, Any]) -> Tenant:
         """Create a tenant (operators): a customer organisation with its own everything."""
         _operator()
@@ -278,6 +286,14 @@ class Members(MethodView):
     @blp.auth("admin")
     @blp.arguments(MemberSchema)
     @blp.response(201, MemberSchema)
+    @blp.doc(
+        **links_to(
+            "user_id",
+            "PATCH /api/v1/members/{user_id}",
+            "DELETE /api/v1/members/{user_id}",
+            value="$response.body#/user_id",
+        )
+    )
     @blp.problem(409, "Already a member")
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Add a user to the tenant with a role (admins); a new email creates the user."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import http
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
 from app.web import problems
+from app.web.constraints import dict_key_constraints, nul_free_strings
 from app.web.dumping import accelerate
 from app.web.hygiene import parse_json_body
 
@@ -76,16 +78,59 @@ class PathNulPlugin(BasePlugin):
                 }
 
 
+class RequestLimitsPlugin(BasePlugin):
+    """Documents what any request may get before it reaches an operation: 414 for an over-long
+    URL, 431 for oversized headers (``app.web.gunicorn_conf``)."""
+
+    def operation_helper(
+        self, path: str | None = None, operations: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        for operation in (operations or {}).values():
+            responses = operation.setdefault("responses", {})
+            for status, description in (
+                ("414", "The URL is too long"),
+                ("431", "The request's header fields are too large"),
+            ):
+                responses.setdefault(
+                    status,
+                    {
+                        "description": description,
+                        "content": {PROBLEM_CONTENT_TYPE: {"schema": ProblemSchema}},
+                    },
+                )
+
+
+class ConstrainedMarshmallowPlugin(MarshmallowPlugin):
+    """apispec's marshmallow plugin, publishing that no string may hold NUL."""
+
+    def init_spec(self, spec: Any) -> None:
+        super().init_spec(spec)
+        assert self.converter is not None
+        self.converter.add_attribute_function(nul_free_strings)
+        self.converter.add_attribute_function(dict_key_constraints)
+
+
+class SchemaExtrasPlugin(BasePlugin):
+    """Publishes a schema class's ``JSON_SCHEMA_EXTRA`` (full, not partial, variants only)."""
+
+    def schema_helper(self, name: str, definition: Any, **kwargs: Any) -> dict[str, Any] | None:
+        schema = kwargs.get("schema")
+        if schema is None or (not isinstance(schema, type) and schema.partial):
+            return None
+        cls = schema if isinstance(schema, type) else type(schema)
+        extra: dict[str, Any] | None = getattr(cls, "JSON_SCHEMA_EXTRA", None)
+        return extra
+
+
 class Api(_Api):
     """flask-smorest ``Api`` answering and documenting errors as problem+json."""
 
     ERROR_SCHEMA = ProblemSchema
 
     def __init__(self, app: Any = None) -> None:
-        plugin = MarshmallowPlugin(schema_name_resolver=schema_name)
-        super().__init__(
-            app, spec_kwargs={"marshmallow_plugin": plugin, "extra_plugins": [PathNulPlugin()]}
-        )
+        plugin = ConstrainedMarshmallowPlugin(schema_name_resolver=schema_name)
+        extra = [PathNulPlugin(), RequestLimitsPlugin(), SchemaExtrasPlugin()]
+        super().__init__(app, spec_kwargs={"marshmallow_plugin": plugin, "extra_plugins": extra})
 
     def handle_http_exception(self, error):
         return problems.handle_http_exception(error)
@@ -217,21 +262,25 @@ class Blueprint(_Blueprint):
         return decorator
 
 
-def created_links(item_path: str, parameter: str, methods: tuple[str, ...]) -> dict[str, Any]:
-    """OpenAPI ``links`` from a create operation's 201 to the operations on the new item.
+def links_to(
+    parameter: str, *operations: str, status: str = "201", value: str = "$response.body#/id"
+) -> dict[str, Any]:
+    """OpenAPI ``links`` from this operation's ``status`` answer to ``operations`` (each
+    ``"METHOD /path"``), passing ``value`` (an id the answer holds) as their ``{parameter}``.
 
-    They let clients (and schemathesis' stateful tests) follow ``id`` from the created object
-    into ``item_path``'s ``{parameter}``.
+    They let clients (and schemathesis' stateful tests) follow the id from the answer into
+    every operation on that resource.
     """
-    ref = "#/paths/" + item_path.replace("~", "~0").replace("/", "~1")
-    links = {
-        f"{method.capitalize()}Created": {
-            "operationRef": f"{ref}/{method}",
-            "parameters": {parameter: "$response.body#/id"},
+    links = {}
+    for operation in operations:
+        method, path = operation.split(" ", 1)
+        ref = "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method.lower()
+        words = re.split(r"[^A-Za-z]+", path.removeprefix("/api/v1"))
+        links[method.capitalize() + "".join(word.capitalize() for word in words)] = {
+            "operationRef": ref,
+            "parameters": {parameter: value},
         }
-        for method in methods
-    }
-    return {"responses": {"201": {"links": links}}}
+    return {"responses": {status: {"links": links}}}
 
 
 class UTCDateTime(ma.fields.DateTime):

@@ -31,7 +31,7 @@ from app.store.models import (
 )
 from app.store.secretbox import encrypt
 from app.stream import kinds
-from app.web.api import Blueprint, created_links, paginate
+from app.web.api import Blueprint, links_to, paginate
 from app.web.keyset import paginate_keyset
 from app.web.problems import Problem
 from app.webhooks.credentials import CredentialsInvalid, prepare
@@ -146,7 +146,15 @@ class Webhooks(MethodView):
     @blp.arguments(WebhookSchema)
     @blp.response(201, WebhookCreatedSchema)
     @blp.doc(
-        **created_links("/api/v1/webhooks/{webhook_id}", "webhook_id", ("get", "patch", "delete"))
+        **links_to(
+            "webhook_id",
+            *(f"{m} /api/v1/webhooks/{{webhook_id}}" for m in ("GET", "PATCH", "DELETE")),
+            *(
+                f"POST /api/v1/webhooks/{{webhook_id}}/{action}"
+                for action in ("test", "rotate-secret", "enable", "recover")
+            ),
+            "GET /api/v1/webhooks/{webhook_id}/deliveries",
+        )
     )
     def post(self, data: dict[str, Any]) -> Webhook:
         """Create a webhook endpoint; its signing secret is returned only this once."""

@@ -6,7 +6,9 @@ from typing import Any
 
 import marshmallow as ma
 
+from app.events.filters import DOTTED_PATH
 from app.web.api import PageArgsSchema, UTCDateTime, page_schema
+from app.web.constraints import HttpUrl
 from app.web.keyset import KeysetArgsSchema, keyset_page_schema
 from app.webhooks.credentials import (
     AUTH_TYPES,
@@ -60,10 +62,7 @@ class AuthSchema(ma.Schema):
         validate=ma.validate.Length(min=1, max=4096),
         metadata={"description": f"bearer (secret: {_KEEP})"},
     )
-    token_url = ma.fields.Url(
-        schemes={"http", "https"},
-        require_tld=False,
-        validate=ma.validate.Length(max=2000),
+    token_url = HttpUrl(
         metadata={"description": "oauth2_client_credentials: the token endpoint"},
     )
     client_id = ma.fields.String(
@@ -156,18 +155,24 @@ def _ordering_key_field(**kwargs: Any) -> ma.fields.String:
         allow_none=True,
         validate=ma.validate.Length(min=1, max=200),
         metadata={
+            "pattern": DOTTED_PATH,  # checked by parse_path (app.webhooks.resources)
             "description": "With `fifo`: a dotted path in the body (`data.order_id`); "
-            "deliveries are ordered per value, different values go in parallel"
+            "deliveries are ordered per value, different values go in parallel",
         },
         **kwargs,
     )
 
 
-def _url_field(**kwargs: Any) -> ma.fields.Url:
-    return ma.fields.Url(
-        schemes={"http", "https"},
-        require_tld=False,
-        validate=ma.validate.Length(max=2000),
+# A whsec_ secret: base64 (canonical padding) of 24 to 64 bytes, as signing.secret_key checks.
+_B64 = "[A-Za-z0-9+/]"
+WEBHOOK_SECRET = (
+    f"^whsec_(?:(?:{_B64}{{4}}){{8,20}}(?:{_B64}{{2}}==|{_B64}{{3}}=)?"
+    f"|(?:{_B64}{{4}}){{21}}(?:{_B64}{{2}}==)?)$"
+)
+
+
+def _url_field(**kwargs: Any) -> HttpUrl:
+    return HttpUrl(
         metadata={"description": "http(s) endpoint; private/loopback addresses are refused"},
         **kwargs,
     )
@@ -183,12 +188,21 @@ def _events_field(**kwargs: Any) -> ma.fields.List:
 
 
 class WebhookSchema(ma.Schema):
+    # An ordering_key only goes with ordering fifo (checked in app.webhooks.resources too).
+    JSON_SCHEMA_EXTRA = {
+        "if": {"properties": {"ordering_key": {"type": "string"}}, "required": ["ordering_key"]},
+        "then": {"properties": {"ordering": {"const": "fifo"}}, "required": ["ordering"]},
+    }
+
     id = ma.fields.String(dump_only=True)
     url = _url_field(required=True)
     events = _events_field(required=True)
     integration_id = ma.fields.String(required=True, validate=ma.validate.Length(max=40))
     secret = ma.fields.String(
         load_only=True,
+        validate=ma.validate.Regexp(
+            WEBHOOK_SECRET, error="must be whsec_ and base64 of 24–64 bytes"
+        ),
         metadata={"description": "Optional `whsec_` secret (base64 of 24–64 bytes)"},
     )
     status = ma.fields.String(dump_only=True)
