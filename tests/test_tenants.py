@@ -357,6 +357,27 @@ def test_members_and_login_choose_a_tenant(app, client, platform):
     assert [m["email"] for m in admin.get("/api/v1/members").json["items"]] == ["boss@acme.test"]
 
 
+def test_a_password_over_bcrypt_s_72_bytes_is_taken_whole(app, client, platform):
+    """72 characters the schema allows can be 288 bytes: every byte counts, none is cut off."""
+    acme = _tenant(platform, "acme")
+    admin = _admin_of(app, client, acme, "boss@acme.test")
+    password = "ü" * 36 + "密码" * 12  # 60 characters, 144 bytes in UTF-8
+    added = admin.post(
+        "/api/v1/members", json={"email": "li@acme.test", "role": "member", "password": password}
+    )
+    assert added.status_code == 201, added.json
+
+    def login(attempt: str) -> int:
+        answer = client.post(
+            "/api/v1/auth/login", json={"email": "li@acme.test", "password": attempt}
+        )
+        return answer.status_code
+
+    assert login(password) == 201
+    assert login(password[:-1] + "x") == 401  # differs only past bcrypt's 72nd byte
+    assert login("ü" * 36) == 401  # exactly the first 72 bytes
+
+
 def test_the_same_idempotency_key_and_event_type_name_in_two_tenants(app, client, platform):
     acme, globex = _tenant(platform, "acme"), _tenant(platform, "globex")
     ids = {}

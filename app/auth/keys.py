@@ -8,6 +8,7 @@ of the key; revocation and expiry are still read from the row on every request.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -41,21 +42,25 @@ def key_prefix(key: str) -> str | None:
     return key[:PREFIX_LENGTH] if _KEY_RE.match(key) else None
 
 
-def hash_secret(secret: str, rounds: int) -> str:
-    """bcrypt-hash a key or password (both stay under bcrypt's 72-byte limit)."""
+def _bcrypt_input(secret: str) -> bytes:
+    """What bcrypt hashes: the secret's UTF-8 bytes, or for a secret over bcrypt's 72-byte limit
+    (a long or non-ASCII password; keys are always shorter) the base64 of its SHA-256, as
+    Django's BCryptSHA256 does, so no byte of it is silently ignored."""
     encoded = secret.encode()
-    if len(encoded) > 72:
-        raise ValueError("secret longer than bcrypt's 72-byte limit")
-    return off_the_loop(bcrypt.hashpw, encoded, bcrypt.gensalt(rounds)).decode()
+    if len(encoded) <= 72:
+        return encoded
+    return base64.b64encode(hashlib.sha256(encoded).digest())
+
+
+def hash_secret(secret: str, rounds: int) -> str:
+    """bcrypt-hash a key or password."""
+    return off_the_loop(bcrypt.hashpw, _bcrypt_input(secret), bcrypt.gensalt(rounds)).decode()
 
 
 def check_secret(secret: str, hashed: str) -> bool:
-    """Constant-time bcrypt check; False for malformed hashes or over-long secrets."""
-    encoded = secret.encode()
-    if len(encoded) > 72:
-        return False
+    """Constant-time bcrypt check; False for malformed hashes."""
     try:
-        return off_the_loop(bcrypt.checkpw, encoded, hashed.encode())
+        return off_the_loop(bcrypt.checkpw, _bcrypt_input(secret), hashed.encode())
     except ValueError:
         return False
 
