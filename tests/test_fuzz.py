@@ -166,6 +166,10 @@ UNEXPRESSIBLE: dict[str, dict[str, str]] = {
     },
     "GET /api/v1/auth/sso/callback": {"state": "a single-use value the server issued"},
     "GET /api/v1/oauth/callback": {"state": "a single-use value the server issued"},
+    "GET /api/v1/oauth/start": {"ticket": "a single-use value the server issued"},
+    "POST /api/v1/portal-sessions": {
+        "return_url": "its origin must be in the operator's SWITCHBOARD_RETURN_TO_ORIGINS"
+    },
     "GET /api/v1/auth/sso/{integration_id}/login": {
         "return_to": "its origin must be in the operator's SWITCHBOARD_RETURN_TO_ORIGINS"
     },

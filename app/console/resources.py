@@ -14,7 +14,7 @@ from app.console.sessions import end_session, open_portal_session
 from app.oauth.pages import checked_return_to
 from app.store.db import database
 from app.store.models import ConsoleSession, Tenant
-from app.web.api import Blueprint
+from app.web.api import Blueprint, links_to
 from app.web.problems import Problem
 
 blp = Blueprint(
@@ -44,6 +44,7 @@ class PortalSessions(MethodView):
     @blp.auth("admin")
     @blp.arguments(PortalSessionSchema)
     @blp.response(201, PortalSessionCreatedSchema)
+    @blp.doc(**links_to("session_id", "DELETE /api/v1/portal-sessions/{session_id}"))
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Open a tenant portal session: a single-use link for the user's browser."""
         tenant = _tenant_of_request(data.get("tenant"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 
 from app.web.api import UTCDateTime
+from app.web.constraints import HttpUrl
 
 MAX_EXPIRES_IN = 24 * 3600
 
@@ -12,11 +13,7 @@ MAX_EXPIRES_IN = 24 * 3600
 class ThemeSchema(ma.Schema):
     """How the portal looks: a logo and an accent colour."""
 
-    logo_url = ma.fields.Url(
-        schemes={"https", "http"},
-        validate=ma.validate.Length(max=2000),
-        metadata={"description": "An image shown in the portal's header"},
-    )
+    logo_url = HttpUrl(metadata={"description": "An image shown in the portal's header"})
     accent = ma.fields.String(
         validate=ma.validate.Regexp(r"^#[0-9a-fA-F]{6}$", error="a colour such as #3355ff"),
         metadata={"description": "Accent colour, `#rrggbb`"},
@@ -43,8 +40,7 @@ class PortalSessionSchema(ma.Schema):
         validate=ma.validate.Range(min=60, max=MAX_EXPIRES_IN),
         metadata={"description": "Seconds the session lasts once opened (60 to 86400)"},
     )
-    return_url = ma.fields.String(
-        validate=ma.validate.Length(max=2000),
+    return_url = HttpUrl(
         metadata={
             "description": "Where the portal's back link goes: an origin listed in "
             "SWITCHBOARD_RETURN_TO_ORIGINS"

@@ -82,6 +82,9 @@ class Integrations(MethodView):
             f"POST {INTEGRATION}/oauth/authorize",
             f"POST {INTEGRATION}/oauth/revoke",
             "GET /api/v1/auth/sso/{integration_id}/login",
+            "POST /api/v1/auth/sso/{integration_id}/link",
+            f"GET {INTEGRATION}/sso/identities",
+            f"POST {INTEGRATION}/sso/identities",
             "POST /api/v1/inbound/{integration_id}",
             *(
                 f"{m} /api/v1/gateway/{{integration_id}}{tail}"

@@ -26,7 +26,7 @@ from app.oauth.schemas import (
     StartArgsSchema,
 )
 from app.store.models import SsoIdentity
-from app.web.api import Blueprint, PageArgsSchema, paginate
+from app.web.api import Blueprint, PageArgsSchema, links_to, paginate
 from app.web.problems import Problem
 
 blp = Blueprint(
@@ -196,6 +196,13 @@ class SsoIdentities(MethodView):
     @blp.auth("admin")
     @blp.arguments(SsoIdentitySchema)
     @blp.response(201, SsoIdentitySchema)
+    @blp.doc(
+        **links_to(
+            "identity_id",
+            "DELETE /api/v1/integrations/{integration_id}/sso/identities/{identity_id}",
+            parent="integration_id",
+        )
+    )
     @blp.problem(403, "The user is a platform admin and the caller is not an operator")
     @blp.problem(404, "No such integration, or the user is no member of this tenant")
     @blp.problem(409, "Not an SSO integration, or the identity is already linked")

@@ -263,14 +263,22 @@ class Blueprint(_Blueprint):
 
 
 def links_to(
-    parameter: str, *operations: str, status: str = "201", value: str = "$response.body#/id"
+    parameter: str,
+    *operations: str,
+    status: str = "201",
+    value: str = "$response.body#/id",
+    parent: str | None = None,
 ) -> dict[str, Any]:
     """OpenAPI ``links`` from this operation's ``status`` answer to ``operations`` (each
-    ``"METHOD /path"``), passing ``value`` (an id the answer holds) as their ``{parameter}``.
+    ``"METHOD /path"``), passing ``value`` (an id the answer holds) as their ``{parameter}``,
+    and for a nested resource this request's own ``{parent}`` path parameter as theirs.
 
     They let clients (and schemathesis' stateful tests) follow the id from the answer into
     every operation on that resource.
     """
+    parameters = {parameter: value}
+    if parent is not None:
+        parameters[parent] = f"$request.path.{parent}"
     links = {}
     for operation in operations:
         method, path = operation.split(" ", 1)
@@ -278,7 +286,7 @@ def links_to(
         words = re.split(r"[^A-Za-z]+", path.removeprefix("/api/v1"))
         links[method.capitalize() + "".join(word.capitalize() for word in words)] = {
             "operationRef": ref,
-            "parameters": {parameter: value},
+            "parameters": parameters,
         }
     return {"responses": {status: {"links": links}}}
 
