@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import as_environment
+from tests.conftest import ApiClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -260,14 +261,14 @@ class HttpResponse:
         self.response.close()
 
 
-class HttpApiClient:
+class HttpApiClient(ApiClient):
     """``ApiClient``'s interface over real HTTP to a running server (keep-alive session)."""
 
     def __init__(self, base: str, key: str) -> None:
         import requests
 
+        super().__init__(None, key)
         self.base = base
-        self.key = key
         self.session = requests.Session()
         del self.session.headers["Accept-Encoding"]  # like the test client: none of requests'
 
@@ -275,30 +276,9 @@ class HttpApiClient:
         response = self.session.request(
             method,
             self.base + url,
-            headers={"Authorization": f"Bearer {self.key}", **(headers or {})},
+            headers=self._headers(headers),
             allow_redirects=False,
             timeout=60,
             **kw,
         )
         return HttpResponse(response)
-
-    def get(self, url: str, headers: dict[str, str] | None = None, **kw: Any) -> Any:
-        return self._open("GET", url, headers, **kw)
-
-    def post(
-        self, url: str, json: Any = None, headers: dict[str, str] | None = None, **kw: Any
-    ) -> Any:
-        return self._open("POST", url, headers, json=json, **kw)
-
-    def patch(
-        self, url: str, json: Any = None, headers: dict[str, str] | None = None, **kw: Any
-    ) -> Any:
-        return self._open("PATCH", url, headers, json=json, **kw)
-
-    def put(
-        self, url: str, json: Any = None, headers: dict[str, str] | None = None, **kw: Any
-    ) -> Any:
-        return self._open("PUT", url, headers, json=json, **kw)
-
-    def delete(self, url: str, headers: dict[str, str] | None = None, **kw: Any) -> Any:
-        return self._open("DELETE", url, headers, **kw)
