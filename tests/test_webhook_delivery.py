@@ -146,13 +146,18 @@ def test_manual_retry_redelivers_same_id(api, integration, publish, worker):
 
 def test_rate_limited_webhook_waits_never_drops(api, integration, publish, worker, receiver):
     _hook(api, integration, receiver.url, rate_limit_per_second=5)
+    started = time.time()
     publish(15)
     got = receiver.wait_for(lambda r: len({x.headers["webhook-id"] for x in r}) >= 15, timeout=20)
+    # The worker admits at most 5 in each second of its clock; 15 take three such seconds, the
+    # first of which began no earlier than the publishing did.
+    assert got[-1].at >= int(started) + 2
+    # A delivery admitted late in one second may arrive early in the next on a busy machine, so
+    # a second of the receiver's clock sees the deliveries of at most two seconds of admission.
     by_second: dict[int, int] = {}
     for req in got:
         by_second[int(req.at)] = by_second.get(int(req.at), 0) + 1
-    assert max(by_second.values()) <= 5
-    assert got[-1].at - got[0].at >= 1.0  # 15 at 5/s span at least two whole seconds
+    assert max(by_second.values()) <= 2 * 5, by_second
 
 
 def test_delivery_time_ssrf_refusal(app, api, integration, publish, monkeypatch):
