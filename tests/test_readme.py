@@ -36,6 +36,7 @@ def test_the_walkthrough_runs_as_written_against_make_run(tmp_path: Path) -> Non
         ("sh", True),
         ("python", True),  # receiver.py
         ("sh", True),
+        ("sh", False),  # Deploying: production commands against a deployment's own hosts
     ]
     with make_run(tmp_path) as service:
         reader = read_page("README.md", README, service, tmp_path / "reader")
